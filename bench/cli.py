@@ -1,0 +1,251 @@
+"""`python -m bench` (what `make bench` runs): starts the suite, measures the empty-handler
+baseline, then each scenario, prints the table and writes the JSON results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.latency import LATENCY, LatencyOptions, LatencyResult
+from bench.load import CallSpec, LoadConfig, LoadResult, run_load
+from bench.scenarios import EMPTY, THROUGHPUT, Context, Throughput, check_once, request_factory
+from bench.suite import BACKENDS, Suite, make_suite, tai_overrides
+
+ALL = [s.name for s in THROUGHPUT] + list(LATENCY)
+DEFAULTS: dict[str, Any] = {
+    "duration": 10.0,
+    "warmup": 5.0,
+    "concurrency": 32,
+    "tasks": 1000,
+    "iterations": 20,
+}
+SMOKE: dict[str, Any] = {
+    "duration": 1.0,
+    "warmup": 0.5,
+    "concurrency": 4,
+    "tasks": 100,
+    "iterations": 3,
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Load the TAI services and print requests/s and latency percentiles, "
+        "beside an empty unary gRPC handler loaded the same way.",
+    )
+    parser.add_argument("--backend", choices=BACKENDS, default="embedded")
+    parser.add_argument(
+        "--scenarios",
+        default="all",
+        help=f"comma-separated, from: {', '.join(ALL)} (default: all)",
+    )
+    parser.add_argument("--duration", type=float, help="measured seconds (10; smoke: 1)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds (5; smoke: 0.5)")
+    parser.add_argument(
+        "--concurrency", type=int, help="concurrent callers per process (32; smoke: 4)"
+    )
+    parser.add_argument("--processes", type=int, default=1, help="client processes (1)")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="send rate per second of the fan-out and delivery scenarios "
+        "(default: half the peak of the same call measured in this run)",
+    )
+    parser.add_argument("--tasks", type=int, help="due tasks, dispatch lag (1000; smoke: 100)")
+    parser.add_argument(
+        "--iterations", type=int, help="enforcements, policy propagation (20; smoke: 3)"
+    )
+    parser.add_argument("--subscribers", type=int, default=50, help="fan-out subscribers (50)")
+    parser.add_argument(
+        "--policy-subscribers", type=int, default=20, help="StreamPolicies subscribers (20)"
+    )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a fast end-to-end check with smaller defaults (explicit options still apply)",
+    )
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=report.RESULTS_DIR,
+        help="where the JSON results go (bench/results)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="keep the services' state and logs here (default: a temporary directory)",
+    )
+    parser.add_argument("--start-timeout", type=float, default=None, help="per process (s)")
+    args = parser.parse_args(argv)
+    defaults = SMOKE if args.smoke else DEFAULTS
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.start_timeout is None:
+        args.start_timeout = 120.0 if args.backend == "emulators" else 60.0
+    names = ALL if args.scenarios == "all" else [s.strip() for s in args.scenarios.split(",")]
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        parser.error(f"unknown scenarios {unknown}; choose from {ALL}")
+    args.names = [n for n in ALL if n in names]  # always in the documented order
+    if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.processes < 1:
+        parser.error("--duration > 0, --warmup >= 0, --concurrency >= 1, --processes >= 1")
+    return args
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _target(ctx: Context, service: str) -> str:
+    return {
+        "governor": ctx.governor,
+        "coordinator": ctx.coordinator,
+        "scheduler": ctx.scheduler,
+        "empty": ctx.empty,
+    }[service]
+
+
+async def _load(ctx: Context, scenario: Throughput, config: LoadConfig) -> LoadResult:
+    key = scenario.setup.__name__
+    if key not in ctx.setups:
+        ctx.setups[key] = await scenario.setup(ctx)
+    params = ctx.setups[key]
+    target = _target(ctx, scenario.service)
+    await check_once(target, scenario.method, request_factory(scenario.name, params, 999)(0))
+    spec = CallSpec(target, scenario.method, scenario.name, params)
+    result = await asyncio.to_thread(run_load, spec, config)
+    errors = f", errors {result.errors}" if result.errors else ""
+    _log(
+        f"{scenario.title}: {result.rps:.0f} rps, p50 {result.latency.p50_ms:.2f} ms, "
+        f"p99 {result.latency.p99_ms:.2f} ms{errors}"
+    )
+    return result
+
+
+async def run(
+    args: argparse.Namespace, suite: Suite
+) -> tuple[LoadResult | None, list[report.ThroughputRow], list[LatencyResult]]:
+    _log(f"starting the suite ({args.backend}) in {suite.workdir}")
+    await suite.start(args.start_timeout)
+    ctx = Context(
+        run_id=uuid.uuid4().hex[:6],
+        governor=suite.governor_target,
+        coordinator=suite.coordinator_target,
+        scheduler=suite.scheduler_target,
+        empty=suite.empty_target,
+        ledger=suite.ledger_path,
+    )
+    config = LoadConfig(
+        processes=args.processes,
+        concurrency=args.concurrency,
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+    )
+    selected = [s for s in THROUGHPUT if s.name in args.names]
+    baseline: LoadResult | None = None
+    rows: list[report.ThroughputRow] = []
+    if selected:
+        # Right before the scenarios, with the same load: ratios hold on a noisy machine.
+        baseline = await _load(ctx, EMPTY, config)
+    for scenario in selected:
+        result = await _load(ctx, scenario, config)
+        ctx.peak_rps[scenario.name] = result.rps
+        setup = ctx.setups[scenario.setup.__name__]
+        extra = {k: v for k, v in setup.items() if k in ("active_policies",)}
+        rows.append(
+            report.ThroughputRow(scenario.name, scenario.title, scenario.method, result, extra)
+        )
+
+    options = LatencyOptions(
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        rate=args.rate,
+        fanout_subscribers=args.subscribers,
+        policy_subscribers=args.policy_subscribers,
+        propagation_iterations=args.iterations,
+        tasks=args.tasks,
+        start_timeout_s=args.start_timeout,
+    )
+    latency: list[LatencyResult] = []
+    for name in args.names:
+        if name not in LATENCY:
+            continue
+        _log(f"{name} …")
+        produced = await LATENCY[name](ctx, suite, options)
+        for item in produced:
+            _log(
+                f"{item.title}: p50 {item.latency.p50_ms:.2f} ms, "
+                f"p99 {item.latency.p99_ms:.2f} ms (n={item.latency.count})"
+            )
+        latency.extend(produced)
+    return baseline, rows, latency
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now(UTC)
+    machine = report.machine_info()
+    config: dict[str, Any] = {
+        "scenarios": args.names,
+        "processes": args.processes,
+        "concurrency": args.concurrency,
+        "warmup_s": args.warmup,
+        "duration_s": args.duration,
+        "rate": args.rate,
+        "tasks": args.tasks,
+        "iterations": args.iterations,
+        "subscribers": args.subscribers,
+        "policy_subscribers": args.policy_subscribers,
+        "smoke": args.smoke,
+        "call_timeout_s": LoadConfig().call_timeout_s,
+    }
+    with tempfile.TemporaryDirectory(prefix="tai-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        suite: Suite | None = None
+        try:
+            suite = make_suite(args.backend, workdir)
+            baseline, rows, latency = asyncio.run(run(args, suite))
+        except BaseException as error:
+            tails = suite.log_tails() if suite is not None else ""
+            _log(f"failed: {error!r}\n{tails}")
+            return 130 if isinstance(error, KeyboardInterrupt) else 1
+        finally:
+            if suite is not None:
+                suite.stop()
+    table = report.render(
+        backend=args.backend,
+        machine=machine,
+        config=config,
+        baseline=baseline,
+        throughput=rows,
+        latency=latency,
+    )
+    print(table, flush=True)
+    path = report.write_json(
+        results_dir=args.results_dir,
+        started=started,
+        backend=args.backend,
+        machine=machine,
+        config=config,
+        env=tai_overrides(),
+        baseline=baseline,
+        throughput=rows,
+        latency=latency,
+        table=table,
+    )
+    print(f"results: {path}", flush=True)
+    return 0

@@ -1,0 +1,179 @@
+"""The system under test: the three services as separate processes on free loopback ports, and
+the empty-handler baseline server, started with the tests' `ServiceProcess` (tests/support).
+
+- `embedded`: the embedded default `make run` uses — one SQLite file for store and bus, in a
+  temporary directory; in-process cache.
+- `emulators`: Firestore and Pub/Sub emulators and a real redis-server (tests/support's helpers),
+  each service on its production adapters (`firestore://`, `pubsub://`, `redis://`).
+
+Every `TAI_*` variable of the environment is passed on (ServiceProcess does), and overrides the
+defaults below except ports, targets and replica ids: `TAI_SQLITE_SYNCHRONOUS=NORMAL make bench`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+# tests/support is imported from where it lives (appended: bench/ itself comes first).
+if str(ROOT / "tests") not in sys.path:
+    sys.path.append(str(ROOT / "tests"))
+
+from support.processes import ServiceProcess, free_port  # noqa: E402
+
+BACKENDS = ("embedded", "emulators")
+# Variables the harness sets per process; the environment cannot override them.
+_FIXED = {"TAI_GRPC_PORT", "TAI_REPLICA_ID", "TAI_GOVERNOR_TARGET", "TAI_COORDINATOR_TARGET"}
+
+
+def tai_overrides() -> dict[str, str]:
+    """The caller's TAI_* variables (recorded in the results)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("TAI_") and k not in _FIXED}
+
+
+@dataclass
+class Suite:
+    backend: str
+    workdir: Path
+    base_env: dict[str, str]
+    ledger_path: Path
+    governor: ServiceProcess | None = None
+    coordinators: list[ServiceProcess] = field(default_factory=list)
+    scheduler: ServiceProcess | None = None
+    empty: ServiceProcess | None = None
+    _emulators: list[Any] = field(default_factory=list)
+    _count: int = 0
+
+    @property
+    def governor_target(self) -> str:
+        assert self.governor is not None
+        return self.governor.target
+
+    @property
+    def coordinator_target(self) -> str:
+        return self.coordinators[0].target
+
+    @property
+    def scheduler_target(self) -> str:
+        assert self.scheduler is not None
+        return self.scheduler.target
+
+    @property
+    def empty_target(self) -> str:
+        assert self.empty is not None
+        return self.empty.target
+
+    def _process(self, module: str, **env: str) -> ServiceProcess:
+        self._count += 1
+        settings = {
+            **self.base_env,
+            **tai_overrides(),
+            "TAI_GRPC_PORT": str(free_port()),
+            **env,
+        }
+        return ServiceProcess(module, settings, self.workdir / f"{self._count:02d}-{module}.log")
+
+    async def start(self, timeout: float) -> None:
+        """The empty-handler server, the Governor, one Coordinator, the Scheduler."""
+        self.empty = await self._process(
+            "bench.empty_server", PYTHONPATH=_pythonpath(), TAI_REPLICA_ID="empty"
+        ).start(timeout)
+        self.governor = await self._process("tai_governor", TAI_REPLICA_ID="governor-0").start(
+            timeout
+        )
+        await self.add_coordinator(timeout)
+        self.scheduler = await self._process(
+            "tai_scheduler",
+            TAI_REPLICA_ID="scheduler-0",
+            TAI_GOVERNOR_TARGET=self.governor_target,
+            TAI_COORDINATOR_TARGET=self.coordinator_target,
+        ).start(timeout)
+
+    async def add_coordinator(self, timeout: float) -> ServiceProcess:
+        """Another Coordinator replica (the first is the one the scenarios load)."""
+        process = await self._process(
+            "tai_coordinator",
+            TAI_REPLICA_ID=f"coordinator-{len(self.coordinators)}",
+            TAI_GOVERNOR_TARGET=self.governor_target,
+        ).start(timeout)
+        self.coordinators.append(process)
+        return process
+
+    def stop_coordinator(self, process: ServiceProcess) -> None:
+        process.stop()
+        self.coordinators.remove(process)
+
+    def stop(self) -> None:
+        for process in [self.scheduler, *reversed(self.coordinators), self.governor, self.empty]:
+            if process is not None:
+                with contextlib.suppress(Exception):
+                    process.stop()
+        for emulator in reversed(self._emulators):
+            with contextlib.suppress(Exception):
+                emulator.stop()
+
+    def log_tails(self) -> str:
+        parts = []
+        for process in [self.governor, *self.coordinators, self.scheduler, self.empty]:
+            if process is not None:
+                parts.append(
+                    f"--- {process.module} ({process.log_path.name})\n{process.log_tail()}"
+                )
+        return "\n".join(parts)
+
+
+def _pythonpath() -> str:
+    existing = os.environ.get("PYTHONPATH", "")
+    return f"{ROOT}{os.pathsep}{existing}" if existing else str(ROOT)
+
+
+def make_suite(backend: str, workdir: Path) -> Suite:
+    """The suite's settings (emulators are started here, the services by `Suite.start`)."""
+    ledger = workdir / "ledger.db"
+    common = {
+        "TAI_AUTH": "off",  # as `make run`
+        "TAI_METRICS_PORT": "0",
+        "TAI_LOG_FORMAT": "text",
+        "TAI_SHUTDOWN_GRACE_SECONDS": "2",
+        # The test executors' ledger (the dispatch-lag and SubmitTask scenarios' task type).
+        "TAI_TEST_LEDGER": str(ledger),
+    }
+    if backend == "embedded":
+        db = f"sqlite:///{workdir / 'tai.db'}"
+        return Suite(backend, workdir, {**common, "TAI_STORE": db, "TAI_BUS": db}, ledger)
+    if backend != "emulators":
+        raise ValueError(f"backend must be one of {BACKENDS}")
+
+    from support.firestore_emulator import FirestoreEmulator
+    from support.pubsub_emulator import EMULATOR_BINARY, PubSubEmulator
+    from support.redis_server import RedisServer
+
+    suite = Suite(backend, workdir, {}, ledger)
+    try:
+        firestore = FirestoreEmulator.start(workdir / "firestore-emulator.log")
+        suite._emulators.append(firestore)
+        pubsub = PubSubEmulator(EMULATOR_BINARY, free_port(), workdir / "pubsub-emulator.log")
+        pubsub.start()
+        suite._emulators.append(pubsub)
+        redis = RedisServer().start()
+        suite._emulators.append(redis)
+    except BaseException:
+        suite.stop()
+        raise
+    project = f"tai-bench-{uuid.uuid4().hex[:12]}"
+    suite.base_env = {
+        **common,
+        "TAI_STORE": f"firestore://{project}",
+        "TAI_BUS": f"pubsub://{project}",
+        "TAI_BUS_CREATE_MISSING": "true",
+        "TAI_CACHE": redis.url,
+        "FIRESTORE_EMULATOR_HOST": firestore.host,
+        "PUBSUB_EMULATOR_HOST": pubsub.host,
+    }
+    return suite

@@ -1,0 +1,140 @@
+"""Channels to TAI services, with deadlines, retries on UNAVAILABLE, optional mutual TLS and a
+bearer token.
+
+Retries use gRPC's own retry policy (a service config on the channel) rather than a hand-written
+loop: the library retries only calls that are safe to retry at the transport level and honours
+each call's deadline.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files: the CA that signs the servers, and this client's certificate and key (for
+    mutual TLS; leave them empty for server-only TLS)."""
+
+    ca_file: str
+    cert_file: str = ""
+    key_file: str = ""
+    # Expect this name in the server's certificate instead of the target's host.
+    server_name: str = ""
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=Path(self.ca_file).read_bytes(),
+            private_key=Path(self.key_file).read_bytes() if self.key_file else None,
+            certificate_chain=Path(self.cert_file).read_bytes() if self.cert_file else None,
+        )
+
+
+@dataclass(frozen=True)
+class ChannelOptions:
+    # Deadline of a unary call when the caller gives none.
+    default_timeout_seconds: float = 10.0
+    max_attempts: int = 4
+    initial_backoff_seconds: float = 0.1
+    max_backoff_seconds: float = 2.0
+    max_message_bytes: int = 4 * 1024 * 1024
+    tls: TlsFiles | None = None
+    # Sent as `authorization: Bearer <token>` on every call; a callable is asked each time (a
+    # token that rotates).
+    bearer_token: str | Callable[[], str] = ""
+    # More client interceptors (e.g. metrics, tracing), run before the token is added.
+    interceptors: tuple[grpc.aio.ClientInterceptor, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_attempts <= 5:
+            raise ValueError("max_attempts must be between 1 and 5 (gRPC's limit)")
+
+
+def _service_config(options: ChannelOptions) -> str:
+    if options.max_attempts == 1:  # no retries (gRPC wants a retry policy to allow at least 2)
+        return json.dumps({"methodConfig": []})
+    return json.dumps(
+        {
+            "methodConfig": [
+                {
+                    "name": [
+                        {"service": "tai.v1.Governor"},
+                        {"service": "tai.v1.Coordinator"},
+                        {"service": "tai.v1.Scheduler"},
+                    ],
+                    "retryPolicy": {
+                        "maxAttempts": options.max_attempts,
+                        "initialBackoff": f"{options.initial_backoff_seconds}s",
+                        "maxBackoff": f"{options.max_backoff_seconds}s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ]
+        }
+    )
+
+
+class _BearerToken:
+    """Adds the authorization metadata to every call."""
+
+    def __init__(self, token: str | Callable[[], str]) -> None:
+        self._token = token
+
+    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        token = self._token() if callable(self._token) else self._token
+        metadata = grpc.aio.Metadata(*(details.metadata or ()))
+        metadata.add("authorization", f"Bearer {token}")
+        return grpc.aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+
+# grpc.aio files an interceptor under one kind of call only, so each kind gets its own class.
+class _UnaryBearerToken(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):
+    async def intercept_unary_unary(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(self._with_token(client_call_details), request)
+
+
+class _StreamBearerToken(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
+    async def intercept_unary_stream(
+        self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
+        return await continuation(self._with_token(client_call_details), request)
+
+
+def open_channel(target: str, options: ChannelOptions | None = None) -> grpc.aio.Channel:
+    """A channel to `target` (host:port) with TAI's retry policy, TLS and token if given."""
+    options = options or ChannelOptions()
+    channel_options: list[tuple[str, Any]] = [
+        ("grpc.service_config", _service_config(options)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", options.max_message_bytes),
+        ("grpc.max_send_message_length", options.max_message_bytes),
+    ]
+    interceptors: list[grpc.aio.ClientInterceptor] = list(options.interceptors)
+    if options.bearer_token:
+        interceptors += [
+            _UnaryBearerToken(options.bearer_token),
+            _StreamBearerToken(options.bearer_token),
+        ]
+    if options.tls is not None:
+        if options.tls.server_name:
+            channel_options.append(("grpc.ssl_target_name_override", options.tls.server_name))
+        return grpc.aio.secure_channel(
+            target,
+            options.tls.credentials(),
+            options=channel_options,
+            interceptors=interceptors or None,
+        )
+    return grpc.aio.insecure_channel(
+        target, options=channel_options, interceptors=interceptors or None
+    )

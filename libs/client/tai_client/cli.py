@@ -1,0 +1,119 @@
+"""`taictl`: the TAI command line.
+
+taictl [--target HOST:PORT] [--token JWT] [--ca FILE [--cert FILE --key FILE]] [--json]
+    policy | signal | action | status | task | audit …
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+import grpc
+
+from tai_client.channel import ChannelOptions, TlsFiles, open_channel
+from tai_client.output import error_console
+
+T = TypeVar("T")
+
+DEFAULT_TARGETS = {
+    "governor": "127.0.0.1:50051",
+    "coordinator": "127.0.0.1:50052",
+    "scheduler": "127.0.0.1:50053",
+}
+
+
+@dataclass
+class CliContext:
+    target: str | None
+    json_output: bool
+    timeout: float
+    token: str = ""
+    tls: TlsFiles | None = None
+
+    def target_for(self, service: str) -> str:
+        return self.target or DEFAULT_TARGETS[service]
+
+    def run(
+        self, service: str, call: Callable[[grpc.aio.Channel, ChannelOptions], Awaitable[T]]
+    ) -> T:
+        """Runs `call` with a channel to `service`, turning gRPC errors into a message and
+        exit status 1."""
+        options = ChannelOptions(
+            default_timeout_seconds=self.timeout, bearer_token=self.token, tls=self.tls
+        )
+
+        async def main() -> T:
+            async with open_channel(self.target_for(service), options) as channel:
+                return await call(channel, options)
+
+        try:
+            return asyncio.run(main())
+        except grpc.aio.AioRpcError as error:
+            error_console.print(f"[red]error[/red]: {error.code().name}: {error.details()}")
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+
+pass_context = click.make_pass_decorator(CliContext)
+
+
+@click.group()
+@click.option(
+    "--target",
+    envvar="TAICTL_TARGET",
+    help="host:port of the service (default: the service's port on 127.0.0.1, or the "
+    "gateway when you point it there).",
+)
+@click.option("--json", "json_output", is_flag=True, help="Print JSON (one object a line).")
+@click.option("--timeout", default=10.0, show_default=True, help="Deadline per call, seconds.")
+@click.option("--token", envvar="TAICTL_TOKEN", default="", help="Bearer token (a JWT).")
+@click.option("--ca", "ca_file", envvar="TAICTL_CA", default="", help="CA file: use TLS.")
+@click.option("--cert", "cert_file", envvar="TAICTL_CERT", default="", help="Client cert (mTLS).")
+@click.option("--key", "key_file", envvar="TAICTL_KEY", default="", help="Client key (mTLS).")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    target: str | None,
+    json_output: bool,
+    timeout: float,
+    token: str,
+    ca_file: str,
+    cert_file: str,
+    key_file: str,
+) -> None:
+    """Operate a TAI control plane."""
+    ctx.obj = CliContext(
+        target=target,
+        json_output=json_output,
+        timeout=timeout,
+        token=token,
+        tls=TlsFiles(ca_file, cert_file, key_file) if ca_file else None,
+    )
+
+
+def parse_pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for value in values:
+        key, sep, item = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {value!r}", param_hint=option)
+        pairs[key] = item
+    return pairs
+
+
+def main() -> Any:
+    # Importing the command modules registers their groups on `cli`.
+    from tai_client import (  # noqa: F401
+        audit_commands,
+        coordinator_commands,
+        policy_commands,
+        task_commands,
+    )
+
+    return cli()

@@ -1,0 +1,145 @@
+"""Typed client of the Coordinator."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import grpc
+from tai.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+
+from tai_client.channel import ChannelOptions
+
+
+class CoordinatorClient:
+    """Calls the Coordinator over `channel`; each unary call gets the default deadline unless
+    `timeout` is given."""
+
+    def __init__(self, channel: grpc.aio.Channel, options: ChannelOptions | None = None) -> None:
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        self._timeout = (options or ChannelOptions()).default_timeout_seconds
+
+    async def submit_signal(
+        self,
+        *,
+        signal_type: str,
+        priority: int,
+        metadata: Mapping[str, str] | None = None,
+        payload: bytes = b"",
+        source: str = "",
+        signal_id: str = "",
+        timestamp_ns: int = 0,
+        timeout: float | None = None,
+    ) -> common_pb2.Receipt:
+        return await self._stub.SubmitSignal(
+            coordinator_pb2.SubmitSignalRequest(
+                id=signal_id,
+                signal_type=signal_type,
+                timestamp_ns=timestamp_ns,
+                metadata=dict(metadata or {}),
+                payload=payload,
+                priority=priority,
+                source=source,
+            ),
+            timeout=timeout or self._timeout,
+        )
+
+    async def request_action(
+        self,
+        *,
+        action_type: str,
+        target_service: str,
+        parameters: Mapping[str, str] | None = None,
+        payload: bytes = b"",
+        source_service: str = "",
+        action_id: str = "",
+        not_before_ns: int = 0,
+        ack_deadline_seconds: int = 0,
+        max_deliveries: int = 0,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> common_pb2.Receipt:
+        return await self._stub.RequestAction(
+            coordinator_pb2.RequestActionRequest(
+                id=action_id,
+                action_type=action_type,
+                parameters=dict(parameters or {}),
+                payload=payload,
+                source_service=source_service,
+                target_service=target_service,
+                not_before_ns=not_before_ns,
+                ack_deadline_seconds=ack_deadline_seconds,
+                max_deliveries=max_deliveries,
+                priority=priority,
+            ),
+            timeout=timeout or self._timeout,
+        )
+
+    def stream_actions(
+        self, service_name: str, *, include_history: bool = False
+    ) -> grpc.aio.UnaryStreamCall[coordinator_pb2.StreamActionsRequest, coordinator_pb2.Action]:
+        """The StreamActions call (iterate it; `cancel()` it to stop). No deadline."""
+        return self._stub.StreamActions(
+            coordinator_pb2.StreamActionsRequest(
+                service_name=service_name, include_history=include_history
+            )
+        )
+
+    async def acknowledge(
+        self, action_id: str, status: str, message: str = "", *, timeout: float | None = None
+    ) -> common_pb2.Receipt:
+        """`status`: "accepted", "completed", "rejected" or "failed"."""
+        return await self._stub.AcknowledgeAction(
+            coordinator_pb2.AcknowledgeActionRequest(
+                action_id=action_id, status=status, message=message
+            ),
+            timeout=timeout or self._timeout,
+        )
+
+    async def status(
+        self, service_name: str = "", *, timeout: float | None = None
+    ) -> coordinator_pb2.CoordinationStatus:
+        return await self._stub.GetStatus(
+            coordinator_pb2.GetStatusRequest(service_name=service_name),
+            timeout=timeout or self._timeout,
+        )
+
+    async def get_action(
+        self, action_id: str, *, timeout: float | None = None
+    ) -> coordinator_pb2.Action:
+        return await self._stub.GetAction(
+            coordinator_pb2.GetActionRequest(action_id=action_id),
+            timeout=timeout or self._timeout,
+        )
+
+    async def get_signal(
+        self, signal_id: str, *, timeout: float | None = None
+    ) -> coordinator_pb2.Signal:
+        return await self._stub.GetSignal(
+            coordinator_pb2.GetSignalRequest(id=signal_id), timeout=timeout or self._timeout
+        )
+
+    async def list_actions(
+        self,
+        *,
+        target_service: str = "",
+        status: coordinator_pb2.ActionStatus.ValueType = coordinator_pb2.ACTION_STATUS_UNSPECIFIED,
+        policy_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> coordinator_pb2.ListActionsResponse:
+        return await self._stub.ListActions(
+            coordinator_pb2.ListActionsRequest(
+                target_service=target_service,
+                status=status,
+                policy_id=policy_id,
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            timeout=timeout or self._timeout,
+        )
+
+    async def health(self) -> common_pb2.HealthStatus:
+        return await self._stub.HealthCheck(
+            common_pb2.HealthCheckRequest(service_name="coordinator"), timeout=self._timeout
+        )

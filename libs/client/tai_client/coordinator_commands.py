@@ -1,0 +1,284 @@
+"""`taictl signal …`, `taictl action …` and `taictl status`: the Coordinator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import grpc
+from tai.v1 import common_pb2, coordinator_pb2
+
+from tai_client.channel import ChannelOptions
+from tai_client.cli import CliContext, cli, parse_pairs, pass_context
+from tai_client.coordinator import CoordinatorClient
+from tai_client.output import console, format_map, format_ns, print_fields, print_json, print_table
+
+ACTION_STATUSES = {
+    name.removeprefix("ACTION_STATUS_"): value
+    for name, value in coordinator_pb2.ActionStatus.items()
+    if value
+}
+
+
+def status_name(value: int) -> str:
+    return coordinator_pb2.ActionStatus.Name(value).removeprefix("ACTION_STATUS_")  # type: ignore[arg-type]
+
+
+def _action_row(a: coordinator_pb2.Action) -> list[str]:
+    return [
+        a.id,
+        a.action_type,
+        a.target_service,
+        status_name(a.status),
+        str(a.delivery_count),
+        a.policy_id or "-",
+        format_map(a.parameters),
+        format_ns(a.updated_at_ns),
+    ]
+
+
+ACTION_COLUMNS = ["ID", "TYPE", "TARGET", "STATUS", "DELIVERIES", "POLICY", "PARAMETERS", "UPDATED"]
+
+
+@cli.group()
+def signal() -> None:
+    """Submit signals to the Coordinator."""
+
+
+@signal.command()
+@click.option(
+    "--type", "signal_type", required=True, type=click.Choice(["alert", "event", "command"])
+)
+@click.option("--priority", required=True, type=click.IntRange(1, 10), help="1-10, 10 most urgent.")
+@click.option("--meta", "metadata", multiple=True, metavar="KEY=VALUE", help="Metadata entry.")
+@click.option("--source", default="taictl", show_default=True)
+@click.option("--payload", default="", help="Payload text (UTF-8).")
+@click.option("--id", "signal_id", default="", help="Idempotency key (generated if empty).")
+@pass_context
+def submit(
+    ctx: CliContext,
+    signal_type: str,
+    priority: int,
+    metadata: tuple[str, ...],
+    source: str,
+    payload: str,
+    signal_id: str,
+) -> None:
+    """Submit a signal; prints which policies matched and which actions were created."""
+
+    async def call(channel: grpc.aio.Channel, options: ChannelOptions) -> common_pb2.Receipt:
+        return await CoordinatorClient(channel, options).submit_signal(
+            signal_type=signal_type,
+            priority=priority,
+            metadata=parse_pairs(metadata, "--meta"),
+            payload=payload.encode(),
+            source=source,
+            signal_id=signal_id,
+        )
+
+    receipt = ctx.run("coordinator", call)
+    if ctx.json_output:
+        print_json(receipt)
+        return
+    console.print(
+        f"signal [bold]{receipt.resource_id}[/bold]: matched "
+        f"{', '.join(receipt.matched_policy_ids) or 'no policy'}; created "
+        f"{', '.join(receipt.action_ids) or 'no action'}"
+        + (
+            f"; dry-run matches {receipt.result_data['dry_run_policy_ids']}"
+            if receipt.result_data.get("dry_run_policy_ids")
+            else ""
+        )
+        + (
+            f"; suppressed by cooldown {receipt.result_data['suppressed_policy_ids']}"
+            if receipt.result_data.get("suppressed_policy_ids")
+            else ""
+        )
+        + (" (replayed)" if receipt.replayed else "")
+    )
+
+
+@cli.group()
+def action() -> None:
+    """List, watch, acknowledge and request actions."""
+
+
+@action.command(name="list")
+@click.option("--service", default="", help="Only actions for this target service.")
+@click.option("--status", "status", default=None, type=click.Choice(sorted(ACTION_STATUSES)))
+@click.option("--policy", "policy_id", default="", help="Only actions created by this policy.")
+@click.option("--limit", default=100, show_default=True, help="At most this many (newest first).")
+@pass_context
+def list_actions(
+    ctx: CliContext, service: str, status: str | None, policy_id: str, limit: int
+) -> None:
+    """List actions, newest first."""
+
+    async def call(
+        channel: grpc.aio.Channel, options: ChannelOptions
+    ) -> list[coordinator_pb2.Action]:
+        client = CoordinatorClient(channel, options)
+        found: list[coordinator_pb2.Action] = []
+        token = ""
+        while len(found) < limit:
+            page = await client.list_actions(
+                target_service=service,
+                status=ACTION_STATUSES[status] if status else 0,  # type: ignore[arg-type]
+                policy_id=policy_id,
+                page_size=min(1000, limit - len(found)),
+                page_token=token,
+            )
+            found.extend(page.actions)
+            token = page.next_page_token
+            if not token:
+                break
+        return found
+
+    actions = ctx.run("coordinator", call)
+    if ctx.json_output:
+        for a in actions:
+            print_json(a)
+        return
+    print_table(ACTION_COLUMNS, actions, _action_row, title=f"{len(actions)} actions")
+
+
+@action.command()
+@click.argument("action_id")
+@pass_context
+def get(ctx: CliContext, action_id: str) -> None:
+    """Show one action."""
+
+    async def call(channel: grpc.aio.Channel, options: ChannelOptions) -> coordinator_pb2.Action:
+        return await CoordinatorClient(channel, options).get_action(action_id)
+
+    a = ctx.run("coordinator", call)
+    if ctx.json_output:
+        print_json(a)
+        return
+    print_fields(
+        [
+            ("id", a.id),
+            ("type", a.action_type),
+            ("target", a.target_service),
+            ("status", status_name(a.status)),
+            ("message", a.status_message or "-"),
+            ("deliveries", f"{a.delivery_count} of {a.max_deliveries}"),
+            ("ack deadline", f"{a.ack_deadline_seconds}s"),
+            ("parameters", format_map(a.parameters)),
+            ("policy", f"{a.policy_id} v{a.policy_version}" if a.policy_id else "-"),
+            ("signal", a.signal_id or "-"),
+            ("updated", format_ns(a.updated_at_ns)),
+        ]
+    )
+
+
+@action.command()
+@click.argument("service")
+@click.option("--history", is_flag=True, help="Also resend actions accepted in the last hour.")
+@click.option(
+    "--ack",
+    type=click.Choice(["accepted", "completed", "rejected", "failed"]),
+    default=None,
+    help="Acknowledge each action with this status as it arrives (act as the service).",
+)
+@pass_context
+def watch(ctx: CliContext, service: str, history: bool, ack: str | None) -> None:
+    """Receive the actions addressed to SERVICE as they come (Ctrl-C to stop)."""
+
+    async def call(channel: grpc.aio.Channel, options: ChannelOptions) -> Any:
+        client = CoordinatorClient(channel, options)
+        async for a in client.stream_actions(service, include_history=history):
+            if ctx.json_output:
+                print_json(a)
+            else:
+                console.print(
+                    f"{a.id}  {a.action_type:<12} {status_name(a.status):<9} "
+                    f"delivery {a.delivery_count}/{a.max_deliveries}  {format_map(a.parameters)}"
+                )
+            if ack:
+                await client.acknowledge(a.id, ack, "acknowledged by taictl")
+
+    ctx.run("coordinator", call)
+
+
+@action.command(name="ack")
+@click.argument("action_id")
+@click.argument("status", type=click.Choice(["accepted", "completed", "rejected", "failed"]))
+@click.option("--message", default="")
+@pass_context
+def acknowledge(ctx: CliContext, action_id: str, status: str, message: str) -> None:
+    """Acknowledge an action: accepted, then completed; or rejected / failed."""
+
+    async def call(channel: grpc.aio.Channel, options: ChannelOptions) -> common_pb2.Receipt:
+        return await CoordinatorClient(channel, options).acknowledge(action_id, status, message)
+
+    receipt = ctx.run("coordinator", call)
+    if ctx.json_output:
+        print_json(receipt)
+        return
+    console.print(f"action {action_id} → {receipt.result_data.get('status', status.upper())}")
+
+
+@action.command()
+@click.option("--type", "action_type", required=True)
+@click.option("--service", "target_service", required=True, help="Target service.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE")
+@click.option("--id", "action_id", default="", help="Idempotency key (generated if empty).")
+@click.option("--not-before-ns", default=0, help="Not delivered before this time (ns).")
+@pass_context
+def request(
+    ctx: CliContext,
+    action_type: str,
+    target_service: str,
+    params: tuple[str, ...],
+    action_id: str,
+    not_before_ns: int,
+) -> None:
+    """Request an action directly, without a policy."""
+
+    async def call(channel: grpc.aio.Channel, options: ChannelOptions) -> common_pb2.Receipt:
+        return await CoordinatorClient(channel, options).request_action(
+            action_type=action_type,
+            target_service=target_service,
+            parameters=parse_pairs(params, "--param"),
+            action_id=action_id,
+            not_before_ns=not_before_ns,
+            source_service="taictl",
+        )
+
+    receipt = ctx.run("coordinator", call)
+    if ctx.json_output:
+        print_json(receipt)
+        return
+    deferred = receipt.result_data.get("deferred_until_ns")
+    console.print(
+        f"action [bold]{receipt.resource_id}[/bold] "
+        + (f"deferred until {format_ns(int(deferred))}" if deferred else "requested")
+    )
+
+
+@cli.command()
+@click.argument("service", default="")
+@pass_context
+def status(ctx: CliContext, service: str) -> None:
+    """Coordination status of SERVICE (or of every service)."""
+
+    async def call(
+        channel: grpc.aio.Channel, options: ChannelOptions
+    ) -> coordinator_pb2.CoordinationStatus:
+        return await CoordinatorClient(channel, options).status(service)
+
+    s = ctx.run("coordinator", call)
+    if ctx.json_output:
+        print_json(s)
+        return
+    print_fields(
+        [
+            ("service", s.service_name or "(all)"),
+            ("pending signals", str(s.pending_signals)),
+            ("open actions", str(s.pending_actions)),
+            ("  delivered", str(s.delivered_actions)),
+            ("  accepted", str(s.accepted_actions)),
+            ("last signal", format_ns(s.last_signal_ns)),
+        ]
+    )

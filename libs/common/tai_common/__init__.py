@@ -1,0 +1,1 @@
+"""Ports, adapters and the gRPC runtime shared by every TAI service."""

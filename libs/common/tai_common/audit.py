@@ -1,0 +1,238 @@
+"""The audit trail: who changed what, and which calls were refused — tamper-evident.
+
+Services record an `AuditRecord` in the same store transaction as each change made through the
+API (through the outbox, on `tai-audit-events`), and one for each refused call. The audit log
+consumer appends every record to `audit_logs`, each carrying the hash of the previous one, so
+that editing, removing or reordering a stored record breaks the chain, and `verify` finds the
+first broken link.
+
+The hash of a record is SHA-256 over the previous hash and the record's canonical JSON (its
+fields but `hash`, keys sorted).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict, ParseDict
+from tai.v1 import common_pb2
+
+from tai_common.auth.principal import current_principal
+from tai_common.bus import events, outbox, topics
+from tai_common.clock import Clock, IdFactory
+from tai_common.store.port import (
+    DocumentStore,
+    Filter,
+    IndexSpec,
+    Op,
+    Order,
+    Query,
+    Transaction,
+)
+
+AUDIT_LOGS = "audit_logs"
+AUDIT_META = "audit_meta"
+HEAD = "head"
+INDEXES = (IndexSpec(AUDIT_LOGS, ("seq",)), IndexSpec(AUDIT_LOGS, ("principal", "seq")))
+
+_current_method: contextvars.ContextVar[str] = contextvars.ContextVar("tai_method", default="")
+
+
+def set_current_method(method: str) -> None:
+    """Set by the server for each call: the `action` of the audit records it causes."""
+    _current_method.set(method)
+
+
+def current_method() -> str:
+    return _current_method.get()
+
+
+def digest(document: Mapping[str, Any] | None) -> str:
+    """SHA-256 of a document's canonical JSON ("" for no document)."""
+    if document is None:
+        return ""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def chain_hash(prev_hash: str, record: common_pb2.AuditRecord) -> str:
+    fields = MessageToDict(record, preserving_proto_field_name=True)
+    fields.pop("hash", None)
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+
+
+class AuditTrail:
+    """What a service uses to record audit entries."""
+
+    def __init__(
+        self,
+        store: DocumentStore,
+        clock: Clock,
+        ids: IdFactory,
+        event_factory: events.EventFactory,
+        on_committed: Callable[[], None],
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._ids = ids
+        self._events = event_factory
+        self._on_committed = on_committed
+
+    def record_in(
+        self,
+        tx: Transaction,
+        resource: str,
+        old: Mapping[str, Any] | None,
+        new: Mapping[str, Any] | None,
+        *,
+        principal: str = "",
+        action: str = "",
+    ) -> None:
+        """Records a change as part of the change's transaction: by the current caller in the
+        current call, unless `principal` / `action` say otherwise (work a service does on its
+        own, e.g. in an event consumer)."""
+        self._add(
+            tx,
+            common_pb2.AuditRecord(
+                principal=principal or current_principal().name,
+                action=action or _current_method.get(),
+                resource=resource,
+                old_digest=digest(old),
+                new_digest=digest(new),
+                outcome="ok",
+            ),
+        )
+
+    async def record_refusal(self, method: str, caller: str, code: str, reason: str) -> None:
+        """Records a refused call (its own transaction: there is no change to join)."""
+
+        async def write(tx: Transaction) -> None:
+            self._add(
+                tx,
+                common_pb2.AuditRecord(
+                    principal=caller, action=method, outcome=code, reason=reason
+                ),
+            )
+
+        await self._store.run_transaction(write)
+        self._on_committed()
+
+    def _add(self, tx: Transaction, record: common_pb2.AuditRecord) -> None:
+        record.record_id = self._ids.new_id("aud")
+        record.time_ns = self._clock.now_ns()
+        record.service = self._events.producer
+        outbox.add_event(
+            tx,
+            topics.AUDIT_EVENTS,
+            self._events.build(
+                event_type=f"audit.{record.outcome.lower()}",
+                aggregate_type="audit",
+                # One ordering key: the log is one chain.
+                aggregate_id="audit",
+                aggregate_version=0,
+                payload=record,
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Verification:
+    intact: bool
+    checked: int
+    first_broken_seq: int = 0
+    reason: str = ""
+
+
+class AuditLog:
+    """The appended, hash-chained log (`audit_logs`, document id = record id)."""
+
+    def __init__(self, store: DocumentStore) -> None:
+        self._store = store
+
+    async def append(self, event_payload: common_pb2.AuditRecord) -> None:
+        """Appends a record at the end of the chain; a record already there is skipped (the
+        bus delivers at least once)."""
+        record = common_pb2.AuditRecord()
+        record.CopyFrom(event_payload)
+
+        async def append(tx: Transaction) -> None:
+            if await tx.get(AUDIT_LOGS, record.record_id) is not None:
+                return
+            head = await tx.get(AUDIT_META, HEAD)
+            seq = int(head.data["seq"]) + 1 if head else 1
+            prev_hash = str(head.data["hash"]) if head else ""
+            record.seq = seq
+            record.prev_hash = prev_hash
+            record.hash = chain_hash(prev_hash, record)
+            tx.create(AUDIT_LOGS, record.record_id, _to_doc(record))
+            tx.set(AUDIT_META, HEAD, {"seq": seq, "hash": record.hash})
+
+        await self._store.run_transaction(append)
+
+    async def records(
+        self, after_seq: int, limit: int, principal: str = ""
+    ) -> list[common_pb2.AuditRecord]:
+        filters: tuple[Filter, ...] = (Filter.eq("principal", principal),) if principal else ()
+        page = await self._store.query(
+            Query(
+                AUDIT_LOGS,
+                filters=(*filters, Filter("seq", Op.GT, after_seq)),
+                order_by=(Order("seq"),),
+                limit=limit,
+            )
+        )
+        return [_from_doc(d.data) for d in page.documents]
+
+    async def verify(self, page_size: int = 500) -> Verification:
+        """Walks the chain in order, recomputing each link."""
+        checked = 0
+        prev_hash = ""
+        expected_seq = 1
+        after = 0
+        while True:
+            batch = await self.records(after, page_size)
+            for record in batch:
+                checked += 1
+                if record.seq != expected_seq:
+                    return Verification(
+                        False, checked, expected_seq, f"record {expected_seq} is missing"
+                    )
+                if record.prev_hash != prev_hash:
+                    return Verification(
+                        False, checked, record.seq, "its link to the previous record is broken"
+                    )
+                if chain_hash(prev_hash, record) != record.hash:
+                    return Verification(
+                        False, checked, record.seq, "its content does not match its hash"
+                    )
+                prev_hash = record.hash
+                expected_seq += 1
+                after = record.seq
+            if len(batch) < page_size:
+                break
+        head = await self._store.get(AUDIT_META, HEAD)
+        if head is not None and int(head.data["seq"]) != expected_seq - 1:
+            return Verification(
+                False, checked, expected_seq, "records at the end of the chain are missing"
+            )
+        return Verification(True, checked)
+
+
+def _to_doc(record: common_pb2.AuditRecord) -> dict[str, Any]:
+    doc = MessageToDict(
+        record, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    # int64 fields travel as strings in proto JSON; the store orders them as numbers.
+    doc["seq"] = record.seq
+    doc["time_ns"] = record.time_ns
+    return doc
+
+
+def _from_doc(data: Mapping[str, Any]) -> common_pb2.AuditRecord:
+    return ParseDict(dict(data), common_pb2.AuditRecord(), ignore_unknown_fields=True)

@@ -1,0 +1,80 @@
+"""The method-to-role table: the one place that says who may call what.
+
+Methods not listed here are refused to everyone but admins, so a new RPC is closed until it is
+given a role. The health and reflection services and the seed's HealthCheck are open to all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from tai_common.auth.principal import Role
+
+OPEN_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+METHOD_ROLES: Mapping[str, Role] = {
+    # Governor
+    "/tai.v1.Governor/ProposePolicy": Role.OPERATOR,
+    "/tai.v1.Governor/EnforcePolicy": Role.ADMIN,
+    "/tai.v1.Governor/RevokePolicy": Role.ADMIN,
+    "/tai.v1.Governor/GetPolicies": Role.VIEWER,
+    "/tai.v1.Governor/GetPolicy": Role.VIEWER,
+    "/tai.v1.Governor/ListPolicyVersions": Role.VIEWER,
+    "/tai.v1.Governor/StreamPolicies": Role.VIEWER,
+    "/tai.v1.Governor/ListAuditRecords": Role.ADMIN,
+    "/tai.v1.Governor/VerifyAuditLog": Role.ADMIN,
+    # Coordinator
+    "/tai.v1.Coordinator/SubmitSignal": Role.OPERATOR,
+    "/tai.v1.Coordinator/RequestAction": Role.OPERATOR,
+    # Taking delivery of actions changes their state, so it is more than a read.
+    "/tai.v1.Coordinator/StreamActions": Role.OPERATOR,
+    "/tai.v1.Coordinator/AcknowledgeAction": Role.OPERATOR,
+    "/tai.v1.Coordinator/GetStatus": Role.VIEWER,
+    "/tai.v1.Coordinator/GetAction": Role.VIEWER,
+    "/tai.v1.Coordinator/ListActions": Role.VIEWER,
+    "/tai.v1.Coordinator/GetSignal": Role.VIEWER,
+    # Scheduler (cancelling someone else's task also needs ADMIN: checked by the Scheduler)
+    "/tai.v1.Scheduler/SubmitTask": Role.OPERATOR,
+    "/tai.v1.Scheduler/CancelTask": Role.OPERATOR,
+    "/tai.v1.Scheduler/GetTaskStatus": Role.VIEWER,
+    "/tai.v1.Scheduler/ListTasks": Role.VIEWER,
+    "/tai.v1.Scheduler/StreamTaskUpdates": Role.VIEWER,
+}
+
+OPEN_METHODS = frozenset(
+    {
+        "/tai.v1.Governor/HealthCheck",
+        "/tai.v1.Coordinator/HealthCheck",
+        "/tai.v1.Scheduler/HealthCheck",
+    }
+)
+
+# The internal calls each service makes, which it may make with its certificate alone (mTLS),
+# without a token: the Scheduler's executors and the Coordinator's policy listing.
+SERVICE_CALLS: Mapping[str, frozenset[str]] = {
+    "scheduler": frozenset(
+        {
+            "/tai.v1.Governor/EnforcePolicy",
+            "/tai.v1.Governor/RevokePolicy",
+            "/tai.v1.Coordinator/RequestAction",
+        }
+    ),
+    "coordinator": frozenset({"/tai.v1.Governor/GetPolicies"}),
+}
+
+
+def is_open(method: str) -> bool:
+    return method in OPEN_METHODS or method.startswith(OPEN_PREFIXES)
+
+
+def required_role(method: str) -> Role:
+    """The least role that may call `method` (ADMIN for methods not in the table)."""
+    return METHOD_ROLES.get(method, Role.ADMIN)
+
+
+def service_may_call(service: str, method: str) -> bool:
+    return method in SERVICE_CALLS.get(service, frozenset())

@@ -1,0 +1,105 @@
+"""The EventBus port: topics, subscriptions shared by the replicas of a consumer, at-least-once
+delivery with ack/nack, redelivery with backoff, ordering per key and dead-lettering.
+
+The shape follows Pub/Sub (so PubSub and Kafka adapters can implement it): a message is bytes
+plus string attributes and an optional ordering key; a subscription belongs to one topic and
+every message reaches one of the subscription's consumers; a handler that returns acks, one that
+raises nacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+# Attributes an adapter adds to a message it moves to the dead-letter topic (the message's own
+# attributes are kept): the subscription that gave up on it, its id on the source topic and the
+# deliveries it failed.
+DEAD_LETTER_SOURCE_SUBSCRIPTION: Final = "dead_letter_source_subscription"
+DEAD_LETTER_SOURCE_MESSAGE_ID: Final = "dead_letter_source_message_id"
+DEAD_LETTER_DELIVERY_ATTEMPTS: Final = "delivery_attempts"
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    topic: str
+    data: bytes
+    # Messages with the same key are delivered in publish order, one at a time.
+    ordering_key: str = ""
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A delivered message."""
+
+    message_id: str
+    topic: str
+    data: bytes
+    ordering_key: str
+    attributes: Mapping[str, str]
+    publish_time_ns: int
+    # 1 on first delivery, then 2, 3, … after nacks or expired ack deadlines.
+    delivery_attempt: int
+
+
+Handler = Callable[[Message], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class SubscriptionSpec:
+    """What a consumer subscribes to.
+
+    Replicas of one service subscribe with the same `name` and share its messages (each message
+    goes to one of them). A per-replica subscription (a unique `name`, `ephemeral=True`,
+    `start_at_latest=True`) gives every replica every message, from the time it subscribed.
+    """
+
+    topic: str
+    name: str
+    # Deliveries before a message goes to the dead-letter topic instead of the handler.
+    max_delivery_attempts: int = 5
+    # A delivered message not acked within this is delivered again.
+    ack_deadline_seconds: float = 30.0
+    # Backoff before redelivering a nacked message: min * 2**(attempt-1), capped at max.
+    min_backoff_seconds: float = 0.1
+    max_backoff_seconds: float = 10.0
+    # Where messages go after `max_delivery_attempts` (default `<topic>-dead-letter`).
+    dead_letter_topic: str | None = None
+    # New subscriptions start at the end of the topic instead of its retained beginning.
+    start_at_latest: bool = False
+    # Removed when its consumer goes away (per-replica fan-out subscriptions).
+    ephemeral: bool = False
+    # Messages handled at once by one consumer (never two of the same ordering key).
+    max_concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        if self.max_delivery_attempts < 1:
+            raise ValueError("max_delivery_attempts must be at least 1")
+        if self.ack_deadline_seconds <= 0:
+            raise ValueError("ack_deadline_seconds must be positive")
+
+    @property
+    def dead_letter(self) -> str:
+        return self.dead_letter_topic or f"{self.topic}-dead-letter"
+
+
+class Subscription(Protocol):
+    """A running consumer; `close` stops it after in-flight handlers finish."""
+
+    async def close(self) -> None: ...
+
+
+class EventBus(Protocol):
+    async def publish(self, message: OutgoingMessage) -> str:
+        """Publishes one message and returns its id once the bus has it durably. Raises
+        `tai_common.errors.Unavailable` when the bus cannot be reached."""
+
+    async def publish_many(self, messages: Sequence[OutgoingMessage]) -> list[str]:
+        """Publishes several messages (in order per ordering key)."""
+
+    async def subscribe(self, spec: SubscriptionSpec, handler: Handler) -> Subscription:
+        """Starts delivering the subscription's messages to `handler` in the background."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""The Cache port (version-stamped entries with TTL), its adapters and the read-through helper."""

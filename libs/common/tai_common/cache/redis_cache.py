@@ -1,0 +1,118 @@
+"""The production Cache: Redis (redis.asyncio), shared by every replica of every service.
+
+Version checks run as Lua scripts so that check-and-set is atomic. Redis being down never fails
+a caller: operations answer a miss (or do nothing), the outage is counted and logged once, and
+the adapter tries Redis again after a short pause. Invalidations missed during an outage could
+leave stale entries behind, so on recovery the adapter drops every key under its prefix.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from tai_common.cache.port import CacheEntry
+from tai_common.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+# KEYS[1]: key. ARGV: version, value, ttl in ms, tombstone flag ("1" or "0").
+# Refuses when the key holds a higher version; a tombstone stores an empty value.
+_PUT = """
+local current = redis.call('HGET', KEYS[1], 'v')
+if current and tonumber(current) > tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 't', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+# After a failure, skip Redis for this long instead of paying a timeout on every call.
+RETRY_AFTER_SECONDS = 1.0
+
+
+class RedisCache:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "tai:",
+        retry_after_seconds: float = RETRY_AFTER_SECONDS,
+    ) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._put = client.register_script(_PUT)
+        self._retry_after = retry_after_seconds
+        self._down_since: float | None = None
+        self._skip_until = 0.0
+
+    @classmethod
+    def from_url(cls, url: str, *, prefix: str = "tai:") -> RedisCache:
+        """`redis://host:port/db`. Short timeouts: a slow cache is worse than no cache."""
+        client = redis.Redis.from_url(
+            url,
+            socket_connect_timeout=0.25,
+            socket_timeout=0.25,
+            health_check_interval=10,
+        )
+        return cls(client, prefix=prefix)
+
+    async def get(self, key: str) -> CacheEntry | None:
+        fields = await self._call(self._client.hgetall(self._prefix + key))
+        if not fields or fields.get(b"t") == b"1" or b"v" not in fields:
+            return None
+        return CacheEntry(fields[b"d"], int(fields[b"v"]))
+
+    async def put(self, key: str, value: bytes, version: int, ttl_seconds: float) -> bool:
+        stored = await self._call(
+            self._put(
+                keys=[self._prefix + key],
+                args=[version, value, max(1, int(ttl_seconds * 1000)), "0"],
+            )
+        )
+        return bool(stored)
+
+    async def invalidate(self, key: str, version: int, ttl_seconds: float) -> None:
+        await self._call(
+            self._put(
+                keys=[self._prefix + key],
+                args=[version, b"", max(1, int(ttl_seconds * 1000)), "1"],
+            )
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def _call(self, awaitable: Any) -> Any:
+        if time.monotonic() < self._skip_until:
+            awaitable.close()
+            return None
+        try:
+            result = await awaitable
+        except (RedisError, OSError) as error:
+            self._skip_until = time.monotonic() + self._retry_after
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+                metrics.CACHE_OUTAGES.inc()
+                log.warning("redis cache unavailable (%s); reading from the store", error)
+            return None
+        if self._down_since is not None:
+            await self._recover()
+        return result
+
+    async def _recover(self) -> None:
+        """Back after an outage: drop what might be stale, then use Redis again."""
+        outage = time.monotonic() - (self._down_since or time.monotonic())
+        try:
+            async for key in self._client.scan_iter(match=self._prefix + "*", count=1000):
+                await self._client.unlink(key)
+        except (RedisError, OSError):
+            self._skip_until = time.monotonic() + self._retry_after
+            return
+        self._down_since = None
+        log.warning("redis cache available again after %.1f s; entries dropped", outage)

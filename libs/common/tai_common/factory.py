@@ -1,0 +1,134 @@
+"""Adapter selection: the one place that turns settings URLs into port implementations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+from tai_common.bus.port import EventBus
+from tai_common.cache.port import Cache
+from tai_common.clock import Clock
+from tai_common.config import ServiceSettings
+from tai_common.secrets.port import SecretSource
+from tai_common.store.port import DocumentStore
+
+
+class UnsupportedUrl(ValueError):
+    """A settings URL names an adapter this build does not have."""
+
+
+def sqlite_path(url: str) -> Path:
+    """`sqlite:///rel/path` → rel/path; `sqlite:////abs/path` → /abs/path."""
+    parsed = urlparse(url)
+    if parsed.scheme != "sqlite" or not parsed.path.startswith("/"):
+        raise UnsupportedUrl(f"not a sqlite URL: {url!r}")
+    return Path(parsed.path[1:])
+
+
+async def open_store(settings: ServiceSettings) -> DocumentStore:
+    """The DocumentStore named by `settings.store`."""
+    scheme = urlparse(settings.store).scheme
+    if scheme == "sqlite":
+        from tai_common.store.sqlite_store import SqliteStore
+
+        return await SqliteStore.open(
+            sqlite_path(settings.store), synchronous=settings.sqlite_synchronous
+        )
+    if scheme == "firestore":
+        from tai_common.store.firestore_store import FirestoreStore
+
+        # firestore://PROJECT or firestore://PROJECT/DATABASE; the emulator, if any, comes from
+        # FIRESTORE_EMULATOR_HOST.
+        parsed = urlparse(settings.store)
+        database = parsed.path.strip("/") or "(default)"
+        return await FirestoreStore.open(parsed.netloc, database=database)
+    raise UnsupportedUrl(
+        f"TAI_STORE: unsupported store {settings.store!r} "
+        "(expected sqlite:///path or firestore://PROJECT)"
+    )
+
+
+async def open_bus(settings: ServiceSettings, clock: Clock) -> EventBus:
+    """The EventBus named by `settings.bus`."""
+    scheme = urlparse(settings.bus).scheme
+    if scheme == "sqlite":
+        from tai_common.bus.local_bus import SqliteBus
+
+        return await SqliteBus.open(
+            sqlite_path(settings.bus), clock=clock, synchronous=settings.sqlite_synchronous
+        )
+    if scheme == "pubsub":
+        from tai_common.bus.pubsub_bus import PubSubBus
+
+        # pubsub://PROJECT; the emulator, if any, comes from PUBSUB_EMULATOR_HOST.
+        return await PubSubBus.open(
+            urlparse(settings.bus).netloc,
+            clock=clock,
+            create_missing=settings.bus_create_missing,
+        )
+    if scheme == "kafka":
+        from tai_common.bus.kafka_bus import KafkaBus
+
+        # kafka://HOST:PORT[,HOST:PORT…][?idempotence=false] — idempotent producers are on
+        # unless the broker cannot do them (Tansu, used in the tests, cannot).
+        parsed = urlparse(settings.bus)
+        options = parse_qs(parsed.query)
+        idempotence = options.get("idempotence", ["true"])[0].lower() not in ("0", "false", "no")
+        return await KafkaBus.open(
+            parsed.netloc,
+            clock=clock,
+            create_missing=settings.bus_create_missing,
+            enable_idempotence=idempotence,
+        )
+    raise UnsupportedUrl(
+        f"TAI_BUS: unsupported bus {settings.bus!r} "
+        "(expected sqlite:///path, pubsub://PROJECT or kafka://HOST:PORT)"
+    )
+
+
+def open_cache(settings: ServiceSettings) -> Cache:
+    """The Cache named by `settings.cache`: `memory://` (per process) or `redis://host:port/db`."""
+    scheme = urlparse(settings.cache).scheme
+    if scheme == "memory":
+        from tai_common.cache.memory_cache import MemoryCache
+
+        return MemoryCache()
+    if scheme in ("redis", "rediss"):
+        from tai_common.cache.redis_cache import RedisCache
+
+        return RedisCache.from_url(settings.cache)
+    raise UnsupportedUrl(
+        f"TAI_CACHE: unsupported cache {settings.cache!r} (expected memory:// or redis://…)"
+    )
+
+
+async def open_secrets(settings: ServiceSettings) -> SecretSource:
+    """The SecretSource named by `settings.secrets`: `env://[?dir=…]` or `vault://…`."""
+    scheme = urlparse(settings.secrets).scheme
+    try:
+        if scheme == "env":
+            from tai_common.secrets import open_env_secrets
+
+            return open_env_secrets(settings.secrets)
+        if scheme == "vault":
+            from tai_common.secrets import open_vault_secrets
+            from tai_common.secrets.vault_secrets import VaultCredentials
+
+            return await open_vault_secrets(
+                settings.secrets,
+                VaultCredentials(
+                    token=settings.vault_token,
+                    token_file=settings.vault_token_file,
+                    role_id=settings.vault_role_id,
+                    role_id_file=settings.vault_role_id_file,
+                    secret_id=settings.vault_secret_id,
+                    secret_id_file=settings.vault_secret_id_file,
+                    kubernetes_token_file=settings.vault_kubernetes_token_file,
+                ),
+            )
+    except ValueError as error:
+        raise UnsupportedUrl(f"TAI_SECRETS: {error}") from None
+    raise UnsupportedUrl(
+        f"TAI_SECRETS: unsupported secret source {settings.secrets!r} "
+        "(expected env:// or vault://host:port?…)"
+    )

@@ -1,0 +1,149 @@
+"""Security wiring from settings: the auth and rate-limit interceptors a service's server
+runs, its TLS credentials, and the channel options for its own calls to the other services."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import grpc
+from opentelemetry.instrumentation.grpc import aio_client_interceptors
+from tai_client.channel import ChannelOptions, TlsFiles
+
+from tai_common.auth.jwt_verifier import (
+    JwksLoader,
+    JwtVerifier,
+    VerifierConfig,
+    jwks_from_file,
+    jwks_from_url,
+)
+from tai_common.config import ServiceSettings
+from tai_common.grpc.auth import Authenticator, DeniedHook
+from tai_common.grpc.rate_limit import RateLimits
+from tai_common.ratelimit.memory_limiter import MemoryRateLimiter
+from tai_common.ratelimit.port import RateLimiter
+from tai_common.ratelimit.redis_limiter import RedisRateLimiter
+from tai_common.secrets.port import SecretSource
+from tai_common.telemetry.grpc_metrics import client_interceptors
+
+log = logging.getLogger(__name__)
+
+
+class SecurityConfigError(ValueError):
+    """The settings ask for something that cannot work (e.g. auth on without keys)."""
+
+
+def tls_enabled(settings: ServiceSettings) -> bool:
+    configured = [bool(settings.tls_cert), bool(settings.tls_key), bool(settings.tls_ca)]
+    if any(configured) and not all(configured):
+        raise SecurityConfigError("TAI_TLS_CERT, TAI_TLS_KEY and TAI_TLS_CA go together")
+    return all(configured)
+
+
+def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    """Mutual TLS: our certificate, and client certificates required, signed by our CA."""
+    if not tls_enabled(settings):
+        return None
+    return grpc.ssl_server_credentials(
+        [(Path(settings.tls_key).read_bytes(), Path(settings.tls_cert).read_bytes())],
+        root_certificates=Path(settings.tls_ca).read_bytes(),
+        require_client_auth=True,
+    )
+
+
+def internal_channel_options(settings: ServiceSettings, timeout: float = 10.0) -> ChannelOptions:
+    """How this service calls the others: mutual TLS with its own certificate when configured,
+    and its service token when it has one."""
+    tls = (
+        TlsFiles(settings.tls_ca, settings.tls_cert, settings.tls_key)
+        if tls_enabled(settings)
+        else None
+    )
+    return ChannelOptions(
+        default_timeout_seconds=timeout,
+        tls=tls,
+        bearer_token=_service_token(settings),
+        # Calls to the other services are measured (grpc_client_*) and traced.
+        interceptors=(*client_interceptors(), *aio_client_interceptors()),  # type: ignore[no-untyped-call]
+    )
+
+
+def _service_token(settings: ServiceSettings) -> str:
+    if settings.service_token_file:
+        return Path(settings.service_token_file).read_text().strip()
+    return settings.service_token.get_secret_value()
+
+
+def authenticator(
+    settings: ServiceSettings,
+    on_denied: DeniedHook | None,
+    jwks_loader: JwksLoader | None = None,
+) -> Authenticator:
+    """The authenticator the settings describe. With TAI_AUTH=off it lets everything through,
+    and says so loudly."""
+    if settings.auth == "off":
+        log.warning(
+            "AUTHENTICATION IS OFF (TAI_AUTH=off): every caller is an anonymous admin. "
+            "This is for local development and tests only; never run production like this."
+        )
+        return Authenticator(None)
+    loader = jwks_loader or _jwks_loader(settings)
+    verifier = JwtVerifier(
+        VerifierConfig(
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            algorithms=tuple(settings.jwt_algorithms),
+            roles_claim=settings.jwt_roles_claim,
+            leeway_seconds=settings.jwt_leeway_seconds,
+            min_refresh_seconds=settings.jwt_min_refresh_seconds,
+            max_key_age_seconds=settings.jwt_max_key_age_seconds,
+        ),
+        loader,
+    )
+    return Authenticator(verifier, service_identities=_identities(settings), on_denied=on_denied)
+
+
+def jwks_from_secret(source: SecretSource, name: str, key: str = "jwks") -> JwksLoader:
+    """The JWKS kept in a secret (e.g. in Vault): read afresh at each (re)load, so a rotated
+    key set is picked up without a restart."""
+
+    async def load() -> dict[str, Any]:
+        document: dict[str, Any] = json.loads((await source.get(name)).reveal(key))
+        return document
+
+    return load
+
+
+def _jwks_loader(settings: ServiceSettings) -> JwksLoader:
+    if settings.jwt_jwks_url:
+        return jwks_from_url(settings.jwt_jwks_url)
+    if settings.jwt_jwks_file:
+        return jwks_from_file(settings.jwt_jwks_file)
+    raise SecurityConfigError(
+        "TAI_AUTH=jwt needs the token verification keys: set TAI_JWT_JWKS_URL, "
+        "TAI_JWT_JWKS_FILE or TAI_JWT_JWKS_SECRET (or TAI_AUTH=off for local development)"
+    )
+
+
+def _identities(settings: ServiceSettings) -> dict[str, str]:
+    return dict(settings.tls_service_identities)
+
+
+def rate_limits(settings: ServiceSettings) -> RateLimits | None:
+    """The rate limits, or None when unlimited. Shared through Redis when a redis:// store is
+    named (or the cache is Redis)."""
+    if settings.rate_limit_per_second <= 0:
+        return None
+    store = settings.rate_limit_store or (
+        settings.cache if urlparse(settings.cache).scheme in ("redis", "rediss") else ""
+    )
+    limiter: RateLimiter = RedisRateLimiter.from_url(store) if store else MemoryRateLimiter()
+    return RateLimits(
+        limiter,
+        settings.rate_limit_per_second,
+        settings.rate_limit_burst,
+        settings.rate_limits,
+    )

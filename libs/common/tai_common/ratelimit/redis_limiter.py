@@ -1,0 +1,81 @@
+"""Token buckets in Redis: one budget per caller and method shared by every replica, taken
+atomically by a Lua script using Redis's own clock (so replicas' clocks don't matter).
+
+If Redis is unreachable the limiter lets calls through (counted and logged once per outage):
+a rate limit is a protection, not a reason to refuse all traffic.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from tai_common.ratelimit.port import Bucket, Decision
+from tai_common.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+# KEYS[1]: the bucket. ARGV: rate (tokens/s), burst. Returns {allowed, tokens*1000}.
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(state[1])
+local ts = tonumber(state[2])
+if tokens == nil then
+  tokens = burst
+  ts = now
+end
+tokens = math.min(burst, tokens + (now - ts) * rate)
+local allowed = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens, 'ts', now)
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return {allowed, math.floor(tokens * 1000)}
+"""
+
+RETRY_AFTER_SECONDS = 1.0
+
+
+class RedisRateLimiter:
+    def __init__(self, client: redis.Redis, prefix: str = "tai:rl:") -> None:
+        self._client = client
+        self._prefix = prefix
+        self._take = client.register_script(_TAKE)
+        self._skip_until = 0.0
+        self._down = False
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisRateLimiter:
+        return cls(redis.Redis.from_url(url, socket_connect_timeout=0.25, socket_timeout=0.25))
+
+    async def take(self, key: str, bucket: Bucket) -> Decision:
+        if time.monotonic() >= self._skip_until:
+            try:
+                allowed, milli_tokens = await self._take(
+                    keys=[self._prefix + key], args=[bucket.rate, bucket.burst]
+                )
+            except (RedisError, OSError) as error:
+                self._skip_until = time.monotonic() + RETRY_AFTER_SECONDS
+                if not self._down:
+                    self._down = True
+                    metrics.RATE_LIMIT_STORE_OUTAGES.inc()
+                    log.warning("rate-limit store unavailable (%s); not limiting", error)
+            else:
+                if self._down:
+                    self._down = False
+                    log.warning("rate-limit store available again")
+                tokens = int(milli_tokens) / 1000
+                return Decision(bool(allowed), int(tokens), (bucket.burst - tokens) / bucket.rate)
+        return Decision(True, int(bucket.burst), 0.0)
+
+    async def close(self) -> None:
+        await self._client.aclose()

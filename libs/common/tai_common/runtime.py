@@ -1,0 +1,282 @@
+"""A service process's lifecycle: store, bus, outbox relay, background workers, the gRPC server
+and the metrics endpoint — started in order, stopped in reverse on SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+import grpc
+import prometheus_client
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from tai.v1 import common_pb2
+
+from tai_common import audit, factory
+from tai_common.audit import AuditTrail
+from tai_common.auth.jwt_verifier import JwksLoader
+from tai_common.bus.events import EventFactory
+from tai_common.bus.outbox import OUTBOX_INDEXES, OutboxRelay
+from tai_common.bus.port import EventBus
+from tai_common.cache.port import Cache
+from tai_common.clock import Clock, IdFactory, SystemClock, UuidFactory
+from tai_common.config import ServiceSettings
+from tai_common.grpc import security
+from tai_common.grpc.server import GrpcServer, Registrar
+from tai_common.secrets.port import SecretSource
+from tai_common.store.port import DocumentStore, IndexSpec
+from tai_common.telemetry import metrics
+from tai_common.telemetry.grpc_metrics import ServerMetricsInterceptor
+from tai_common.telemetry.logging import configure_logging
+from tai_common.telemetry.traced_bus import TracedBus
+from tai_common.telemetry.traced_cache import TracedCache
+from tai_common.telemetry.traced_store import TracedStore
+from tai_common.telemetry.tracing import configure_tracing
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Dependencies:
+    """What a service's domain code is built from."""
+
+    settings: ServiceSettings
+    store: DocumentStore
+    bus: EventBus
+    cache: Cache
+    secrets: SecretSource
+    clock: Clock = field(default_factory=SystemClock)
+    ids: IdFactory = field(default_factory=UuidFactory)
+
+    @classmethod
+    async def open(cls, settings: ServiceSettings) -> Dependencies:
+        """Opens the adapters the settings name."""
+        clock = SystemClock()
+        store = await factory.open_store(settings)
+        try:
+            bus = await factory.open_bus(settings, clock)
+        except BaseException:
+            await store.close()
+            raise
+        try:
+            secrets = await factory.open_secrets(settings)
+        except BaseException:
+            await bus.close()
+            await store.close()
+            raise
+        cache = factory.open_cache(settings)
+        # Every adapter is traced (spans per store and cache operation, per message published
+        # and handled): the one place they are wrapped.
+        return cls(
+            settings=settings,
+            store=TracedStore(store),
+            bus=TracedBus(bus),
+            cache=TracedCache(cache),
+            secrets=secrets,
+            clock=clock,
+        )
+
+
+class ServiceRuntime:
+    """Runs one service: call `add_startup`, `add_worker` and `add_shutdown` while wiring the
+    service, `attach_server` once, then `serve()` (or `start()`/`stop()` in tests)."""
+
+    def __init__(self, deps: Dependencies, *, index_specs: Sequence[IndexSpec] = ()) -> None:
+        self.deps = deps
+        self.settings = deps.settings
+        self.relay = OutboxRelay(deps.store, deps.bus, deps.clock, owner=deps.settings.replica_id)
+        self.events = EventFactory(deps.settings.service_name, deps.clock, deps.ids)
+        self.audit = AuditTrail(deps.store, deps.clock, deps.ids, self.events, self.relay.notify)
+        self._index_specs = [*OUTBOX_INDEXES, *audit.INDEXES, *index_specs]
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self._workers: list[tuple[str, Hook]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._server: GrpcServer | None = None
+        self._metrics_server: tuple[Any, Any] | None = None
+        self._started_monotonic = time.monotonic()
+        self.ready = False
+        # Extra lines for the seed's HealthCheck answer (e.g. how current a cache is).
+        self.health_details: list[Callable[[], str]] = []
+
+    @property
+    def server(self) -> GrpcServer:
+        if self._server is None:
+            raise RuntimeError("attach_server() was not called")
+        return self._server
+
+    def attach_server(
+        self,
+        registrars: Sequence[Registrar],
+        service_names: Sequence[str],
+        jwks_loader: JwksLoader | None = None,
+    ) -> GrpcServer:
+        """The server, with authentication (and the audit of refused calls) and rate limits
+        as the settings ask."""
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            security.authenticator(
+                self.settings,
+                self.audit.record_refusal,
+                jwks_loader
+                or (
+                    security.jwks_from_secret(self.deps.secrets, self.settings.jwt_jwks_secret)
+                    if self.settings.jwt_jwks_secret
+                    else None
+                ),
+            ).interceptor()
+        ]
+        limits = security.rate_limits(self.settings)
+        if limits is not None:
+            interceptors.append(limits.interceptor())
+            self.add_shutdown(limits.close)
+        self._server = GrpcServer(
+            self.settings,
+            registrars=registrars,
+            service_names=service_names,
+            # Outermost: they see every call as the client does, final status included.
+            outer_interceptors=[aio_server_interceptor(), ServerMetricsInterceptor()],  # type: ignore[no-untyped-call]
+            interceptors=interceptors,
+            credentials=security.server_credentials(self.settings),
+        )
+        return self._server
+
+    def add_startup(self, hook: Hook) -> None:
+        """Runs before the server reports SERVING (e.g. subscribing, loading caches)."""
+        self._startup.append(hook)
+
+    def add_shutdown(self, hook: Hook) -> None:
+        """Runs after the server stopped, before the adapters close."""
+        self._shutdown.append(hook)
+
+    def add_worker(self, name: str, run: Hook) -> None:
+        """A background loop, restarted with backoff if it ever fails."""
+        self._workers.append((name, run))
+
+    async def start(self) -> int:
+        """Starts everything; returns the bound gRPC port."""
+        await self.deps.store.ensure_indexes(self._index_specs)
+        self._spawn("outbox-relay", self.relay.run)
+        for name, run in self._workers:
+            self._spawn(name, run)
+        port = await self.server.start()
+        for hook in self._startup:
+            await hook()
+        if self.settings.metrics_port:
+            self._metrics_server = prometheus_client.start_http_server(
+                self.settings.metrics_port, addr=self.settings.host
+            )
+        self.ready = True
+        metrics.READY.set(1)
+        await self.server.set_serving(True)
+        log.info(
+            "%s serving gRPC on %s:%d",
+            self.settings.service_name,
+            self.settings.host,
+            port,
+            extra={"grpc_port": port, "metrics_port": self.settings.metrics_port},
+        )
+        return port
+
+    async def stop(self) -> None:
+        """Drains calls and streams, then stops workers and closes the adapters."""
+        self.ready = False
+        metrics.READY.set(0)
+        if self._server is not None:
+            await self._server.stop()
+        for hook in reversed(self._shutdown):
+            try:
+                await hook()
+            except Exception:
+                log.exception("shutdown hook failed")
+        with contextlib.suppress(Exception):
+            # Publish what is already committed, so the next process starts with less to do.
+            await asyncio.wait_for(self.relay.drain(), timeout=2.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._metrics_server is not None:
+            server, _thread = self._metrics_server
+            server.shutdown()
+            self._metrics_server = None
+        await self.deps.bus.close()
+        await self.deps.cache.close()
+        await self.deps.secrets.close()
+        await self.deps.store.close()
+        log.info("%s stopped", self.settings.service_name)
+
+    async def serve(self) -> None:
+        """Starts, then runs until SIGTERM or SIGINT, then stops gracefully."""
+        stop_requested = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop_requested.set)
+        await self.start()
+        await stop_requested.wait()
+        log.info("%s: stop requested, draining", self.settings.service_name)
+        await self.stop()
+
+    def health_status(self, service_name: str) -> common_pb2.HealthStatus:
+        """The seed's HealthCheck answer."""
+        return common_pb2.HealthStatus(
+            service_name=service_name,
+            status="healthy" if self.ready else "unhealthy",
+            timestamp_ns=self.deps.clock.now_ns(),
+            details=[
+                f"replica={self.settings.replica_id}",
+                *(detail() for detail in self.health_details),
+            ],
+            uptime_seconds=int(time.monotonic() - self._started_monotonic),
+            version=_package_version(),
+        )
+
+    def _spawn(self, name: str, run: Hook) -> None:
+        self._tasks.append(asyncio.create_task(self._supervise(name, run), name=name))
+
+    async def _supervise(self, name: str, run: Hook) -> None:
+        failures = 0
+        while True:
+            try:
+                await run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                failures += 1
+                log.exception("worker %s failed; restarting", name)
+                await asyncio.sleep(min(30.0, 0.1 * 2**failures))
+
+
+async def run_service(
+    settings: ServiceSettings, create_app: Callable[[Dependencies], ServiceRuntime]
+) -> None:
+    """Runs a service until SIGTERM: tracing, adapters, the app, and a flush of the last spans
+    on the way out."""
+    provider = configure_tracing(settings)
+    try:
+        await create_app(await Dependencies.open(settings)).serve()
+    finally:
+        provider.shutdown()
+
+
+def service_main(
+    settings: ServiceSettings, create_app: Callable[[Dependencies], ServiceRuntime]
+) -> None:
+    """The body of each service's `main`: logging, then `run_service` on a new event loop."""
+    configure_logging(settings.service_name, settings.log_level, settings.log_format)
+    asyncio.run(run_service(settings, create_app))
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("tai-common")
+    except metadata.PackageNotFoundError:
+        return "dev"

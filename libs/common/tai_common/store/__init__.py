@@ -1,0 +1,1 @@
+"""The DocumentStore port and its adapters."""

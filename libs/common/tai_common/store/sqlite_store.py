@@ -1,0 +1,938 @@
+"""The DocumentStore port on an embedded SQLite file (WAL mode), through aiosqlite.
+
+Layout: one table per collection, `c_<collection> (id TEXT PRIMARY KEY, data TEXT NOT NULL)`,
+`data` holding the document as JSON. Fields are read with `json_extract(data, '$.a.b')`, the
+same expression `ensure_indexes` indexes, so SQLite's planner matches the two; `DOC_ID` is the
+`id` column.
+
+Rules a caller can see:
+- Results are ordered by the query's order fields, then by document id in the direction of the
+  last order field (ascending when there is none) — Firestore's implicit `__name__` order, so
+  pages come out the same on both adapters. Cursors resume with a keyset comparison in the
+  same order, so paging returns every document exactly once, however many values tie.
+- null and missing fields are the same value: `Filter.eq(f, None)` matches both, and they sort
+  before every other value (first ascending, last descending). Values of different types
+  compare in SQLite's order (null < numbers < text); keep one type per field.
+- Booleans are JSON true/false in the document and compare as 1/0, so a boolean field and a
+  numeric field holding 0/1 are indistinguishable to a filter.
+- Filter values are scalars (str, int, float, bool, None).
+
+Concurrency: two connections. The reader serves reads outside transactions and never waits for
+the write lock (WAL readers see the last commit). The writer runs every write: transactions
+and single-call writes share one asyncio lock (so one coroutine's writes never land inside
+another's open transaction), and `BEGIN IMMEDIATE` takes SQLite's write lock up front, which
+serialises writers across processes without lost updates.
+
+Expiry: a document whose `expires_at_ns` has passed is deleted by `delete_expired`, which a
+janitor task (started by `open`, every `expire_every_seconds`) runs over every collection. Each
+table gets a partial index on `expires_at_ns` (rows without it stay out of the index), so a
+sweep is an index range scan per table, however large the table and however few documents
+expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import itertools
+import json
+import logging
+import random
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+
+import aiosqlite
+
+from tai_common.clock import Clock, SystemClock
+from tai_common.errors import Aborted, AlreadyExists, Unavailable
+from tai_common.store.port import (
+    DOC_ID,
+    Cursor,
+    Data,
+    Document,
+    DocumentStore,
+    Filter,
+    IndexSpec,
+    Op,
+    Order,
+    Page,
+    Query,
+    Transaction,
+    check_collection,
+    check_field,
+    cursor_of,
+)
+
+__all__ = ["SqliteStore"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_SYNCHRONOUS_MODES: Final = frozenset({"OFF", "NORMAL", "FULL", "EXTRA"})
+# Prepared statements kept per connection; generated SQL is cached per query shape, so the same
+# string comes back and hits this cache.
+_CACHED_STATEMENTS: Final = 512
+# Jittered exponential backoff between transaction attempts that met another process's lock.
+# SQLite has already waited `busy_timeout_ms` before reporting the lock, so these stay short.
+_BACKOFF_BASE_S: Final = 0.01
+_BACKOFF_CAP_S: Final = 1.0
+# Documents one expiry statement deletes; the janitor repeats it, releasing the write lock in
+# between, so a large backlog never holds other writers up for long.
+_EXPIRE_BATCH: Final = 500
+# The collection tables of the file, including those another process created.
+_TABLES_SQL: Final = (
+    "SELECT substr(name, 3) FROM sqlite_master "
+    "WHERE type = 'table' AND name LIKE 'c\\_%' ESCAPE '\\'"
+)
+
+# The stores whose transaction the current task is running, to turn a nested transaction or a
+# single-call write from inside `fn` (both would wait for the lock `fn` holds) into an error.
+_ACTIVE: ContextVar[tuple[SqliteStore, ...]] = ContextVar("tai_sqlite_active", default=())
+
+# Compact, and strict about NaN/Infinity, which SQLite's JSON functions reject as malformed.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_decode = json.JSONDecoder().decode
+
+
+class _Contention(Unavailable):
+    """Another connection held the write lock past busy_timeout. Outside a transaction the
+    caller sees an `Unavailable`; `run_transaction` retries it."""
+
+
+def _translate(error: sqlite3.OperationalError) -> Unavailable:
+    """The domain error for an operational SQLite failure (locked, disk I/O, full, …)."""
+    if error.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return _Contention(f"sqlite: {error}")
+    return Unavailable(f"sqlite: {error}")
+
+
+# --- SQL text ------------------------------------------------------------------------------
+# Collection and field names are validated by the port's checks before they reach SQL text;
+# values are always bound parameters.
+
+
+def _table(collection: str) -> str:
+    return f"c_{check_collection(collection)}"
+
+
+def _expr(field_path: str) -> str:
+    """The SQL expression for a field: exactly the text `ensure_indexes` puts in an index."""
+    if check_field(field_path) == DOC_ID:
+        return "id"
+    return f"json_extract(data, '$.{field_path}')"
+
+
+@functools.lru_cache(maxsize=256)
+def _create_table_sql(collection: str) -> str:
+    table = _table(collection)
+    return f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, data TEXT NOT NULL)"
+
+
+@functools.lru_cache(maxsize=256)
+def _get_sql(collection: str) -> str:
+    return f"SELECT id, data FROM {_table(collection)} WHERE id = ?"
+
+
+@functools.lru_cache(maxsize=256)
+def _get_many_sql(collection: str) -> str:
+    # One parameter (a JSON array of ids) whatever the number of ids: one statement shape, and
+    # no SQLITE_MAX_VARIABLE_NUMBER limit.
+    return f"SELECT id, data FROM {_table(collection)} WHERE id IN (SELECT value FROM json_each(?))"
+
+
+_WriteKind = Literal["create", "set", "delete"]
+
+
+@functools.lru_cache(maxsize=256)
+def _write_sql(kind: _WriteKind, collection: str) -> str:
+    table = _table(collection)
+    if kind == "create":
+        return f"INSERT INTO {table} (id, data) VALUES (?, ?)"
+    if kind == "set":
+        # An upsert rather than INSERT OR REPLACE: the row keeps its rowid, so replacing a
+        # document does not delete and re-insert every index entry.
+        return (
+            f"INSERT INTO {table} (id, data) VALUES (?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET data = excluded.data"
+        )
+    return f"DELETE FROM {table} WHERE id = ?"
+
+
+@functools.lru_cache(maxsize=256)
+def _expiry_index_sql(collection: str) -> str:
+    # Partial: documents without an expiry (most collections) add nothing to it. The name cannot
+    # collide with ensure_indexes' (those end in a hex digest).
+    field = _expr("expires_at_ns")
+    return (
+        f"CREATE INDEX IF NOT EXISTS ix_{collection}_expiry ON {_table(collection)} ({field}) "
+        f"WHERE {field} IS NOT NULL"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _delete_expired_sql(collection: str) -> str:
+    table = _table(collection)
+    field = _expr("expires_at_ns")
+    # The IS NOT NULL term repeats the index's WHERE, which lets SQLite pick the partial index.
+    return (
+        f"DELETE FROM {table} WHERE id IN (SELECT id FROM {table} "
+        f"WHERE {field} IS NOT NULL AND {field} <= ? LIMIT ?)"
+    )
+
+
+# A bound parameter's source: (_FILTER, filter index, value index or -1 for a scalar filter),
+# (_CURSOR, cursor index, 0) or (_LIMIT, 0, 0). Cached with the SQL text, so building the
+# parameters of a call never re-derives the SQL.
+_Slot = tuple[int, int, int]
+_FILTER, _CURSOR, _LIMIT = 0, 1, 2
+
+# What the SQL of a filter depends on: field, op, number of non-null values (0 for `== None`),
+# whether a null is among the values.
+_FilterShape = tuple[str, str, int, bool]
+# An ordering key column: SQL expression, descending, index of its value in a cursor.
+_KeyColumn = tuple[str, bool, int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Sql:
+    text: str
+    slots: tuple[_Slot, ...]
+
+
+def _filter_shape(f: Filter) -> _FilterShape:
+    if f.op is Op.IN:
+        present = sum(value is not None for value in f.value)
+        return (f.field, f.op.value, present, present < len(f.value))
+    if f.value is None:
+        if f.op is not Op.EQ:
+            raise ValueError(f"filter on {f.field!r}: only == accepts None")
+        return (f.field, f.op.value, 0, True)
+    return (f.field, f.op.value, 1, False)
+
+
+def _filter_sql(index: int, shape: _FilterShape) -> tuple[str, list[_Slot]]:
+    field_path, op, present, has_null = shape
+    expr = _expr(field_path)
+    if op == Op.IN.value:
+        parts: list[str] = []
+        if present:
+            parts.append(f"{expr} IN ({', '.join('?' * present)})")
+        if has_null:
+            parts.append(f"{expr} IS NULL")
+        text = parts[0] if len(parts) == 1 else f"({' OR '.join(parts)})"
+        return text, [(_FILTER, index, j) for j in range(present)]
+    if not present:
+        return f"{expr} IS NULL", []
+    sql_op = "=" if op == Op.EQ.value else op
+    return f"{expr} {sql_op} ?", [(_FILTER, index, -1)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_columns(order: tuple[tuple[str, bool], ...]) -> tuple[_KeyColumn, ...]:
+    """The columns results are sorted by: the order fields, then the id in the direction of the
+    last order field. An explicit DOC_ID order ends the key (ids are unique)."""
+    key: list[_KeyColumn] = []
+    for index, (field_path, descending) in enumerate(order):
+        key.append((_expr(field_path), descending, index))
+        if field_path == DOC_ID:
+            return tuple(key)
+    key.append(("id", order[-1][1] if order else False, len(order)))
+    return tuple(key)
+
+
+def _after_sql(column: _KeyColumn, null: bool) -> tuple[str | None, list[_Slot]]:
+    """`column` comes strictly after the cursor's value, in SQLite's order (NULL is smallest:
+    first ascending, last descending). None when nothing can come after."""
+    expr, descending, index = column
+    if null:
+        return (None, []) if descending else (f"{expr} IS NOT NULL", [])
+    if descending and expr != "id":  # ids are never null
+        return f"({expr} < ? OR {expr} IS NULL)", [(_CURSOR, index, 0)]
+    if descending:
+        return f"{expr} < ?", [(_CURSOR, index, 0)]
+    return f"{expr} > ?", [(_CURSOR, index, 0)]
+
+
+def _keyset_sql(key: tuple[_KeyColumn, ...], nulls: tuple[bool, ...]) -> tuple[str, list[_Slot]]:
+    """Rows after the cursor: (k1 after) OR (k1 = AND k2 after) OR …, each column honouring
+    its own direction, NULL-safe."""
+    clauses: list[str] = []
+    slots: list[_Slot] = []
+    for position, column in enumerate(key):
+        after, after_slots = _after_sql(column, nulls[position])
+        if after is None:
+            continue
+        parts: list[str] = []
+        for (expr, _, index), null in zip(key[:position], nulls, strict=False):
+            if null:
+                parts.append(f"{expr} IS NULL")
+            else:
+                parts.append(f"{expr} = ?")
+                slots.append((_CURSOR, index, 0))
+        parts.append(after)
+        slots.extend(after_slots)
+        clauses.append(" AND ".join(parts))
+    if not clauses:
+        return "0", []
+    text = " OR ".join(f"({clause})" for clause in clauses)
+    first_expr, first_descending, first_index = key[0]
+    if not first_descending and not nulls[0]:
+        # Redundant with the disjunction, but a plain range on the leading column lets SQLite
+        # seek in the index instead of scanning every row of the previous pages.
+        return f"{first_expr} >= ? AND ({text})", [(_CURSOR, first_index, 0), *slots]
+    return f"({text})", slots
+
+
+@functools.lru_cache(maxsize=1024)
+def _select_sql(
+    collection: str,
+    filters: tuple[_FilterShape, ...],
+    order: tuple[tuple[str, bool], ...],
+    cursor_nulls: tuple[bool, ...] | None,
+    limited: bool,
+) -> _Sql:
+    where: list[str] = []
+    slots: list[_Slot] = []
+    for index, shape in enumerate(filters):
+        text, filter_slots = _filter_sql(index, shape)
+        where.append(text)
+        slots.extend(filter_slots)
+    key = _key_columns(order)
+    if cursor_nulls is not None:
+        text, keyset_slots = _keyset_sql(key, cursor_nulls)
+        where.append(text)
+        slots.extend(keyset_slots)
+    sql = f"SELECT id, data FROM {_table(collection)}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY " + ", ".join(f"{expr} DESC" if desc else expr for expr, desc, _ in key)
+    if limited:
+        sql += " LIMIT ?"
+        slots.append((_LIMIT, 0, 0))
+    return _Sql(sql, tuple(slots))
+
+
+@functools.lru_cache(maxsize=256)
+def _count_sql(collection: str, filters: tuple[_FilterShape, ...]) -> _Sql:
+    where: list[str] = []
+    slots: list[_Slot] = []
+    for index, shape in enumerate(filters):
+        text, filter_slots = _filter_sql(index, shape)
+        where.append(text)
+        slots.extend(filter_slots)
+    sql = f"SELECT count(*) FROM {_table(collection)}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return _Sql(sql, tuple(slots))
+
+
+def _index_sql(spec: IndexSpec) -> str:
+    if spec.descending and len(spec.descending) != len(spec.fields):
+        raise ValueError("IndexSpec.descending needs one flag per field, or none")
+    if not spec.fields:
+        raise ValueError("IndexSpec needs at least one field")
+    descending = spec.descending or (False,) * len(spec.fields)
+    # The trailing id makes the index deliver ties in the order queries ask for them.
+    key = _key_columns(tuple(zip(spec.fields, descending, strict=True)))
+    columns = ", ".join(f"{expr} DESC" if desc else expr for expr, desc, _ in key)
+    # Field paths map onto identifiers ambiguously (a.b vs a_b), so the name carries a digest.
+    digest = hashlib.sha256(columns.encode()).hexdigest()[:12]
+    table = _table(spec.collection)
+    return f"CREATE INDEX IF NOT EXISTS ix_{spec.collection}_{digest} ON {table} ({columns})"
+
+
+def _bind(value: Any, what: str) -> Any:
+    if isinstance(value, dict | list | tuple):
+        raise TypeError(f"{what}: only scalar values can be compared, got {type(value).__name__}")
+    return value
+
+
+def _bind_cursor(value: Any) -> Any:
+    # json_extract yields an object or array as its compact JSON text; compare against the same.
+    if isinstance(value, dict | list | tuple):
+        return _encode(value)
+    return value
+
+
+def _parameters(
+    sql: _Sql,
+    filters: Sequence[Filter],
+    cursor: Cursor | None = None,
+    limit: int | None = None,
+) -> list[Any]:
+    values = [[v for v in f.value if v is not None] if f.op is Op.IN else f.value for f in filters]
+    parameters: list[Any] = []
+    for source, index, position in sql.slots:
+        if source == _FILTER:
+            value = values[index] if position < 0 else values[index][position]
+            parameters.append(_bind(value, f"filter on {filters[index].field!r}"))
+        elif source == _CURSOR:
+            assert cursor is not None
+            parameters.append(_bind_cursor(cursor[index]))
+        else:
+            assert limit is not None
+            # One row more than asked tells whether another page follows.
+            parameters.append(limit + 1)
+    return parameters
+
+
+def _select(query: Query) -> tuple[_Sql, list[Any]]:
+    order = tuple((o.field, o.descending) for o in query.order_by)
+    nulls: tuple[bool, ...] | None = None
+    if query.start_after is not None:
+        cursor = query.start_after
+        nulls = tuple(cursor[index] is None for _, _, index in _key_columns(order))
+    sql = _select_sql(
+        query.collection,
+        tuple(_filter_shape(f) for f in query.filters),
+        order,
+        nulls,
+        query.limit is not None,
+    )
+    return sql, _parameters(sql, query.filters, query.start_after, query.limit)
+
+
+def _page(rows: Sequence[Any], limit: int | None, order_by: Sequence[Order]) -> Page:
+    more = limit is not None and len(rows) > limit
+    documents = [Document(row[0], _decode(row[1])) for row in (rows[:limit] if more else rows)]
+    return Page(documents, cursor_of(documents[-1], order_by) if more else None)
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    kind: _WriteKind
+    collection: str
+    doc_id: str
+    # The document as JSON, encoded when the write is buffered (a snapshot: later changes to
+    # the caller's dict do not leak in, and an unencodable value fails at the call site).
+    data: str | None = None
+
+    def parameters(self) -> tuple[str, ...]:
+        return (self.doc_id,) if self.data is None else (self.doc_id, self.data)
+
+
+class _SqliteTransaction:
+    """A `Transaction` on the writer connection, inside `BEGIN IMMEDIATE`."""
+
+    def __init__(self, store: SqliteStore, conn: aiosqlite.Connection) -> None:
+        self._store = store
+        self._conn = conn
+        self.writes: list[_Write] = []
+        self.finished = False
+
+    def _check_read(self) -> None:
+        self._check_open()
+        if self.writes:
+            raise RuntimeError(
+                "a transaction must do all its reads before its first write (as in Firestore)"
+            )
+
+    def _check_open(self) -> None:
+        if self.finished:
+            raise RuntimeError("the transaction has already finished")
+
+    async def get(self, collection: str, doc_id: str) -> Document | None:
+        self._check_read()
+        return await self._store._get(self._conn, collection, doc_id)
+
+    async def query(self, query: Query) -> Page:
+        self._check_read()
+        return await self._store._query(self._conn, query)
+
+    def create(self, collection: str, doc_id: str, data: Data) -> None:
+        self._buffer(_Write("create", check_collection(collection), doc_id, _encode(data)))
+
+    def set(self, collection: str, doc_id: str, data: Data) -> None:
+        self._buffer(_Write("set", check_collection(collection), doc_id, _encode(data)))
+
+    def delete(self, collection: str, doc_id: str) -> None:
+        self._buffer(_Write("delete", check_collection(collection), doc_id))
+
+    def _buffer(self, write: _Write) -> None:
+        self._check_open()
+        self.writes.append(write)
+
+
+class SqliteStore:
+    """`DocumentStore` on one SQLite file. Open it with `SqliteStore.open`."""
+
+    def __init__(
+        self,
+        writer: aiosqlite.Connection,
+        reader: aiosqlite.Connection,
+        tables: Iterable[str],
+        rng: random.Random,
+        clock: Clock | None = None,
+    ) -> None:
+        """Takes two open connections on the same file; `open` makes them.
+
+        Args:
+            writer: the connection every write and transaction goes through.
+            reader: a query-only connection for reads outside transactions.
+            tables: the collections whose table is known to exist.
+            rng: the source of backoff jitter.
+            clock: what the expiry janitor calls now; the system clock by default.
+        """
+        self._writer: aiosqlite.Connection | None = writer
+        self._reader: aiosqlite.Connection | None = reader
+        # Collections whose table exists. Only ever grows: a read of a collection not in it
+        # still tries the table (another process may have created it) and treats "no such
+        # table" as empty, so no call ever asks SQLite whether a table exists.
+        self._tables = set(tables)
+        self._rng = rng
+        self._write_lock = asyncio.Lock()
+        self._clock: Clock = clock or SystemClock()
+        # Collections whose expiry index this store has created (or found).
+        self._expiry_indexed: set[str] = set()
+        self._janitor: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        busy_timeout_ms: int = 5000,
+        rng: random.Random | None = None,
+        expire_every_seconds: float | None = 60.0,
+        clock: Clock | None = None,
+    ) -> SqliteStore:
+        """Opens (creating if needed) the database file at `path` in WAL mode.
+
+        Args:
+            path: the database file; its folder is created if missing.
+            synchronous: SQLite's `synchronous` setting. FULL syncs every commit to disk
+                (survives power loss); NORMAL survives process crashes only.
+            busy_timeout_ms: how long SQLite waits for another process's lock before a
+                transaction backs off and retries (or a single write fails `Unavailable`).
+            rng: the source of backoff jitter; a fresh `random.Random()` by default.
+            expire_every_seconds: how often the janitor deletes expired documents (see
+                `delete_expired`); None runs no janitor.
+            clock: the janitor's notion of now; the system clock by default.
+
+        Returns:
+            The open store. Close it with `close()`.
+
+        Raises:
+            ValueError: `synchronous` is not a SQLite mode, `path` is not a file, or
+                `expire_every_seconds` is not positive.
+            Unavailable: the file cannot be opened or switched to WAL mode.
+        """
+        mode = synchronous.upper()
+        if mode not in _SYNCHRONOUS_MODES:
+            raise ValueError(f"synchronous must be one of {sorted(_SYNCHRONOUS_MODES)}")
+        if expire_every_seconds is not None and not expire_every_seconds > 0:
+            raise ValueError("expire_every_seconds must be positive (or None for no janitor)")
+        if str(path) in ("", ":memory:"):
+            # The reader and the writer must share one database.
+            raise ValueError("SqliteStore needs a database file, not an in-memory database")
+        file = Path(path)
+        await asyncio.to_thread(file.parent.mkdir, parents=True, exist_ok=True)
+        conns: list[aiosqlite.Connection] = []
+        try:
+            writer = await cls._connect(file, busy_timeout_ms)
+            conns.append(writer)
+            rows = await writer.execute_fetchall("PRAGMA journal_mode = WAL")
+            journal = next(iter(rows))[0]
+            if str(journal).lower() != "wal":
+                raise Unavailable(f"sqlite: {file} cannot use WAL mode (journal_mode={journal})")
+            await writer.execute_fetchall(f"PRAGMA synchronous = {mode}")
+            reader = await cls._connect(file, busy_timeout_ms)
+            conns.append(reader)
+            # A guard: nothing may write through the connection that bypasses the write lock.
+            await reader.execute_fetchall("PRAGMA query_only = ON")
+            tables = await reader.execute_fetchall(_TABLES_SQL)
+        except sqlite3.OperationalError as error:
+            await _close_all(conns)
+            raise _translate(error) from error
+        except BaseException:
+            await _close_all(conns)
+            raise
+        store = cls(writer, reader, (row[0] for row in tables), rng or random.Random(), clock)
+        if expire_every_seconds is not None:
+            store._janitor = asyncio.create_task(
+                store._expire_periodically(expire_every_seconds), name=f"sqlite-expiry:{file}"
+            )
+        return store
+
+    @staticmethod
+    async def _connect(file: Path, busy_timeout_ms: int) -> aiosqlite.Connection:
+        return await aiosqlite.connect(
+            file,
+            # Autocommit: a single statement is its own transaction, and transactions are
+            # begun explicitly with BEGIN IMMEDIATE.
+            isolation_level=None,
+            timeout=busy_timeout_ms / 1000,
+            cached_statements=_CACHED_STATEMENTS,
+        )
+
+    # --- reads ---
+
+    async def get(self, collection: str, doc_id: str) -> Document | None:
+        """The document, or None when it (or its collection) does not exist."""
+        return await self._get(self._reader_conn(), collection, doc_id)
+
+    async def get_many(self, collection: str, doc_ids: Sequence[str]) -> list[Document]:
+        """The documents that exist, in the order of `doc_ids`."""
+        if not doc_ids:
+            return []
+        rows = await self._fetch(
+            self._reader_conn(), collection, _get_many_sql(collection), (_encode(list(doc_ids)),)
+        )
+        found = {row[0]: row[1] for row in rows}
+        return [Document(i, _decode(found[i])) for i in doc_ids if i in found]
+
+    async def query(self, query: Query) -> Page:
+        """One page of the documents matching `query`; see the module docstring for order."""
+        return await self._query(self._reader_conn(), query)
+
+    async def count(self, collection: str, filters: Sequence[Filter] = ()) -> int:
+        """How many documents of `collection` match every filter."""
+        sql = _count_sql(collection, tuple(_filter_shape(f) for f in filters))
+        rows = await self._fetch(
+            self._reader_conn(), collection, sql.text, _parameters(sql, filters)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    async def explain_query_plan(self, query: Query) -> list[str]:
+        """SQLite's plan for `query`, one line per step (diagnostics and index tests)."""
+        sql, parameters = _select(query)
+        rows = await self._fetch(
+            self._reader_conn(), query.collection, f"EXPLAIN QUERY PLAN {sql.text}", parameters
+        )
+        return [str(row[3]) for row in rows]
+
+    async def _get(
+        self, conn: aiosqlite.Connection, collection: str, doc_id: str
+    ) -> Document | None:
+        rows = await self._fetch(conn, collection, _get_sql(collection), (doc_id,))
+        return Document(rows[0][0], _decode(rows[0][1])) if rows else None
+
+    async def _query(self, conn: aiosqlite.Connection, query: Query) -> Page:
+        sql, parameters = _select(query)
+        rows = await self._fetch(conn, query.collection, sql.text, parameters)
+        return _page(rows, query.limit, query.order_by)
+
+    async def _fetch(
+        self, conn: aiosqlite.Connection, collection: str, sql: str, parameters: Sequence[Any]
+    ) -> Sequence[Any]:
+        """Runs a read in one thread hop; a collection without a table reads as empty."""
+        try:
+            rows = await conn.execute_fetchall(sql, parameters)
+        except sqlite3.OperationalError as error:
+            if collection not in self._tables and str(error).startswith("no such table"):
+                return []
+            raise _translate(error) from error
+        self._tables.add(collection)
+        return rows if isinstance(rows, list) else list(rows)
+
+    # --- single-call writes ---
+
+    async def create(self, collection: str, doc_id: str, data: Data) -> None:
+        """Creates the document.
+
+        Raises:
+            AlreadyExists: the document exists (`resource_id` is "<collection>/<id>").
+        """
+        await self._write_one(_Write("create", check_collection(collection), doc_id, _encode(data)))
+
+    async def set(self, collection: str, doc_id: str, data: Data) -> None:
+        """Creates or replaces the document."""
+        await self._write_one(_Write("set", check_collection(collection), doc_id, _encode(data)))
+
+    async def delete(self, collection: str, doc_id: str) -> None:
+        """Deletes the document; no error when it does not exist."""
+        await self._write_one(_Write("delete", check_collection(collection), doc_id))
+
+    async def _write_one(self, write: _Write) -> None:
+        self._check_not_in_transaction(f"SqliteStore.{write.kind}")
+        async with self._write_lock:
+            conn = self._writer_conn()
+            known = write.collection in self._tables
+            try:
+                if not known and write.kind != "delete":
+                    await conn.execute_fetchall(_create_table_sql(write.collection))
+                    self._tables.add(write.collection)
+                # Autocommit: one statement, one implicit transaction, one thread hop.
+                await conn.execute_fetchall(
+                    _write_sql(write.kind, write.collection), write.parameters()
+                )
+            except sqlite3.IntegrityError as error:
+                raise _already_exists(write) from error
+            except sqlite3.OperationalError as error:
+                if not known and str(error).startswith("no such table"):
+                    return  # a delete in a collection that was never written
+                raise _translate(error) from error
+
+    # --- transactions ---
+
+    async def run_transaction(
+        self, fn: Callable[[Transaction], Awaitable[T]], *, max_attempts: int = 10
+    ) -> T:
+        """Runs `fn` in a transaction and commits its buffered writes atomically.
+
+        `fn` may run more than once: when another process holds the write lock past
+        busy_timeout, the attempt is rolled back and `fn` rerun after a jittered exponential
+        backoff.
+
+        Args:
+            fn: does the reads, then buffers the writes; must have no other side effects.
+            max_attempts: attempts before giving up with `Aborted`.
+
+        Returns:
+            What `fn` returned, once its writes are committed.
+
+        Raises:
+            Aborted: every attempt met another writer's lock.
+            AlreadyExists: a buffered `create` named an existing document; nothing was written.
+            RuntimeError: `fn` read after writing, or called this store's transaction or
+                single-call writes from inside a transaction.
+            Unavailable: SQLite failed otherwise (disk I/O, disk full, …).
+        """
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self._check_not_in_transaction("SqliteStore.run_transaction")
+        for attempt in range(1, max_attempts + 1):
+            try:
+                return await self._attempt(fn)
+            except _Contention as error:
+                if attempt == max_attempts:
+                    raise Aborted(
+                        f"transaction gave up after {max_attempts} attempts: {error.message}"
+                    ) from error
+                log.debug("sqlite transaction attempt %d met a lock; retrying", attempt)
+                ceiling = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (attempt - 1))
+                # Outside the write lock: this process's other writers may go first meanwhile.
+                await asyncio.sleep(ceiling / 2 + self._rng.uniform(0, ceiling / 2))
+        raise AssertionError("unreachable")
+
+    async def _attempt(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
+        async with self._write_lock:
+            conn = self._writer_conn()
+            tx = _SqliteTransaction(self, conn)
+            token = _ACTIVE.set((*_ACTIVE.get(), self))
+            try:
+                # Inside the try: if the task is cancelled while BEGIN is queued, the rollback
+                # below is queued after it on the same thread and still ends the transaction.
+                await _run(conn, "BEGIN IMMEDIATE")
+                result = await fn(tx)
+                tx.finished = True
+                new_tables = await self._apply(conn, tx.writes)
+                await _run(conn, "COMMIT")
+            except BaseException:
+                await self._rollback(conn)
+                raise
+            finally:
+                tx.finished = True
+                _ACTIVE.reset(token)
+        # Tables created inside a rolled-back transaction do not exist: record them only now.
+        self._tables.update(new_tables)
+        return result
+
+    async def _apply(self, conn: aiosqlite.Connection, writes: list[_Write]) -> frozenset[str]:
+        """Applies buffered writes in order: one executemany per run of writes of one kind to
+        one collection. Returns the collections whose table this created."""
+        new_tables = frozenset(w.collection for w in writes) - self._tables
+        for collection in sorted(new_tables):
+            await _run(conn, _create_table_sql(collection))
+        for (kind, collection), run in itertools.groupby(
+            writes, key=lambda w: (w.kind, w.collection)
+        ):
+            batch = list(run)
+            try:
+                await conn.executemany(
+                    _write_sql(kind, collection), [w.parameters() for w in batch]
+                )
+            except sqlite3.IntegrityError as error:
+                raise await self._conflict(writes, batch) from error
+            except sqlite3.OperationalError as error:
+                raise _translate(error) from error
+        return new_tables
+
+    async def _conflict(self, writes: list[_Write], batch: list[_Write]) -> AlreadyExists:
+        """The `AlreadyExists` for the first buffered create whose document existed.
+
+        executemany does not say which row failed, so the writes are replayed against the
+        documents that existed before the transaction. The reader connection still sees
+        exactly that state: the writer holds the write lock and has not committed.
+        """
+        existing: set[tuple[str, str]] = set()
+        creates = sorted({w.collection for w in writes if w.kind == "create"})
+        for collection in creates:
+            ids = [w.doc_id for w in writes if w.collection == collection]
+            for doc in await self.get_many(collection, ids):
+                existing.add((collection, doc.id))
+        for write in writes:
+            key = (write.collection, write.doc_id)
+            if write.kind == "create" and key in existing:
+                return _already_exists(write)
+            if write.kind == "delete":
+                existing.discard(key)
+            else:
+                existing.add(key)
+        return _already_exists(batch[0])
+
+    async def _rollback(self, conn: aiosqlite.Connection) -> None:
+        # A no-op when no transaction is open (BEGIN failed). A failed rollback must not hide
+        # the error that caused it; SQLite rolls back anyway when the connection closes.
+        try:
+            await conn.rollback()
+        except (sqlite3.Error, ValueError):
+            log.warning("sqlite rollback failed", exc_info=True)
+
+    def _check_not_in_transaction(self, what: str) -> None:
+        if self in _ACTIVE.get():
+            raise RuntimeError(
+                f"{what} called inside this store's transaction; use the transaction object"
+            )
+
+    # --- expiry ---
+
+    async def delete_expired(self, collection: str, now_ns: int, limit: int = _EXPIRE_BATCH) -> int:
+        """Deletes up to `limit` documents of `collection` whose `expires_at_ns` is at most
+        `now_ns`, and returns how many it deleted (fewer than `limit`: none are left).
+
+        The first call for a collection creates its expiry index (once per file).
+        """
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        check_collection(collection)
+        self._check_not_in_transaction("SqliteStore.delete_expired")
+        async with self._write_lock:
+            conn = self._writer_conn()
+            try:
+                if collection not in self._expiry_indexed:
+                    await conn.execute_fetchall(_expiry_index_sql(collection))
+                    self._expiry_indexed.add(collection)
+                async with conn.execute(_delete_expired_sql(collection), (now_ns, limit)) as cursor:
+                    deleted = cursor.rowcount
+            except sqlite3.OperationalError as error:
+                if str(error).startswith("no such table"):
+                    return 0  # a collection never written holds nothing to expire
+                raise _translate(error) from error
+        return max(deleted, 0)
+
+    async def _expire_all(self, now_ns: int) -> int:
+        """One janitor sweep: every collection of the file, batch by batch."""
+        try:
+            rows = await self._reader_conn().execute_fetchall(_TABLES_SQL)
+        except sqlite3.OperationalError as error:
+            raise _translate(error) from error
+        collections = sorted(self._tables | {str(row[0]) for row in rows})
+        deleted = 0
+        for collection in collections:
+            try:
+                check_collection(collection)
+            except ValueError:
+                continue  # a table this adapter did not make
+            while True:
+                batch = await self.delete_expired(collection, now_ns, _EXPIRE_BATCH)
+                deleted += batch
+                if batch < _EXPIRE_BATCH:
+                    break
+        return deleted
+
+    async def _expire_periodically(self, every_seconds: float) -> None:
+        while True:
+            await asyncio.sleep(every_seconds)
+            try:
+                deleted = await self._expire_all(self._clock.now_ns())
+            except Unavailable as error:
+                # Locked by another process past busy_timeout, or a disk error: next round.
+                log.warning("sqlite expiry sweep failed: %s", error.message)
+                continue
+            if deleted:
+                log.debug("sqlite expiry sweep deleted %d documents", deleted)
+
+    # --- schema and lifecycle ---
+
+    async def ensure_indexes(self, specs: Sequence[IndexSpec]) -> None:
+        """Creates (if missing) one expression index per spec: the spec's fields, then the id.
+
+        Each indexed field is `json_extract(data, '$.field')`, the exact expression queries
+        use, so the planner can pick the index for filters and for the order.
+        """
+        statements = [_index_sql(spec) for spec in specs]
+        collections = sorted({spec.collection for spec in specs})
+        if not statements:
+            return
+        self._check_not_in_transaction("SqliteStore.ensure_indexes")
+        async with self._write_lock:
+            conn = self._writer_conn()
+            try:
+                await _run(conn, "BEGIN IMMEDIATE")
+                for collection in collections:
+                    await _run(conn, _create_table_sql(collection))
+                for statement in statements:
+                    await _run(conn, statement)
+                await _run(conn, "COMMIT")
+            except BaseException:
+                await self._rollback(conn)
+                raise
+            self._tables.update(collections)
+
+    async def close(self) -> None:
+        """Closes both connections, after the transaction or write in progress (if any).
+        Safe to call more than once; later calls on the store raise `Unavailable`."""
+        if self._writer is None and self._reader is None:
+            return
+        self._check_not_in_transaction("SqliteStore.close")
+        janitor, self._janitor = self._janitor, None
+        if janitor is not None:
+            janitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await janitor
+        async with self._write_lock:
+            conns = [c for c in (self._writer, self._reader) if c is not None]
+            self._writer = self._reader = None
+            await _close_all(conns)
+
+    def _writer_conn(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise Unavailable("sqlite: the store is closed")
+        return self._writer
+
+    def _reader_conn(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise Unavailable("sqlite: the store is closed")
+        return self._reader
+
+
+async def _run(conn: aiosqlite.Connection, sql: str) -> None:
+    """Runs one parameterless statement of the store's own, as a domain error if it fails."""
+    try:
+        await conn.execute_fetchall(sql)
+    except sqlite3.OperationalError as error:
+        raise _translate(error) from error
+
+
+def _already_exists(write: _Write) -> AlreadyExists:
+    return AlreadyExists("document", f"{write.collection}/{write.doc_id}")
+
+
+async def _close_all(conns: Sequence[aiosqlite.Connection]) -> None:
+    """Closes every connection, even when closing one fails; re-raises the first failure."""
+    failure: BaseException | None = None
+    for conn in conns:
+        try:
+            await conn.close()
+        except BaseException as error:  # close the rest, then re-raise
+            failure = failure or error
+    if failure is not None:
+        raise failure
+
+
+if TYPE_CHECKING:
+    # Keeps the adapter honest about implementing the port (checked by mypy only).
+    _store_conforms: type[DocumentStore] = SqliteStore
+    _tx_conforms: type[Transaction] = _SqliteTransaction

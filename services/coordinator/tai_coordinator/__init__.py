@@ -1,0 +1,1 @@
+"""TAI Coordinator: signals in, actions out."""

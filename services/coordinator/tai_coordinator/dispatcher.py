@@ -1,0 +1,228 @@
+"""Delivery of actions to the `StreamActions` streams connected to this replica.
+
+For each target service with at least one stream here, one loop claims the service's due
+actions (a store transaction per action, so replicas compete safely: each delivery goes to one
+stream somewhere), hands them to the least busy local stream, and sleeps until the next action
+falls due — an action's ack deadline passing makes it due again, until it runs out of
+deliveries and expires. Loops wake at once when this replica creates an action, and on the
+`action.created` events other replicas publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from tai.v1 import events_pb2
+from tai_common.bus import events
+from tai_common.clock import Clock
+from tai_common.store.port import DocumentStore, Transaction
+from tai_common.telemetry.tracing import continued
+
+from tai_coordinator import metrics
+from tai_coordinator.model import Action
+from tai_coordinator.repository import CoordinatorRepository
+from tai_coordinator.service import emit_action_event
+
+log = logging.getLogger(__name__)
+
+CLAIM_BATCH = 100
+# Even with no known due action, look again this often: the safety net for a missed wake-up.
+MAX_SLEEP_SECONDS = 1.0
+SINK_SIZE = 1000
+
+
+class Sink:
+    """One stream's queue of actions to send."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Action] = asyncio.Queue(SINK_SIZE)
+
+    def offer(self, action: Action) -> bool:
+        try:
+            self.queue.put_nowait(action)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    def drain(self) -> list[Action]:
+        pending = []
+        while not self.queue.empty():
+            pending.append(self.queue.get_nowait())
+        return pending
+
+
+@dataclass
+class _ServiceLoop:
+    sinks: list[Sink] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+
+
+class ActionDispatcher:
+    def __init__(
+        self,
+        store: DocumentStore,
+        clock: Clock,
+        event_factory: events.EventFactory,
+        on_committed: Callable[[], None],
+    ) -> None:
+        """`on_committed` wakes the outbox relay after each delivery is recorded."""
+        self._store = store
+        self._repo = CoordinatorRepository(store)
+        self._clock = clock
+        self._events = event_factory
+        self._on_committed = on_committed
+        self._loops: dict[str, _ServiceLoop] = {}
+
+    @contextlib.contextmanager
+    def connect(self, service_name: str) -> Iterator[Sink]:
+        """Registers a stream of `service_name` for as long as the context is open. Actions
+        claimed for it but not yet sent when it closes are made due again at once."""
+        loop = self._loops.get(service_name)
+        if loop is None:
+            loop = self._loops[service_name] = _ServiceLoop()
+            loop.task = asyncio.create_task(
+                self._run(service_name, loop), name=f"dispatch-{service_name}"
+            )
+        sink = Sink()
+        loop.sinks.append(sink)
+        loop.wake.set()
+        metrics.ACTION_STREAMS.inc()
+        try:
+            yield sink
+        finally:
+            metrics.ACTION_STREAMS.dec()
+            loop.sinks.remove(sink)
+            unsent = sink.drain()
+            if unsent:
+                asyncio.get_running_loop().create_task(self._release(unsent))
+            if not loop.sinks:
+                loop.wake.set()  # lets the loop see it has no stream left and end
+
+    def notify(self, actions: Sequence[Action]) -> None:
+        """Actions were created or changed: wake the loops of their services."""
+        for action in actions:
+            loop = self._loops.get(action.target_service)
+            if loop is not None:
+                loop.wake.set()
+
+    async def on_action_event(self, event: events_pb2.Event) -> None:
+        """Bus handler of this replica's subscription to action events."""
+        if event.event_type not in ("action.created",):
+            return
+        payload = events.unpack(event, events_pb2.ActionEvent)
+        loop = self._loops.get(payload.action.target_service)
+        if loop is not None:
+            loop.wake.set()
+
+    async def close(self) -> None:
+        tasks = [loop.task for loop in self._loops.values() if loop.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loops.clear()
+
+    async def _run(self, service_name: str, loop: _ServiceLoop) -> None:
+        failures = 0
+        try:
+            while loop.sinks:
+                loop.wake.clear()
+                try:
+                    sleep = await self._deliver_due(service_name, loop)
+                    failures = 0
+                except Exception:
+                    failures += 1
+                    log.exception("delivering actions of %s failed; retrying", service_name)
+                    sleep = min(MAX_SLEEP_SECONDS * 5, 0.05 * 2**failures)
+                if loop.sinks and not loop.wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(loop.wake.wait(), sleep)
+        finally:
+            if self._loops.get(service_name) is loop:
+                del self._loops[service_name]
+
+    async def _deliver_due(self, service_name: str, loop: _ServiceLoop) -> float:
+        """Claims and hands out what is due; returns how long to sleep."""
+        while loop.sinks:
+            now = self._clock.now_ns()
+            due = await self._repo.due_actions(service_name, now, CLAIM_BATCH)
+            if not due:
+                break
+            for action in due:
+                if not loop.sinks:
+                    return 0.0
+                # The delivery continues the trace of the call that created the action.
+                with continued(
+                    f"deliver action {action.action_type}",
+                    action.trace_context,
+                    kind=trace.SpanKind.PRODUCER,
+                    attributes={"tai.action.target_service": service_name},
+                ):
+                    claimed = await self._claim(action.id, action.version)
+                if claimed is not None and not self._hand_out(loop, claimed):
+                    await self._release([claimed])
+            if len(due) < CLAIM_BATCH:
+                break
+        following = await self._repo.next_delivery_ns(service_name)
+        if following is None:
+            return MAX_SLEEP_SECONDS
+        return max(0.0, min(MAX_SLEEP_SECONDS, (following - self._clock.now_ns()) / 1e9))
+
+    @staticmethod
+    def _hand_out(loop: _ServiceLoop, action: Action) -> bool:
+        return any(sink.offer(action) for sink in sorted(loop.sinks, key=lambda s: s.queue.qsize()))
+
+    async def _claim(self, action_id: str, expected_version: int) -> Action | None:
+        """Marks a due action DELIVERED (or EXPIRED once out of deliveries) if nobody changed
+        it since it was read at `expected_version`; returns it when it should be sent."""
+
+        expired_now: list[str] = []
+
+        async def apply(tx: Transaction) -> Action | None:
+            expired_now.clear()
+            action = await self._repo.action_in(tx, action_id)
+            now = self._clock.now_ns()
+            if action is None or action.version != expected_version or not action.is_due(now):
+                return None
+            if action.exhausted:
+                expired = action.expired(now)
+                self._repo.update_action_in(tx, expired)
+                emit_action_event(tx, self._events, "action.expired", expired, action.status)
+                expired_now.append(action.id)
+                return None
+            delivered = action.delivered(now)
+            self._repo.update_action_in(tx, delivered)
+            emit_action_event(tx, self._events, "action.delivered", delivered, action.status)
+            return delivered
+
+        claimed = await self._store.run_transaction(apply)
+        self._on_committed()
+        if expired_now:
+            metrics.ACTION_TRANSITIONS.labels(status="EXPIRED").inc()
+        if claimed is not None:
+            metrics.ACTION_TRANSITIONS.labels(status="DELIVERED").inc()
+            if claimed.delivery_count == 1:
+                metrics.ACTION_DELIVERY.labels(stage="created_to_delivered").observe(
+                    max(0, claimed.updated_at_ns - claimed.created_at_ns) / 1e9
+                )
+        return claimed
+
+    async def _release(self, actions: Sequence[Action]) -> None:
+        """Makes delivered actions due again at once (their stream closed before sending)."""
+        for action in actions:
+
+            async def apply(tx: Transaction, action: Action = action) -> None:
+                current = await self._repo.action_in(tx, action.id)
+                if current is not None and current.version == action.version:
+                    self._repo.update_action_in(tx, current.released(self._clock.now_ns()))
+
+            try:
+                await self._store.run_transaction(apply)
+            except Exception:
+                # Not fatal: the action falls due again when its ack deadline passes.
+                log.warning("could not release action %s early", action.id, exc_info=True)

@@ -1,0 +1,420 @@
+"""The Coordinator's domain: signals, actions and the action lifecycle.
+
+Plain Python: the servicer translates protobuf to these types, the repository persists them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from tai_common.errors import FailedPrecondition, InvalidArgument
+
+SIGNAL_TYPES = ("alert", "event", "command")
+MAX_METADATA_ENTRIES = 64
+MAX_KEY_LENGTH = 128
+MAX_METADATA_VALUE_LENGTH = 1024
+MAX_PARAMETER_VALUE_LENGTH = 4096
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_ID_LENGTH = 128
+MAX_MESSAGE_LENGTH = 1024
+DEFAULT_ACK_DEADLINE_SECONDS = 30
+MAX_ACK_DEADLINE_SECONDS = 24 * 3600
+DEFAULT_MAX_DELIVERIES = 5
+MAX_DELIVERIES = 100
+DEFAULT_ACTION_PRIORITY = 5
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+_SERVICE_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
+
+
+class ActionStatus(StrEnum):
+    PENDING = "PENDING"
+    DELIVERED = "DELIVERED"
+    ACCEPTED = "ACCEPTED"
+    COMPLETED = "COMPLETED"
+    REJECTED = "REJECTED"
+    FAILED = "FAILED"
+    EXPIRED = "EXPIRED"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset(
+    {ActionStatus.COMPLETED, ActionStatus.REJECTED, ActionStatus.FAILED, ActionStatus.EXPIRED}
+)
+OPEN_STATUSES = (ActionStatus.PENDING, ActionStatus.DELIVERED, ActionStatus.ACCEPTED)
+# Statuses a stream may (re)deliver.
+DELIVERABLE_STATUSES = (ActionStatus.PENDING, ActionStatus.DELIVERED)
+
+# What a target service may report, and from which statuses (an operator may also settle an
+# action that was never delivered, hence PENDING).
+ACKNOWLEDGEMENTS: Mapping[str, ActionStatus] = {
+    "accepted": ActionStatus.ACCEPTED,
+    "completed": ActionStatus.COMPLETED,
+    "rejected": ActionStatus.REJECTED,
+    "failed": ActionStatus.FAILED,
+}
+ACK_ALLOWED_FROM: Mapping[ActionStatus, frozenset[ActionStatus]] = {
+    ActionStatus.ACCEPTED: frozenset({ActionStatus.PENDING, ActionStatus.DELIVERED}),
+    ActionStatus.COMPLETED: frozenset(
+        {ActionStatus.PENDING, ActionStatus.DELIVERED, ActionStatus.ACCEPTED}
+    ),
+    ActionStatus.REJECTED: frozenset({ActionStatus.PENDING, ActionStatus.DELIVERED}),
+    ActionStatus.FAILED: frozenset(
+        {ActionStatus.PENDING, ActionStatus.DELIVERED, ActionStatus.ACCEPTED}
+    ),
+}
+
+
+@dataclass(frozen=True)
+class SignalInput:
+    """A signal as submitted."""
+
+    signal_id: str
+    signal_type: str
+    priority: int
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    payload: bytes = b""
+    source: str = ""
+    timestamp_ns: int = 0
+
+    def validate(self) -> None:
+        if self.signal_id:
+            check_id(self.signal_id, "id")
+        if self.signal_type not in SIGNAL_TYPES:
+            raise InvalidArgument(
+                "signal_type",
+                f"must be one of {', '.join(SIGNAL_TYPES)} (got {self.signal_type[:64]!r})",
+            )
+        if not 1 <= self.priority <= 10:
+            raise InvalidArgument("priority", f"must be between 1 and 10 (got {self.priority})")
+        check_map("metadata", self.metadata, MAX_METADATA_ENTRIES, MAX_METADATA_VALUE_LENGTH)
+        if len(self.payload) > MAX_PAYLOAD_BYTES:
+            raise InvalidArgument(
+                "payload", f"must be at most {MAX_PAYLOAD_BYTES} bytes (got {len(self.payload)})"
+            )
+        check_length("source", self.source, MAX_KEY_LENGTH)
+        if self.timestamp_ns < 0:
+            raise InvalidArgument("timestamp_ns", "must not be negative")
+
+    def fingerprint(self) -> str:
+        """What makes two signals "identical" for cooldown dedup: everything but id and time."""
+        digest = hashlib.sha256()
+        for part in (self.signal_type, self.source, str(self.priority)):
+            digest.update(part.encode())
+            digest.update(b"\x00")
+        for key, value in sorted(self.metadata.items()):
+            digest.update(f"{key}\x01{value}\x00".encode())
+        digest.update(hashlib.sha256(self.payload).digest())
+        return digest.hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class StoredSignal:
+    signal: SignalInput
+    fingerprint: str
+    received_at_ns: int
+    matched_policy_ids: tuple[str, ...] = ()
+    action_ids: tuple[str, ...] = ()
+    dry_run_policy_ids: tuple[str, ...] = ()
+    suppressed_policy_ids: tuple[str, ...] = ()
+    created_by: str = ""
+
+    @property
+    def id(self) -> str:
+        return self.signal.signal_id
+
+    def to_doc(self, expires_at_ns: int) -> dict[str, Any]:
+        s = self.signal
+        return {
+            "id": s.signal_id,
+            "signal_type": s.signal_type,
+            "priority": s.priority,
+            "metadata": dict(s.metadata),
+            "payload_b64": base64.b64encode(s.payload).decode(),
+            "source": s.source,
+            "timestamp_ns": s.timestamp_ns,
+            "fingerprint": self.fingerprint,
+            "received_at_ns": self.received_at_ns,
+            "matched_policy_ids": list(self.matched_policy_ids),
+            "action_ids": list(self.action_ids),
+            "dry_run_policy_ids": list(self.dry_run_policy_ids),
+            "suppressed_policy_ids": list(self.suppressed_policy_ids),
+            "created_by": self.created_by,
+            # A Firestore TTL policy on this field removes signals after 7 days.
+            "expires_at_ns": expires_at_ns,
+        }
+
+    @classmethod
+    def from_doc(cls, data: Mapping[str, Any]) -> StoredSignal:
+        return cls(
+            signal=SignalInput(
+                signal_id=data["id"],
+                signal_type=data["signal_type"],
+                priority=int(data["priority"]),
+                metadata=dict(data.get("metadata") or {}),
+                payload=base64.b64decode(data.get("payload_b64", "")),
+                source=data.get("source", ""),
+                timestamp_ns=int(data.get("timestamp_ns", 0)),
+            ),
+            fingerprint=data["fingerprint"],
+            received_at_ns=int(data["received_at_ns"]),
+            matched_policy_ids=tuple(data.get("matched_policy_ids", ())),
+            action_ids=tuple(data.get("action_ids", ())),
+            dry_run_policy_ids=tuple(data.get("dry_run_policy_ids", ())),
+            suppressed_policy_ids=tuple(data.get("suppressed_policy_ids", ())),
+            created_by=data.get("created_by", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Action:
+    """An action addressed to a target service, and where it is in its lifecycle."""
+
+    id: str
+    action_type: str
+    target_service: str
+    status: ActionStatus
+    created_at_ns: int
+    updated_at_ns: int
+    next_delivery_ns: int
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    payload: bytes = b""
+    source_service: str = ""
+    timestamp_ns: int = 0
+    policy_id: str = ""
+    policy_version: int = 0
+    signal_id: str = ""
+    signal_received_at_ns: int = 0
+    delivery_count: int = 0
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
+    ack_deadline_seconds: int = DEFAULT_ACK_DEADLINE_SECONDS
+    status_message: str = ""
+    priority: int = DEFAULT_ACTION_PRIORITY
+    created_by: str = ""
+    # Incremented by every change; the `aggregate_version` of its events.
+    version: int = 1
+    # For RequestAction: a digest of the request, to tell a retry from a reused id.
+    request_fingerprint: str = ""
+    # W3C trace context of the call that created it: its deliveries continue that trace.
+    trace_context: Mapping[str, str] = field(default_factory=dict)
+
+    def delivered(self, now_ns: int) -> Action:
+        """Sent on a stream now (again, if it was before); due again after the deadline."""
+        return replace(
+            self,
+            status=ActionStatus.DELIVERED,
+            delivery_count=self.delivery_count + 1,
+            next_delivery_ns=now_ns + self.ack_deadline_seconds * 10**9,
+            updated_at_ns=now_ns,
+            version=self.version + 1,
+        )
+
+    def expired(self, now_ns: int) -> Action:
+        return replace(
+            self,
+            status=ActionStatus.EXPIRED,
+            status_message=f"not acknowledged after {self.delivery_count} deliveries",
+            updated_at_ns=now_ns,
+            version=self.version + 1,
+        )
+
+    def released(self, now_ns: int) -> Action:
+        """Handed back undelivered by a stream that closed: due again at once."""
+        return replace(
+            self, next_delivery_ns=now_ns, updated_at_ns=now_ns, version=self.version + 1
+        )
+
+    def is_due(self, now_ns: int) -> bool:
+        return self.status in DELIVERABLE_STATUSES and self.next_delivery_ns <= now_ns
+
+    @property
+    def exhausted(self) -> bool:
+        return self.status is ActionStatus.DELIVERED and self.delivery_count >= self.max_deliveries
+
+    def acknowledged(self, target: ActionStatus, message: str, now_ns: int) -> Action:
+        """The action after the target service reported `target`."""
+        if self.status.is_final:
+            raise FailedPrecondition(
+                f"action {self.id!r} is already {self.status.value}; it cannot become "
+                f"{target.value}"
+            )
+        if self.status not in ACK_ALLOWED_FROM[target]:
+            raise FailedPrecondition(
+                f"action {self.id!r} is {self.status.value}; it can become "
+                f"{', '.join(sorted(s.value for s in _targets_from(self.status)))}, "
+                f"not {target.value}"
+            )
+        return replace(
+            self,
+            status=target,
+            status_message=message,
+            updated_at_ns=now_ns,
+            version=self.version + 1,
+        )
+
+    def to_doc(self, expires_at_ns: int) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "action_type": self.action_type,
+            "target_service": self.target_service,
+            "status": self.status.value,
+            "created_at_ns": self.created_at_ns,
+            "updated_at_ns": self.updated_at_ns,
+            "next_delivery_ns": self.next_delivery_ns,
+            "parameters": dict(self.parameters),
+            "payload_b64": base64.b64encode(self.payload).decode(),
+            "source_service": self.source_service,
+            "timestamp_ns": self.timestamp_ns,
+            "policy_id": self.policy_id,
+            "policy_version": self.policy_version,
+            "signal_id": self.signal_id,
+            "signal_received_at_ns": self.signal_received_at_ns,
+            "delivery_count": self.delivery_count,
+            "max_deliveries": self.max_deliveries,
+            "ack_deadline_seconds": self.ack_deadline_seconds,
+            "status_message": self.status_message,
+            "priority": self.priority,
+            "created_by": self.created_by,
+            "version": self.version,
+            "request_fingerprint": self.request_fingerprint,
+            "trace_context": dict(self.trace_context),
+            # A Firestore TTL policy on this field removes actions after 30 days.
+            "expires_at_ns": expires_at_ns,
+        }
+
+    @classmethod
+    def from_doc(cls, data: Mapping[str, Any]) -> Action:
+        return cls(
+            id=data["id"],
+            action_type=data["action_type"],
+            target_service=data["target_service"],
+            status=ActionStatus(data["status"]),
+            created_at_ns=int(data["created_at_ns"]),
+            updated_at_ns=int(data["updated_at_ns"]),
+            next_delivery_ns=int(data["next_delivery_ns"]),
+            parameters=dict(data.get("parameters") or {}),
+            payload=base64.b64decode(data.get("payload_b64", "")),
+            source_service=data.get("source_service", ""),
+            timestamp_ns=int(data.get("timestamp_ns", 0)),
+            policy_id=data.get("policy_id", ""),
+            policy_version=int(data.get("policy_version", 0)),
+            signal_id=data.get("signal_id", ""),
+            signal_received_at_ns=int(data.get("signal_received_at_ns", 0)),
+            delivery_count=int(data.get("delivery_count", 0)),
+            max_deliveries=int(data.get("max_deliveries", DEFAULT_MAX_DELIVERIES)),
+            ack_deadline_seconds=int(
+                data.get("ack_deadline_seconds", DEFAULT_ACK_DEADLINE_SECONDS)
+            ),
+            status_message=data.get("status_message", ""),
+            priority=int(data.get("priority", DEFAULT_ACTION_PRIORITY)),
+            created_by=data.get("created_by", ""),
+            version=int(data.get("version", 1)),
+            request_fingerprint=data.get("request_fingerprint", ""),
+            trace_context=dict(data.get("trace_context") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class ActionRequest:
+    """An action asked for directly (RequestAction), before it is stored."""
+
+    action_id: str
+    action_type: str
+    target_service: str
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    payload: bytes = b""
+    source_service: str = ""
+    timestamp_ns: int = 0
+    not_before_ns: int = 0
+    ack_deadline_seconds: int = 0
+    max_deliveries: int = 0
+    priority: int = 0
+
+    def validate(self) -> None:
+        if self.action_id:
+            check_id(self.action_id, "id")
+        if not self.action_type:
+            raise InvalidArgument("action_type", "is required")
+        check_length("action_type", self.action_type, MAX_KEY_LENGTH)
+        check_service_name(self.target_service, "target_service")
+        check_length("source_service", self.source_service, MAX_KEY_LENGTH)
+        check_map("parameters", self.parameters, MAX_METADATA_ENTRIES, MAX_PARAMETER_VALUE_LENGTH)
+        if len(self.payload) > MAX_PAYLOAD_BYTES:
+            raise InvalidArgument(
+                "payload", f"must be at most {MAX_PAYLOAD_BYTES} bytes (got {len(self.payload)})"
+            )
+        for name, value in (
+            ("timestamp_ns", self.timestamp_ns),
+            ("not_before_ns", self.not_before_ns),
+        ):
+            if value < 0:
+                raise InvalidArgument(name, "must not be negative")
+        check_delivery_settings(self.ack_deadline_seconds, self.max_deliveries)
+        if not 0 <= self.priority <= 10:
+            raise InvalidArgument("priority", f"must be between 1 and 10 (got {self.priority})")
+
+
+def check_delivery_settings(ack_deadline_seconds: int, max_deliveries: int) -> None:
+    if not 0 <= ack_deadline_seconds <= MAX_ACK_DEADLINE_SECONDS:
+        raise InvalidArgument(
+            "ack_deadline_seconds", f"must be between 0 and {MAX_ACK_DEADLINE_SECONDS}"
+        )
+    if not 0 <= max_deliveries <= MAX_DELIVERIES:
+        raise InvalidArgument("max_deliveries", f"must be between 0 and {MAX_DELIVERIES}")
+
+
+def check_id(value: str, field_name: str) -> None:
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(field_name, f"must be at most {MAX_ID_LENGTH} characters")
+    if not _ID_RE.match(value):
+        raise InvalidArgument(
+            field_name,
+            "must start with a letter or digit and contain only letters, digits and . _ : -",
+        )
+
+
+def check_service_name(value: str, field_name: str) -> None:
+    if not value:
+        raise InvalidArgument(field_name, "is required")
+    if not _SERVICE_RE.match(value):
+        raise InvalidArgument(
+            field_name,
+            "must be a service name: lowercase letters, digits, '.', '_' or '-', "
+            "at most 128 characters",
+        )
+
+
+def check_length(field_name: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidArgument(field_name, f"must be at most {limit} characters (got {len(value)})")
+
+
+def check_map(field_name: str, values: Mapping[str, str], entries: int, value_limit: int) -> None:
+    if len(values) > entries:
+        raise InvalidArgument(
+            field_name, f"must have at most {entries} entries (got {len(values)})"
+        )
+    for key, value in values.items():
+        if not key:
+            raise InvalidArgument(field_name, "keys must not be empty")
+        if len(key) > MAX_KEY_LENGTH:
+            raise InvalidArgument(
+                f"{field_name}[{key[:32]!r}…]", f"key is longer than {MAX_KEY_LENGTH} characters"
+            )
+        if len(value) > value_limit:
+            raise InvalidArgument(
+                f"{field_name}[{key!r}]", f"value is longer than {value_limit} characters"
+            )
+
+
+def _targets_from(status: ActionStatus) -> set[ActionStatus]:
+    return {target for target, sources in ACK_ALLOWED_FROM.items() if status in sources}

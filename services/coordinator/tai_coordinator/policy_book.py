@@ -1,0 +1,99 @@
+"""The Coordinator's in-memory view of the policies that can match signals.
+
+Each policy's condition is compiled once per version. The book is filled from the Governor
+(GetPolicies, at start and as a periodic safety net) and kept current by the Governor's policy
+events on the bus — no call to the Governor per signal.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tai.v1 import governor_pb2
+from tai_common.conditions import Condition, compile_condition
+from tai_common.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+LIVE_STATES = (governor_pb2.POLICY_STATE_ENFORCED, governor_pb2.POLICY_STATE_DRY_RUN)
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    """A policy whose condition is evaluated against every signal."""
+
+    policy: governor_pb2.Policy
+    condition: Condition
+
+    @property
+    def id(self) -> str:
+        return self.policy.id
+
+    @property
+    def dry_run(self) -> bool:
+        return self.policy.state == governor_pb2.POLICY_STATE_DRY_RUN
+
+
+class PolicyBook:
+    def __init__(self) -> None:
+        self._active: dict[str, ActivePolicy] = {}
+        # The highest version seen per policy, active or not, so a late event cannot bring back
+        # an older version.
+        self._versions: dict[str, int] = {}
+        self.loaded = False
+        # The highest Governor revision applied: how far behind the Governor this replica is.
+        self.revision = 0
+
+    def apply(self, policy: governor_pb2.Policy) -> bool:
+        """Takes a policy version into account; returns False when it is older than known."""
+        if policy.version <= self._versions.get(policy.id, 0):
+            return False
+        self._versions[policy.id] = policy.version
+        self.revision = max(self.revision, policy.revision)
+        if not _is_active(policy):
+            self._active.pop(policy.id, None)
+            return True
+        try:
+            condition = compile_condition(policy.condition)
+        except InvalidArgument as error:
+            # The Governor refuses such conditions; one here means a newer rule than ours.
+            log.error("policy %s v%d: %s; ignoring it", policy.id, policy.version, error)
+            self._active.pop(policy.id, None)
+            return True
+        self._active[policy.id] = ActivePolicy(policy, condition)
+        return True
+
+    def replace_all(self, live: Iterable[governor_pb2.Policy]) -> None:
+        """A full listing of the live policies (ENFORCED or DRY_RUN): applies each, and drops
+        active policies missing from it (revoked while we were not listening)."""
+        listed = set()
+        for policy in live:
+            listed.add(policy.id)
+            self.apply(policy)
+        for policy_id in set(self._active) - listed:
+            del self._active[policy_id]
+        self.loaded = True
+
+    def evaluate(self, signal: Mapping[str, Any]) -> tuple[list[ActivePolicy], list[ActivePolicy]]:
+        """The enforced and the dry-run policies whose condition matches `signal`."""
+        enforced: list[ActivePolicy] = []
+        dry_run: list[ActivePolicy] = []
+        for active in self._active.values():
+            if active.condition.matches(signal):
+                (dry_run if active.dry_run else enforced).append(active)
+        return enforced, dry_run
+
+    def __len__(self) -> int:
+        return len(self._active)
+
+
+def _is_active(policy: governor_pb2.Policy) -> bool:
+    return (
+        policy.state in LIVE_STATES
+        and policy.enabled
+        and bool(policy.condition)
+        and bool(policy.action.target_service)
+    )

@@ -1,0 +1,198 @@
+"""Where the Coordinator keeps signals and actions in the DocumentStore.
+
+- `signals/{id}`: each signal with what it matched and created (TTL 7 days);
+- `actions/{id}`: each action and its delivery state (TTL 30 days);
+- `action_dedup/{policy}:{fingerprint}`: the cooldown window of a (policy, signal) pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tai_common.store.port import (
+    Cursor,
+    DocumentStore,
+    Filter,
+    IndexSpec,
+    Op,
+    Order,
+    Query,
+    Transaction,
+)
+
+from tai_coordinator.model import OPEN_STATUSES, Action, ActionStatus, StoredSignal
+
+SIGNALS = "signals"
+ACTIONS = "actions"
+DEDUP = "action_dedup"
+
+SIGNAL_RETENTION_NS = 7 * 24 * 3600 * 10**9
+ACTION_RETENTION_NS = 30 * 24 * 3600 * 10**9
+
+INDEXES = (
+    # Delivery: a service's due actions, earliest first.
+    IndexSpec(ACTIONS, ("target_service", "status", "next_delivery_ns")),
+    # Listing and status, newest first.
+    IndexSpec(ACTIONS, ("target_service", "status", "created_at_ns"), (False, False, True)),
+    IndexSpec(ACTIONS, ("target_service", "created_at_ns"), (False, True)),
+    IndexSpec(ACTIONS, ("status", "created_at_ns"), (False, True)),
+    IndexSpec(ACTIONS, ("policy_id", "created_at_ns"), (False, True)),
+    # History on reconnect: a service's accepted actions of the last hour.
+    IndexSpec(ACTIONS, ("target_service", "status", "created_at_ns")),
+    IndexSpec(ACTIONS, ("created_at_ns",)),
+    IndexSpec(SIGNALS, ("received_at_ns",)),
+)
+
+
+def dedup_key(policy_id: str, fingerprint: str) -> str:
+    return f"{policy_id}:{fingerprint}"
+
+
+class CoordinatorRepository:
+    def __init__(self, store: DocumentStore) -> None:
+        self._store = store
+
+    # --- inside a transaction ---
+
+    async def signal_in(self, tx: Transaction, signal_id: str) -> StoredSignal | None:
+        doc = await tx.get(SIGNALS, signal_id)
+        return StoredSignal.from_doc(doc.data) if doc else None
+
+    async def action_in(self, tx: Transaction, action_id: str) -> Action | None:
+        doc = await tx.get(ACTIONS, action_id)
+        return Action.from_doc(doc.data) if doc else None
+
+    async def cooldown_until_in(self, tx: Transaction, policy_id: str, fingerprint: str) -> int:
+        doc = await tx.get(DEDUP, dedup_key(policy_id, fingerprint))
+        return int(doc.data["until_ns"]) if doc else 0
+
+    def put_signal_in(self, tx: Transaction, signal: StoredSignal) -> None:
+        tx.create(SIGNALS, signal.id, signal.to_doc(signal.received_at_ns + SIGNAL_RETENTION_NS))
+
+    def create_action_in(self, tx: Transaction, action: Action) -> None:
+        tx.create(ACTIONS, action.id, action.to_doc(action.created_at_ns + ACTION_RETENTION_NS))
+
+    def update_action_in(self, tx: Transaction, action: Action) -> None:
+        tx.set(ACTIONS, action.id, action.to_doc(action.created_at_ns + ACTION_RETENTION_NS))
+
+    def start_cooldown_in(
+        self, tx: Transaction, policy_id: str, fingerprint: str, action_id: str, until_ns: int
+    ) -> None:
+        tx.set(
+            DEDUP,
+            dedup_key(policy_id, fingerprint),
+            {"action_id": action_id, "until_ns": until_ns, "expires_at_ns": until_ns},
+        )
+
+    # --- reads ---
+
+    async def signal(self, signal_id: str) -> StoredSignal | None:
+        doc = await self._store.get(SIGNALS, signal_id)
+        return StoredSignal.from_doc(doc.data) if doc else None
+
+    async def action(self, action_id: str) -> Action | None:
+        doc = await self._store.get(ACTIONS, action_id)
+        return Action.from_doc(doc.data) if doc else None
+
+    async def due_actions(self, service: str, now_ns: int, limit: int) -> list[Action]:
+        page = await self._store.query(
+            Query(
+                ACTIONS,
+                filters=(
+                    Filter.eq("target_service", service),
+                    Filter.is_in("status", [ActionStatus.PENDING, ActionStatus.DELIVERED]),
+                    Filter("next_delivery_ns", Op.LE, now_ns),
+                ),
+                order_by=(Order("next_delivery_ns"),),
+                limit=limit,
+            )
+        )
+        return [Action.from_doc(d.data) for d in page.documents]
+
+    async def next_delivery_ns(self, service: str) -> int | None:
+        """When the earliest undelivered or unacknowledged action of `service` falls due."""
+        page = await self._store.query(
+            Query(
+                ACTIONS,
+                filters=(
+                    Filter.eq("target_service", service),
+                    Filter.is_in("status", [ActionStatus.PENDING, ActionStatus.DELIVERED]),
+                ),
+                order_by=(Order("next_delivery_ns"),),
+                limit=1,
+            )
+        )
+        return int(page.documents[0].data["next_delivery_ns"]) if page.documents else None
+
+    async def accepted_since(self, service: str, since_ns: int, limit: int) -> list[Action]:
+        page = await self._store.query(
+            Query(
+                ACTIONS,
+                filters=(
+                    Filter.eq("target_service", service),
+                    Filter.eq("status", ActionStatus.ACCEPTED),
+                    Filter("created_at_ns", Op.GE, since_ns),
+                ),
+                order_by=(Order("created_at_ns"),),
+                limit=limit,
+            )
+        )
+        return [Action.from_doc(d.data) for d in page.documents]
+
+    async def list_actions(
+        self,
+        *,
+        target_service: str,
+        status: ActionStatus | None,
+        policy_id: str,
+        limit: int,
+        start_after: Cursor | None,
+    ) -> tuple[list[Action], Cursor | None]:
+        filters: list[Filter] = []
+        if target_service:
+            filters.append(Filter.eq("target_service", target_service))
+        if status is not None:
+            filters.append(Filter.eq("status", status))
+        if policy_id:
+            filters.append(Filter.eq("policy_id", policy_id))
+        page = await self._store.query(
+            Query(
+                ACTIONS,
+                filters=tuple(filters),
+                order_by=(Order("created_at_ns", descending=True),),
+                limit=limit,
+                start_after=start_after,
+            )
+        )
+        return [Action.from_doc(d.data) for d in page.documents], page.next_cursor
+
+    async def count_actions(self, service: str, statuses: Sequence[ActionStatus]) -> int:
+        filters = [Filter.is_in("status", list(statuses))]
+        if service:
+            filters.append(Filter.eq("target_service", service))
+        return await self._store.count(ACTIONS, filters)
+
+    async def open_actions(self, service: str, limit: int) -> list[Action]:
+        filters = [Filter.is_in("status", list(OPEN_STATUSES))]
+        if service:
+            filters.append(Filter.eq("target_service", service))
+        page = await self._store.query(Query(ACTIONS, filters=tuple(filters), limit=limit))
+        return [Action.from_doc(d.data) for d in page.documents]
+
+    async def latest_action(self, service: str) -> Action | None:
+        filters = (Filter.eq("target_service", service),) if service else ()
+        page = await self._store.query(
+            Query(
+                ACTIONS,
+                filters=filters,
+                order_by=(Order("created_at_ns", descending=True),),
+                limit=1,
+            )
+        )
+        return Action.from_doc(page.documents[0].data) if page.documents else None
+
+    async def latest_signal(self) -> StoredSignal | None:
+        page = await self._store.query(
+            Query(SIGNALS, order_by=(Order("received_at_ns", descending=True),), limit=1)
+        )
+        return StoredSignal.from_doc(page.documents[0].data) if page.documents else None

@@ -1,0 +1,472 @@
+"""The Coordinator's use cases: signals in, actions out, acknowledgements, status.
+
+Every change is one store transaction that writes the documents and their events (through the
+outbox), so a signal is never stored without its actions, nor an action without its event.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from tai.v1 import events_pb2
+from tai_common.audit import AuditTrail
+from tai_common.bus import events, outbox, topics
+from tai_common.cache.port import Cache
+from tai_common.cache.read_through import ReadThrough
+from tai_common.clock import Clock, IdFactory
+from tai_common.conditions import signal_variables
+from tai_common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from tai_common.pagination import decode_page_token, encode_page_token, page_size
+from tai_common.store.port import DocumentStore, Transaction
+from tai_common.telemetry.tracing import current_context_carrier
+
+from tai_coordinator import metrics
+from tai_coordinator.convert import STATUS_TO_PROTO, action_to_proto, signal_to_proto
+from tai_coordinator.model import (
+    ACKNOWLEDGEMENTS,
+    DEFAULT_ACK_DEADLINE_SECONDS,
+    DEFAULT_ACTION_PRIORITY,
+    DEFAULT_MAX_DELIVERIES,
+    MAX_MESSAGE_LENGTH,
+    OPEN_STATUSES,
+    Action,
+    ActionRequest,
+    ActionStatus,
+    SignalInput,
+    StoredSignal,
+    check_id,
+    check_length,
+    check_service_name,
+)
+from tai_coordinator.policy_book import ActivePolicy, PolicyBook
+from tai_coordinator.repository import CoordinatorRepository
+
+# A RequestAction whose not-before time is further away than this is handed to the Scheduler
+# (an `action.deferred` event) instead of being stored now.
+DEFER_THRESHOLD_NS = 1_000_000_000
+HISTORY_WINDOW_NS = 3600 * 10**9
+SIGNAL_TTL_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class SignalOutcome:
+    signal: StoredSignal
+    created: list[Action] = field(default_factory=list)
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class ActionOutcome:
+    action_id: str
+    version: int
+    status: ActionStatus | None
+    timestamp_ns: int
+    replayed: bool = False
+    deferred_until_ns: int = 0
+    # The action as written by this call (None when replayed or deferred).
+    action: Action | None = None
+    # For an acknowledgement: the action before it.
+    previous: Action | None = None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    service_name: str
+    pending_signals: int
+    pending_actions: int
+    delivered_actions: int
+    accepted_actions: int
+    last_signal_ns: int
+    timestamp_ns: int
+
+
+class CoordinatorService:
+    def __init__(
+        self,
+        store: DocumentStore,
+        clock: Clock,
+        ids: IdFactory,
+        event_factory: events.EventFactory,
+        book: PolicyBook,
+        on_committed: Callable[[], None],
+        on_actions: Callable[[Sequence[Action]], None],
+        cache: Cache,
+        audit: AuditTrail,
+    ) -> None:
+        """`on_committed` wakes the outbox relay; `on_actions` tells this replica's dispatcher
+        about actions it just created or changed (other replicas learn it from the bus)."""
+        self._store = store
+        self._repo = CoordinatorRepository(store)
+        self._clock = clock
+        self._ids = ids
+        self._events = event_factory
+        self._book = book
+        self._on_committed = on_committed
+        self._on_actions = on_actions
+        self._audit = audit
+        # Signals never change once stored, so their cache needs no invalidation.
+        self._signals = ReadThrough(cache, "signal", SIGNAL_TTL_SECONDS)
+
+    # --- signals ---
+
+    async def submit_signal(self, signal: SignalInput, principal: str) -> SignalOutcome:
+        signal.validate()
+        if not self._book.loaded:
+            raise Unavailable("the Coordinator has not loaded the policies yet; retry shortly")
+        if not signal.signal_id:
+            signal = _with_id(signal, self._ids.new_id("sig"))
+        fingerprint = signal.fingerprint()
+        received_at = self._clock.now_ns()
+        variables = signal_variables(
+            signal_id=signal.signal_id,
+            signal_type=signal.signal_type,
+            priority=signal.priority,
+            source=signal.source,
+            metadata=signal.metadata,
+            payload_size=len(signal.payload),
+            timestamp_ns=signal.timestamp_ns or received_at,
+        )
+        # Evaluated once, outside the transaction: the transaction may run again on contention.
+        enforced, dry_run = self._book.evaluate(variables)
+        action_ids = {p.id: self._ids.new_id("act") for p in enforced}
+
+        async def apply(tx: Transaction) -> SignalOutcome:
+            existing = await self._repo.signal_in(tx, signal.signal_id)
+            if existing is not None:
+                if existing.fingerprint != fingerprint:
+                    raise AlreadyExists(
+                        "signal",
+                        signal.signal_id,
+                        f"signal id {signal.signal_id!r} was already used for a different "
+                        "signal; use a new id",
+                    )
+                return SignalOutcome(existing, replayed=True)
+            cooldowns = {
+                p.id: await self._repo.cooldown_until_in(tx, p.id, fingerprint)
+                for p in enforced
+                if p.policy.action.cooldown_seconds > 0
+            }
+            now = self._clock.now_ns()
+            created: list[Action] = []
+            suppressed: list[str] = []
+            for policy in enforced:
+                if cooldowns.get(policy.id, 0) > now:
+                    suppressed.append(policy.id)
+                    continue
+                action = self._action_from_policy(
+                    policy, action_ids[policy.id], signal, received_at, principal, now
+                )
+                created.append(action)
+                self._repo.create_action_in(tx, action)
+                emit_action_event(tx, self._events, "action.created", action, None)
+                cooldown = policy.policy.action.cooldown_seconds
+                if cooldown > 0:
+                    self._repo.start_cooldown_in(
+                        tx, policy.id, fingerprint, action.id, now + cooldown * 10**9
+                    )
+            stored = StoredSignal(
+                signal=signal,
+                fingerprint=fingerprint,
+                received_at_ns=received_at,
+                matched_policy_ids=tuple(p.id for p in enforced),
+                action_ids=tuple(a.id for a in created),
+                dry_run_policy_ids=tuple(p.id for p in dry_run),
+                suppressed_policy_ids=tuple(suppressed),
+                created_by=principal,
+            )
+            self._repo.put_signal_in(tx, stored)
+            self._audit.record_in(tx, f"signal/{stored.id}", None, stored.to_doc(0))
+            outbox.add_event(
+                tx,
+                topics.SIGNALS,
+                self._events.build(
+                    event_type="signal.received",
+                    aggregate_type="signal",
+                    aggregate_id=stored.id,
+                    aggregate_version=1,
+                    payload=events_pb2.SignalEvent(signal=signal_to_proto(stored)),
+                ),
+            )
+            return SignalOutcome(stored, created)
+
+        outcome = await self._store.run_transaction(apply)
+        if not outcome.replayed:
+            self._on_committed()
+            self._on_actions(outcome.created)
+            stored = outcome.signal
+            metrics.SIGNALS.labels(signal_type=signal.signal_type).inc()
+            metrics.EVALUATIONS.inc(len(self._book))
+            metrics.MATCHES.labels(mode="enforced").inc(len(outcome.created))
+            metrics.MATCHES.labels(mode="dry_run").inc(len(stored.dry_run_policy_ids))
+            metrics.MATCHES.labels(mode="suppressed").inc(len(stored.suppressed_policy_ids))
+            metrics.ACTION_TRANSITIONS.labels(status="PENDING").inc(len(outcome.created))
+        return outcome
+
+    def _action_from_policy(
+        self,
+        active: ActivePolicy,
+        action_id: str,
+        signal: SignalInput,
+        received_at: int,
+        principal: str,
+        now: int,
+    ) -> Action:
+        template = active.policy.action
+        return Action(
+            id=action_id,
+            action_type=template.action_type,
+            target_service=template.target_service,
+            status=ActionStatus.PENDING,
+            created_at_ns=now,
+            updated_at_ns=now,
+            next_delivery_ns=now,
+            parameters=dict(template.parameters),
+            payload=signal.payload,
+            source_service="coordinator",
+            timestamp_ns=now,
+            policy_id=active.id,
+            policy_version=active.policy.version,
+            signal_id=signal.signal_id,
+            signal_received_at_ns=received_at,
+            max_deliveries=template.max_deliveries or DEFAULT_MAX_DELIVERIES,
+            ack_deadline_seconds=template.ack_deadline_seconds or DEFAULT_ACK_DEADLINE_SECONDS,
+            priority=signal.priority,
+            created_by=principal,
+            trace_context=current_context_carrier(),
+        )
+
+    async def get_signal(self, signal_id: str) -> StoredSignal:
+        if not signal_id:
+            raise InvalidArgument("id", "is required")
+        check_id(signal_id, "id")
+
+        async def load() -> tuple[bytes, int] | None:
+            signal = await self._repo.signal(signal_id)
+            return (json.dumps(signal.to_doc(0)).encode(), 1) if signal else None
+
+        raw = await self._signals.get(signal_id, load)
+        if raw is None:
+            raise NotFound("signal", signal_id)
+        return StoredSignal.from_doc(json.loads(raw))
+
+    # --- actions ---
+
+    async def request_action(
+        self, request: ActionRequest, principal: str, request_fingerprint: str
+    ) -> ActionOutcome:
+        request.validate()
+        action_id = request.action_id or self._ids.new_id("act")
+        now = self._clock.now_ns()
+        if request.not_before_ns > now + DEFER_THRESHOLD_NS:
+            return await self._defer_action(request, action_id, principal, now)
+
+        async def apply(tx: Transaction) -> ActionOutcome:
+            existing = await self._repo.action_in(tx, action_id)
+            if existing is not None:
+                if existing.request_fingerprint != request_fingerprint:
+                    raise AlreadyExists(
+                        "action",
+                        action_id,
+                        f"action id {action_id!r} was already used for a different action; "
+                        "use a new id",
+                    )
+                return ActionOutcome(
+                    existing.id,
+                    existing.version,
+                    existing.status,
+                    existing.created_at_ns,
+                    replayed=True,
+                )
+            created = self._clock.now_ns()
+            action = Action(
+                id=action_id,
+                action_type=request.action_type,
+                target_service=request.target_service,
+                status=ActionStatus.PENDING,
+                created_at_ns=created,
+                updated_at_ns=created,
+                next_delivery_ns=max(created, request.not_before_ns),
+                parameters=dict(request.parameters),
+                payload=request.payload,
+                source_service=request.source_service,
+                timestamp_ns=request.timestamp_ns or created,
+                max_deliveries=request.max_deliveries or DEFAULT_MAX_DELIVERIES,
+                ack_deadline_seconds=request.ack_deadline_seconds or DEFAULT_ACK_DEADLINE_SECONDS,
+                priority=request.priority or DEFAULT_ACTION_PRIORITY,
+                created_by=principal,
+                request_fingerprint=request_fingerprint,
+                trace_context=current_context_carrier(),
+            )
+            self._repo.create_action_in(tx, action)
+            self._audit.record_in(tx, f"action/{action.id}", None, action.to_doc(0))
+            emit_action_event(tx, self._events, "action.created", action, None)
+            return ActionOutcome(action.id, action.version, action.status, created, action=action)
+
+        outcome = await self._store.run_transaction(apply)
+        if outcome.action is not None:
+            self._on_committed()
+            self._on_actions([outcome.action])
+            metrics.ACTION_TRANSITIONS.labels(status="PENDING").inc()
+        return outcome
+
+    async def _defer_action(
+        self, request: ActionRequest, action_id: str, principal: str, now: int
+    ) -> ActionOutcome:
+        """Hands the request to the Scheduler (through an `action.deferred` event), which asks
+        again at the not-before time; the action exists from then on."""
+        deferred = Action(
+            id=action_id,
+            action_type=request.action_type,
+            target_service=request.target_service,
+            status=ActionStatus.PENDING,
+            created_at_ns=now,
+            updated_at_ns=now,
+            next_delivery_ns=request.not_before_ns,
+            parameters=dict(request.parameters),
+            payload=request.payload,
+            source_service=request.source_service,
+            timestamp_ns=request.timestamp_ns or now,
+            max_deliveries=request.max_deliveries,
+            ack_deadline_seconds=request.ack_deadline_seconds,
+            priority=request.priority,
+            created_by=principal,
+        )
+
+        async def apply(tx: Transaction) -> None:
+            self._audit.record_in(tx, f"action/{deferred.id}", None, deferred.to_doc(0))
+            emit_action_event(tx, self._events, "action.deferred", deferred, None)
+
+        await self._store.run_transaction(apply)
+        self._on_committed()
+        return ActionOutcome(action_id, 0, None, now, deferred_until_ns=request.not_before_ns)
+
+    async def acknowledge(
+        self, action_id: str, status: str, message: str, principal: str
+    ) -> ActionOutcome:
+        if not action_id:
+            raise InvalidArgument("action_id", "is required")
+        check_id(action_id, "action_id")
+        target = ACKNOWLEDGEMENTS.get(status.lower())
+        if target is None:
+            raise InvalidArgument(
+                "status", f"must be one of {', '.join(ACKNOWLEDGEMENTS)} (got {status[:32]!r})"
+            )
+        check_length("message", message, MAX_MESSAGE_LENGTH)
+
+        async def apply(tx: Transaction) -> ActionOutcome:
+            action = await self._repo.action_in(tx, action_id)
+            if action is None:
+                raise NotFound("action", action_id)
+            if action.status is target and action.status_message == message:
+                # The same acknowledgement again (a retry): nothing changes.
+                return ActionOutcome(
+                    action.id, action.version, action.status, action.updated_at_ns, replayed=True
+                )
+            now = self._clock.now_ns()
+            changed = action.acknowledged(target, message, now)
+            self._repo.update_action_in(tx, changed)
+            self._audit.record_in(tx, f"action/{action.id}", action.to_doc(0), changed.to_doc(0))
+            emit_action_event(
+                tx, self._events, f"action.{target.value.lower()}", changed, action.status
+            )
+            return ActionOutcome(changed.id, changed.version, changed.status, now)
+
+        outcome = await self._store.run_transaction(apply)
+        if not outcome.replayed:
+            self._on_committed()
+        return outcome
+
+    async def get_action(self, action_id: str) -> Action:
+        if not action_id:
+            raise InvalidArgument("action_id", "is required")
+        check_id(action_id, "action_id")
+        action = await self._repo.action(action_id)
+        if action is None:
+            raise NotFound("action", action_id)
+        return action
+
+    async def list_actions(
+        self,
+        *,
+        target_service: str,
+        status: ActionStatus | None,
+        policy_id: str,
+        requested_page_size: int,
+        page_token: str,
+    ) -> tuple[list[Action], str]:
+        if target_service:
+            check_service_name(target_service, "target_service")
+        if policy_id:
+            check_id(policy_id, "policy_id")
+        scope = f"actions|{target_service}|{status or ''}|{policy_id}"
+        actions, cursor = await self._repo.list_actions(
+            target_service=target_service,
+            status=status,
+            policy_id=policy_id,
+            limit=page_size(requested_page_size),
+            start_after=decode_page_token(page_token, scope),
+        )
+        return actions, encode_page_token(cursor, scope)
+
+    async def history(self, service: str) -> list[Action]:
+        """Actions the service accepted in the last hour and has not finished."""
+        since = self._clock.now_ns() - HISTORY_WINDOW_NS
+        return await self._repo.accepted_since(service, since, limit=1000)
+
+    # --- status ---
+
+    async def status(self, service_name: str) -> ServiceStatus:
+        if service_name:
+            check_service_name(service_name, "service_name")
+        open_actions = await self._repo.open_actions(service_name, limit=10_000)
+        latest = await (
+            self._repo.latest_action(service_name) if service_name else self._repo.latest_signal()
+        )
+        if latest is None:
+            last_signal_ns = 0
+        elif isinstance(latest, Action):
+            last_signal_ns = latest.signal_received_at_ns
+        else:
+            last_signal_ns = latest.received_at_ns
+        counts = {status: 0 for status in OPEN_STATUSES}
+        for action in open_actions:
+            counts[action.status] += 1
+        return ServiceStatus(
+            service_name=service_name,
+            pending_signals=len({a.signal_id for a in open_actions if a.signal_id}),
+            pending_actions=len(open_actions),
+            delivered_actions=counts[ActionStatus.DELIVERED],
+            accepted_actions=counts[ActionStatus.ACCEPTED],
+            last_signal_ns=last_signal_ns,
+            timestamp_ns=self._clock.now_ns(),
+        )
+
+
+def emit_action_event(
+    tx: Transaction,
+    event_factory: events.EventFactory,
+    event_type: str,
+    action: Action,
+    previous: ActionStatus | None,
+) -> None:
+    """Adds the event of an action change to the outbox, in the change's transaction."""
+    payload = events_pb2.ActionEvent(action=action_to_proto(action))
+    if previous is not None:
+        payload.previous_status = STATUS_TO_PROTO[previous]
+    outbox.add_event(
+        tx,
+        topics.ACTIONS,
+        event_factory.build(
+            event_type=event_type,
+            aggregate_type="action",
+            aggregate_id=action.id,
+            aggregate_version=action.version,
+            payload=payload,
+        ),
+    )
+
+
+def _with_id(signal: SignalInput, signal_id: str) -> SignalInput:
+    return replace(signal, signal_id=signal_id)

@@ -1,0 +1,181 @@
+"""The Coordinator's gRPC API: translates requests to the domain and results to protobuf, and
+nothing else. Errors are raised as tai_common.errors and mapped to statuses by the interceptor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from tai.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from tai_common.errors import InvalidArgument
+from tai_common.grpc.context import principal_of
+from tai_common.idempotency import request_fingerprint
+from tai_common.runtime import ServiceRuntime
+
+from tai_coordinator.convert import (
+    STATUS_FROM_PROTO,
+    action_request_from_proto,
+    action_to_proto,
+    signal_from_request,
+    signal_to_proto,
+)
+from tai_coordinator.dispatcher import ActionDispatcher
+from tai_coordinator.model import check_service_name
+from tai_coordinator.service import CoordinatorService
+
+Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
+
+
+def _elapsed_us(started: float) -> int:
+    return int((time.perf_counter() - started) * 1e6)
+
+
+class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
+    def __init__(
+        self,
+        service: CoordinatorService,
+        dispatcher: ActionDispatcher,
+        runtime: ServiceRuntime,
+    ) -> None:
+        self._service = service
+        self._dispatcher = dispatcher
+        self._runtime = runtime
+
+    async def SubmitSignal(
+        self, request: coordinator_pb2.SubmitSignalRequest, context: Context
+    ) -> common_pb2.Receipt:
+        started = time.perf_counter()
+        outcome = await self._service.submit_signal(
+            signal_from_request(request), principal_of(context)
+        )
+        signal = outcome.signal
+        return common_pb2.Receipt(
+            id=f"rcpt-{signal.id}",
+            request_id=signal.id,
+            status="success",
+            timestamp_ns=signal.received_at_ns,
+            result_data={
+                "signal_id": signal.id,
+                "matched": str(len(signal.matched_policy_ids)),
+                "actions": str(len(signal.action_ids)),
+                "dry_run_policy_ids": ",".join(signal.dry_run_policy_ids),
+                "suppressed_policy_ids": ",".join(signal.suppressed_policy_ids),
+            },
+            execution_time_us=_elapsed_us(started),
+            resource_id=signal.id,
+            resource_version=1,
+            replayed=outcome.replayed,
+            matched_policy_ids=list(signal.matched_policy_ids),
+            action_ids=list(signal.action_ids),
+        )
+
+    async def GetSignal(
+        self, request: coordinator_pb2.GetSignalRequest, context: Context
+    ) -> coordinator_pb2.Signal:
+        return signal_to_proto(await self._service.get_signal(request.id))
+
+    async def RequestAction(
+        self, request: coordinator_pb2.RequestActionRequest, context: Context
+    ) -> common_pb2.Receipt:
+        started = time.perf_counter()
+        outcome = await self._service.request_action(
+            action_request_from_proto(request),
+            principal_of(context),
+            request_fingerprint(request, "id"),
+        )
+        result = {"action_id": outcome.action_id}
+        if outcome.status is not None:
+            result["status"] = outcome.status.value
+        if outcome.deferred_until_ns:
+            result["deferred_until_ns"] = str(outcome.deferred_until_ns)
+        return common_pb2.Receipt(
+            id=f"rcpt-{outcome.action_id}",
+            request_id=request.id,
+            status="success",
+            timestamp_ns=outcome.timestamp_ns,
+            result_data=result,
+            execution_time_us=_elapsed_us(started),
+            resource_id=outcome.action_id,
+            resource_version=outcome.version,
+            replayed=outcome.replayed,
+            action_ids=[outcome.action_id],
+        )
+
+    async def StreamActions(
+        self, request: coordinator_pb2.StreamActionsRequest, context: Context
+    ) -> AsyncIterator[coordinator_pb2.Action]:
+        check_service_name(request.service_name, "service_name")
+        with self._dispatcher.connect(request.service_name) as sink:
+            if request.include_history:
+                for action in await self._service.history(request.service_name):
+                    yield action_to_proto(action)
+            while True:
+                action = await self._runtime.server.until_stopping(sink.queue.get())
+                yield action_to_proto(action)
+
+    async def AcknowledgeAction(
+        self, request: coordinator_pb2.AcknowledgeActionRequest, context: Context
+    ) -> common_pb2.Receipt:
+        started = time.perf_counter()
+        outcome = await self._service.acknowledge(
+            request.action_id, request.status, request.message, principal_of(context)
+        )
+        return common_pb2.Receipt(
+            id=f"rcpt-{outcome.action_id}-v{outcome.version}",
+            status="success",
+            timestamp_ns=outcome.timestamp_ns,
+            result_data={
+                "action_id": outcome.action_id,
+                "status": outcome.status.value if outcome.status else "",
+            },
+            execution_time_us=_elapsed_us(started),
+            resource_id=outcome.action_id,
+            resource_version=outcome.version,
+            replayed=outcome.replayed,
+        )
+
+    async def GetStatus(
+        self, request: coordinator_pb2.GetStatusRequest, context: Context
+    ) -> coordinator_pb2.CoordinationStatus:
+        status = await self._service.status(request.service_name)
+        return coordinator_pb2.CoordinationStatus(
+            service_name=status.service_name,
+            timestamp_ns=status.timestamp_ns,
+            pending_signals=status.pending_signals,
+            pending_actions=status.pending_actions,
+            last_signal_ns=status.last_signal_ns,
+            delivered_actions=status.delivered_actions,
+            accepted_actions=status.accepted_actions,
+        )
+
+    async def GetAction(
+        self, request: coordinator_pb2.GetActionRequest, context: Context
+    ) -> coordinator_pb2.Action:
+        return action_to_proto(await self._service.get_action(request.action_id))
+
+    async def ListActions(
+        self, request: coordinator_pb2.ListActionsRequest, context: Context
+    ) -> coordinator_pb2.ListActionsResponse:
+        status = None
+        if request.status:
+            if request.status not in STATUS_FROM_PROTO:
+                raise InvalidArgument("status", f"unknown action status {request.status}")
+            status = STATUS_FROM_PROTO[request.status]
+        actions, token = await self._service.list_actions(
+            target_service=request.target_service,
+            status=status,
+            policy_id=request.policy_id,
+            requested_page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return coordinator_pb2.ListActionsResponse(
+            actions=[action_to_proto(a) for a in actions], next_page_token=token
+        )
+
+    async def HealthCheck(
+        self, request: common_pb2.HealthCheckRequest, context: Context
+    ) -> common_pb2.HealthStatus:
+        return self._runtime.health_status(SERVICE_NAME)

@@ -1,0 +1,1 @@
+"""TAI Governor: the policy lifecycle."""

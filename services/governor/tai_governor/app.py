@@ -1,0 +1,84 @@
+"""Wiring: builds the Governor from settings (`create_app`) without running it, so tests can
+start it in-process; `main` runs it until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tai.v1 import common_pb2, governor_pb2_grpc
+from tai_common import idempotency
+from tai_common.audit import AuditLog
+from tai_common.bus import events, topics
+from tai_common.bus.fanout import subscribe_replica
+from tai_common.bus.port import Message, SubscriptionSpec
+from tai_common.config import ServiceSettings
+from tai_common.runtime import Dependencies, ServiceRuntime, service_main
+
+from tai_governor import repository
+from tai_governor.service import PolicyService, refresh_policy_gauge
+from tai_governor.servicer import SERVICE_NAME, GovernorServicer
+
+
+class GovernorSettings(ServiceSettings):
+    service_name: str = "governor"
+    grpc_port: int = 50051
+    metrics_port: int = 9101
+
+
+def create_app(deps: Dependencies) -> ServiceRuntime:
+    """The Governor's runtime, wired but not started."""
+    runtime = ServiceRuntime(deps, index_specs=[*repository.INDEXES, *idempotency.INDEXES])
+    service = PolicyService(
+        deps.store,
+        deps.clock,
+        deps.ids,
+        events.EventFactory(deps.settings.service_name, deps.clock, deps.ids),
+        on_committed=runtime.relay.notify,
+        until_stopping=lambda awaitable: runtime.server.until_stopping(awaitable),
+        cache=deps.cache,
+        audit=runtime.audit,
+    )
+    audit_log = AuditLog(deps.store)
+    servicer = GovernorServicer(service, runtime, audit_log)
+    runtime.attach_server(
+        [lambda server: governor_pb2_grpc.add_GovernorServicer_to_server(servicer, server)],
+        [SERVICE_NAME],
+    )
+
+    async def subscribe() -> None:
+        subscription = await subscribe_replica(
+            deps.bus,
+            topic=topics.POLICIES,
+            service=deps.settings.service_name,
+            replica_id=deps.settings.replica_id,
+            on_event=service.on_policy_event,
+        )
+        runtime.add_shutdown(subscription.close)
+
+    async def consume_audit_events() -> None:
+        # The Governor keeps the suite's audit log: one shared subscription, so each record
+        # is appended by one replica.
+        async def append(message: Message) -> None:
+            await audit_log.append(
+                events.unpack(events.from_message(message), common_pb2.AuditRecord)
+            )
+
+        subscription = await deps.bus.subscribe(
+            SubscriptionSpec(topic=topics.AUDIT_EVENTS, name="governor-audit-log"), append
+        )
+        runtime.add_shutdown(subscription.close)
+
+    async def count_policies() -> None:
+        while True:
+            await refresh_policy_gauge(deps.store)
+            await asyncio.sleep(15.0)
+
+    runtime.add_worker("policy-gauge", count_policies)
+    runtime.add_startup(subscribe)
+    runtime.add_startup(consume_audit_events)
+    runtime.add_startup(service.cache.start)
+    return runtime
+
+
+def main() -> None:
+    service_main(GovernorSettings(), create_app)

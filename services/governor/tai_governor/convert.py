@@ -1,0 +1,95 @@
+"""Translation between the Governor's protobuf messages and its domain types."""
+
+from __future__ import annotations
+
+from tai.v1 import governor_pb2
+
+from tai_governor.policy import ActionTemplate, PolicyContent, PolicyState, PolicyVersion
+
+STATE_TO_PROTO = {
+    PolicyState.PROPOSED: governor_pb2.POLICY_STATE_PROPOSED,
+    PolicyState.DRY_RUN: governor_pb2.POLICY_STATE_DRY_RUN,
+    PolicyState.ENFORCED: governor_pb2.POLICY_STATE_ENFORCED,
+    PolicyState.REVOKED: governor_pb2.POLICY_STATE_REVOKED,
+}
+STATE_FROM_PROTO = {value: key for key, value in STATE_TO_PROTO.items()}
+
+
+def action_from_proto(message: governor_pb2.ActionTemplate) -> ActionTemplate:
+    return ActionTemplate(
+        action_type=message.action_type,
+        target_service=message.target_service,
+        parameters=dict(message.parameters),
+        cooldown_seconds=message.cooldown_seconds,
+        ack_deadline_seconds=message.ack_deadline_seconds,
+        max_deliveries=message.max_deliveries,
+    )
+
+
+def content_from_request(request: governor_pb2.ProposePolicyRequest) -> PolicyContent:
+    return PolicyContent(
+        policy_type=request.policy_type,
+        name=request.policy_name,
+        rules=dict(request.rules),
+        enabled=request.enabled if request.HasField("enabled") else True,
+        condition=request.condition,
+        action=action_from_proto(request.action),
+        description=request.description,
+        effective_time_ns=request.effective_time_ns,
+    )
+
+
+def policy_to_proto(policy: PolicyVersion) -> governor_pb2.Policy:
+    c = policy.content
+    return governor_pb2.Policy(
+        id=policy.id,
+        policy_type=c.policy_type,
+        policy_name=c.name,
+        version=policy.version,
+        rules=dict(c.rules),
+        enabled=c.enabled,
+        created_at_ns=policy.created_at_ns,
+        updated_at_ns=policy.updated_at_ns,
+        state=STATE_TO_PROTO[policy.state],
+        condition=c.condition,
+        action=governor_pb2.ActionTemplate(
+            action_type=c.action.action_type,
+            target_service=c.action.target_service,
+            parameters=dict(c.action.parameters),
+            cooldown_seconds=c.action.cooldown_seconds,
+            ack_deadline_seconds=c.action.ack_deadline_seconds,
+            max_deliveries=c.action.max_deliveries,
+        ),
+        description=c.description,
+        created_by=policy.created_by,
+        last_modified_by=policy.last_modified_by,
+        revision=policy.revision,
+        effective_time_ns=c.effective_time_ns,
+        rolled_back_from_version=policy.rolled_back_from_version,
+        state_reason=policy.state_reason,
+    )
+
+
+def policy_from_proto(message: governor_pb2.Policy) -> PolicyVersion:
+    return PolicyVersion(
+        id=message.id,
+        version=message.version,
+        state=STATE_FROM_PROTO[message.state],
+        content=PolicyContent(
+            policy_type=message.policy_type,
+            name=message.policy_name,
+            rules=dict(message.rules),
+            enabled=message.enabled,
+            condition=message.condition,
+            action=action_from_proto(message.action),
+            description=message.description,
+            effective_time_ns=message.effective_time_ns,
+        ),
+        created_at_ns=message.created_at_ns,
+        updated_at_ns=message.updated_at_ns,
+        created_by=message.created_by,
+        last_modified_by=message.last_modified_by,
+        revision=message.revision,
+        rolled_back_from_version=message.rolled_back_from_version,
+        state_reason=message.state_reason,
+    )

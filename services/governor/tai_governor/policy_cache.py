@@ -1,0 +1,79 @@
+"""The Governor's hot reads, through the cache: a policy's current version, and policy listings.
+
+- `policy:<id>` holds the current version, stamped with the policy's version; an event of a
+  newer version invalidates it (leaving a tombstone, so a slow reader cannot put the old one
+  back).
+- Listings are keyed by the change-log revision this replica knows of: every change moves the
+  revision on, so a listing is never served from an older revision's entry. The revision is
+  read from the store at start and advanced by this replica's commits and by the policy events
+  it consumes (other replicas' commits), so a replica lags another's writes by the bus delay.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from tai_common.cache.port import Cache
+from tai_common.cache.read_through import ReadThrough
+from tai_common.store.port import Cursor
+
+from tai_governor.policy import PolicyState, PolicyVersion
+from tai_governor.repository import PolicyRepository
+
+POLICY_TTL_SECONDS = 300.0
+
+
+class PolicyCache:
+    def __init__(self, cache: Cache, repository: PolicyRepository) -> None:
+        self._policies = ReadThrough(cache, "policy", POLICY_TTL_SECONDS)
+        self._listings = ReadThrough(cache, "policies", POLICY_TTL_SECONDS)
+        self._repo = repository
+        self.known_revision = 0
+
+    async def start(self) -> None:
+        self.known_revision = max(self.known_revision, await self._repo.last_revision())
+
+    async def changed(self, policy: PolicyVersion) -> None:
+        """A new version was committed (here or, via the bus, on another replica)."""
+        self.known_revision = max(self.known_revision, policy.revision)
+        await self._policies.invalidate(policy.id, policy.version)
+
+    async def current(self, policy_id: str) -> PolicyVersion | None:
+        async def load() -> tuple[bytes, int] | None:
+            policy = await self._repo.current(policy_id)
+            if policy is None:
+                return None
+            return json.dumps(policy.to_doc()).encode(), policy.version
+
+        raw = await self._policies.get(policy_id, load)
+        return PolicyVersion.from_doc(json.loads(raw)) if raw is not None else None
+
+    async def list_current(
+        self,
+        *,
+        policy_type: str,
+        enabled_only: bool,
+        states: Sequence[PolicyState],
+        limit: int,
+        start_after: Cursor | None,
+    ) -> tuple[list[PolicyVersion], Cursor | None]:
+        revision = self.known_revision
+        key = json.dumps([revision, policy_type, enabled_only, sorted(states), limit, start_after])
+
+        async def load() -> tuple[bytes, int]:
+            policies, cursor = await self._repo.list_current(
+                policy_type=policy_type,
+                enabled_only=enabled_only,
+                states=states,
+                limit=limit,
+                start_after=start_after,
+            )
+            page = {"policies": [p.to_doc() for p in policies], "cursor": cursor}
+            return json.dumps(page).encode(), revision
+
+        raw = await self._listings.get(key, load)
+        assert raw is not None  # a listing always loads
+        page = json.loads(raw)
+        cursor = tuple(page["cursor"]) if page["cursor"] is not None else None
+        return [PolicyVersion.from_doc(d) for d in page["policies"]], cursor

@@ -1,0 +1,174 @@
+"""The Governor's gRPC API: translates requests to the domain and results to protobuf, and
+nothing else. Errors are raised as tai_common.errors and mapped to statuses by the interceptor."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from tai.v1 import common_pb2, governor_pb2, governor_pb2_grpc
+from tai_common.audit import AuditLog
+from tai_common.errors import InvalidArgument
+from tai_common.grpc.context import principal_of
+from tai_common.idempotency import request_fingerprint
+from tai_common.pagination import decode_page_token, encode_page_token, page_size
+from tai_common.runtime import ServiceRuntime
+
+from tai_governor.convert import STATE_FROM_PROTO, content_from_request, policy_to_proto
+from tai_governor.service import Change, Outcome, PolicyService
+
+Context = grpc.aio.ServicerContext[Any, Any]
+SERVICE_NAME = governor_pb2.DESCRIPTOR.services_by_name["Governor"].full_name
+
+
+def _receipt(outcome: Outcome, request_id: str, started: float) -> common_pb2.Receipt:
+    policy = outcome.policy
+    return common_pb2.Receipt(
+        id=outcome.receipt_id,
+        request_id=request_id,
+        status="success",
+        timestamp_ns=outcome.timestamp_ns,
+        result_data={
+            "policy_id": policy.id,
+            "version": str(policy.version),
+            "state": policy.state.value,
+            "revision": str(policy.revision),
+        },
+        execution_time_us=int((time.perf_counter() - started) * 1e6),
+        resource_id=policy.id,
+        resource_version=policy.version,
+        replayed=outcome.replayed,
+    )
+
+
+class GovernorServicer(governor_pb2_grpc.GovernorServicer):
+    def __init__(
+        self, service: PolicyService, runtime: ServiceRuntime, audit_log: AuditLog
+    ) -> None:
+        self._service = service
+        self._runtime = runtime
+        self._audit_log = audit_log
+
+    async def ProposePolicy(
+        self, request: governor_pb2.ProposePolicyRequest, context: Context
+    ) -> common_pb2.Receipt:
+        started = time.perf_counter()
+        outcome = await self._service.propose(
+            _change(request, context),
+            policy_id=request.id,
+            expected_version=request.version,
+            content=None if request.rollback_to_version else content_from_request(request),
+            rollback_to_version=request.rollback_to_version,
+        )
+        return _receipt(outcome, request.request_id, started)
+
+    async def EnforcePolicy(
+        self, request: governor_pb2.EnforcePolicyRequest, context: Context
+    ) -> common_pb2.Receipt:
+        started = time.perf_counter()
+        outcome = await self._service.enforce(
+            _change(request, context),
+            policy_id=request.id,
+            expected_version=request.version,
+            dry_run=request.dry_run,
+            reason=request.reason,
+        )
+        return _receipt(outcome, request.request_id, started)
+
+    async def RevokePolicy(
+        self, request: governor_pb2.RevokePolicyRequest, context: Context
+    ) -> common_pb2.Receipt:
+        started = time.perf_counter()
+        outcome = await self._service.revoke(
+            _change(request, context),
+            policy_id=request.id,
+            expected_version=request.version,
+            reason=request.reason,
+        )
+        return _receipt(outcome, request.request_id, started)
+
+    async def GetPolicies(
+        self, request: governor_pb2.GetPoliciesRequest, context: Context
+    ) -> governor_pb2.GetPoliciesResponse:
+        states = []
+        for index, state in enumerate(request.states):
+            if state not in STATE_FROM_PROTO:
+                raise InvalidArgument(f"states[{index}]", f"unknown policy state {state}")
+            states.append(STATE_FROM_PROTO[state])
+        policies, token = await self._service.list_policies(
+            policy_type=request.policy_type,
+            enabled_only=request.enabled_only,
+            states=states,
+            requested_page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return governor_pb2.GetPoliciesResponse(
+            policies=[policy_to_proto(p) for p in policies], next_page_token=token
+        )
+
+    async def GetPolicy(
+        self, request: governor_pb2.GetPolicyRequest, context: Context
+    ) -> governor_pb2.Policy:
+        return policy_to_proto(await self._service.get(request.id, request.version))
+
+    async def ListPolicyVersions(
+        self, request: governor_pb2.ListPolicyVersionsRequest, context: Context
+    ) -> governor_pb2.ListPolicyVersionsResponse:
+        versions, token = await self._service.list_versions(
+            request.id, requested_page_size=request.page_size, page_token=request.page_token
+        )
+        return governor_pb2.ListPolicyVersionsResponse(
+            versions=[policy_to_proto(p) for p in versions], next_page_token=token
+        )
+
+    async def StreamPolicies(
+        self, request: governor_pb2.StreamPoliciesRequest, context: Context
+    ) -> AsyncIterator[governor_pb2.Policy]:
+        async for policy in self._service.stream(
+            policy_type=request.policy_type, from_revision=request.from_revision
+        ):
+            yield policy_to_proto(policy)
+
+    async def ListAuditRecords(
+        self, request: governor_pb2.ListAuditRecordsRequest, context: Context
+    ) -> governor_pb2.ListAuditRecordsResponse:
+        if request.after_seq < 0:
+            raise InvalidArgument("after_seq", "must not be negative")
+        scope = f"audit|{request.principal}"
+        cursor = decode_page_token(request.page_token, scope)
+        after = int(cursor[0]) if cursor else request.after_seq
+        limit = page_size(request.page_size)
+        records = await self._audit_log.records(after, limit, request.principal)
+        token = encode_page_token((records[-1].seq,), scope) if len(records) == limit else ""
+        return governor_pb2.ListAuditRecordsResponse(records=records, next_page_token=token)
+
+    async def VerifyAuditLog(
+        self, request: governor_pb2.VerifyAuditLogRequest, context: Context
+    ) -> governor_pb2.VerifyAuditLogResponse:
+        result = await self._audit_log.verify()
+        return governor_pb2.VerifyAuditLogResponse(
+            intact=result.intact,
+            checked=result.checked,
+            first_broken_seq=result.first_broken_seq,
+            reason=result.reason,
+        )
+
+    async def HealthCheck(
+        self, request: common_pb2.HealthCheckRequest, context: Context
+    ) -> common_pb2.HealthStatus:
+        return self._runtime.health_status(SERVICE_NAME)
+
+
+def _change(
+    request: governor_pb2.ProposePolicyRequest
+    | governor_pb2.EnforcePolicyRequest
+    | governor_pb2.RevokePolicyRequest,
+    context: Context,
+) -> Change:
+    return Change(
+        principal=principal_of(context),
+        request_id=request.request_id,
+        fingerprint=request_fingerprint(request) if request.request_id else "",
+    )

@@ -1,0 +1,308 @@
+"""The Scheduler's use cases behind the API: submit, cancel, read, list and stream tasks.
+
+Each change is one store transaction that writes the task and its `TaskEvent` (through the
+outbox), then wakes the outbox relay; a submission also wakes this replica's worker, and the
+event wakes the others'. Running tasks is the worker's part (`tai_scheduler.worker`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tai.v1 import events_pb2
+from tai_common.audit import AuditTrail, current_method
+from tai_common.auth.principal import Principal, Role
+from tai_common.bus import events
+from tai_common.bus.fanout import Broadcaster, ListenerLagged
+from tai_common.clock import Clock, IdFactory
+from tai_common.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from tai_common.pagination import decode_page_token, encode_page_token, page_size
+from tai_common.store.port import DocumentStore, Transaction
+from tai_common.telemetry.tracing import current_context_carrier
+
+from tai_scheduler.changes import ChangeSet, read_family, settle_parent
+from tai_scheduler.convert import task_to_proto, update_message
+from tai_scheduler.executors.registry import ExecutorRegistry
+from tai_scheduler.repository import TaskRepository
+from tai_scheduler.task import (
+    API_LIMITS,
+    FINAL_STATES,
+    MAX_REASON_LENGTH,
+    MAX_TASK_TYPE_LENGTH,
+    ParameterLimits,
+    Submission,
+    Task,
+    TaskState,
+    check_task_id,
+    new_task,
+    require_task_id,
+    validate_submission,
+)
+
+
+@dataclass(frozen=True)
+class TaskUpdate:
+    """One change of one task, as streams report it."""
+
+    task_id: str
+    status: TaskState
+    version: int
+    timestamp_ns: int
+    message: str
+    attempt: int
+    task_type: str
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    @classmethod
+    def of(cls, task: Task, timestamp_ns: int) -> TaskUpdate:
+        return cls(
+            task_id=task.id,
+            status=task.status,
+            version=task.version,
+            timestamp_ns=timestamp_ns,
+            message=update_message(task_to_proto(task)),
+            attempt=task.attempts[-1].attempt if task.attempts else 0,
+            task_type=task.task_type,
+        )
+
+
+class Wakeup:
+    """Tells the worker that the set of due tasks may have changed."""
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        self._listeners.append(listener)
+
+    def __call__(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+
+class TaskService:
+    def __init__(
+        self,
+        store: DocumentStore,
+        clock: Clock,
+        ids: IdFactory,
+        event_factory: events.EventFactory,
+        executors: ExecutorRegistry,
+        *,
+        on_committed: Callable[[], None],
+        wakeup: Wakeup,
+        until_stopping: Callable[[Awaitable[Any]], Awaitable[Any]],
+        audit: AuditTrail,
+    ) -> None:
+        """`on_committed` is called after every committed change (it wakes the outbox relay);
+        `wakeup` tells the worker that due tasks may have changed; `until_stopping` wraps
+        every wait of a stream so streams end on shutdown."""
+        self._store = store
+        self._repo = TaskRepository(store)
+        self._clock = clock
+        self._ids = ids
+        self._events = event_factory
+        self._executors = executors
+        self._on_committed = on_committed
+        self._wakeup = wakeup
+        self._until_stopping = until_stopping
+        self._audit = audit
+        self.updates: Broadcaster[TaskUpdate] = Broadcaster()
+
+    # --- changes ---
+
+    async def submit(
+        self,
+        submission: Submission,
+        *,
+        principal: str,
+        limits: ParameterLimits = API_LIMITS,
+        submitted_id: bool = True,
+    ) -> Task:
+        """Creates a task (or a recurring one).
+
+        Args:
+            submission: what to run, when and how.
+            principal: who asks.
+            limits: bounds on the parameters (derived tasks get wider ones).
+            submitted_id: the id comes from a caller (the stricter length rule applies).
+
+        Raises:
+            InvalidArgument: a field is invalid; the error names it.
+            AlreadyExists: the task id is taken (by any task, in any state).
+        """
+        schedule = validate_submission(
+            submission, self._executors.task_types, limits, submitted_id=submitted_id
+        )
+        self._executors.validate(submission.task_type, submission.parameters)
+        task_id = submission.task_id or self._ids.new_id("task")
+
+        async def apply(tx: Transaction) -> Task:
+            if await self._repo.get_in(tx, task_id) is not None:
+                raise AlreadyExists("task", task_id)
+            task = new_task(
+                submission,
+                task_id=task_id,
+                now_ns=self._clock.now_ns(),
+                principal=principal,
+                schedule=schedule,
+                trace_context=current_context_carrier(),
+            )
+            changes = ChangeSet()
+            changes.add(task, None)
+            changes.write(tx, self._repo, self._events)
+            self._audit.record_in(
+                tx,
+                f"task/{task.id}",
+                None,
+                task.to_doc(),
+                principal=principal,
+                action=current_method() or "event:task.submitted",
+            )
+            return task
+
+        try:
+            task = await self._store.run_transaction(apply)
+        except AlreadyExists as error:
+            # The store's own refusal names the document; a caller knows tasks.
+            raise AlreadyExists("task", task_id) from error
+        self._committed()
+        return task
+
+    async def cancel(self, task_id: str, reason: str, caller: Principal) -> Task:
+        """Cancels a pending or running task; a recurring task stops, and its pending runs
+        are cancelled with it. Only an admin may cancel a task someone else submitted.
+
+        Raises:
+            NotFound: no such task.
+            FailedPrecondition: the task already finished.
+            PermissionDenied: the task is someone else's and the caller is no admin.
+        """
+        require_task_id(task_id)
+        if len(reason) > MAX_REASON_LENGTH:
+            raise InvalidArgument("reason", f"must be at most {MAX_REASON_LENGTH} characters")
+
+        async def apply(tx: Transaction) -> Task:
+            task = await self._repo.get_in(tx, task_id)
+            if task is None:
+                raise NotFound("task", task_id)
+            if task.created_by != caller.name and not caller.has(Role.ADMIN):
+                raise PermissionDenied(
+                    f"task {task_id!r} was submitted by {task.created_by or 'a service'}; "
+                    "only an admin may cancel another caller's task"
+                )
+            runs = (
+                await self._repo.children_in(tx, task.id, TaskState.PENDING)
+                if task.is_recurring
+                else []
+            )
+            family = await read_family(tx, self._repo, task)
+            now = self._clock.now_ns()
+            changes = ChangeSet()
+            cancelled = changes.add(task.cancelled(now, reason), task)
+            for run in runs:
+                changes.add(run.cancelled(now, f"recurring task {task.id} was cancelled"), run)
+            settle_parent(changes, family, cancelled, now)
+            changes.write(tx, self._repo, self._events)
+            self._audit.record_in(tx, f"task/{task.id}", task.to_doc(), cancelled.to_doc())
+            return cancelled
+
+        task = await self._store.run_transaction(apply)
+        self._committed()
+        return task
+
+    def _committed(self) -> None:
+        self._on_committed()
+        self._wakeup()
+
+    # --- reads ---
+
+    async def get(self, task_id: str) -> Task:
+        require_task_id(task_id)
+        task = await self._repo.get(task_id)
+        if task is None:
+            raise NotFound("task", task_id)
+        return task
+
+    async def list_tasks(
+        self,
+        *,
+        status: str,
+        task_type: str,
+        parent_task_id: str,
+        requested_page_size: int,
+        page_token: str,
+    ) -> tuple[list[Task], str]:
+        if status and status not in {s.value for s in TaskState}:
+            raise InvalidArgument(
+                "status", f"must be one of {', '.join(s.value for s in TaskState)}"
+            )
+        if len(task_type) > MAX_TASK_TYPE_LENGTH:
+            raise InvalidArgument("task_type", f"must be at most {MAX_TASK_TYPE_LENGTH} characters")
+        if parent_task_id:
+            check_task_id(parent_task_id, "parent_task_id")
+        scope = f"tasks|{status}|{task_type}|{parent_task_id}"
+        tasks, cursor = await self._repo.list(
+            status=status,
+            task_type=task_type,
+            parent_task_id=parent_task_id,
+            limit=page_size(requested_page_size),
+            start_after=decode_page_token(page_token, scope),
+        )
+        return tasks, encode_page_token(cursor, scope)
+
+    async def stream(self, task_id: str) -> AsyncIterator[TaskUpdate]:
+        """With `task_id`: the task's current status, then its updates until it reaches a
+        final status. Without: every task's updates from now on."""
+        if task_id:
+            check_task_id(task_id)
+        # Listen before reading, so that no update falls between the read and the listening.
+        with self.updates.listen() as listener:
+            last_version = 0
+            if task_id:
+                task = await self.get(task_id)
+                current = TaskUpdate.of(task, task.updated_at_ns or task.created_at_ns)
+                yield current
+                if current.is_final:
+                    return
+                last_version = current.version
+            while True:
+                try:
+                    update = await self._until_stopping(listener.get())
+                except ListenerLagged:
+                    raise Aborted(
+                        "the stream fell behind the task updates; reconnect"
+                        + (" to read the task's current status" if task_id else "")
+                    ) from None
+                if task_id:
+                    if update.task_id != task_id or update.version <= last_version:
+                        continue
+                    last_version = update.version
+                yield update
+                if task_id and update.is_final:
+                    return
+
+    async def on_task_event(self, event: events_pb2.Event) -> None:
+        """Bus handler of this replica's subscription to `tai-tasks`: feeds the streams, and
+        wakes the worker (a task submitted or retried elsewhere may be due before its next
+        planned wake-up)."""
+        payload = events.unpack(event, events_pb2.TaskEvent)
+        task = payload.task
+        self.updates.publish(
+            TaskUpdate(
+                task_id=task.task_id,
+                status=TaskState(task.status),
+                version=event.aggregate_version,
+                timestamp_ns=event.occurred_at_ns,
+                message=update_message(task),
+                attempt=task.attempts[-1].attempt if task.attempts else 0,
+                task_type=task.task_type,
+            )
+        )
+        if event.event_type != "task.running":
+            self._wakeup()

@@ -1,0 +1,795 @@
+"""The task domain: states, retry and backoff, cron schedules, overlap decisions, validation,
+and every state change as a pure function from one `Task` to the next.
+
+Plain Python, no gRPC and no store: the servicer translates protobuf to these types, the
+repository persists them, and the service decides when each change happens.
+
+Lifecycle::
+
+    pending ──claim──▶ running ──▶ completed | failed
+       ▲                  │  └──▶ pending (retrying, after a backoff)
+       └── released ──────┘      (lease lapsed: claimed again by another replica)
+    pending | running ──cancel──▶ cancelled
+
+A recurring task (`cron_schedule` set) never runs itself: it stays `pending` with `next_run_ns`
+at its next fire time, and each fire creates a child task (one run) whose `parent_task_id`
+names it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
+from tai_common.errors import FailedPrecondition, InvalidArgument
+
+NS_PER_SECOND = 1_000_000_000
+NS_PER_MS = 1_000_000
+
+DEFAULT_PRIORITY = 5
+MIN_PRIORITY, MAX_PRIORITY = 1, 10
+DEFAULT_TIMEOUT_SECONDS = 60
+MAX_TIMEOUT_SECONDS = 24 * 3600
+
+# Ids a caller chooses follow the Governor's rules (`check_policy_id`). Ids the Scheduler
+# derives from them (`<recurring id>-<fire time>`, `enforce-<policy id>-v<version>`,
+# `action-<action id>`) may be longer, so lookups accept up to MAX_TASK_ID_LENGTH.
+MAX_SUBMITTED_ID_LENGTH = 128
+MAX_TASK_ID_LENGTH = 200
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+MAX_TASK_TYPE_LENGTH = 128
+MAX_REASON_LENGTH = 1000
+MAX_ERROR_LENGTH = 4096
+# The most recent attempts kept on a task (older ones are dropped, so documents stay bounded
+# even for a task released again and again by replicas shutting down).
+MAX_ATTEMPT_RECORDS = 200
+
+# A BUFFER_ONE child waiting for the running one: not due until released.
+HELD_NS = 2**62
+
+IDEMPOTENCY_KEY_PREFIX = "tai-task:"
+# Downstream request ids are at most 128 characters (tai_common.idempotency).
+MAX_IDEMPOTENCY_KEY_LENGTH = 128
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+class OverlapPolicy(StrEnum):
+    """What a recurring task does when a run is due while the previous one is unfinished."""
+
+    # Drop the run that would overlap.
+    SKIP = "skip"
+    # Keep at most one run waiting; it starts when the unfinished one ends.
+    BUFFER_ONE = "buffer_one"
+
+
+class AttemptOutcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    # The replica running it stopped renewing its lease (crashed, or released it on shutdown).
+    LEASE_LOST = "lease_lost"
+    # The task was cancelled while this attempt ran.
+    CANCELLED = "cancelled"
+
+
+# --- limits -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParameterLimits:
+    """Bounds on a task's parameters."""
+
+    max_entries: int = 100
+    max_key_length: int = 128
+    max_value_length: int = 4096
+
+
+# What SubmitTask accepts.
+API_LIMITS = ParameterLimits()
+# Tasks the Scheduler derives from events carry the event's content (an action's parameters
+# plus its fields, its payload in base64), which the API's limits would refuse.
+INTERNAL_LIMITS = ParameterLimits(max_entries=200, max_value_length=1024 * 1024)
+
+
+# --- retry --------------------------------------------------------------------------------
+
+MAX_ATTEMPTS_LIMIT = 100
+MAX_BACKOFF_LIMIT_MS = 24 * 3600 * 1000
+MAX_DOUBLINGS_LIMIT = 30
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    """How a failed attempt is retried, with Cloud Tasks' semantics: the wait before retry n
+    is `min_backoff_ms * 2**(n-1)` for the first `max_doublings` doublings, then grows
+    linearly by `min_backoff_ms * 2**max_doublings` per retry, always capped at
+    `max_backoff_ms`; at most `max_attempts` attempts in all."""
+
+    max_attempts: int = 3
+    min_backoff_ms: int = 1000
+    max_backoff_ms: int = 60_000
+    max_doublings: int = 16
+
+    def __post_init__(self) -> None:
+        _check_range("retry.max_attempts", self.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
+        _check_range("retry.min_backoff_ms", self.min_backoff_ms, 0, MAX_BACKOFF_LIMIT_MS)
+        _check_range("retry.max_backoff_ms", self.max_backoff_ms, 0, MAX_BACKOFF_LIMIT_MS)
+        _check_range("retry.max_doublings", self.max_doublings, 0, MAX_DOUBLINGS_LIMIT)
+        if self.max_backoff_ms < self.min_backoff_ms:
+            raise InvalidArgument(
+                "retry.max_backoff_ms",
+                f"must be at least retry.min_backoff_ms ({self.min_backoff_ms})",
+            )
+
+    @classmethod
+    def from_request(
+        cls,
+        *,
+        max_attempts: int = 0,
+        min_backoff_ms: int = 0,
+        max_backoff_ms: int = 0,
+        max_doublings: int = 0,
+    ) -> RetryConfig:
+        """The config a request asks for, where 0 means the default (as in the proto)."""
+        for name, value in (
+            ("retry.max_attempts", max_attempts),
+            ("retry.min_backoff_ms", min_backoff_ms),
+            ("retry.max_backoff_ms", max_backoff_ms),
+            ("retry.max_doublings", max_doublings),
+        ):
+            if value < 0:
+                raise InvalidArgument(name, f"must not be negative (got {value})")
+        default = cls()
+        min_backoff = min_backoff_ms or default.min_backoff_ms
+        return cls(
+            max_attempts=max_attempts or default.max_attempts,
+            min_backoff_ms=min_backoff,
+            # A larger minimum than the default maximum raises the maximum with it.
+            max_backoff_ms=max_backoff_ms or max(default.max_backoff_ms, min_backoff),
+            max_doublings=max_doublings or default.max_doublings,
+        )
+
+    def backoff_ms(self, retry_number: int) -> int:
+        """The wait before retry `retry_number` (1 = before the second attempt)."""
+        if retry_number < 1:
+            raise ValueError("retry_number starts at 1")
+        doublings = retry_number - 1
+        if doublings <= self.max_doublings:
+            delay = self.min_backoff_ms * 2**doublings
+        else:
+            step = self.min_backoff_ms * 2**self.max_doublings
+            delay = step + (doublings - self.max_doublings) * step
+        return int(min(delay, self.max_backoff_ms))
+
+    def to_doc(self) -> dict[str, int]:
+        return {
+            "max_attempts": self.max_attempts,
+            "min_backoff_ms": self.min_backoff_ms,
+            "max_backoff_ms": self.max_backoff_ms,
+            "max_doublings": self.max_doublings,
+        }
+
+    @classmethod
+    def from_doc(cls, data: Mapping[str, Any]) -> RetryConfig:
+        return cls(
+            max_attempts=int(data["max_attempts"]),
+            min_backoff_ms=int(data["min_backoff_ms"]),
+            max_backoff_ms=int(data["max_backoff_ms"]),
+            max_doublings=int(data["max_doublings"]),
+        )
+
+
+# --- cron ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CronSchedule:
+    """A cron expression in UTC: the standard five fields (minute hour day month weekday), an
+    @-macro (`@hourly`, …), or six fields with seconds first (`*/5 * * * * *`, as Quartz and
+    Spring write them) for schedules finer than a minute."""
+
+    expression: str
+
+    @property
+    def has_seconds(self) -> bool:
+        return len(self.expression.split()) == 6
+
+    @classmethod
+    def parse(cls, expression: str, field_name: str = "cron_schedule") -> CronSchedule:
+        """Raises `InvalidArgument` naming `field_name` for anything croniter cannot iterate."""
+        normalized = " ".join(expression.split())
+        fields = normalized.split(" ")
+        macro = len(fields) == 1 and normalized.startswith("@")
+        if not macro and len(fields) not in (5, 6):
+            raise InvalidArgument(
+                field_name,
+                "must have five fields (minute hour day-of-month month day-of-week), or six "
+                f"with seconds first (got {len(fields)})",
+            )
+        schedule = cls(normalized)
+        if not croniter.is_valid(normalized, second_at_beginning=schedule.has_seconds):
+            raise InvalidArgument(
+                field_name, f"{expression[:100]!r} is not a valid cron expression"
+            )
+        try:
+            # Expressions that are valid but never fire (e.g. 30 February) fail here.
+            schedule.next_fire_ns(0)
+        except (CroniterError, ValueError) as error:
+            raise InvalidArgument(
+                field_name, f"{expression[:100]!r} never fires: {error}"
+            ) from None
+        return schedule
+
+    def next_fire_ns(self, after_ns: int) -> int:
+        """The first fire time strictly after `after_ns` (whole seconds, UTC)."""
+        start = dt.datetime.fromtimestamp(after_ns // NS_PER_SECOND, tz=dt.UTC)
+        try:
+            fire = croniter(self.expression, start, second_at_beginning=self.has_seconds).get_next(
+                dt.datetime
+            )
+        except (CroniterBadCronError, CroniterBadDateError) as error:
+            raise ValueError(str(error)) from error
+        return int(fire.timestamp()) * NS_PER_SECOND
+
+
+# --- overlap ------------------------------------------------------------------------------
+
+
+class FireDecision(StrEnum):
+    # Create a child due now.
+    RUN = "run"
+    # Create a child held until the unfinished one ends (BUFFER_ONE).
+    BUFFER = "buffer"
+    # Release the child already waiting, and create none.
+    RELEASE_BUFFERED = "release_buffered"
+    # Create nothing for this fire.
+    SKIP = "skip"
+
+
+def decide_fire(
+    policy: OverlapPolicy, active: TaskState | None, buffered: TaskState | None
+) -> FireDecision:
+    """What a recurring task does at a fire, given the states of its last started child
+    (`active`) and of its waiting child (`buffered`), None when there is none."""
+    active_unfinished = active is not None and active not in FINAL_STATES
+    buffered_waiting = buffered is TaskState.PENDING
+    if not active_unfinished:
+        # The waiting child should have been released when the active one ended; if it was
+        # not, it is this fire's run.
+        return FireDecision.RELEASE_BUFFERED if buffered_waiting else FireDecision.RUN
+    if policy is OverlapPolicy.SKIP or buffered_waiting:
+        return FireDecision.SKIP
+    return FireDecision.BUFFER
+
+
+# --- ids ----------------------------------------------------------------------------------
+
+
+def check_task_id(task_id: str, field_name: str = "task_id", *, submitted: bool = False) -> None:
+    """Raises `InvalidArgument` unless `task_id` is a well-formed id (the Governor's rules)."""
+    limit = MAX_SUBMITTED_ID_LENGTH if submitted else MAX_TASK_ID_LENGTH
+    if len(task_id) > limit:
+        raise InvalidArgument(field_name, f"must be at most {limit} characters")
+    if not _ID_RE.match(task_id):
+        raise InvalidArgument(
+            field_name,
+            "must start with a letter or digit and contain only letters, digits and . _ : -",
+        )
+
+
+def require_task_id(task_id: str, field_name: str = "task_id") -> None:
+    if not task_id:
+        raise InvalidArgument(field_name, "is required")
+    check_task_id(task_id, field_name)
+
+
+def child_task_id(parent_id: str, fire_ns: int) -> str:
+    """The id of a recurring task's run for the fire at `fire_ns`."""
+    fire = dt.datetime.fromtimestamp(fire_ns // NS_PER_SECOND, tz=dt.UTC)
+    return f"{parent_id}-{fire:%Y%m%dT%H%M%SZ}"
+
+
+def idempotency_key(task_id: str) -> str:
+    """The key every attempt of one task's run hands to its executor (and executors pass on
+    as request ids), bounded to what downstream services accept."""
+    key = IDEMPOTENCY_KEY_PREFIX + task_id
+    if len(key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+        return key
+    return f"{IDEMPOTENCY_KEY_PREFIX}sha256:{hashlib.sha256(task_id.encode()).hexdigest()}"
+
+
+# --- submissions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a caller asks for when submitting a task (zeros mean defaults, as in the proto)."""
+
+    task_type: str
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    task_id: str = ""
+    scheduled_time_ns: int = 0
+    priority: int = 0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    cron_schedule: str = ""
+    overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    timeout_seconds: int = 0
+
+
+def validate_submission(
+    submission: Submission,
+    known_types: Collection[str],
+    limits: ParameterLimits = API_LIMITS,
+    *,
+    submitted_id: bool = True,
+) -> CronSchedule | None:
+    """Raises `InvalidArgument`, naming the field, for anything a task may not hold; returns
+    the parsed cron schedule of a recurring task."""
+    if not submission.task_type:
+        raise InvalidArgument("task_type", f"is required: one of {_known(known_types)}")
+    if submission.task_type not in known_types:
+        raise InvalidArgument(
+            "task_type",
+            f"unknown task type {submission.task_type[:MAX_TASK_TYPE_LENGTH]!r}: "
+            f"known types are {_known(known_types)}",
+        )
+    if submission.task_id:
+        check_task_id(submission.task_id, submitted=submitted_id)
+    if submission.scheduled_time_ns < 0:
+        raise InvalidArgument("scheduled_time_ns", "must not be negative (0 = now)")
+    if submission.priority != 0:
+        _check_range("priority", submission.priority, MIN_PRIORITY, MAX_PRIORITY)
+    if submission.timeout_seconds != 0:
+        _check_range("timeout_seconds", submission.timeout_seconds, 1, MAX_TIMEOUT_SECONDS)
+    check_parameters(submission.parameters, limits)
+    if not submission.cron_schedule:
+        return None
+    if not submission.cron_schedule.strip():
+        raise InvalidArgument("cron_schedule", "must not be blank")
+    schedule = CronSchedule.parse(submission.cron_schedule)
+    if submission.task_id and len(child_task_id(submission.task_id, 0)) > MAX_TASK_ID_LENGTH:
+        raise InvalidArgument("task_id", "is too long for a recurring task's run ids")
+    return schedule
+
+
+def check_parameters(
+    parameters: Mapping[str, str], limits: ParameterLimits = API_LIMITS, field_name: str = ""
+) -> None:
+    name = field_name or "parameters"
+    if len(parameters) > limits.max_entries:
+        raise InvalidArgument(
+            name, f"must have at most {limits.max_entries} entries (got {len(parameters)})"
+        )
+    for key, value in parameters.items():
+        if not key:
+            raise InvalidArgument(name, "keys must not be empty")
+        if len(key) > limits.max_key_length:
+            raise InvalidArgument(
+                f"{name}[{key[:32]!r}…]", f"key is longer than {limits.max_key_length} characters"
+            )
+        if len(value) > limits.max_value_length:
+            raise InvalidArgument(
+                f"{name}[{key!r}]", f"value is longer than {limits.max_value_length} characters"
+            )
+
+
+def _known(known_types: Collection[str]) -> str:
+    return ", ".join(sorted(known_types)) or "(none registered)"
+
+
+def _check_range(field_name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise InvalidArgument(field_name, f"must be between {low} and {high} (got {value})")
+
+
+# --- the task -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try at running a task."""
+
+    attempt: int
+    started_at_ns: int
+    worker: str
+    idempotency_key: str
+    ended_at_ns: int = 0
+    # An AttemptOutcome value once the attempt ended; "" while it runs.
+    outcome: str = ""
+    error_message: str = ""
+    # False for an attempt released on shutdown: it does not use up one of max_attempts.
+    counts: bool = True
+
+    def ended(self, now_ns: int, outcome: AttemptOutcome, error: str = "") -> Attempt:
+        return replace(
+            self, ended_at_ns=now_ns, outcome=outcome.value, error_message=_truncate(error)
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "started_at_ns": self.started_at_ns,
+            "ended_at_ns": self.ended_at_ns,
+            "outcome": self.outcome,
+            "error_message": self.error_message,
+            "worker": self.worker,
+            "idempotency_key": self.idempotency_key,
+            "counts": self.counts,
+        }
+
+    @classmethod
+    def from_doc(cls, data: Mapping[str, Any]) -> Attempt:
+        return cls(
+            attempt=int(data["attempt"]),
+            started_at_ns=int(data["started_at_ns"]),
+            ended_at_ns=int(data.get("ended_at_ns", 0)),
+            outcome=str(data.get("outcome", "")),
+            error_message=str(data.get("error_message", "")),
+            worker=str(data.get("worker", "")),
+            idempotency_key=str(data.get("idempotency_key", "")),
+            counts=bool(data.get("counts", True)),
+        )
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task as stored: what was asked, where it stands, and every attempt so far."""
+
+    id: str
+    task_type: str
+    parameters: Mapping[str, str]
+    priority: int
+    scheduled_time_ns: int
+    created_at_ns: int
+    retry: RetryConfig
+    timeout_seconds: int
+    created_by: str = ""
+    cron_schedule: str = ""
+    overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
+    parent_task_id: str = ""
+    # W3C trace context of the call that submitted it: its runs continue that trace.
+    trace_context: Mapping[str, str] = field(default_factory=dict)
+
+    status: TaskState = TaskState.PENDING
+    # When it is due: the first or next attempt, or a recurring task's next fire.
+    next_run_ns: int = 0
+    # Bumped by every change; the version of the task's events.
+    version: int = 1
+    updated_at_ns: int = 0
+    attempts: tuple[Attempt, ...] = ()
+    started_at_ns: int = 0
+    completed_at_ns: int = 0
+    error_message: str = ""
+    result: Mapping[str, str] = field(default_factory=dict)
+
+    # The running attempt's lease. `fencing_token` goes up at every claim (and at a cancel),
+    # and a replica's writes about an attempt only apply while the token is still the one
+    # its claim set: a replica whose lease lapsed cannot overwrite the new owner's result.
+    lease_owner: str = ""
+    lease_until_ns: int = 0
+    fencing_token: int = 0
+
+    # A recurring task: its last started run, its run waiting under BUFFER_ONE, and counts.
+    active_child_id: str = ""
+    buffered_child_id: str = ""
+    fire_count: int = 0
+    skipped_fires: int = 0
+    # A BUFFER_ONE run waiting for its predecessor (next_run_ns is HELD_NS meanwhile).
+    held: bool = False
+
+    @property
+    def is_recurring(self) -> bool:
+        return bool(self.cron_schedule) and not self.parent_task_id
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    @property
+    def attempts_used(self) -> int:
+        return sum(1 for a in self.attempts if a.counts)
+
+    @property
+    def current_attempt(self) -> Attempt | None:
+        """The attempt in progress (the last one, while it has no outcome)."""
+        if self.attempts and not self.attempts[-1].outcome:
+            return self.attempts[-1]
+        return None
+
+    @property
+    def idempotency_key(self) -> str:
+        return idempotency_key(self.id)
+
+    # --- changes: each returns the next version of the task ---
+
+    def _next(self, now_ns: int, **changes: Any) -> Task:
+        return replace(self, version=self.version + 1, updated_at_ns=now_ns, **changes)
+
+    def claimed(self, now_ns: int, worker: str, lease_ns: int) -> Task:
+        """pending → running on `worker`, with a new attempt and a new fencing token."""
+        if self.status is not TaskState.PENDING or self.is_recurring:
+            raise FailedPrecondition(f"task {self.id!r} is {self.status.value}, not claimable")
+        number = (self.attempts[-1].attempt if self.attempts else 0) + 1
+        attempt = Attempt(
+            attempt=number,
+            started_at_ns=now_ns,
+            worker=worker,
+            idempotency_key=self.idempotency_key,
+        )
+        return self._next(
+            now_ns,
+            status=TaskState.RUNNING,
+            attempts=_bounded((*self.attempts, attempt)),
+            started_at_ns=self.started_at_ns or now_ns,
+            lease_owner=worker,
+            lease_until_ns=now_ns + lease_ns,
+            fencing_token=self.fencing_token + 1,
+        )
+
+    def lease_lapsed(self, now_ns: int) -> Task:
+        """running whose lease lapsed → pending, due now (its attempt recorded as lease_lost),
+        or → failed when that was its last attempt."""
+        if self.status is not TaskState.RUNNING:
+            raise FailedPrecondition(f"task {self.id!r} is {self.status.value}, not running")
+        error = f"lease of replica {self.lease_owner!r} lapsed"
+        attempts = self._end_current(now_ns, AttemptOutcome.LEASE_LOST, error)
+        lapsed = replace(self, attempts=attempts)
+        if lapsed.attempts_used >= self.retry.max_attempts:
+            return lapsed._final(
+                now_ns,
+                TaskState.FAILED,
+                error=f"{error} on attempt {lapsed.attempts_used} of {self.retry.max_attempts}",
+            )
+        return lapsed._next(
+            now_ns,
+            status=TaskState.PENDING,
+            next_run_ns=now_ns,
+            error_message=error,
+            lease_owner="",
+            lease_until_ns=0,
+        )
+
+    def renewed(self, now_ns: int, lease_ns: int) -> Task:
+        # Renewals are not changes anyone watches: no new version.
+        return replace(self, lease_until_ns=now_ns + lease_ns, updated_at_ns=now_ns)
+
+    def succeeded(self, now_ns: int, result: Mapping[str, str]) -> Task:
+        attempts = self._end_current(now_ns, AttemptOutcome.COMPLETED)
+        return replace(self, attempts=attempts, result=dict(result))._final(
+            now_ns, TaskState.COMPLETED, error=""
+        )
+
+    def attempt_failed(self, now_ns: int, error: str, *, permanent: bool) -> Task:
+        """The running attempt failed: → pending after the backoff, or → failed when the error
+        is permanent or that was the last attempt."""
+        attempts = self._end_current(now_ns, AttemptOutcome.FAILED, error)
+        failed = replace(self, attempts=attempts)
+        used = failed.attempts_used
+        if permanent or used >= self.retry.max_attempts:
+            why = "permanent error" if permanent else f"attempt {used} of {self.retry.max_attempts}"
+            return failed._final(now_ns, TaskState.FAILED, error=f"{_truncate(error)} ({why})")
+        delay_ns = self.retry.backoff_ms(used) * NS_PER_MS
+        return failed._next(
+            now_ns,
+            status=TaskState.PENDING,
+            next_run_ns=now_ns + delay_ns,
+            error_message=_truncate(error),
+            lease_owner="",
+            lease_until_ns=0,
+        )
+
+    def released(self, now_ns: int, reason: str) -> Task:
+        """running → pending, due now, without using up an attempt (a graceful shutdown)."""
+        attempts = self._end_current(now_ns, AttemptOutcome.LEASE_LOST, reason)
+        if attempts:
+            attempts = (*attempts[:-1], replace(attempts[-1], counts=False))
+        return self._next(
+            now_ns,
+            status=TaskState.PENDING,
+            next_run_ns=now_ns,
+            attempts=attempts,
+            lease_owner="",
+            lease_until_ns=0,
+        )
+
+    def cancelled(self, now_ns: int, reason: str) -> Task:
+        if self.is_final:
+            raise FailedPrecondition(
+                f"task {self.id!r} is already {self.status.value} and cannot be cancelled"
+            )
+        message = f"cancelled: {reason}" if reason else "cancelled"
+        attempts = self._end_current(now_ns, AttemptOutcome.CANCELLED, message)
+        # The new token fences off the replica still running the attempt, if any.
+        return replace(self, attempts=attempts, fencing_token=self.fencing_token + 1)._final(
+            now_ns, TaskState.CANCELLED, error=message
+        )
+
+    def fired(
+        self, now_ns: int, next_fire_ns: int, *, active_child_id: str, buffered_child_id: str
+    ) -> Task:
+        """A recurring task after a fire: due at its next fire, with its children noted."""
+        return self._next(
+            now_ns,
+            next_run_ns=next_fire_ns,
+            active_child_id=active_child_id,
+            buffered_child_id=buffered_child_id,
+            fire_count=self.fire_count + 1,
+        )
+
+    def skipped(self, now_ns: int, next_fire_ns: int) -> Task:
+        return self._next(now_ns, next_run_ns=next_fire_ns, skipped_fires=self.skipped_fires + 1)
+
+    def with_children(self, now_ns: int, *, active_child_id: str, buffered_child_id: str) -> Task:
+        return self._next(
+            now_ns, active_child_id=active_child_id, buffered_child_id=buffered_child_id
+        )
+
+    def released_from_hold(self, now_ns: int) -> Task:
+        """A BUFFER_ONE run whose predecessor ended: due now."""
+        return self._next(now_ns, held=False, next_run_ns=now_ns)
+
+    def child(self, now_ns: int, fire_ns: int, *, held: bool) -> Task:
+        """The run of this recurring task for the fire at `fire_ns`."""
+        return Task(
+            id=child_task_id(self.id, fire_ns),
+            task_type=self.task_type,
+            parameters=dict(self.parameters),
+            priority=self.priority,
+            scheduled_time_ns=fire_ns,
+            created_at_ns=now_ns,
+            updated_at_ns=now_ns,
+            retry=self.retry,
+            timeout_seconds=self.timeout_seconds,
+            created_by=self.created_by,
+            parent_task_id=self.id,
+            next_run_ns=HELD_NS if held else now_ns,
+            held=held,
+        )
+
+    def _final(self, now_ns: int, status: TaskState, *, error: str) -> Task:
+        return self._next(
+            now_ns,
+            status=status,
+            completed_at_ns=now_ns,
+            error_message=error,
+            next_run_ns=0,
+            lease_owner="",
+            lease_until_ns=0,
+            held=False,
+        )
+
+    def _end_current(
+        self, now_ns: int, outcome: AttemptOutcome, error: str = ""
+    ) -> tuple[Attempt, ...]:
+        current = self.current_attempt
+        if current is None:
+            return self.attempts
+        return (*self.attempts[:-1], current.ended(now_ns, outcome, error))
+
+    # --- persistence ---
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "task_type": self.task_type,
+            "parameters": dict(self.parameters),
+            "priority": self.priority,
+            "scheduled_time_ns": self.scheduled_time_ns,
+            "created_at_ns": self.created_at_ns,
+            "created_by": self.created_by,
+            "retry": self.retry.to_doc(),
+            "timeout_seconds": self.timeout_seconds,
+            "cron_schedule": self.cron_schedule,
+            "overlap_policy": self.overlap_policy.value,
+            "parent_task_id": self.parent_task_id,
+            "status": self.status.value,
+            "next_run_ns": self.next_run_ns,
+            "version": self.version,
+            "updated_at_ns": self.updated_at_ns,
+            "attempts": [a.to_doc() for a in self.attempts],
+            "started_at_ns": self.started_at_ns,
+            "completed_at_ns": self.completed_at_ns,
+            "error_message": self.error_message,
+            "result": dict(self.result),
+            "lease_owner": self.lease_owner,
+            "lease_until_ns": self.lease_until_ns,
+            "fencing_token": self.fencing_token,
+            "active_child_id": self.active_child_id,
+            "buffered_child_id": self.buffered_child_id,
+            "fire_count": self.fire_count,
+            "skipped_fires": self.skipped_fires,
+            "held": self.held,
+            "trace_context": dict(self.trace_context),
+        }
+
+    @classmethod
+    def from_doc(cls, data: Mapping[str, Any]) -> Task:
+        return cls(
+            id=data["id"],
+            task_type=data["task_type"],
+            parameters=dict(data.get("parameters") or {}),
+            priority=int(data["priority"]),
+            scheduled_time_ns=int(data["scheduled_time_ns"]),
+            created_at_ns=int(data["created_at_ns"]),
+            created_by=str(data.get("created_by", "")),
+            retry=RetryConfig.from_doc(data["retry"]),
+            timeout_seconds=int(data["timeout_seconds"]),
+            cron_schedule=str(data.get("cron_schedule", "")),
+            overlap_policy=OverlapPolicy(data.get("overlap_policy") or OverlapPolicy.SKIP),
+            parent_task_id=str(data.get("parent_task_id", "")),
+            status=TaskState(data["status"]),
+            next_run_ns=int(data["next_run_ns"]),
+            version=int(data["version"]),
+            updated_at_ns=int(data.get("updated_at_ns", 0)),
+            attempts=tuple(Attempt.from_doc(a) for a in data.get("attempts") or ()),
+            started_at_ns=int(data.get("started_at_ns", 0)),
+            completed_at_ns=int(data.get("completed_at_ns", 0)),
+            error_message=str(data.get("error_message", "")),
+            result=dict(data.get("result") or {}),
+            lease_owner=str(data.get("lease_owner", "")),
+            lease_until_ns=int(data.get("lease_until_ns", 0)),
+            fencing_token=int(data.get("fencing_token", 0)),
+            active_child_id=str(data.get("active_child_id", "")),
+            buffered_child_id=str(data.get("buffered_child_id", "")),
+            fire_count=int(data.get("fire_count", 0)),
+            skipped_fires=int(data.get("skipped_fires", 0)),
+            held=bool(data.get("held", False)),
+            trace_context=dict(data.get("trace_context") or {}),
+        )
+
+
+def new_task(
+    submission: Submission,
+    *,
+    task_id: str,
+    now_ns: int,
+    principal: str,
+    schedule: CronSchedule | None,
+    trace_context: Mapping[str, str] | None = None,
+) -> Task:
+    """The task a validated submission creates."""
+    scheduled = submission.scheduled_time_ns or now_ns
+    if schedule is not None:
+        # The first fire at or after the scheduled time (never in the past).
+        next_run = schedule.next_fire_ns(max(scheduled, now_ns) - 1)
+    else:
+        next_run = scheduled
+    return Task(
+        id=task_id,
+        task_type=submission.task_type,
+        parameters=dict(submission.parameters),
+        priority=submission.priority or DEFAULT_PRIORITY,
+        scheduled_time_ns=scheduled,
+        created_at_ns=now_ns,
+        updated_at_ns=now_ns,
+        created_by=principal,
+        retry=submission.retry,
+        timeout_seconds=submission.timeout_seconds or DEFAULT_TIMEOUT_SECONDS,
+        cron_schedule=schedule.expression if schedule else "",
+        overlap_policy=submission.overlap_policy,
+        next_run_ns=next_run,
+        trace_context=dict(trace_context or {}),
+    )
+
+
+def _bounded(attempts: tuple[Attempt, ...]) -> tuple[Attempt, ...]:
+    return attempts[-MAX_ATTEMPT_RECORDS:]
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 1] + "…"

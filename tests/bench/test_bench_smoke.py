@@ -1,0 +1,109 @@
+"""`make bench`'s harness, end to end in its fast `--smoke` mode: it starts the suite, runs every
+scenario, prints the table and writes the JSON results. Only the report's structure is
+checked, never a speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+THROUGHPUT = [
+    "get_policies",
+    "get_policy",
+    "propose_policy",
+    "submit_signal",
+    "request_action",
+    "submit_task",
+]
+LATENCY = [
+    "stream_fanout",
+    "signal_delivery",
+    "policy_propagation_streams",
+    "policy_propagation_coordinators",
+    "dispatch_lag_claim",
+    "dispatch_lag_executor",
+]
+PERCENTILES = {"count", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms"}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.timeout(600)
+def test_the_smoke_run_prints_the_table_and_writes_the_results(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAI_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--results-dir", str(results)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-6000:]}"
+
+    # The table: both sections, the baseline row and a row per scenario.
+    out = done.stdout
+    assert "backend embedded" in out
+    assert "Throughput" in out
+    assert "Latency" in out
+    assert "empty unary handler (baseline)" in out
+    for title in (
+        "GetPolicies (cached",
+        "GetPolicy ",
+        "ProposePolicy",
+        "SubmitSignal (10 enforced, 1 matching)",
+        "RequestAction",
+        "SubmitTask",
+        "StreamActions fan-out (50 subscribers)",
+        "signal → action delivery",
+        "all 20 StreamPolicies subscribers",
+        "all 2 Coordinator replicas",
+        "T → claimed",
+        "T → executor start",
+    ):
+        assert title in out, title
+
+    files = list(results.glob("*-embedded.json"))
+    assert len(files) == 1, files
+    assert f"results: {files[0]}" in out
+    document = json.loads(files[0].read_text())
+    assert document["backend"] == "embedded"
+    assert document["config"]["smoke"] is True
+    machine = document["machine"]
+    for key in ("platform", "cpu_model", "cpu_count", "memory_bytes", "python", "grpcio"):
+        assert machine[key], key
+    assert "git_commit" in machine
+
+    baseline = document["baseline"]
+    assert set(baseline["latency"]) == PERCENTILES
+    assert baseline["latency"]["count"] > 0
+
+    scenarios = {s["name"]: s for s in document["scenarios"]}
+    assert list(scenarios) == THROUGHPUT + LATENCY
+    for name in THROUGHPUT:
+        row = scenarios[name]
+        assert row["kind"] == "throughput"
+        assert set(row["latency"]) == PERCENTILES
+        assert row["latency"]["count"] > 0, name
+        assert row["rps"] > 0, name
+        assert set(row["vs_empty"]) == {"rps", "p50", "p90", "p99", "max"}
+        assert row["errors"] == {}, (name, row["errors"])
+    assert scenarios["submit_signal"]["setup"]["active_policies"] == "10"
+    for name in LATENCY:
+        row = scenarios[name]
+        assert row["kind"] == "latency"
+        assert set(row["latency"]) == PERCENTILES
+        assert row["latency"]["count"] > 0, name
+    assert scenarios["stream_fanout"]["extra"]["subscribers"] == 50
+    assert scenarios["dispatch_lag_executor"]["latency"]["count"] == 100
+    assert scenarios["policy_propagation_streams"]["latency"]["count"] == 3
+    assert document["table"].strip() in out

@@ -1,0 +1,141 @@
+"""Through the gateway, as a user: gRPC with the client library, JSON over HTTP (httpx) for
+unary and streaming methods, tokens checked at the gateway, and its local rate limit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from support.gateway import Gateway, GatewayConfig, GatewaySuite
+from tai.v1 import governor_pb2
+from tai_client import ChannelOptions, GovernorClient, open_channel
+
+pytestmark = pytest.mark.slow
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+async def test_grpc_through_the_gateway(gateway_suite: GatewaySuite) -> None:
+    token = gateway_suite.token("admin")
+    options = ChannelOptions(bearer_token=token)
+    async with open_channel(gateway_suite.gateway.target, options) as channel:
+        client = GovernorClient(channel, options)
+        receipt = await client.propose(policy_type="security", name="via-grpc")
+        await client.enforce(receipt.resource_id)
+        policy = await client.get(receipt.resource_id)
+    assert policy.state == governor_pb2.POLICY_STATE_ENFORCED
+    assert policy.created_by == "alice"
+
+
+def test_json_through_the_gateway(gateway_suite: GatewaySuite) -> None:
+    operator = bearer(gateway_suite.token("operator", "olga"))
+    admin = bearer(gateway_suite.token("admin", "ada"))
+    with httpx.Client(base_url=gateway_suite.gateway.url, timeout=10) as http:
+        created = http.post(
+            "/v1/policies",
+            headers=operator,
+            json={
+                "policy_type": "operational",
+                "policy_name": "via-json",
+                "condition": 'signal.type == "alert"',
+                "action": {"action_type": "page", "target_service": "oncall"},
+            },
+        )
+        assert created.status_code == 200, created.text
+        policy_id = created.json()["resource_id"]
+
+        enforced = http.post(f"/v1/policies/{policy_id}:enforce", headers=admin, json={})
+        assert enforced.status_code == 200, enforced.text
+        assert enforced.json()["result_data"]["state"] == "ENFORCED"
+
+        fetched = http.get(f"/v1/policies/{policy_id}", headers=operator)
+        assert fetched.json()["state"] == "POLICY_STATE_ENFORCED"
+        assert fetched.json()["last_modified_by"] == "ada"
+
+        listed = http.get("/v1/policies", params={"policy_type": "operational"}, headers=operator)
+        assert policy_id in [p["id"] for p in listed.json()["policies"]]
+
+        # Errors map to HTTP statuses and keep the message naming the field.
+        bad = http.post("/v1/policies", headers=operator, json={"policy_type": "hr"})
+        assert bad.status_code == 400
+        assert "policy_type" in bad.text
+        missing = http.get("/v1/policies/pol-nope", headers=operator)
+        assert missing.status_code == 404
+        # An operator may not enforce: refused by the service (the gateway let the token in).
+        forbidden = http.post(f"/v1/policies/{policy_id}:revoke", headers=operator, json={})
+        assert forbidden.status_code == 403
+
+
+def test_a_streaming_method_over_json(gateway_suite: GatewaySuite) -> None:
+    viewer = bearer(gateway_suite.token("viewer"))
+    with httpx.Client(base_url=gateway_suite.gateway.url, timeout=10) as http:
+        http.post(
+            "/v1/policies",
+            headers=bearer(gateway_suite.token("operator")),
+            json={"policy_type": "finance", "policy_name": "streamed"},
+        )
+        with http.stream("GET", "/v1/policies:stream", headers=viewer) as stream:
+            assert stream.status_code == 200
+            received = ""
+            for chunk in stream.iter_text():
+                received += chunk
+                if "streamed" in received:
+                    break
+    # The transcoder streams a JSON array, one policy per element.
+    first = json.loads(received.lstrip("[").split("}\n,")[0].split("},{")[0] + "}")
+    assert "policy_name" in first
+
+
+async def test_requests_without_a_token_are_refused_at_the_gateway(
+    gateway_suite: GatewaySuite,
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway_suite.gateway.url, timeout=10) as http:
+        refused = await http.get("/v1/policies")
+        assert refused.status_code == 401
+        assert "Jwt is missing" in refused.text  # Envoy's jwt_authn, before any service
+        forged = await http.get("/v1/policies", headers=bearer("not.a.jwt"))
+        assert forged.status_code == 401
+        # Health stays open.
+        assert (await http.get("/v1/governor:health")).status_code == 200
+    async with open_channel(gateway_suite.gateway.target) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await GovernorClient(channel).list_page()
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_local_rate_limit(gateway_suite: GatewaySuite, tmp_path: Path) -> None:
+    upstreams = {name: svc.target for name, svc in gateway_suite.services.items()}
+    limited = Gateway(
+        GatewayConfig(
+            upstreams=upstreams,
+            jwks_file=str(gateway_suite.jwks_file),
+            issuer=gateway_suite.gateway.config.issuer,
+            audience=gateway_suite.gateway.config.audience,
+            rate_limit_per_second=1,
+            rate_limit_burst=2,
+        ),
+        tmp_path,
+    ).start()
+    try:
+        viewer = bearer(gateway_suite.token("viewer"))
+        async with httpx.AsyncClient(base_url=limited.url, timeout=10) as http:
+            codes = [(await http.get("/v1/policies", headers=viewer)).status_code for _ in range(4)]
+        assert codes[:2] == [200, 200]
+        assert 429 in codes[2:]
+        options = ChannelOptions(bearer_token=gateway_suite.token("viewer"), max_attempts=1)
+        async with open_channel(limited.target, options) as channel:
+            codes_grpc = []
+            for _ in range(3):
+                try:
+                    await GovernorClient(channel, options).list_page()
+                    codes_grpc.append(grpc.StatusCode.OK)
+                except grpc.aio.AioRpcError as error:
+                    codes_grpc.append(error.code())
+        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes_grpc
+    finally:
+        limited.stop()

@@ -1,0 +1,118 @@
+"""The bus unreachable while writes continue: writes succeed, the outbox grows (visible in a
+metric), and once the bus is back every event reaches a subscription's handler exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from support.processes import free_port
+from support.pubsub_emulator import PubSubEmulator
+from support.scenarios import MakeProcess
+from support.tcp_proxy import TcpProxy
+from tai.v1 import events_pb2
+from tai_client import GovernorClient, open_channel
+from tai_common.bus import topics
+from tai_common.bus.consumer import idempotent_handler
+from tai_common.bus.port import Message, SubscriptionSpec
+from tai_common.bus.pubsub_bus import PubSubBus
+from tai_common.clock import SystemClock
+from tai_common.store.port import Query, Transaction
+from tai_common.store.sqlite_store import SqliteStore
+
+pytestmark = pytest.mark.slow
+
+WRITES = 8
+
+
+def backlog(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    match = re.search(r"^tai_outbox_backlog (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.fixture
+async def bus_proxy(pubsub_emulator: PubSubEmulator) -> AsyncIterator[TcpProxy]:
+    proxy = await TcpProxy("127.0.0.1", pubsub_emulator.port).start()
+    yield proxy
+    await proxy.close()
+
+
+async def test_writes_continue_and_events_arrive_once_when_the_bus_returns(
+    service_processes: MakeProcess,
+    production_env: dict[str, str],
+    pubsub_emulator: PubSubEmulator,
+    bus_proxy: TcpProxy,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    project = urlparse(production_env["TAI_BUS"]).netloc
+    metrics_port = free_port()
+    governor = await service_processes(
+        "tai_governor",
+        **{**production_env, "PUBSUB_EMULATOR_HOST": bus_proxy.address},
+        TAI_METRICS_PORT=str(metrics_port),
+    ).start(timeout=60)
+
+    # A durable consumer (straight to the emulator), idempotent by event id, recording what it
+    # applies in its own store.
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.host)
+    consumer_bus = await PubSubBus.open(project, create_missing=True)
+    consumer_store = await SqliteStore.open(tmp_path / "consumer.db")
+    deliveries: list[str] = []
+
+    async def record(tx: Transaction, event: events_pb2.Event) -> None:
+        seen = await tx.get("applied", event.event_id)
+        count = int(seen.data["count"]) if seen else 0
+        tx.set("applied", event.event_id, {"count": count + 1, "policy": event.aggregate_id})
+
+    apply = idempotent_handler(consumer_store, SystemClock(), "outage-test", record)
+
+    async def handler(message: Message) -> None:
+        deliveries.append(message.attributes.get("event_id", ""))
+        await apply(message)
+
+    subscription = await consumer_bus.subscribe(
+        SubscriptionSpec(topic=topics.POLICIES, name="outage-test"), handler
+    )
+    try:
+        async with open_channel(governor.target) as channel:
+            client = GovernorClient(channel)
+            first = await client.propose(policy_type="finance", name="before-the-outage")
+            await wait_for(lambda: len(deliveries) >= 1, 30)
+
+            await bus_proxy.cut()
+            written = [
+                (await client.propose(policy_type="finance", name=f"during-{i}")).resource_id
+                for i in range(WRITES)
+            ]  # every write succeeds while the bus is unreachable
+            await wait_for(lambda: backlog(metrics_port) >= WRITES, 30)
+
+            await bus_proxy.restore()
+            await wait_for(lambda: backlog(metrics_port) == 0, 60)
+            expected = {first.resource_id, *written}
+            await wait_for(lambda: len(set(deliveries)) >= len(expected), 60)
+    finally:
+        await subscription.close()
+        await consumer_bus.close()
+
+    page = await consumer_store.query(Query("applied", limit=1000))
+    await consumer_store.close()
+    applied = {d.data["policy"]: d.data["count"] for d in page.documents}
+    assert set(applied) == expected  # every event arrived
+    assert set(applied.values()) == {1}  # each applied exactly once
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float) -> None:
+    """Polls `condition` (in a thread: it may do blocking I/O) until true or `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await asyncio.to_thread(condition):
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.2)

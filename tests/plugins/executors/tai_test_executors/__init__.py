@@ -1,0 +1,1 @@
+"""Test-only task executors, loaded by the Scheduler as plug-ins."""

@@ -1,0 +1,73 @@
+"""The Coordinator's compiled view of the live policies."""
+
+from __future__ import annotations
+
+from tai.v1 import governor_pb2
+from tai_common.conditions import signal_variables
+from tai_coordinator.policy_book import PolicyBook
+
+ENFORCED = governor_pb2.POLICY_STATE_ENFORCED
+DRY_RUN = governor_pb2.POLICY_STATE_DRY_RUN
+REVOKED = governor_pb2.POLICY_STATE_REVOKED
+
+
+def policy(
+    policy_id: str,
+    version: int,
+    state: int,
+    condition: str = "signal.priority >= 8",
+    enabled: bool = True,
+) -> governor_pb2.Policy:
+    return governor_pb2.Policy(
+        id=policy_id,
+        version=version,
+        revision=version,
+        state=state,  # type: ignore[arg-type]
+        enabled=enabled,
+        condition=condition,
+        action=governor_pb2.ActionTemplate(action_type="scale", target_service="api"),
+    )
+
+
+def signal(priority: int) -> dict[str, object]:
+    return signal_variables(
+        signal_id="s",
+        signal_type="alert",
+        priority=priority,
+        source="",
+        metadata={},
+        payload_size=0,
+        timestamp_ns=0,
+    )
+
+
+def test_enforced_and_dry_run_policies_are_evaluated_separately() -> None:
+    book = PolicyBook()
+    book.apply(policy("a", 2, ENFORCED))
+    book.apply(policy("b", 2, DRY_RUN))
+    enforced, dry_run = book.evaluate(signal(9))
+    assert ([p.id for p in enforced], [p.id for p in dry_run]) == (["a"], ["b"])
+    assert book.evaluate(signal(3)) == ([], [])
+
+
+def test_a_late_older_version_does_not_come_back() -> None:
+    book = PolicyBook()
+    book.apply(policy("a", 3, REVOKED))
+    assert not book.apply(policy("a", 2, ENFORCED))
+    assert len(book) == 0
+    assert book.revision == 3
+
+
+def test_disabled_policies_are_not_evaluated() -> None:
+    book = PolicyBook()
+    book.apply(policy("a", 2, ENFORCED, enabled=False))
+    assert len(book) == 0
+
+
+def test_a_full_listing_drops_policies_revoked_meanwhile() -> None:
+    book = PolicyBook()
+    book.apply(policy("a", 2, ENFORCED))
+    book.apply(policy("b", 2, ENFORCED))
+    book.replace_all([policy("a", 2, ENFORCED)])
+    assert [p.id for p in book.evaluate(signal(9))[0]] == ["a"]
+    assert book.loaded
