@@ -81,14 +81,16 @@ def test_a_streaming_method_over_json(gateway_suite: GatewaySuite) -> None:
         )
         with http.stream("GET", "/v1/policies:stream", headers=viewer) as stream:
             assert stream.status_code == 200
-            received = ""
-            for chunk in stream.iter_text():
-                received += chunk
-                if "streamed" in received:
+            # The transcoder writes one JSON object per line (stream_newline_delimited).
+            policies = []
+            for line in stream.iter_lines():
+                if line.strip():
+                    policies.append(json.loads(line))
+                if any(p["policy_name"] == "streamed" for p in policies):
                     break
-    # The transcoder streams a JSON array, one policy per element.
-    first = json.loads(received.lstrip("[").split("}\n,")[0].split("},{")[0] + "}")
-    assert "policy_name" in first
+    streamed = next(p for p in policies if p["policy_name"] == "streamed")
+    assert streamed["policy_type"] == "finance"
+    assert int(streamed["revision"]) >= 1
 
 
 async def test_requests_without_a_token_are_refused_at_the_gateway(

@@ -52,7 +52,13 @@ async def test_an_action_with_a_not_before_time_is_requested_then(full_suite: Fu
     assert action.id == "act-failover-1"
     assert dict(action.parameters) == {"replica": "db-2"}
     assert action.timestamp_ns >= not_before
-    task = await full_suite.scheduler.client.get("action-act-failover-1")
+    # The executor marks its task completed once RequestAction has returned, which can be
+    # after the stream delivered the action.
+    for _ in range(300):
+        task = await full_suite.scheduler.client.get("action-act-failover-1")
+        if task.status != "running":
+            break
+        await asyncio.sleep(0.05)
     assert (task.task_type, task.status) == ("request_action", "completed")
     stream.cancel()
 

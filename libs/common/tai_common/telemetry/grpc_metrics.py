@@ -7,6 +7,7 @@ these names (py-grpc-prometheus supports only the synchronous API).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -70,9 +71,10 @@ def _code_of(context: Context, error: BaseException | None) -> str:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code.name
-    if isinstance(error, grpc.aio.AbortError):
-        return "UNKNOWN"
-    return "CANCELLED" if context.cancelled() else "UNKNOWN"
+    # A call whose client went away (or whose deadline passed) ends with the task cancelled.
+    if isinstance(error, asyncio.CancelledError) or context.cancelled():
+        return "CANCELLED"
+    return "UNKNOWN"
 
 
 class ServerMetricsInterceptor(BehaviorInterceptor):
