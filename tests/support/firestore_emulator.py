@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -119,11 +120,22 @@ class FirestoreEmulator:
                 os.environ[HOST_VARIABLE] = previous
 
     def wipe(self, project: str, database: str = "(default)") -> None:
-        """Deletes every document of `project` (the emulator's own REST endpoint)."""
+        """Deletes every document of `project` (the emulator's own REST endpoint).
+
+        The emulator answers 409 while a transaction of a killed process still holds locks
+        (they lapse after a few seconds), so a conflict is retried for a while.
+        """
         url = f"http://{self.host}/emulator/v1/projects/{project}/databases/{database}/documents"
-        request = urllib.request.Request(url, method="DELETE")
-        with _http.open(request, timeout=10) as reply:
-            reply.read()
+        for attempt in range(30):
+            request = urllib.request.Request(url, method="DELETE")
+            try:
+                with _http.open(request, timeout=10) as reply:
+                    reply.read()
+                return
+            except urllib.error.HTTPError as error:
+                if error.code != 409 or attempt == 29:
+                    raise
+            time.sleep(0.5)
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL what is left of it after a grace period.
