@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Protocol
@@ -36,3 +37,18 @@ class UuidFactory:
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{uuid.uuid4().hex}"
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """Waits until `event` is set or `timeout` seconds pass (None: no limit); True if it was set.
+
+    Use this instead of `asyncio.wait_for(event.wait(), timeout)`: on Python 3.11 wait_for can
+    lose a cancellation that arrives as the event is set, and a worker that lost its cancel
+    never stops (asyncio.timeout does not have that race).
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True

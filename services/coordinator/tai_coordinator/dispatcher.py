@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from tai.v1 import events_pb2
 from tai_common.bus import events
-from tai_common.clock import Clock
+from tai_common.clock import Clock, wait_event
 from tai_common.store.port import DocumentStore, Transaction
 from tai_common.telemetry.tracing import continued
 
@@ -140,8 +140,7 @@ class ActionDispatcher:
                     log.exception("delivering actions of %s failed; retrying", service_name)
                     sleep = min(MAX_SLEEP_SECONDS * 5, 0.05 * 2**failures)
                 if loop.sinks and not loop.wake.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(loop.wake.wait(), sleep)
+                    await wait_event(loop.wake, sleep)
         finally:
             if self._loops.get(service_name) is loop:
                 del self._loops[service_name]
@@ -153,25 +152,30 @@ class ActionDispatcher:
             due = await self._repo.due_actions(service_name, now, CLAIM_BATCH)
             if not due:
                 break
-            for action in due:
-                if not loop.sinks:
-                    return 0.0
-                # The delivery continues the trace of the call that created the action.
-                with continued(
-                    f"deliver action {action.action_type}",
-                    action.trace_context,
-                    kind=trace.SpanKind.PRODUCER,
-                    attributes={"tai.action.target_service": service_name},
-                ):
-                    claimed = await self._claim(action.id, action.version)
+            # Claimed concurrently, so the claims share the store's group commits; handed out
+            # in the order they were due. Claims a closing stream can no longer take go back.
+            claims = await asyncio.gather(*(self._claim_traced(service_name, a) for a in due))
+            for claimed in claims:
                 if claimed is not None and not self._hand_out(loop, claimed):
                     await self._release([claimed])
+            if not loop.sinks:
+                return 0.0
             if len(due) < CLAIM_BATCH:
                 break
         following = await self._repo.next_delivery_ns(service_name)
         if following is None:
             return MAX_SLEEP_SECONDS
         return max(0.0, min(MAX_SLEEP_SECONDS, (following - self._clock.now_ns()) / 1e9))
+
+    async def _claim_traced(self, service_name: str, action: Action) -> Action | None:
+        # The delivery continues the trace of the call that created the action.
+        with continued(
+            f"deliver action {action.action_type}",
+            action.trace_context,
+            kind=trace.SpanKind.PRODUCER,
+            attributes={"tai.action.target_service": service_name},
+        ):
+            return await self._claim(action.id, action.version)
 
     @staticmethod
     def _hand_out(loop: _ServiceLoop, action: Action) -> bool:

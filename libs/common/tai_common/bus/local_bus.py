@@ -38,8 +38,9 @@ import logging
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
 import aiosqlite
@@ -56,6 +57,7 @@ from tai_common.bus.port import (
 )
 from tai_common.clock import Clock, IdFactory, SystemClock, UuidFactory
 from tai_common.errors import FailedPrecondition, InvalidArgument, Unavailable
+from tai_common.sqlite_write_lock import SqliteWriteLock
 
 __all__ = ["SqliteBus", "Synchronous"]
 
@@ -306,9 +308,15 @@ class SqliteBus:
         retention_seconds: float,
         ephemeral_ttl_seconds: float,
         janitor_interval: float,
+        write_lock: SqliteWriteLock | None = None,
     ) -> None:
-        """Wraps an open connection; use `SqliteBus.open`, which also prepares the file."""
+        """Wraps an open connection; use `SqliteBus.open`, which also prepares the file.
+
+        `write_lock` is held by every write transaction (the file's lock shared with the other
+        processes and the document store); None for an in-memory database.
+        """
         self._db = db
+        self._write_lock = write_lock
         self._clock = clock
         self._ids = ids
         self._poll_interval = poll_interval
@@ -388,6 +396,9 @@ class SqliteBus:
             retention_seconds=retention_seconds,
             ephemeral_ttl_seconds=ephemeral_ttl_seconds,
             janitor_interval=janitor_interval,
+            write_lock=(
+                None if os.fspath(path) in ("", ":memory:") else SqliteWriteLock(Path(path))
+            ),
         )
         try:
             with _unavailable_on_sqlite_error("cannot prepare event bus"):
@@ -506,6 +517,8 @@ class SqliteBus:
         async with self._lock:
             self._db_closed = True
             await self._db.close()
+            if self._write_lock is not None:
+                self._write_lock.close()
 
     def _wake_consumers(
         self, topics: Iterable[str] | None = None, *, exclude: _Consumer | None = None
@@ -529,17 +542,20 @@ class SqliteBus:
                 if self._db_closed:
                     raise Unavailable("the event bus is closed")
                 try:
-                    if write:
+                    if not write:
+                        return await body(self._db)
+                    async with self._write_lock or nullcontext():
                         await self._db.execute("BEGIN IMMEDIATE")
-                    result = await body(self._db)
-                    if write:
-                        await self._db.execute("COMMIT")
+                        try:
+                            result = await body(self._db)
+                            await self._db.execute("COMMIT")
+                        except BaseException:
+                            # Shielded: a cancelled caller must not leave the transaction open
+                            # for the next user of the connection.
+                            await asyncio.shield(self._rollback())
+                            raise
                     return result
                 except BaseException as exc:
-                    if write:
-                        # Shielded: a cancelled caller must not leave the transaction open for
-                        # the next user of the connection.
-                        await asyncio.shield(self._rollback())
                     if not _is_busy(exc) or attempt >= _BUSY_ATTEMPTS:
                         raise
             logger.debug("event bus database busy (attempt %d); retrying", attempt)

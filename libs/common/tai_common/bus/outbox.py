@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import logging
 import time
@@ -20,7 +19,7 @@ from tai.v1 import events_pb2
 
 from tai_common.bus import events
 from tai_common.bus.port import EventBus
-from tai_common.clock import Clock
+from tai_common.clock import Clock, wait_event
 from tai_common.errors import Unavailable
 from tai_common.store.port import DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 from tai_common.telemetry import metrics
@@ -93,8 +92,7 @@ class OutboxRelay:
         """Runs until cancelled."""
         last_count = 0.0
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._config.idle_poll_seconds)
+            await wait_event(self._wake, self._config.idle_poll_seconds)
             self._wake.clear()
             try:
                 now = time.monotonic()

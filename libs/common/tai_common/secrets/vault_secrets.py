@@ -34,7 +34,7 @@ import hvac.exceptions as vault_errors
 import requests.exceptions
 from pydantic import SecretStr
 
-from tai_common.clock import Clock, SystemClock
+from tai_common.clock import Clock, SystemClock, wait_event
 from tai_common.errors import (
     FailedPrecondition,
     NotFound,
@@ -456,8 +456,7 @@ class VaultSecrets:
     async def _pause(self, seconds: float | None) -> None:
         """Sleeps `seconds` (None: forever), or less if the lease changes meanwhile."""
         self._lease_changed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._lease_changed.wait(), seconds)
+        await wait_event(self._lease_changed, seconds)
 
     # --- calls and their errors --------------------------------------------------------------
 
