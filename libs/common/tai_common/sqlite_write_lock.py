@@ -38,8 +38,8 @@ class SqliteWriteLock:
     def __init__(self, database: Path) -> None:
         self._local = asyncio.Lock()
         self._fd = os.open(f"{database}-writelock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        # One thread that may block in flock: only the holder of `_local` ever waits on it.
         self._closed = False
+        # One thread that may block in flock: only the holder of `_local` ever waits on it.
         self._waiter = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="sqlite-write-lock"
         )
@@ -81,10 +81,6 @@ class SqliteWriteLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._local.release()
-
-    def locked(self) -> bool:
-        """Whether a writer of this process holds the lock."""
-        return self._local.locked()
 
     def _abandon(self, future: asyncio.Future[None]) -> None:
         try:

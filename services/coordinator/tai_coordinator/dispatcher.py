@@ -155,9 +155,9 @@ class ActionDispatcher:
             # Claimed concurrently, so the claims share the store's group commits; handed out
             # in the order they were due. Claims a closing stream can no longer take go back.
             claims = await asyncio.gather(*(self._claim_traced(service_name, a) for a in due))
-            for claimed in claims:
-                if claimed is not None and not self._hand_out(loop, claimed):
-                    await self._release([claimed])
+            refused = [c for c in claims if c is not None and not self._hand_out(loop, c)]
+            if refused:
+                await self._release(refused)
             if not loop.sinks:
                 return 0.0
             if len(due) < CLAIM_BATCH:

@@ -55,7 +55,7 @@ from tai_common.bus.port import (
     Subscription,
     SubscriptionSpec,
 )
-from tai_common.clock import Clock, IdFactory, SystemClock, UuidFactory
+from tai_common.clock import Clock, IdFactory, SystemClock, UuidFactory, wait_event
 from tai_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tai_common.sqlite_write_lock import SqliteWriteLock
 
@@ -761,11 +761,7 @@ class _Consumer:
                 break
             # +1 ms so the timer fires after, not just before, the lease or backoff ends.
             timeout = max(due - self._clock.now_ns(), 0) / _NS_PER_SECOND + 0.001
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, timeout)
 
     def _capacity(self) -> int:
         return self._spec.max_concurrency - len(self._inflight)
