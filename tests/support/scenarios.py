@@ -60,6 +60,9 @@ async def exactly_once_across_replicas(
                     task_type="test_record",
                     parameters={"sleep_ms": "150"},
                     scheduled_time_ns=due,
+                    # The Firestore emulator makes contending transactions wait seconds for
+                    # its locks while the replicas claim; the default deadline is too short.
+                    timeout=60,
                 )
 
         await asyncio.gather(*(submit(i) for i in range(tasks_total)))
