@@ -6,6 +6,7 @@ replica that stalls past its lease cannot overwrite the result of the replica th
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 from collections.abc import Callable
@@ -31,6 +32,46 @@ def settings(sqlite_url: str, ledger: Path, **extra: str) -> dict[str, str]:
         "TAI_TEST_LEDGER": str(ledger),
         **extra,
     }
+
+
+def all_threads_stopped(pid: int) -> bool:
+    """True once every thread of `pid` is in the stopped state (SIGSTOP lands asynchronously)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:  # the thread exited meanwhile
+            continue
+        # The state is the field after the parenthesised command name.
+        if stat.rsplit(")", 1)[1].split()[0] != "T":
+            return False
+    return True
+
+
+async def freeze_between_writes(pid: int, sqlite_url: str) -> None:
+    """SIGSTOPs `pid` at a moment it holds no write transaction on the shared SQLite file.
+
+    A process frozen mid-transaction would keep the embedded store's write lock (the flock
+    beside the database) and stall every other process, which is not the fault under test:
+    the fault is a replica that stalls past its lease between writes, as a long GC pause or a
+    preempted VM would. So stop, probe the lock without blocking, and resume and retry if the
+    frozen process holds it."""
+    lock_path = f"{sqlite_url.removeprefix('sqlite:///')}-writelock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.kill(pid, signal.SIGSTOP)
+            while not all_threads_stopped(pid):
+                await asyncio.sleep(0.001)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.kill(pid, signal.SIGCONT)
+                await asyncio.sleep(0.005)
+                continue
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return
+    finally:
+        os.close(fd)
 
 
 async def test_sigterm_lets_a_running_attempt_finish(
@@ -87,7 +128,7 @@ async def test_a_stalled_replica_cannot_overwrite_the_new_owners_result(
         receipt = await client.submit(task_type="test_sleep", parameters={"seconds": "2"})
         await wait_status(client, receipt.resource_id, ("running",))
     assert stalled.process is not None
-    os.kill(stalled.process.pid, signal.SIGSTOP)
+    await freeze_between_writes(stalled.process.pid, sqlite_url)
     try:
         other = await service_processes("tai_scheduler", TAI_REPLICA_ID="sched-b", **env).start()
         async with open_channel(other.target) as channel:
