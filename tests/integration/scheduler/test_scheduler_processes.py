@@ -9,6 +9,7 @@ import asyncio
 import fcntl
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def all_threads_stopped(pid: int) -> bool:
     return True
 
 
-async def freeze_between_writes(pid: int, sqlite_url: str) -> None:
+def freeze_between_writes(pid: int, sqlite_url: str) -> None:
     """SIGSTOPs `pid` at a moment it holds no write transaction on the shared SQLite file.
 
     A process frozen mid-transaction would keep the embedded store's write lock (the flock
@@ -61,12 +62,12 @@ async def freeze_between_writes(pid: int, sqlite_url: str) -> None:
         while True:
             os.kill(pid, signal.SIGSTOP)
             while not all_threads_stopped(pid):
-                await asyncio.sleep(0.001)
+                time.sleep(0.001)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.kill(pid, signal.SIGCONT)
-                await asyncio.sleep(0.005)
+                time.sleep(0.005)
                 continue
             fcntl.flock(fd, fcntl.LOCK_UN)
             return
@@ -128,7 +129,7 @@ async def test_a_stalled_replica_cannot_overwrite_the_new_owners_result(
         receipt = await client.submit(task_type="test_sleep", parameters={"seconds": "2"})
         await wait_status(client, receipt.resource_id, ("running",))
     assert stalled.process is not None
-    await freeze_between_writes(stalled.process.pid, sqlite_url)
+    await asyncio.to_thread(freeze_between_writes, stalled.process.pid, sqlite_url)
     try:
         other = await service_processes("tai_scheduler", TAI_REPLICA_ID="sched-b", **env).start()
         async with open_channel(other.target) as channel:
