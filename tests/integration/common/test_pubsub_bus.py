@@ -250,6 +250,37 @@ async def test_messages_held_back_behind_a_failing_one_keep_their_attempts(
     assert recorder.threads == {threading.get_ident()}
 
 
+async def test_deliveries_no_handler_saw_are_not_attempts(
+    open_bus: OpenBus, project: str, subscriptions_admin: SubscriberAsyncClient
+) -> None:
+    """Pub/Sub counts every delivery, also those to a consumer that died before handling them
+    (here: pulled and dropped by another client). They are not attempts: the message reaches
+    the handler instead of the dead-letter topic."""
+    bus = await open_bus()
+    topic = unique("topic")
+    spec = SubscriptionSpec(topic, unique("sub"), max_delivery_attempts=1)
+    dead_letters = Recorder()
+    await bus.subscribe(SubscriptionSpec(spec.dead_letter, unique("dlq")), dead_letters)
+    await (await bus.subscribe(spec, Recorder())).close()  # creates the subscription
+    message_id = await bus.publish(OutgoingMessage(topic, b"x"))
+
+    path = f"projects/{project}/subscriptions/{spec.name}"
+    for _ in range(2):  # a consumer receives it and dies: the ack deadline lapses
+        reply = await subscriptions_admin.pull(subscription=path, max_messages=1, timeout=10)
+        (received,) = reply.received_messages
+        assert received.message.message_id == message_id
+        await subscriptions_admin.modify_ack_deadline(
+            subscription=path, ack_ids=[received.ack_id], ack_deadline_seconds=0
+        )
+
+    recorder = Recorder()
+    await bus.subscribe(spec, recorder)
+    await wait_until(lambda: len(recorder.acked) == 1)
+    assert recorder.acked[0].message_id == message_id
+    assert recorder.acked[0].delivery_attempt == 1
+    assert dead_letters.delivered == []
+
+
 async def test_without_create_missing_resources_must_exist(open_bus: OpenBus) -> None:
     bus = await open_bus(create_missing=False)
     topic = unique("topic")

@@ -19,8 +19,9 @@ How the port maps onto Pub/Sub:
 - Dead-lettering happens here, not in Pub/Sub: Pub/Sub only accepts 5–100 delivery attempts, and
   the emulator stops delivering such a message without publishing it anywhere. So a delivery
   past `max_delivery_attempts` is published to the dead-letter topic with the same attributes
-  the SQLite bus adds, then acked. The subscription's own dead-letter policy is set to Pub/Sub's
-  maximum (100) as a backstop, and because only then does Pub/Sub count delivery attempts.
+  the SQLite bus adds, then acked. Attempts are the deliveries that reached this consumer's
+  handler (`_DeliveryCounts`), not Pub/Sub's count. The subscription's own dead-letter policy
+  is set to Pub/Sub's maximum (100) as a backstop.
 - When a message of an ordering key is nacked, the client library goes on with the key's next
   messages, and the emulator (unlike Pub/Sub) redelivers only the nacked one. So the consumer
   nacks the key's later messages itself, without running the handler, until the failed one comes
@@ -264,47 +265,29 @@ class _Outcome(enum.Enum):
     NACK = "nack"
 
 
-@dataclass
-class _Seen:
-    # Deliveries that reached the handler (or the dead-letter topic) here.
-    deliveries: int = 0
-    # Deliveries nacked by the ordering guard, which Pub/Sub counted as attempts anyway.
-    deferrals: int = 0
-
-
 class _DeliveryCounts:
-    """Delivery attempts as the port defines them, per message id.
+    """Delivery attempts as the port defines them (deliveries handed to the handler), per
+    message id, counted by this consumer.
 
-    Pub/Sub's own count (set because every subscription has a dead-letter policy) also counts the
-    deliveries the ordering guard nacked; those are subtracted. Without Pub/Sub's count (a
-    subscription made elsewhere without a dead-letter policy), the deliveries seen by this
-    consumer are counted. Only recently seen messages are remembered.
+    Pub/Sub's own count is not used: it also counts deliveries that never reached a handler —
+    those the ordering guard nacked, those made to a consumer that died (or, on the emulator, to
+    a stream it keeps after a network cut) and those whose ack was lost in an outage — so after a
+    crash or a cut it dead-lettered messages no handler had ever seen. A message bouncing between
+    consumers is counted by each; Pub/Sub's dead-letter policy (100 attempts) is the backstop.
+    Only recently seen messages are remembered.
     """
 
     def __init__(self, capacity: int = _TRACKED_MESSAGES) -> None:
-        self._seen: collections.OrderedDict[str, _Seen] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[str, int] = collections.OrderedDict()
         self._capacity = capacity
 
-    def _entry(self, message_id: str) -> _Seen:
-        entry = self._seen.get(message_id)
-        if entry is None:
-            entry = self._seen[message_id] = _Seen()
-            if len(self._seen) > self._capacity:
-                self._seen.popitem(last=False)
-        else:
-            self._seen.move_to_end(message_id)
-        return entry
-
-    def attempt(self, message_id: str, server_attempt: int | None) -> int:
+    def attempt(self, message_id: str) -> int:
         """Counts a delivery and returns its attempt number (1 for the first)."""
-        entry = self._entry(message_id)
-        entry.deliveries += 1
-        if server_attempt is None:
-            return entry.deliveries
-        return max(server_attempt - entry.deferrals, 1)
-
-    def defer(self, message_id: str) -> None:
-        self._entry(message_id).deferrals += 1
+        count = self._seen.pop(message_id, 0) + 1
+        self._seen[message_id] = count
+        if len(self._seen) > self._capacity:
+            self._seen.popitem(last=False)
+        return count
 
     def forget(self, message_id: str) -> None:
         self._seen.pop(message_id, None)
@@ -1091,9 +1074,8 @@ class _Consumer:
             # The emulator replaying a message from before a start_at_latest subscription.
             return _Outcome.ACK
         if key and self._held_back(key, message_id):
-            self._counts.defer(message_id)
             return _Outcome.NACK
-        attempt = self._counts.attempt(message_id, received.delivery_attempt)
+        attempt = self._counts.attempt(message_id)
         if attempt > self._spec.max_delivery_attempts:
             return await self._dead_letter(received, message_id, attempt - 1)
         message = Message(
