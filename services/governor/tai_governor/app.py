@@ -46,6 +46,9 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
     )
 
     async def subscribe() -> None:
+        # The feed starts from the store's last revision before the subscription exists; the
+        # changes in between are read from the store by its worker.
+        await service.feed.start()
         subscription = await subscribe_replica(
             deps.bus,
             topic=topics.POLICIES,
@@ -74,6 +77,7 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
             await asyncio.sleep(15.0)
 
     runtime.add_worker("policy-gauge", count_policies)
+    runtime.add_worker("policy-feed", service.feed.run)
     runtime.add_startup(subscribe)
     runtime.add_startup(consume_audit_events)
     runtime.add_startup(service.cache.start)

@@ -26,6 +26,7 @@ from tai_common.store.port import DocumentStore, Filter, Transaction
 
 from tai_governor import metrics
 from tai_governor.convert import policy_from_proto, policy_to_proto
+from tai_governor.feed import PolicyFeed
 from tai_governor.policy import (
     PolicyContent,
     PolicyState,
@@ -99,7 +100,9 @@ class PolicyService:
         self._events = event_factory
         self._on_committed = on_committed
         self._until_stopping = until_stopping
+        # Streams listen to `changes`, which the feed fills in revision order.
         self.changes: Broadcaster[PolicyVersion] = Broadcaster()
+        self.feed = PolicyFeed(self._repo, self.changes.publish, self.cache.changed)
 
     # --- changes ---
 
@@ -364,7 +367,7 @@ class PolicyService:
         payload = events.unpack(event, events_pb2.PolicyEvent)
         policy = policy_from_proto(payload.policy)
         await self.cache.changed(policy)
-        self.changes.publish(policy)
+        self.feed.offer(policy)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -106,3 +108,42 @@ async def test_sigterm_ends_streams_and_exits_cleanly(
             await asyncio.wait_for(stream.read(), 10)
     assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     assert exit_code == 0
+
+
+async def test_a_stream_gets_every_change_in_order_when_the_bus_brings_none(
+    service_processes: MakeProcess, sqlite_url: str, tmp_path: Path
+) -> None:
+    """Replica B shares A's store but not its bus, so no event of A's writes reaches it (as if
+    they were lost): B's streams still get every change, in revision order, from the store, and
+    a client resuming after a revision misses nothing."""
+    a = await service_processes(
+        "tai_governor", TAI_STORE=sqlite_url, TAI_BUS=sqlite_url, TAI_REPLICA_ID="gov-a"
+    ).start()
+    b = await service_processes(
+        "tai_governor",
+        TAI_STORE=sqlite_url,
+        TAI_BUS=f"sqlite:///{tmp_path / 'other-bus.db'}",
+        TAI_REPLICA_ID="gov-b",
+    ).start()
+    async with open_channel(a.target) as channel_a, open_channel(b.target) as channel_b:
+        writer, reader = GovernorClient(channel_a), GovernorClient(channel_b)
+        first = await writer.propose(policy_type="operational", name="before-the-stream")
+        start = int(first.result_data["revision"])
+        stream = reader.watch(from_revision=start)
+        revisions = []
+        for k in range(6):
+            receipt = await writer.propose(policy_type="operational", name=f"p{k}")
+            revisions.append(int(receipt.result_data["revision"]))
+
+        async def read(call: Any, count: int) -> list[int]:
+            seen = []
+            while len(seen) < count:
+                message = await asyncio.wait_for(call.read(), timeout=15)
+                assert message is not grpc.aio.EOF
+                seen.append(message.revision)
+            call.cancel()
+            return seen
+
+        assert await read(stream, 6) == revisions
+        resumed = reader.watch(from_revision=revisions[2])
+        assert await read(resumed, 3) == revisions[3:]
