@@ -15,15 +15,18 @@ HELM := build/tools/helm
 # `make bench BACKEND=emulators` benchmarks on the Firestore and Pub/Sub emulators and Redis.
 BACKEND ?= embedded
 BENCH_ARGS ?=
+# `make chaos CHAOS_ARGS="--short"`: the resilience suite's short form (what CI runs).
+CHAOS_ARGS ?=
 
 .PHONY: constraints help venv gen run test test-unit test-integration lint typecheck buf-lint clean \
-	firestore-indexes deploy-tools helm-alerts istio-manifests bench
+	firestore-indexes deploy-tools helm-alerts istio-manifests bench chaos
 
 help:
 	@echo "make run    start the whole suite on the embedded default (SQLite under ./.tai/)"
 	@echo "make test   install what the tests need and run them"
 	@echo "make lint   ruff + mypy --strict + buf lint"
 	@echo "make bench  throughput and latency beside an empty gRPC handler (BACKEND=embedded|emulators)"
+	@echo "make chaos  faults under load (kills, Redis and bus outages, restarts), then checks"
 
 # The venv: tools first (code generation needs grpcio-tools), then the packages, editable.
 $(BIN)/.tools: requirements-dev.txt constraints.txt
@@ -85,6 +88,10 @@ istio-manifests: deploy-tools
 bench: venv
 	$(BIN)/python -m bench --backend $(BACKEND) $(BENCH_ARGS)
 
+# Faults injected under a steady load, then checks that nothing was lost (chaos/cli.py).
+chaos: venv
+	$(BIN)/python -m chaos $(CHAOS_ARGS)
+
 test-unit: venv
 	$(BIN)/pytest tests/unit
 
@@ -103,8 +110,8 @@ firestore-indexes: venv
 
 lint: venv buf-lint typecheck
 	$(BIN)/python scripts/firestore_indexes.py --check
-	$(BIN)/ruff check libs services tests scripts bench
-	$(BIN)/ruff format --check libs services tests scripts bench
+	$(BIN)/ruff check libs services tests scripts bench chaos
+	$(BIN)/ruff format --check libs services tests scripts bench chaos
 
 clean:
 	rm -rf $(VENV) build libs/proto/tai .tai

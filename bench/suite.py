@@ -5,6 +5,8 @@ the empty-handler baseline server, started with the tests' `ServiceProcess` (tes
   temporary directory; in-process cache.
 - `emulators`: Firestore and Pub/Sub emulators and a real redis-server (tests/support's helpers),
   each service on its production adapters (`firestore://`, `pubsub://`, `redis://`).
+- `mixed`: the production bus and cache (Pub/Sub emulator, redis-server) over the embedded
+  SQLite store.
 
 Every `TAI_*` variable of the environment is passed on (ServiceProcess does), and overrides the
 defaults below except ports, targets and replica ids: `TAI_SQLITE_SYNCHRONOUS=NORMAL make bench`.
@@ -27,7 +29,7 @@ if str(ROOT / "tests") not in sys.path:
 
 from support.processes import ServiceProcess, free_port  # noqa: E402
 
-BACKENDS = ("embedded", "emulators")
+BACKENDS = ("embedded", "emulators", "mixed")
 # Variables the harness sets per process; the environment cannot override them.
 _FIXED = {"TAI_GRPC_PORT", "TAI_REPLICA_ID", "TAI_GOVERNOR_TARGET", "TAI_COORDINATOR_TARGET"}
 
@@ -47,6 +49,8 @@ class Suite:
     coordinators: list[ServiceProcess] = field(default_factory=list)
     scheduler: ServiceProcess | None = None
     empty: ServiceProcess | None = None
+    # The emulators backend's redis-server (chaos stops and restarts it).
+    redis: Any = None
     _emulators: list[Any] = field(default_factory=list)
     _count: int = 0
 
@@ -69,7 +73,8 @@ class Suite:
         assert self.empty is not None
         return self.empty.target
 
-    def _process(self, module: str, **env: str) -> ServiceProcess:
+    def process(self, module: str, **env: str) -> ServiceProcess:
+        """A (not yet started) process of `module` on the suite's settings and a free port."""
         self._count += 1
         settings = {
             **self.base_env,
@@ -81,14 +86,14 @@ class Suite:
 
     async def start(self, timeout: float) -> None:
         """The empty-handler server, the Governor, one Coordinator, the Scheduler."""
-        self.empty = await self._process(
+        self.empty = await self.process(
             "bench.empty_server", PYTHONPATH=_pythonpath(), TAI_REPLICA_ID="empty"
         ).start(timeout)
-        self.governor = await self._process("tai_governor", TAI_REPLICA_ID="governor-0").start(
+        self.governor = await self.process("tai_governor", TAI_REPLICA_ID="governor-0").start(
             timeout
         )
         await self.add_coordinator(timeout)
-        self.scheduler = await self._process(
+        self.scheduler = await self.process(
             "tai_scheduler",
             TAI_REPLICA_ID="scheduler-0",
             TAI_GOVERNOR_TARGET=self.governor_target,
@@ -97,7 +102,7 @@ class Suite:
 
     async def add_coordinator(self, timeout: float) -> ServiceProcess:
         """Another Coordinator replica (the first is the one the scenarios load)."""
-        process = await self._process(
+        process = await self.process(
             "tai_coordinator",
             TAI_REPLICA_ID=f"coordinator-{len(self.coordinators)}",
             TAI_GOVERNOR_TARGET=self.governor_target,
@@ -147,7 +152,7 @@ def make_suite(backend: str, workdir: Path) -> Suite:
     if backend == "embedded":
         db = f"sqlite:///{workdir / 'tai.db'}"
         return Suite(backend, workdir, {**common, "TAI_STORE": db, "TAI_BUS": db}, ledger)
-    if backend != "emulators":
+    if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}")
 
     from support.firestore_emulator import FirestoreEmulator
@@ -155,25 +160,32 @@ def make_suite(backend: str, workdir: Path) -> Suite:
     from support.redis_server import RedisServer
 
     suite = Suite(backend, workdir, {}, ledger)
+    project = f"tai-bench-{uuid.uuid4().hex[:12]}"
     try:
-        firestore = FirestoreEmulator.start(workdir / "firestore-emulator.log")
-        suite._emulators.append(firestore)
+        if backend == "emulators":
+            firestore = FirestoreEmulator.start(workdir / "firestore-emulator.log")
+            suite._emulators.append(firestore)
+            store = {
+                "TAI_STORE": f"firestore://{project}",
+                "FIRESTORE_EMULATOR_HOST": firestore.host,
+            }
+        else:  # mixed
+            store = {"TAI_STORE": f"sqlite:///{workdir / 'tai.db'}"}
         pubsub = PubSubEmulator(EMULATOR_BINARY, free_port(), workdir / "pubsub-emulator.log")
         pubsub.start()
         suite._emulators.append(pubsub)
         redis = RedisServer().start()
         suite._emulators.append(redis)
+        suite.redis = redis
     except BaseException:
         suite.stop()
         raise
-    project = f"tai-bench-{uuid.uuid4().hex[:12]}"
     suite.base_env = {
         **common,
-        "TAI_STORE": f"firestore://{project}",
+        **store,
         "TAI_BUS": f"pubsub://{project}",
         "TAI_BUS_CREATE_MISSING": "true",
         "TAI_CACHE": redis.url,
-        "FIRESTORE_EMULATOR_HOST": firestore.host,
         "PUBSUB_EMULATOR_HOST": pubsub.host,
     }
     return suite

@@ -1,0 +1,235 @@
+"""What chaos checks once the load has stopped: every accepted write exists, every task ran
+to completion exactly once, every event reached its consumers, every stream client resumed.
+
+The checks that wait on asynchronous work (deliveries, task runs, catch-up) poll until they
+pass or the drain time is up; the report shows what was still missing then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+from tai.v1 import coordinator_pb2
+from tai_client import CoordinatorClient, open_channel
+from tai_test_executors import ledger as test_ledger
+
+from bench.scenarios import health_detail
+from chaos.cluster import Cluster
+from chaos.workload import Workload
+
+T = TypeVar("T")
+# Concurrent reads while checking (the emulators answer slower than the embedded store).
+READ_CONCURRENCY = 16
+POLL_INTERVAL_S = 1.0
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+async def _each(items: Iterable[T], read: Callable[[T], Awaitable[bool]]) -> list[T]:
+    """The items for which `read` returned False (reads run READ_CONCURRENCY at a time)."""
+    semaphore = asyncio.Semaphore(READ_CONCURRENCY)
+
+    async def one(item: T) -> bool:
+        async with semaphore:
+            return await read(item)
+
+    items = list(items)
+    results = await asyncio.gather(*(one(item) for item in items))
+    return [item for item, ok in zip(items, results, strict=True) if not ok]
+
+
+def _found(error: grpc.aio.AioRpcError) -> bool:
+    if error.code() == grpc.StatusCode.NOT_FOUND:
+        return False
+    raise error
+
+
+class Checker:
+    def __init__(self, cluster: Cluster, workload: Workload, ledger: Path) -> None:
+        self.cluster = cluster
+        self.workload = workload
+        self.ledger = ledger
+        # Action ids of every accepted signal (read once: a signal's actions are written with
+        # it, in one transaction).
+        self.expected_actions: set[str] = set()
+        self._completed_actions: set[str] = set()
+        self._completed_tasks: set[str] = set()
+
+    async def writes_exist(self) -> Check:
+        """Every receipt's object can be read back."""
+        w = self.workload
+
+        async def signal(signal_id: str) -> bool:
+            try:
+                found = await w.coordinator.get_signal(signal_id)
+            except grpc.aio.AioRpcError as error:
+                return _found(error)
+            self.expected_actions.update(found.action_ids)
+            return True
+
+        async def task(task_id: str) -> bool:
+            try:
+                await w.scheduler.get(task_id)
+            except grpc.aio.AioRpcError as error:
+                return _found(error)
+            return True
+
+        async def policy(receipt_index: int) -> bool:
+            receipt = w.policies[receipt_index]
+            try:
+                await w.governor.get(receipt.policy_id, version=receipt.version)
+            except grpc.aio.AioRpcError as error:
+                return _found(error)
+            return True
+
+        lost_signals = await _each(w.signals, signal)
+        lost_tasks = await _each(w.tasks, task)
+        lost_policies = await _each(range(len(w.policies)), policy)
+        lost = len(lost_signals) + len(lost_tasks) + len(lost_policies)
+        detail = (
+            f"{len(w.signals)} signals, {len(w.tasks)} tasks, {len(w.policies)} policy versions "
+            f"accepted; missing: {len(lost_signals)} signals, {len(lost_tasks)} tasks, "
+            f"{len(lost_policies)} policy versions"
+        )
+        if lost_signals or lost_tasks:
+            detail += f" (e.g. {(lost_signals + lost_tasks)[0]})"
+        return Check("every accepted write exists", lost == 0 and bool(w.signals), detail)
+
+    async def tasks_completed(self) -> Check:
+        async def completed(task_id: str) -> bool:
+            task = await self.workload.scheduler.get(task_id)
+            if task.status == "completed":
+                self._completed_tasks.add(task_id)
+            return task.status == "completed"
+
+        pending = set(self.workload.tasks) - self._completed_tasks
+        left = await _each(sorted(pending), completed)
+        return Check(
+            "every accepted task completed",
+            not left and bool(self.workload.tasks),
+            f"{len(self.workload.tasks) - len(left)} of {len(self.workload.tasks)} completed"
+            + (f"; e.g. {left[0]} is not" if left else ""),
+        )
+
+    def tasks_ran_once(self) -> Check:
+        """The executor's ledger: one completion per idempotency key, and one first run (a run
+        that is not a replay of a recorded completion) per key."""
+        completions = test_ledger.completions(self.ledger)
+        first_runs = collections.Counter(
+            r.key for r in test_ledger.executions(self.ledger) if not r.replay
+        )
+        keys = {f"tai-task:{task_id}" for task_id in self.workload.tasks}
+        twice = sorted(key for key, count in first_runs.items() if count > 1)
+        missing = sorted(keys - set(completions))
+        runs = sum(first_runs.values())
+        replays = len(test_ledger.executions(self.ledger)) - runs
+        return Check(
+            "no task executed twice",
+            not twice and not missing and bool(keys),
+            f"{len(completions)} keys completed, {runs} first runs, {replays} replays of a "
+            f"recorded completion; twice: {len(twice)}, never: {len(missing)}"
+            + (f" (e.g. {(twice + missing)[0]})" if twice or missing else ""),
+        )
+
+    async def actions_delivered(self) -> Check:
+        """Every action of every accepted signal reached a StreamActions client and was
+        acknowledged (its status is COMPLETED)."""
+        received = set(self.workload.actions_received)
+
+        async def completed(action_id: str) -> bool:
+            action = await self.workload.coordinator.get_action(action_id)
+            if action.status == coordinator_pb2.ACTION_STATUS_COMPLETED:
+                self._completed_actions.add(action_id)
+                return True
+            return False
+
+        pending = (self.expected_actions & received) - self._completed_actions
+        await _each(sorted(pending), completed)
+        undelivered = self.expected_actions - received
+        unacknowledged = self.expected_actions - self._completed_actions - undelivered
+        redelivered = sum(1 for count in self.workload.actions_received.values() if count > 1)
+        return Check(
+            "every action delivered and acknowledged",
+            not undelivered and not unacknowledged and bool(self.expected_actions),
+            f"{len(self.expected_actions)} actions from the accepted signals; not received: "
+            f"{len(undelivered)}, not completed: {len(unacknowledged)}; "
+            f"{redelivered} received more than once (redelivered after a broken stream)",
+        )
+
+    def policy_changes_streamed(self) -> Check:
+        revisions = {p.revision for p in self.workload.policies[1:]}  # after the streams began
+        missing = {
+            name: sorted(revisions - seen) for name, seen in self.workload.revisions_seen.items()
+        }
+        worst = max((len(m) for m in missing.values()), default=0)
+        return Check(
+            "every policy change reached every StreamPolicies client",
+            worst == 0 and bool(revisions) and bool(missing),
+            f"{len(revisions)} revisions; missing per client: "
+            + ", ".join(
+                f"{name} {len(m)}" + (f" (e.g. {m[0]})" if m else "") for name, m in missing.items()
+            ),
+        )
+
+    async def coordinators_caught_up(self) -> Check:
+        latest = max(p.revision for p in self.workload.policies)
+        reached = []
+        for process in self.cluster.coordinators:
+            async with open_channel(process.target) as channel:
+                try:
+                    status = await CoordinatorClient(channel).health()
+                    reached.append(int(health_detail(status, "policy_revision")))
+                except grpc.aio.AioRpcError as error:
+                    reached.append(-1)
+                    if error.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise
+        return Check(
+            "every Coordinator replica caught up with the last policy change",
+            all(r >= latest for r in reached),
+            f"latest revision {latest}; replicas at {reached}",
+        )
+
+    def streams_resumed(self, last_heal_at: float) -> Check:
+        """Every stream client reconnected after the faults that broke it and received
+        something after the last fault was healed."""
+        stale = [
+            s.name for s in self.workload.streams.values() if s.last_received_at <= last_heal_at
+        ]
+        parts = [
+            f"{s.name}: {s.connects} connections, ended by "
+            f"{dict(collections.Counter(s.breaks)) or 'nothing'}"
+            for s in self.workload.streams.values()
+        ]
+        return Check(
+            "every stream client resumed",
+            not stale and bool(self.workload.streams),
+            "; ".join(parts) + (f"; silent since the last fault: {stale}" if stale else ""),
+        )
+
+    async def run(self, drain_s: float, last_heal_at: float) -> list[Check]:
+        """Every check; the asynchronous ones are polled for up to `drain_s`."""
+        written = await self.writes_exist()
+        deadline = time.monotonic() + drain_s
+        while True:
+            waiting = [
+                await self.tasks_completed(),
+                await self.actions_delivered(),
+                self.policy_changes_streamed(),
+                await self.coordinators_caught_up(),
+            ]
+            if all(c.passed for c in waiting) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(POLL_INTERVAL_S)
+        return [written, *waiting, self.tasks_ran_once(), self.streams_resumed(last_heal_at)]
