@@ -251,7 +251,10 @@ async def test_messages_held_back_behind_a_failing_one_keep_their_attempts(
 
 
 async def test_deliveries_no_handler_saw_are_not_attempts(
-    open_bus: OpenBus, project: str, subscriptions_admin: SubscriberAsyncClient
+    open_bus: OpenBus,
+    project: str,
+    subscriptions_admin: SubscriberAsyncClient,
+    topics_admin: PublisherAsyncClient,
 ) -> None:
     """Pub/Sub counts every delivery, also those to a consumer that died before handling them
     (here: pulled and dropped by another client). They are not attempts: the message reaches
@@ -261,16 +264,35 @@ async def test_deliveries_no_handler_saw_are_not_attempts(
     spec = SubscriptionSpec(topic, unique("sub"), max_delivery_attempts=1)
     dead_letters = Recorder()
     await bus.subscribe(SubscriptionSpec(spec.dead_letter, unique("dlq")), dead_letters)
-    await (await bus.subscribe(spec, Recorder())).close()  # creates the subscription
+    # Made here rather than by a consumer that then closes: the emulator may keep a closed
+    # consumer's stream and hand it the subscription's messages.
+    path = f"projects/{project}/subscriptions/{spec.name}"
+    await topics_admin.create_topic(name=f"projects/{project}/topics/{topic}")
+    await subscriptions_admin.create_subscription(
+        request={
+            "name": path,
+            "topic": f"projects/{project}/topics/{topic}",
+            "enable_message_ordering": True,
+            # With a dead-letter policy, Pub/Sub counts delivery attempts.
+            "dead_letter_policy": {
+                "dead_letter_topic": f"projects/{project}/topics/{spec.dead_letter}",
+                "max_delivery_attempts": 100,
+            },
+        }
+    )
     message_id = await bus.publish(OutgoingMessage(topic, b"x"))
 
-    path = f"projects/{project}/subscriptions/{spec.name}"
     for _ in range(2):  # a consumer receives it and dies: the ack deadline lapses
-        reply = await subscriptions_admin.pull(subscription=path, max_messages=1, timeout=10)
-        (received,) = reply.received_messages
-        assert received.message.message_id == message_id
+        async with asyncio.timeout(WAIT_SECONDS):
+            received: list[Any] = []
+            while not received:  # a pull may come back empty
+                reply = await subscriptions_admin.pull(
+                    subscription=path, max_messages=1, timeout=10
+                )
+                received = list(reply.received_messages)
+        assert [r.message.message_id for r in received] == [message_id]
         await subscriptions_admin.modify_ack_deadline(
-            subscription=path, ack_ids=[received.ack_id], ack_deadline_seconds=0
+            subscription=path, ack_ids=[received[0].ack_id], ack_deadline_seconds=0
         )
 
     recorder = Recorder()

@@ -149,6 +149,8 @@ _MAX_BACKOFF_SECONDS: Final = 600.0
 _MIN_EXPIRATION_TTL_SECONDS: Final = 24 * 3600.0
 _MIN_TOPIC_RETENTION_SECONDS: Final = 600.0
 _MAX_TOPIC_RETENTION_SECONDS: Final = 31 * 24 * 3600.0
+# How long a consumer's close waits for a cancelled stream to stop before leaving it.
+_STOP_GRACE_SECONDS = 2.0
 # The dead-letter policy's attempts: the most Pub/Sub allows, as a backstop behind the
 # adapter's own dead-lettering.
 _SERVER_MAX_DELIVERY_ATTEMPTS: Final = 100
@@ -985,11 +987,14 @@ class _Consumer:
         future = self._future
         if future is not None:
             # Non-blocking either way: a library thread stops the stream, waits for the running
-            # callbacks, nacks what was not dispatched and flushes acks; exception() waits for
-            # all that. On the emulator the server ends the stream (see _half_close).
+            # callbacks, nacks what was not dispatched and flushes acks, then resolves the
+            # future. On the emulator the server ends the stream (see _half_close).
             if not (self._bus._emulator and _half_close(future)):
                 future.cancel()
-            stopped = asyncio.ensure_future(asyncio.to_thread(future.exception))
+            # Resolved by the library's thread once the stream has stopped. No thread of ours
+            # waits on it: one blocked for ever would block the process's exit too (asyncio.run
+            # joins the default executor's threads).
+            stopped = asyncio.wrap_future(future)
             done, _ = await asyncio.wait(
                 {stopped}, timeout=max(self._spec.ack_deadline_seconds, 1.0)
             )
@@ -1002,7 +1007,16 @@ class _Consumer:
                 for task in list(self._tasks):
                     task.cancel()
                 future.cancel()
-            await stopped
+                done, _ = await asyncio.wait({stopped}, timeout=_STOP_GRACE_SECONDS)
+            if not done:
+                # Seen on the emulator after faults (a killed replica, a network cut): a stream
+                # that neither the half-close nor the cancel ends.
+                logger.warning(
+                    "the streaming pull of subscription %r did not stop; leaving it",
+                    self._spec.name,
+                )
+            elif not stopped.cancelled():
+                stopped.exception()  # retrieved, so asyncio does not report it as lost
         if self._spec.ephemeral:
             try:
                 await self._bus._delete_subscription(self._spec.name)
