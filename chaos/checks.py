@@ -169,7 +169,10 @@ class Checker:
         )
 
     def policy_changes_streamed(self) -> Check:
-        revisions = {p.revision for p in self.workload.policies[1:]}  # after the streams began
+        # The changes after the stream clients began.
+        revisions = {
+            p.revision for p in self.workload.policies if p.revision > self.workload.setup_revision
+        }
         missing = {
             name: sorted(revisions - seen) for name, seen in self.workload.revisions_seen.items()
         }

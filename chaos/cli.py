@@ -138,7 +138,7 @@ async def _inject_under_load(
     cluster: Cluster, workload: Workload, timing: Timing
 ) -> tuple[list[Phase], float]:
     await workload.setup()
-    revision = workload.policies[0].revision
+    revision = workload.setup_revision
     for process in cluster.coordinators:
         async with open_channel(process.target) as channel:
             await wait_policy_revision(CoordinatorClient(channel), revision)

@@ -2,12 +2,12 @@
 that must resume after each one.
 
 - Paced callers (a new call every 1/rate s, never waiting for the previous one, so a stalled
-  service does not slow the pace): `SubmitSignal` (each matches the enforced policy and so
-  makes an action), `SubmitTask` (the test executor that records each run in a ledger),
-  `ProposePolicy` (each a new policy revision) and `GetPolicy` (a cached read). Every call's
-  outcome is logged with its time, so the report can give each fault window's error rate; every
-  accepted write's receipt is kept for the checks.
-- Two `StreamActions` clients for the target service acknowledge every action they receive;
+  service does not slow the pace): `SubmitSignal` (each matches one of two enforced policies
+  and so makes an action for one of two target services), `SubmitTask` (the test executor that
+  records each run in a ledger), `ProposePolicy` (each a new policy revision) and `GetPolicy`
+  (a cached read). Every call's outcome is logged with its time, so the report can give each
+  fault window's error rate; every accepted write's receipt is kept for the checks.
+- Two `StreamActions` clients, one per target service, acknowledge every action they receive;
   two `StreamPolicies` clients record every revision. When a stream breaks, its client
   reconnects (StreamPolicies from the last revision it saw, as a real client resumes).
 """
@@ -26,7 +26,9 @@ import grpc
 from tai.v1 import common_pb2, coordinator_pb2, governor_pb2
 from tai_client import CoordinatorClient, GovernorClient, SchedulerClient
 
-TARGET_SERVICE = "chaos-target"
+# One target service per StreamActions client, so each client's liveness can be checked (the
+# actions of one service go to whichever of its streams a replica picks).
+TARGET_SERVICES = ("chaos-target-0", "chaos-target-1")
 TASK_TYPE = "test_record"
 # Every call's deadline: a fault shows up as errors, not as calls that hang for ever.
 CALL_TIMEOUT_S = 10.0
@@ -100,7 +102,10 @@ class Workload:
         self.revisions_seen: dict[str, set[int]] = {}
         self.streams: dict[str, StreamClient] = {}
         self.matching_policy_id = ""
+        # The last revision of the setup; the stream clients start after it.
+        self.setup_revision = 0
         self._sequence = itertools.count()
+        self._signal_count = itertools.count()
         self._producers: list[asyncio.Task[None]] = []
         self._streams: list[asyncio.Task[None]] = []
         self._calls: set[asyncio.Task[Any]] = set()
@@ -108,36 +113,40 @@ class Workload:
     # --- setup and lifecycle -------------------------------------------------------------
 
     async def setup(self) -> None:
-        """Enforces the policy every signal matches."""
-        receipt = await self.governor.propose(
-            policy_type="operational",
-            name=f"chaos-{self.run_id}-scale",
-            condition=(
-                'signal.type == "alert" && signal.priority >= 8 && '
-                f'signal.metadata["service"] == "{TARGET_SERVICE}"'
-            ),
-            action=governor_pb2.ActionTemplate(
-                action_type="scale",
-                target_service=TARGET_SERVICE,
-                parameters={"replicas": "+1"},
-                cooldown_seconds=0,
-                ack_deadline_seconds=ACK_DEADLINE_S,
-                max_deliveries=MAX_DELIVERIES,
-            ),
-        )
-        enforced = await self.governor.enforce(receipt.resource_id)
-        self.matching_policy_id = receipt.resource_id
-        self.policies.append(
-            PolicyReceipt(
-                receipt.resource_id,
-                enforced.resource_version,
-                int(enforced.result_data["revision"]),
+        """Enforces the policies the signals match, one per target service."""
+        for target in TARGET_SERVICES:
+            receipt = await self.governor.propose(
+                policy_type="operational",
+                name=f"chaos-{self.run_id}-scale-{target}",
+                condition=(
+                    'signal.type == "alert" && signal.priority >= 8 && '
+                    f'signal.metadata["service"] == "{target}"'
+                ),
+                action=governor_pb2.ActionTemplate(
+                    action_type="scale",
+                    target_service=target,
+                    parameters={"replicas": "+1"},
+                    cooldown_seconds=0,
+                    ack_deadline_seconds=ACK_DEADLINE_S,
+                    max_deliveries=MAX_DELIVERIES,
+                ),
             )
-        )
+            enforced = await self.governor.enforce(receipt.resource_id)
+            self.matching_policy_id = receipt.resource_id
+            self.policies.append(
+                PolicyReceipt(
+                    receipt.resource_id,
+                    enforced.resource_version,
+                    int(enforced.result_data["revision"]),
+                )
+            )
+        self.setup_revision = self.policies[-1].revision
 
     def start_streams(self) -> None:
-        for index in range(2):
-            self._streams.append(asyncio.create_task(self._follow_actions(f"actions-{index}")))
+        for index, target in enumerate(TARGET_SERVICES):
+            self._streams.append(
+                asyncio.create_task(self._follow_actions(f"actions-{index}", target))
+            )
             self._streams.append(asyncio.create_task(self._follow_policies(f"policies-{index}")))
 
     def start_load(self) -> None:
@@ -189,13 +198,14 @@ class Workload:
 
     async def _submit_signal(self) -> None:
         signal_id = self._next_id("signal")
+        target = TARGET_SERVICES[next(self._signal_count) % len(TARGET_SERVICES)]
         receipt = await self._outcome(
             "SubmitSignal",
             self.coordinator.submit_signal(
                 signal_id=signal_id,
                 signal_type="alert",
                 priority=9,
-                metadata={"service": TARGET_SERVICE},
+                metadata={"service": target},
                 source="chaos",
                 timeout=CALL_TIMEOUT_S,
             ),
@@ -250,14 +260,14 @@ class Workload:
 
     # --- the stream clients --------------------------------------------------------------
 
-    async def _follow_actions(self, name: str) -> None:
+    async def _follow_actions(self, name: str, target: str) -> None:
         def received(action: coordinator_pb2.Action) -> None:
             self.actions_received[action.id] = self.actions_received.get(action.id, 0) + 1
             task = asyncio.create_task(self._acknowledge(action.id))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
-        await self._follow(name, lambda: self.coordinator.stream_actions(TARGET_SERVICE), received)
+        await self._follow(name, lambda: self.coordinator.stream_actions(target), received)
 
     async def _acknowledge(self, action_id: str) -> None:
         # A lost acknowledgement is not retried here: the action comes back after its
