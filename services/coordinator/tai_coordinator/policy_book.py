@@ -44,15 +44,18 @@ class PolicyBook:
         # an older version.
         self._versions: dict[str, int] = {}
         self.loaded = False
-        # The highest Governor revision applied: how far behind the Governor this replica is.
+        # The Governor revision up to which every change is known (revisions have no gaps;
+        # events may come out of order or not at all): how far this replica has caught up.
         self.revision = 0
+        # Revisions applied above `revision`, waiting for the ones before them.
+        self._ahead: set[int] = set()
 
     def apply(self, policy: governor_pb2.Policy) -> bool:
         """Takes a policy version into account; returns False when it is older than known."""
+        self._advance(policy.revision)
         if policy.version <= self._versions.get(policy.id, 0):
             return False
         self._versions[policy.id] = policy.version
-        self.revision = max(self.revision, policy.revision)
         if not _is_active(policy):
             self._active.pop(policy.id, None)
             return True
@@ -66,16 +69,30 @@ class PolicyBook:
         self._active[policy.id] = ActivePolicy(policy, condition)
         return True
 
-    def replace_all(self, live: Iterable[governor_pb2.Policy]) -> None:
-        """A full listing of the live policies (ENFORCED or DRY_RUN): applies each, and drops
-        active policies missing from it (revoked while we were not listening)."""
+    def replace_all(self, live: Iterable[governor_pb2.Policy], as_of_revision: int = 0) -> None:
+        """A full listing of the live policies (ENFORCED or DRY_RUN), taken after the Governor
+        had reached `as_of_revision`: applies each, and drops active policies missing from it
+        (revoked while we were not listening)."""
         listed = set()
         for policy in live:
             listed.add(policy.id)
             self.apply(policy)
         for policy_id in set(self._active) - listed:
-            del self._active[policy_id]
+            # Not dropped when this replica knows a change newer than the listing.
+            if not as_of_revision or self._active[policy_id].policy.revision <= as_of_revision:
+                del self._active[policy_id]
+        if as_of_revision > self.revision:
+            self.revision = as_of_revision
+            self._ahead = {r for r in self._ahead if r > as_of_revision}
+            self._advance(as_of_revision)
         self.loaded = True
+
+    def _advance(self, revision: int) -> None:
+        if revision > self.revision:
+            self._ahead.add(revision)
+        while self.revision + 1 in self._ahead:
+            self.revision += 1
+            self._ahead.remove(self.revision)
 
     def evaluate(self, signal: Mapping[str, Any]) -> tuple[list[ActivePolicy], list[ActivePolicy]]:
         """The enforced and the dry-run policies whose condition matches `signal`."""

@@ -1,5 +1,8 @@
 """Keeps the PolicyBook current: policy events from the bus as they come, and a full listing
-from the Governor at start and every few minutes (in case an event was missed)."""
+from the Governor at start, every few minutes, and whenever the book stays behind the
+Governor's revision (an event was missed: lost in an outage, or published while this replica
+was not subscribed). The Governor's HealthCheck reports its revision; asking every
+`check_seconds` costs one small call."""
 
 from __future__ import annotations
 
@@ -24,12 +27,14 @@ class PolicySync:
         channel_options: ChannelOptions,
         resync_seconds: float = 300.0,
         retry_seconds: float = 1.0,
+        check_seconds: float = 2.0,
     ) -> None:
         self._book = book
         self._target = governor_target
         self._options = channel_options
         self._resync_seconds = resync_seconds
         self._retry_seconds = retry_seconds
+        self._check_seconds = check_seconds
 
     async def on_policy_event(self, event: events_pb2.Event) -> None:
         """Bus handler of this replica's subscription to `tai-policies`."""
@@ -55,18 +60,43 @@ class PolicySync:
                 await asyncio.sleep(self._retry_seconds)
 
     async def run(self) -> None:
-        """Periodic full resync (a worker)."""
+        """Resyncs every `resync_seconds`, and when the book is still behind the revision the
+        Governor had reached one check earlier (a worker)."""
+        loop = asyncio.get_running_loop()
+        next_full = loop.time() + self._resync_seconds
+        target = 0
         while True:
-            await asyncio.sleep(self._resync_seconds)
+            await asyncio.sleep(self._check_seconds)
             try:
-                await self._load_once()
+                if self._book.revision < target or loop.time() >= next_full:
+                    if self._book.revision < target:
+                        log.warning(
+                            "policy book at revision %d, the Governor was at %d: an event was "
+                            "missed; listing the policies again",
+                            self._book.revision,
+                            target,
+                        )
+                    await self._load_once()
+                    next_full = loop.time() + self._resync_seconds
+                target = await self._governor_revision()
             except grpc.aio.AioRpcError as error:
                 log.warning("policy resync failed (%s); keeping the current set", error.code())
 
+    async def _governor_revision(self) -> int:
+        async with open_channel(self._target, self._options) as channel:
+            status = await GovernorClient(channel, self._options).health()
+        for detail in status.details:
+            name, _, value = detail.partition("=")
+            if name == "policy_revision":
+                return int(value)
+        return 0
+
     async def _load_once(self) -> None:
+        # The revision first: the listing that follows reflects at least every change up to it.
+        revision = await self._governor_revision()
         async with open_channel(self._target, self._options) as channel:
             client = GovernorClient(channel, self._options)
             live: list[governor_pb2.Policy] = [
                 p async for p in client.list_all(states=list(LIVE_STATES))
             ]
-        self._book.replace_all(live)
+        self._book.replace_all(live, as_of_revision=revision)

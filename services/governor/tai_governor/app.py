@@ -76,6 +76,8 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
             await refresh_policy_gauge(deps.store)
             await asyncio.sleep(15.0)
 
+    # How far the streams (and so the Coordinators, which compare) have got.
+    runtime.health_details.append(lambda: f"policy_revision={service.feed.revision}")
     runtime.add_worker("policy-gauge", count_policies)
     runtime.add_worker("policy-feed", service.feed.run)
     runtime.add_startup(subscribe)

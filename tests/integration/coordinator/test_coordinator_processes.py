@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import pytest
@@ -86,3 +87,41 @@ async def test_coordinator_waits_for_the_governor(
     async with open_channel(coordinator.target) as channel:
         receipt = await CoordinatorClient(channel).submit_signal(signal_type="alert", priority=1)
         assert receipt.status == "success"
+
+
+async def test_a_replica_that_misses_policy_events_catches_up_from_the_governor(
+    service_processes: MakeProcess, sqlite_url: str, tmp_path: Path
+) -> None:
+    """The Coordinator's bus here is not the Governor's, so no policy event ever reaches it
+    (as if every one were lost): it sees from the Governor's revision that it is behind, lists
+    the policies again, and the new policy matches signals."""
+    governor = await service_processes(
+        "tai_governor", TAI_STORE=sqlite_url, TAI_BUS=sqlite_url
+    ).start()
+    coordinator = await service_processes(
+        "tai_coordinator",
+        TAI_GOVERNOR_TARGET=governor.target,
+        TAI_STORE=sqlite_url,
+        TAI_BUS=f"sqlite:///{tmp_path / 'other-bus.db'}",
+    ).start()
+    async with open_channel(governor.target) as g, open_channel(coordinator.target) as c:
+        governor_client, coordinator_client = GovernorClient(g), CoordinatorClient(c)
+        receipt = await governor_client.propose(
+            policy_type="operational",
+            name="late",
+            condition="signal.priority >= 8",
+            action=governor_pb2.ActionTemplate(action_type="scale", target_service="api"),
+        )
+        enforced = await governor_client.enforce(receipt.resource_id)
+        revision = int(enforced.result_data["revision"])
+
+        async def caught_up() -> bool:
+            status = await coordinator_client.health()
+            return f"policy_revision={revision}" in status.details
+
+        async with asyncio.timeout(30):
+            while not await caught_up():  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+        await coordinator_client.submit_signal(signal_id="s-1", signal_type="alert", priority=9)
+        signal = await coordinator_client.get_signal("s-1")
+    assert list(signal.matched_policy_ids) == [receipt.resource_id]

@@ -52,10 +52,29 @@ def test_enforced_and_dry_run_policies_are_evaluated_separately() -> None:
 
 def test_a_late_older_version_does_not_come_back() -> None:
     book = PolicyBook()
+    book.apply(policy("a", 1, ENFORCED))
     book.apply(policy("a", 3, REVOKED))
     assert not book.apply(policy("a", 2, ENFORCED))
     assert len(book) == 0
     assert book.revision == 3
+
+
+def test_the_revision_stops_at_the_first_change_not_yet_seen() -> None:
+    book = PolicyBook()
+    for revision in (1, 2, 4, 5):
+        book.apply(policy(f"p{revision}", revision, ENFORCED))
+    assert book.revision == 2  # 3 has not come: the replica has caught up to 2 only
+    book.apply(policy("p3", 3, ENFORCED))
+    assert book.revision == 5
+
+
+def test_a_listing_as_of_a_revision_covers_the_changes_before_it() -> None:
+    book = PolicyBook()
+    book.apply(policy("a", 1, ENFORCED))
+    book.apply(policy("c", 6, ENFORCED))  # 2..5 were missed
+    book.replace_all([policy("a", 1, ENFORCED), policy("b", 4, ENFORCED)], as_of_revision=5)
+    assert book.revision == 6
+    assert sorted(p.id for p in book.evaluate(signal(9))[0]) == ["a", "b", "c"]
 
 
 def test_disabled_policies_are_not_evaluated() -> None:
