@@ -101,7 +101,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         balanced_channel(cluster.coordinators),
         balanced_channel(cluster.schedulers),
     )
-    workload = Workload(run_id, *channels, rates)
+    # Each StreamActions client starts on its own Coordinator replica (so killing one breaks
+    # a stream) and moves to the other when that one is down.
+    stream_channels = [
+        balanced_channel([cluster.coordinators[i], cluster.coordinators[1 - i]], "pick_first")
+        for i in range(2)
+    ]
+    workload = Workload(run_id, *channels, rates, stream_channels)
     try:
         phases, last_heal_at = await _inject_under_load(cluster, workload, timing)
         checks = await Checker(cluster, workload, cluster.suite.ledger_path).run(
@@ -112,7 +118,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         raise
     finally:
         await workload.close()
-        await close_quietly(*channels)
+        await close_quietly(*channels, *stream_channels)
         await cluster.stop()
     _count_calls(workload, phases)
     passed = all(c.passed for c in checks)

@@ -106,12 +106,15 @@ class Cluster:
         )
 
 
-def balanced_channel(processes: list[ServiceProcess]) -> grpc.aio.Channel:
-    """One channel over several replicas, round-robin, retrying UNAVAILABLE on another: what a
-    client behind a Kubernetes Service (or the mesh) sees when a replica dies."""
+def balanced_channel(
+    processes: list[ServiceProcess], policy: str = "round_robin"
+) -> grpc.aio.Channel:
+    """One channel over several replicas, retrying UNAVAILABLE on another: what a client
+    behind a Kubernetes Service (or the mesh) sees when a replica dies. `pick_first` keeps to
+    the first replica while it is up (a stream client that should start on that replica)."""
     addresses = ",".join(p.target for p in processes)
     config = {
-        "loadBalancingConfig": [{"round_robin": {}}],
+        "loadBalancingConfig": [{policy: {}}],
         "methodConfig": [
             {
                 "name": [

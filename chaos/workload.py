@@ -85,8 +85,11 @@ class Workload:
         coordinator: grpc.aio.Channel,
         scheduler: grpc.aio.Channel,
         rates: Rates,
+        action_stream_channels: list[grpc.aio.Channel],
     ) -> None:
+        """`action_stream_channels`: one Coordinator channel per StreamActions client."""
         self.run_id = run_id
+        self._action_streams = [CoordinatorClient(c) for c in action_stream_channels]
         self.rates = rates
         self.governor = GovernorClient(governor)
         self.coordinator = CoordinatorClient(coordinator)
@@ -145,7 +148,9 @@ class Workload:
     def start_streams(self) -> None:
         for index, target in enumerate(TARGET_SERVICES):
             self._streams.append(
-                asyncio.create_task(self._follow_actions(f"actions-{index}", target))
+                asyncio.create_task(
+                    self._follow_actions(f"actions-{index}", target, self._action_streams[index])
+                )
             )
             self._streams.append(asyncio.create_task(self._follow_policies(f"policies-{index}")))
 
@@ -260,14 +265,14 @@ class Workload:
 
     # --- the stream clients --------------------------------------------------------------
 
-    async def _follow_actions(self, name: str, target: str) -> None:
+    async def _follow_actions(self, name: str, target: str, client: CoordinatorClient) -> None:
         def received(action: coordinator_pb2.Action) -> None:
             self.actions_received[action.id] = self.actions_received.get(action.id, 0) + 1
             task = asyncio.create_task(self._acknowledge(action.id))
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
-        await self._follow(name, lambda: self.coordinator.stream_actions(target), received)
+        await self._follow(name, lambda: client.stream_actions(target), received)
 
     async def _acknowledge(self, action_id: str) -> None:
         # A lost acknowledgement is not retried here: the action comes back after its

@@ -60,6 +60,12 @@ def test_the_suite_survives_every_fault_and_loses_nothing(tmp_path: Path) -> Non
     # The Scheduler was killed while it ran something, so the takeover was exercised.
     assert "while it ran 0 task" not in phases["kill-scheduler"]["injected"]
 
+    # The kills broke streams, so resuming them was exercised: the Coordinator kill broke the
+    # StreamActions client on that replica, the Governor's restarts the StreamPolicies clients.
+    streams = report["streams"]
+    assert streams["actions-1"]["breaks"], streams["actions-1"]
+    assert all(streams[f"policies-{i}"]["breaks"] for i in range(2)), streams
+
     checks = {c["name"]: c for c in report["checks"]}
     assert list(checks) == CHECKS
     failed = [f"{c['name']}: {c['detail']}" for c in checks.values() if not c["passed"]]
