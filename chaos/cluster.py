@@ -13,13 +13,13 @@ cuts, so the emulator keeps its state across the outage as a real Pub/Sub would.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 from support.processes import ServiceProcess
 from support.tcp_proxy import TcpProxy
+from tai_client import ChannelOptions, open_channel
 
 from bench.suite import Suite, make_suite
 
@@ -113,26 +113,6 @@ def balanced_channel(
     behind a Kubernetes Service (or the mesh) sees when a replica dies. `pick_first` keeps to
     the first replica while it is up (a stream client that should start on that replica)."""
     addresses = ",".join(p.target for p in processes)
-    config = {
-        "loadBalancingConfig": [{policy: {}}],
-        "methodConfig": [
-            {
-                "name": [
-                    {"service": "tai.v1.Governor"},
-                    {"service": "tai.v1.Coordinator"},
-                    {"service": "tai.v1.Scheduler"},
-                ],
-                "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ],
-    }
-    return grpc.aio.insecure_channel(
-        f"ipv4:{addresses}",
-        options=[("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)],
+    return open_channel(
+        f"ipv4:{addresses}", ChannelOptions(load_balancing=policy, max_backoff_seconds=1.0)
     )

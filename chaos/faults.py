@@ -35,7 +35,7 @@ class Fault:
 
 
 async def _kill_scheduler(cluster: Cluster, workload: Workload) -> str:
-    victim = cluster.schedulers[1]
+    victim = _scheduler_1(cluster)
     replica = victim.env["TAI_REPLICA_ID"]
     # Kill it while it runs something, so the kill tests the lease takeover.
     running = 0
@@ -51,21 +51,32 @@ async def _kill_scheduler(cluster: Cluster, workload: Workload) -> str:
     return f"SIGKILL {replica} (pid {pid}) while it ran {running} task attempt(s)"
 
 
-async def _restart_scheduler(cluster: Cluster, workload: Workload) -> str:
-    await cluster.schedulers[1].start()
-    return "restarted scheduler-1"
+def _coordinator_1(cluster: Cluster) -> ServiceProcess:
+    return cluster.coordinators[1]
+
+
+def _scheduler_1(cluster: Cluster) -> ServiceProcess:
+    return cluster.schedulers[1]
+
+
+def _governor(cluster: Cluster) -> ServiceProcess:
+    return cluster.governor
+
+
+def _restart(victim: Callable[[Cluster], ServiceProcess]) -> Step:
+    async def restart(cluster: Cluster, workload: Workload) -> str:
+        process = victim(cluster)
+        await process.start()
+        return f"restarted {process.env['TAI_REPLICA_ID']}"
+
+    return restart
 
 
 async def _kill_coordinator(cluster: Cluster, workload: Workload) -> str:
-    victim = cluster.coordinators[1]
+    victim = _coordinator_1(cluster)
     pid = _pid(victim)
     victim.kill()
     return f"SIGKILL {victim.env['TAI_REPLICA_ID']} (pid {pid})"
-
-
-async def _restart_coordinator(cluster: Cluster, workload: Workload) -> str:
-    await cluster.coordinators[1].start()
-    return "restarted coordinator-1"
 
 
 async def _kill_relay(cluster: Cluster, workload: Workload) -> str:
@@ -84,11 +95,6 @@ async def _kill_relay(cluster: Cluster, workload: Workload) -> str:
         f"SIGKILL governor-0 (pid {pid}) as ProposePolicy returned revision "
         f"{receipt.result_data['revision']}, before its relay could publish it"
     )
-
-
-async def _restart_governor_process(cluster: Cluster, workload: Workload) -> str:
-    await cluster.governor.start()
-    return "restarted governor-0"
 
 
 async def _stop_redis(cluster: Cluster, workload: Workload) -> str:
@@ -125,10 +131,10 @@ def _pid(process: ServiceProcess) -> int:
 
 
 FAULTS = [
-    Fault("kill-scheduler", _kill_scheduler, _restart_scheduler),
-    Fault("kill-coordinator", _kill_coordinator, _restart_coordinator),
-    Fault("kill-relay", _kill_relay, _restart_governor_process),
+    Fault("kill-scheduler", _kill_scheduler, _restart(_scheduler_1)),
+    Fault("kill-coordinator", _kill_coordinator, _restart(_coordinator_1)),
+    Fault("kill-relay", _kill_relay, _restart(_governor)),
     Fault("stop-redis", _stop_redis, _start_redis, applies=Cluster.has_redis),
     Fault("cut-bus", _cut_bus, _restore_bus, applies=Cluster.has_networked_bus),
-    Fault("restart-governor", _terminate_governor, _restart_governor_process, lasts=False),
+    Fault("restart-governor", _terminate_governor, _restart(_governor), lasts=False),
 ]

@@ -50,6 +50,9 @@ class ChannelOptions:
     bearer_token: str | Callable[[], str] = ""
     # More client interceptors (e.g. metrics, tracing), run before the token is added.
     interceptors: tuple[grpc.aio.ClientInterceptor, ...] = ()
+    # gRPC's load-balancing policy over the target's addresses ("round_robin", "pick_first";
+    # empty: gRPC's default), for a target that names several replicas ("ipv4:host:port,…").
+    load_balancing: str = ""
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_attempts <= 5:
@@ -57,10 +60,14 @@ class ChannelOptions:
 
 
 def _service_config(options: ChannelOptions) -> str:
+    config: dict[str, Any] = {"methodConfig": []}
+    if options.load_balancing:
+        config["loadBalancingConfig"] = [{options.load_balancing: {}}]
     if options.max_attempts == 1:  # no retries (gRPC wants a retry policy to allow at least 2)
-        return json.dumps({"methodConfig": []})
+        return json.dumps(config)
     return json.dumps(
         {
+            **config,
             "methodConfig": [
                 {
                     "name": [
@@ -76,7 +83,7 @@ def _service_config(options: ChannelOptions) -> str:
                         "retryableStatusCodes": ["UNAVAILABLE"],
                     },
                 }
-            ]
+            ],
         }
     )
 
