@@ -21,11 +21,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from tai_client import CoordinatorClient, open_channel
 
 from bench.scenarios import wait_policy_revision
 from bench.suite import BACKENDS
-from chaos.checks import Checker
+from chaos.checks import Check, Checker
 from chaos.cluster import Cluster, balanced_channel
 from chaos.faults import FAULTS
 from chaos.workload import Rates, Workload, close_quietly
@@ -121,6 +122,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await close_quietly(*channels, *stream_channels)
         await cluster.stop()
     _count_calls(workload, phases)
+    not_injected = [p.name for p in phases if p.injected.startswith("NOT INJECTED")]
+    checks.append(
+        Check(
+            "every fault was injected",
+            not not_injected,
+            f"not injected: {not_injected}" if not_injected else f"{len(phases) - 1} faults",
+        )
+    )
     passed = all(c.passed for c in checks)
     if not passed:
         print(cluster.log_tails(), file=sys.stderr)
@@ -163,7 +172,13 @@ async def _inject_under_load(
             phase.ended_at = phase.started_at
             continue
         print(f"chaos: {fault.name}", flush=True)
-        phase.injected = await fault.inject(cluster, workload)
+        try:
+            phase.injected = await fault.inject(cluster, workload)
+        except grpc.aio.AioRpcError as error:
+            # The fault needed a call (e.g. the change the relay must not publish) that failed.
+            phase.injected = f"NOT INJECTED: {error.code().name} ({error.details()})"
+            phase.ended_at = loop_time()
+            continue
         if fault.lasts:
             await asyncio.sleep(timing.outage_s)
         phase.healed = await fault.heal(cluster, workload)

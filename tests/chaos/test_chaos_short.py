@@ -29,6 +29,7 @@ CHECKS = [
     "every Coordinator replica caught up with the last policy change",
     "no task executed twice",
     "every stream client resumed",
+    "every fault was injected",
 ]
 
 pytestmark = pytest.mark.slow
