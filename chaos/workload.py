@@ -101,7 +101,6 @@ class Workload:
         self.policies: list[PolicyReceipt] = []
         # What the stream clients saw.
         self.actions_received: dict[str, int] = {}  # action id -> times received
-        self.actions_acknowledged: set[str] = set()
         self.revisions_seen: dict[str, set[int]] = {}
         self.streams: dict[str, StreamClient] = {}
         self.matching_policy_id = ""
@@ -277,12 +276,10 @@ class Workload:
     async def _acknowledge(self, action_id: str) -> None:
         # A lost acknowledgement is not retried here: the action comes back after its
         # deadline, as it would to any client, and is acknowledged then.
-        receipt = await self._outcome(
+        await self._outcome(
             "AcknowledgeAction",
             self.coordinator.acknowledge(action_id, "completed", timeout=CALL_TIMEOUT_S),
         )
-        if receipt is not None:
-            self.actions_acknowledged.add(action_id)
 
     async def _follow_policies(self, name: str) -> None:
         seen = self.revisions_seen[name] = set()
