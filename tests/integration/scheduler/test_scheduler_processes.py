@@ -9,6 +9,7 @@ import asyncio
 import fcntl
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,31 +49,47 @@ def all_threads_stopped(pid: int) -> bool:
     return True
 
 
-def freeze_between_writes(pid: int, sqlite_url: str) -> None:
-    """SIGSTOPs `pid` at a moment it holds no write transaction on the shared SQLite file.
-
-    A process frozen mid-transaction would keep the embedded store's write lock (the flock
-    beside the database) and stall every other process, which is not the fault under test:
-    the fault is a replica that stalls past its lease between writes, as a long GC pause or a
-    preempted VM would. So stop, probe the lock without blocking, and resume and retry if the
-    frozen process holds it."""
+def holds_no_write_lock(sqlite_url: str, ledger: Path) -> bool:
+    """True when nobody holds the store's write flock or the ledger's SQLite write lock."""
     lock_path = f"{sqlite_url.removeprefix('sqlite:///')}-writelock"
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        while True:
-            os.kill(pid, signal.SIGSTOP)
-            while not all_threads_stopped(pid):
-                time.sleep(0.001)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.kill(pid, signal.SIGCONT)
-                time.sleep(0.005)
-                continue
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+    # timeout=0: a lock held by anyone (RESERVED for a write, EXCLUSIVE for the switch to WAL
+    # or the checkpoint of a last connection closing) fails at once instead of waiting.
+    probe = sqlite3.connect(ledger, timeout=0, isolation_level=None)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        probe.close()
+
+
+def freeze_between_writes(pid: int, sqlite_url: str, ledger: Path) -> None:
+    """SIGSTOPs `pid` at a moment it holds no write lock on the files it shares.
+
+    A process frozen mid-transaction would keep the embedded store's write lock (the flock
+    beside the database), or the test ledger's SQLite lock, and stall every other process,
+    which is not the fault under test: the fault is a replica that stalls past its lease
+    between writes, as a long GC pause or a preempted VM would. So stop, probe both locks
+    without blocking, and resume and retry if the frozen process holds one."""
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        while not all_threads_stopped(pid):
+            time.sleep(0.001)
+        if holds_no_write_lock(sqlite_url, ledger):
+            return
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.005)
 
 
 async def test_sigterm_lets_a_running_attempt_finish(
@@ -122,6 +139,7 @@ async def test_a_stalled_replica_cannot_overwrite_the_new_owners_result(
     service_processes: MakeProcess, sqlite_url: str, tmp_path: Path
 ) -> None:
     ledger = tmp_path / "ledger.db"
+    test_ledger.connect(ledger).close()  # made (and in WAL mode) before any replica opens it
     env = settings(sqlite_url, ledger, TAI_LEASE_SECONDS="1.5")
     stalled = await service_processes("tai_scheduler", TAI_REPLICA_ID="sched-a", **env).start()
     async with open_channel(stalled.target) as channel:
@@ -129,7 +147,7 @@ async def test_a_stalled_replica_cannot_overwrite_the_new_owners_result(
         receipt = await client.submit(task_type="test_sleep", parameters={"seconds": "2"})
         await wait_status(client, receipt.resource_id, ("running",))
     assert stalled.process is not None
-    await asyncio.to_thread(freeze_between_writes, stalled.process.pid, sqlite_url)
+    await asyncio.to_thread(freeze_between_writes, stalled.process.pid, sqlite_url, ledger)
     try:
         other = await service_processes("tai_scheduler", TAI_REPLICA_ID="sched-b", **env).start()
         async with open_channel(other.target) as channel:
