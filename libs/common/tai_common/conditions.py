@@ -5,8 +5,9 @@ INVALID_ARGUMENT), and the Coordinator compiles it once per policy version and e
 every signal. Both use this module, so both agree on what a condition may reference.
 
 CEL library: PyPI `common-expression-language` (Rust `cel` behind PyO3). It evaluates a compiled
-three-clause condition in about 8 µs here, against about 160 µs for `cel-python`; every signal is
-checked against every enforced policy, so that factor multiplies.
+three-clause condition in about 2 µs here once its variables are converted (`Bindings`), and
+converting a signal's map costs about 30 µs; so a signal is converted once and every policy's
+condition evaluated over the result, instead of converting it again per policy.
 """
 
 from __future__ import annotations
@@ -50,6 +51,14 @@ _SAMPLE_SIGNALS: tuple[dict[str, Any], ...] = (
 )
 
 
+class Bindings:
+    """A signal's variables, converted for CEL once, for evaluating many conditions over them."""
+
+    def __init__(self, signal: Mapping[str, Any]) -> None:
+        self.context = cel.Context()
+        self.context.add_variable("signal", dict(signal))
+
+
 @dataclass(frozen=True)
 class Condition:
     """A compiled condition. Compile once, evaluate many times."""
@@ -57,11 +66,12 @@ class Condition:
     source: str
     _program: Any
 
-    def matches(self, signal: Mapping[str, Any]) -> bool:
+    def matches(self, signal: Mapping[str, Any] | Bindings) -> bool:
         """True when the condition holds for `signal`. An evaluation error (a missing key, a
         type mismatch) or a non-boolean result counts as no match."""
+        bindings = signal if isinstance(signal, Bindings) else Bindings(signal)
         try:
-            result = self._program.execute({"signal": signal})
+            result = self._program.execute(bindings.context)
         except (KeyError, ValueError, TypeError, RuntimeError):
             return False
         return result is True

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tai.v1 import governor_pb2
-from tai_common.conditions import Condition, compile_condition
+from tai_common.conditions import Bindings, Condition, compile_condition
 from tai_common.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,9 @@ class PolicyBook:
         """The enforced and the dry-run policies whose condition matches `signal`."""
         enforced: list[ActivePolicy] = []
         dry_run: list[ActivePolicy] = []
+        bindings = Bindings(signal)
         for active in self._active.values():
-            if active.condition.matches(signal):
+            if active.condition.matches(bindings):
                 (dry_run if active.dry_run else enforced).append(active)
         return enforced, dry_run
 

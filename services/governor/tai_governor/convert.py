@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cachetools import LRUCache
 from tai.v1 import governor_pb2
 
 from tai_governor.policy import ActionTemplate, PolicyContent, PolicyState, PolicyVersion
@@ -68,6 +69,29 @@ def policy_to_proto(policy: PolicyVersion) -> governor_pb2.Policy:
         rolled_back_from_version=policy.rolled_back_from_version,
         state_reason=policy.state_reason,
     )
+
+
+class PolicyMessages:
+    """`policy_to_proto`, remembered by (id, version): a version is written once and never
+    changed, and building the message is a large share of a cached read's work."""
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self._messages: LRUCache[tuple[str, int], governor_pb2.Policy] = LRUCache(maxsize)
+
+    def shared(self, policy: PolicyVersion) -> governor_pb2.Policy:
+        """The message, shared with other callers: only copy from it (a repeated field's
+        `extend` or a constructor copies), never change it."""
+        key = (policy.id, policy.version)
+        message = self._messages.get(key)
+        if message is None:
+            message = self._messages[key] = policy_to_proto(policy)
+        return message
+
+    def copy(self, policy: PolicyVersion) -> governor_pb2.Policy:
+        """A message of the caller's own."""
+        message = governor_pb2.Policy()
+        message.CopyFrom(self.shared(policy))
+        return message
 
 
 def policy_from_proto(message: governor_pb2.Policy) -> PolicyVersion:

@@ -7,13 +7,19 @@
   revision on, so a listing is never served from an older revision's entry. The revision is
   read from the store at start and advanced by this replica's commits and by the policy events
   it consumes (other replicas' commits), so a replica lags another's writes by the bus delay.
+
+Cached values are JSON bytes (shared with other replicas through Redis). Decoding them is most
+of a cached read's work, so the decoded value is remembered by the exact bytes it came from:
+the same bytes always decode to the same value, whichever entry or replica they came from.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
+from cachetools import LRUCache
 from tai_common.cache.port import Cache
 from tai_common.cache.read_through import ReadThrough
 from tai_common.store.port import Cursor
@@ -22,6 +28,8 @@ from tai_governor.policy import PolicyState, PolicyVersion
 from tai_governor.repository import PolicyRepository
 
 POLICY_TTL_SECONDS = 300.0
+# Decoded values remembered, by their bytes: a few hundred policies and listing pages.
+DECODED_ENTRIES = 1024
 
 
 class PolicyCache:
@@ -29,6 +37,7 @@ class PolicyCache:
         self._policies = ReadThrough(cache, "policy", POLICY_TTL_SECONDS)
         self._listings = ReadThrough(cache, "policies", POLICY_TTL_SECONDS)
         self._repo = repository
+        self._decoded: LRUCache[bytes, Any] = LRUCache(maxsize=DECODED_ENTRIES)
         self.known_revision = 0
 
     async def start(self) -> None:
@@ -47,7 +56,13 @@ class PolicyCache:
             return json.dumps(policy.to_doc()).encode(), policy.version
 
         raw = await self._policies.get(policy_id, load)
-        return PolicyVersion.from_doc(json.loads(raw)) if raw is not None else None
+        if raw is None:
+            return None
+        policy = self._decoded.get(raw)
+        if policy is None:
+            policy = self._decoded[raw] = PolicyVersion.from_doc(json.loads(raw))
+        assert isinstance(policy, PolicyVersion)
+        return policy
 
     async def list_current(
         self,
@@ -74,6 +89,13 @@ class PolicyCache:
 
         raw = await self._listings.get(key, load)
         assert raw is not None  # a listing always loads
-        page = json.loads(raw)
-        cursor = tuple(page["cursor"]) if page["cursor"] is not None else None
-        return [PolicyVersion.from_doc(d) for d in page["policies"]], cursor
+        decoded = self._decoded.get(raw)
+        if decoded is None:
+            page = json.loads(raw)
+            cursor = tuple(page["cursor"]) if page["cursor"] is not None else None
+            decoded = self._decoded[raw] = (
+                tuple(PolicyVersion.from_doc(d) for d in page["policies"]),
+                cursor,
+            )
+        policies, cursor = decoded
+        return list(policies), cursor

@@ -16,7 +16,11 @@ from tai_common.idempotency import request_fingerprint
 from tai_common.pagination import decode_page_token, encode_page_token, page_size
 from tai_common.runtime import ServiceRuntime
 
-from tai_governor.convert import STATE_FROM_PROTO, content_from_request, policy_to_proto
+from tai_governor.convert import (
+    STATE_FROM_PROTO,
+    PolicyMessages,
+    content_from_request,
+)
 from tai_governor.service import Change, Outcome, PolicyService
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -50,6 +54,7 @@ class GovernorServicer(governor_pb2_grpc.GovernorServicer):
         self._service = service
         self._runtime = runtime
         self._audit_log = audit_log
+        self._messages = PolicyMessages()
 
     async def ProposePolicy(
         self, request: governor_pb2.ProposePolicyRequest, context: Context
@@ -105,13 +110,13 @@ class GovernorServicer(governor_pb2_grpc.GovernorServicer):
             page_token=request.page_token,
         )
         return governor_pb2.GetPoliciesResponse(
-            policies=[policy_to_proto(p) for p in policies], next_page_token=token
+            policies=[self._messages.shared(p) for p in policies], next_page_token=token
         )
 
     async def GetPolicy(
         self, request: governor_pb2.GetPolicyRequest, context: Context
     ) -> governor_pb2.Policy:
-        return policy_to_proto(await self._service.get(request.id, request.version))
+        return self._messages.copy(await self._service.get(request.id, request.version))
 
     async def ListPolicyVersions(
         self, request: governor_pb2.ListPolicyVersionsRequest, context: Context
@@ -120,7 +125,7 @@ class GovernorServicer(governor_pb2_grpc.GovernorServicer):
             request.id, requested_page_size=request.page_size, page_token=request.page_token
         )
         return governor_pb2.ListPolicyVersionsResponse(
-            versions=[policy_to_proto(p) for p in versions], next_page_token=token
+            versions=[self._messages.shared(p) for p in versions], next_page_token=token
         )
 
     async def StreamPolicies(
@@ -129,7 +134,7 @@ class GovernorServicer(governor_pb2_grpc.GovernorServicer):
         async for policy in self._service.stream(
             policy_type=request.policy_type, from_revision=request.from_revision
         ):
-            yield policy_to_proto(policy)
+            yield self._messages.copy(policy)
 
     async def ListAuditRecords(
         self, request: governor_pb2.ListAuditRecordsRequest, context: Context

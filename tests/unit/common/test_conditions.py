@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tai_common.conditions import compile_condition, signal_variables
+from tai_common.conditions import Bindings, compile_condition, signal_variables
 from tai_common.errors import InvalidArgument
 
 
@@ -34,6 +34,21 @@ def test_a_missing_metadata_key_is_no_match_not_an_error() -> None:
     condition = compile_condition('signal.metadata["team"] == "sre"')
     assert not condition.matches(signal())
     assert condition.matches(signal(metadata={"team": "sre"}))
+
+
+def test_one_binding_serves_every_condition_with_the_same_answers() -> None:
+    conditions = [
+        compile_condition('signal.metadata["service"] == "api"'),
+        compile_condition("signal.priority < 5"),
+        compile_condition('signal.metadata["team"] == "sre"'),  # a missing key: no match
+        compile_condition('signal.type == "alert" && signal.source == "prometheus"'),
+    ]
+    for variables in (signal(), signal(priority=3, metadata={"team": "sre"})):
+        bindings = Bindings(variables)
+        assert [c.matches(bindings) for c in conditions] == [
+            c.matches(variables) for c in conditions
+        ]
+    assert [c.matches(Bindings(signal())) for c in conditions] == [True, False, False, True]
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,13 @@ Continuation = Callable[
 
 
 class BehaviorInterceptor(grpc.aio.ServerInterceptor):
-    """Subclasses override `wrap_unary` and `wrap_stream` (given the method name)."""
+    """Subclasses override `wrap_unary` and `wrap_stream` (given the method name).
+
+    grpc.aio runs `intercept_service` for every call; the wrapped handler is built once per
+    method and handler and reused, so a call pays for the wrapper's work only."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
         return behavior
@@ -33,6 +39,16 @@ class BehaviorInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         # The stubs type behaviours as synchronous; on grpc.aio they are coroutines.
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
@@ -53,6 +69,7 @@ class GuardInterceptor(BehaviorInterceptor):
     """Runs `guard(method, context)` before each call; raising refuses the call."""
 
     def __init__(self, guard: Callable[[str, Context], Awaitable[None]]) -> None:
+        super().__init__()
         self._guard = guard
 
     def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
