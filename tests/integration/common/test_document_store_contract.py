@@ -389,6 +389,35 @@ async def test_concurrent_increments_lose_no_update(document_store: DocumentStor
     assert await document_store.get(COLL, "counter") == Document("counter", {"n": increments})
 
 
+async def test_transaction_get_many_reads_in_order_and_isolates_its_keys(
+    document_store: DocumentStore,
+) -> None:
+    increments = _concurrent_increments(document_store)
+    for i in range(3):
+        await document_store.set(COLL, f"c{i}", {"n": 0})
+
+    async def increment_all(tx: Transaction) -> list[str]:
+        docs = await tx.get_many(COLL, ["c2", "missing", "c0", "c1"])
+        await asyncio.sleep(0)  # let the other transactions interleave if they can
+        for doc in docs:
+            tx.set(COLL, doc.id, {"n": doc.data["n"] + 1})
+        return [doc.id for doc in docs]
+
+    results = await asyncio.gather(
+        *(document_store.run_transaction(increment_all) for _ in range(increments))
+    )
+    assert results == [["c2", "c0", "c1"]] * increments
+    counters = await document_store.get_many(COLL, ["c0", "c1", "c2"])
+    assert [d.data["n"] for d in counters] == [increments] * 3
+
+    async def read_after_write(tx: Transaction) -> None:
+        tx.set(COLL, "c0", {"n": -1})
+        await tx.get_many(COLL, ["c0"])
+
+    with pytest.raises(RuntimeError, match="reads before its first write"):
+        await document_store.run_transaction(read_after_write)
+
+
 async def test_cancelled_transaction_writes_nothing_and_blocks_nobody(
     document_store: DocumentStore,
 ) -> None:

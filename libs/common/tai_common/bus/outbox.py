@@ -135,18 +135,28 @@ class OutboxRelay:
     async def _claim(self) -> list[tuple[str, str, events_pb2.Event]]:
         now = self._clock.now_ns()
         until = now + int(self._config.claim_seconds * 1e9)
+        # Candidates come from a query outside the transaction, which then reads them by key:
+        # on Firestore a query inside a transaction locks the whole collection, so every
+        # writer's outbox entry would wait for the claim, and for a minute when the claiming
+        # process dies holding the lock. By key, only the claimed entries are locked.
+        candidates = await self._store.query(
+            Query(
+                OUTBOX,
+                filters=(Filter("claimed_until_ns", Op.LE, now),),
+                order_by=(Order("claimed_until_ns"), Order("created_ns")),
+                limit=self._config.batch_size,
+            )
+        )
+        if not candidates.documents:
+            return []
+        ids = [doc.id for doc in candidates.documents]
 
         async def claim(tx: Transaction) -> list[tuple[str, str, events_pb2.Event]]:
-            page = await tx.query(
-                Query(
-                    OUTBOX,
-                    filters=(Filter("claimed_until_ns", Op.LE, now),),
-                    order_by=(Order("claimed_until_ns"), Order("created_ns")),
-                    limit=self._config.batch_size,
-                )
-            )
             claimed = []
-            for doc in page.documents:
+            for doc in await tx.get_many(OUTBOX, ids):
+                # Deleted (published) or claimed by another relay since the query: skip it.
+                if int(doc.data["claimed_until_ns"]) > now:
+                    continue
                 tx.set(
                     OUTBOX,
                     doc.id,

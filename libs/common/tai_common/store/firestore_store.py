@@ -366,6 +366,10 @@ class _FirestoreTransaction:
         self._check_read()
         return await self._store._get(collection, doc_id, self._tx)
 
+    async def get_many(self, collection: str, doc_ids: Sequence[str]) -> list[Document]:
+        self._check_read()
+        return await self._store._get_many(collection, doc_ids, self._tx)
+
     async def query(self, query: Query) -> Page:
         self._check_read()
         return await self._store._query(query, self._tx)
@@ -480,6 +484,11 @@ class FirestoreStore:
 
     async def get_many(self, collection: str, doc_ids: Sequence[str]) -> list[Document]:
         """The documents that exist, in the order of `doc_ids` (one batched read)."""
+        return await self._get_many(collection, doc_ids, None)
+
+    async def _get_many(
+        self, collection: str, doc_ids: Sequence[str], tx: AsyncTransaction | None
+    ) -> list[Document]:
         wanted = list(dict.fromkeys(i for i in doc_ids if _valid_id(i)))
         if not wanted:
             check_collection(collection)
@@ -487,7 +496,7 @@ class FirestoreStore:
         refs = [self._ref(collection, i) for i in wanted]
         found: dict[str, dict[str, Any]] = {}
         with _translated():
-            async for snapshot in self._live_client().get_all(refs):
+            async for snapshot in self._live_client().get_all(refs, transaction=tx):
                 if snapshot.exists:
                     found[snapshot.id] = snapshot.to_dict() or {}
         # Decoded per occurrence: a repeated id yields independent documents.

@@ -171,6 +171,10 @@ class Transaction(Protocol):
 
     async def get(self, collection: str, doc_id: str) -> Document | None: ...
 
+    async def get_many(self, collection: str, doc_ids: Sequence[str]) -> list[Document]:
+        """The documents that exist, in the order of `doc_ids` (one round trip). Reading by
+        key locks only these documents; a query locks the whole collection on Firestore."""
+
     async def query(self, query: Query) -> Page: ...
 
     def create(self, collection: str, doc_id: str, data: Data) -> None:

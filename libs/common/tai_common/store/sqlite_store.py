@@ -462,6 +462,10 @@ class _SqliteTransaction:
         self._check_read()
         return await self._store._get(self._conn, collection, doc_id)
 
+    async def get_many(self, collection: str, doc_ids: Sequence[str]) -> list[Document]:
+        self._check_read()
+        return await self._store._get_many(self._conn, collection, doc_ids)
+
     async def query(self, query: Query) -> Page:
         self._check_read()
         return await self._store._query(self._conn, query)
@@ -613,13 +617,7 @@ class SqliteStore:
 
     async def get_many(self, collection: str, doc_ids: Sequence[str]) -> list[Document]:
         """The documents that exist, in the order of `doc_ids`."""
-        if not doc_ids:
-            return []
-        rows = await self._fetch(
-            self._reader_conn(), collection, _get_many_sql(collection), (_encode(list(doc_ids)),)
-        )
-        found = {row[0]: row[1] for row in rows}
-        return [Document(i, _decode(found[i])) for i in doc_ids if i in found]
+        return await self._get_many(self._reader_conn(), collection, doc_ids)
 
     async def query(self, query: Query) -> Page:
         """One page of the documents matching `query`; see the module docstring for order."""
@@ -640,6 +638,18 @@ class SqliteStore:
             self._reader_conn(), query.collection, f"EXPLAIN QUERY PLAN {sql.text}", parameters
         )
         return [str(row[3]) for row in rows]
+
+    async def _get_many(
+        self, conn: aiosqlite.Connection, collection: str, doc_ids: Sequence[str]
+    ) -> list[Document]:
+        if not doc_ids:
+            check_collection(collection)
+            return []
+        rows = await self._fetch(
+            conn, collection, _get_many_sql(collection), (_encode(list(doc_ids)),)
+        )
+        found = {row[0]: row[1] for row in rows}
+        return [Document(i, _decode(found[i])) for i in doc_ids if i in found]
 
     async def _get(
         self, conn: aiosqlite.Connection, collection: str, doc_id: str
