@@ -56,6 +56,10 @@ class TaskRepository:
         doc = await tx.get(TASKS, task_id)
         return Task.from_doc(doc.data) if doc else None
 
+    async def get_many_in(self, tx: Transaction, task_ids: Sequence[str]) -> dict[str, Task]:
+        """The tasks that exist among `task_ids`, by id, in one read."""
+        return {doc.id: Task.from_doc(doc.data) for doc in await tx.get_many(TASKS, task_ids)}
+
     async def due(self, now_ns: int, limit: int) -> list[Task]:
         """Pending tasks due at `now_ns`, earliest first (a plain read: no locks)."""
         page = await self._store.query(

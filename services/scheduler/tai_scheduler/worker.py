@@ -253,14 +253,15 @@ class Worker:
         """The claim transaction (reads first, then writes; may run more than once): re-reads
         the picked tasks and claims those still claimable."""
         now = self._clock.now_ns()
+        picked = await self._repo.get_many_in(tx, [*due_ids, *lapsed_ids])
         due = [
             t
-            for t in [await self._repo.get_in(tx, task_id) for task_id in due_ids]
+            for t in (picked.get(task_id) for task_id in due_ids)
             if t is not None and t.status is TaskState.PENDING and t.next_run_ns <= now
         ]
         lapsed = [
             t
-            for t in [await self._repo.get_in(tx, task_id) for task_id in lapsed_ids]
+            for t in (picked.get(task_id) for task_id in lapsed_ids)
             if t is not None and t.status is TaskState.RUNNING and t.lease_until_ns <= now
         ]
         recurring = [t for t in due if t.is_recurring]
