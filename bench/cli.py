@@ -115,6 +115,7 @@ def _target(ctx: Context, service: str) -> str:
         "coordinator": ctx.coordinator,
         "scheduler": ctx.scheduler,
         "empty": ctx.empty,
+        "empty_stack": ctx.empty_stack,
     }[service]
 
 
@@ -146,6 +147,7 @@ async def run(
         coordinator=suite.coordinator_target,
         scheduler=suite.scheduler_target,
         empty=suite.empty_target,
+        empty_stack=suite.empty_stack_target,
         ledger=suite.ledger_path,
     )
     config = LoadConfig(

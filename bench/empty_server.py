@@ -63,7 +63,41 @@ async def serve(host: str, port: int) -> None:
     await server.stop(1.0)
 
 
+async def serve_with_stack() -> None:
+    # Imported here: the plain baseline must not even load TAI's code.
+    from tai_common.config import ServiceSettings
+    from tai_common.grpc.server import GrpcServer
+    from tai_common.runtime import interceptor_stack
+    from tai_common.telemetry.tracing import configure_tracing
+
+    settings = ServiceSettings(service_name="bench-empty")
+    provider = configure_tracing(settings)
+    stack = interceptor_stack(settings, None, None)
+    server = GrpcServer(
+        settings,
+        registrars=[lambda s: s.add_generic_rpc_handlers((generic_handler(),))],
+        service_names=[SERVICE],
+        outer_interceptors=stack.outer,
+        interceptors=stack.inner,
+    )
+    port = await server.start()
+    await server.set_serving(True)
+    print(f"empty handler (with the services' interceptors) serving on port {port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(1.0)
+    if stack.close is not None:
+        await stack.close()
+    provider.shutdown()
+
+
 def main() -> None:
+    if os.environ.get("BENCH_EMPTY_STACK") == "1":
+        asyncio.run(serve_with_stack())
+        return
     asyncio.run(
         serve(os.environ.get("TAI_HOST", "127.0.0.1"), int(os.environ.get("TAI_GRPC_PORT", "0")))
     )

@@ -14,7 +14,8 @@ own event loop, and returns one or more `LatencyResult` rows.
 - `dispatch_lag`: N tasks of the `test_record` plug-in, all scheduled at one time T a few
   seconds ahead; lag = attempt start − T, from the Scheduler's records (the attempt's
   `started_at_ns`, set when a replica claims the task) and from the executor's ledger (when
-  the executor itself started).
+  the executor itself started). Then N more, due one after another at half the rate the
+  burst was worked through; lag = attempt start − the task's own scheduled time.
 
 Rates default to half the peak the throughput scenario of the same call measured in this run
 (`--rate` sets one).
@@ -37,7 +38,7 @@ from tai.v1 import governor_pb2
 from tai_client import CoordinatorClient, GovernorClient, SchedulerClient, open_channel
 from tai_test_executors import ledger as test_ledger
 
-from bench.load import NS_PER_MS, NS_PER_S, Summary
+from bench.load import NS_PER_S, Summary
 from bench.scenarios import (
     ACK_DEADLINE_S,
     TASK_TYPE,
@@ -471,9 +472,40 @@ def _ledger_starts(path: str, prefix: str) -> dict[str, int]:
     return {str(task_id): int(started) for task_id, started in rows}
 
 
+async def _wait_for_starts(path: str, prefix: str, n: int, timeout_s: float) -> dict[str, int]:
+    """Polls the ledger until the executor started all `n` tasks of `prefix`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        starts = await asyncio.to_thread(_ledger_starts, path, prefix)
+        if len(starts) >= n:
+            return starts
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(starts)} of {n} tasks started")
+        await asyncio.sleep(0.2)
+
+
+async def _claim_lags(scheduler: SchedulerClient, prefix: str) -> dict[str, int]:
+    """task id → its first attempt's start (the claim) − its scheduled time, from ListTasks."""
+    claims: dict[str, int] = {}
+    token = ""
+    while True:
+        page = await scheduler.list_page(
+            task_type=TASK_TYPE, page_size=1000, page_token=token, timeout=60
+        )
+        for task in page.tasks:
+            if task.task_id.startswith(prefix) and task.attempts:
+                claims[task.task_id] = task.attempts[0].started_at_ns - task.scheduled_time_ns
+        token = page.next_page_token
+        if not token:
+            return claims
+
+
 async def dispatch_lag(ctx: Context, suite: Suite, opts: LatencyOptions) -> list[LatencyResult]:
+    """N tasks due at one time T (a burst the replicas work through at their peak rate), then
+    N tasks due one after another at half that peak rate (the lag of a Scheduler that keeps
+    up, as the other latency scenarios run at half of their peak)."""
     n = opts.tasks
-    prefix = ctx.name("lag") + "-"
+    path = str(ctx.ledger)
     async with open_channel(ctx.scheduler) as channel:
         scheduler = SchedulerClient(channel)
         semaphore = asyncio.Semaphore(32)
@@ -488,8 +520,9 @@ async def dispatch_lag(ctx: Context, suite: Suite, opts: LatencyOptions) -> list
                     timeout=60,
                 )
 
-        # Submission must end before T: lead time from the SubmitTask rate (measured here, by
-        # 64 tasks parked a day ahead, when the throughput scenario did not run).
+        # Submission must end before the first task is due: lead time from the SubmitTask
+        # rate (measured here, by 64 tasks parked a day ahead, when the throughput scenario
+        # did not run).
         submit_rps = ctx.peak_rps.get("submit_task", 0.0)
         if submit_rps <= 0:
             parked = time.time_ns() + 86_400 * NS_PER_S
@@ -497,57 +530,65 @@ async def dispatch_lag(ctx: Context, suite: Suite, opts: LatencyOptions) -> list
             await asyncio.gather(*(submit(ctx.name(f"lag-cal-{i}"), parked) for i in range(64)))
             submit_rps = 64 / max(1e-3, time.perf_counter() - began)
         lead_s = 2.0 + 1.5 * n / submit_rps
-        scheduled_ns = time.time_ns() + int(lead_s * NS_PER_S)
-        await asyncio.gather(*(submit(f"{prefix}{i:05d}", scheduled_ns) for i in range(n)))
-        submitted_ns = time.time_ns()
 
-        path = str(ctx.ledger)
-        deadline = time.monotonic() + lead_s + 60.0 + n / 10
-        while True:
-            starts = await asyncio.to_thread(_ledger_starts, path, prefix)
-            if len(starts) >= n:
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(starts)} of {n} tasks started")
-            await asyncio.sleep(0.2)
+        async def run(prefix: str, spacing_ns: int) -> tuple[dict[str, int], dict[str, int]]:
+            """Submits `n` tasks due from T on, `spacing_ns` apart; returns each one's lag to
+            the executor's start and to the claim."""
+            first_ns = time.time_ns() + int(lead_s * NS_PER_S)
+            due = {f"{prefix}{i:05d}": first_ns + i * spacing_ns for i in range(n)}
+            await asyncio.gather(*(submit(task_id, at) for task_id, at in due.items()))
+            span_s = (n - 1) * spacing_ns / NS_PER_S
+            starts = await _wait_for_starts(path, prefix, n, lead_s + span_s + 60.0 + n / 10)
+            executor = {task_id: started - due[task_id] for task_id, started in starts.items()}
+            return executor, await _claim_lags(scheduler, prefix)
 
-        claims: dict[str, int] = {}
-        token = ""
-        while True:
-            page = await scheduler.list_page(
-                task_type=TASK_TYPE, page_size=1000, page_token=token, timeout=60
-            )
-            for task in page.tasks:
-                if task.task_id.startswith(prefix) and task.attempts:
-                    claims[task.task_id] = task.attempts[0].started_at_ns - task.scheduled_time_ns
-            token = page.next_page_token
-            if not token:
-                break
+        burst, burst_claims = await run(ctx.name("lag") + "-", 0)
+        burst_rate = n / max(1e-9, max(burst.values()) / NS_PER_S)
+        steady_rate = burst_rate / 2
+        steady, steady_claims = await run(ctx.name("steady") + "-", int(NS_PER_S / steady_rate))
 
-    executor_lags = [started - scheduled_ns for started in starts.values()]
-    spread_s = (max(starts.values()) - min(starts.values())) / NS_PER_S
-    common = {
-        "tasks": n,
-        "lead_s": round(lead_s, 2),
-        "submission_ended_before_T_ms": (scheduled_ns - submitted_ns) / NS_PER_MS,
-        "first_to_last_start_s": spread_s,
+    common = {"tasks": n, "lead_s": round(lead_s, 2)}
+    burst_extra = {
+        **common,
+        "first_to_last_start_s": (max(burst.values()) - min(burst.values())) / NS_PER_S,
     }
+    steady_extra = {**common, "offered_rate_per_s": round(steady_rate, 1)}
+    at_once = f"task dispatch lag ({n} due at once)"
+    spaced = f"task dispatch lag ({n} due at {steady_rate:.0f}/s, half the burst rate)"
+    claim_source = "ListTasks attempts[0].started_at_ns - scheduled_time_ns"
+    executor_source = "test_record ledger started_ns - scheduled time"
     return [
         LatencyResult(
             "dispatch_lag_claim",
-            f"task dispatch lag ({n} due at once): T → claimed (attempt started_at)",
-            Summary.of(list(claims.values())),
-            rate=n / max(1e-9, max(executor_lags) / NS_PER_S),
+            f"{at_once}: T → claimed (attempt started_at)",
+            Summary.of(list(burst_claims.values())),
+            rate=burst_rate,
             rate_unit="tasks/s",
-            extra={**common, "source": "ListTasks attempts[0].started_at_ns - scheduled_time_ns"},
+            extra={**burst_extra, "source": claim_source},
         ),
         LatencyResult(
             "dispatch_lag_executor",
-            f"task dispatch lag ({n} due at once): T → executor start",
-            Summary.of(executor_lags),
-            rate=n / max(1e-9, max(executor_lags) / NS_PER_S),
+            f"{at_once}: T → executor start",
+            Summary.of(list(burst.values())),
+            rate=burst_rate,
             rate_unit="tasks/s",
-            extra={**common, "source": "test_record ledger started_ns - T"},
+            extra={**burst_extra, "source": executor_source},
+        ),
+        LatencyResult(
+            "dispatch_lag_steady_claim",
+            f"{spaced}: due → claimed",
+            Summary.of(list(steady_claims.values())),
+            rate=steady_rate,
+            rate_unit="tasks/s",
+            extra={**steady_extra, "source": claim_source},
+        ),
+        LatencyResult(
+            "dispatch_lag_steady_executor",
+            f"{spaced}: due → executor start",
+            Summary.of(list(steady.values())),
+            rate=steady_rate,
+            rate_unit="tasks/s",
+            extra={**steady_extra, "source": executor_source},
         ),
     ]
 

@@ -49,6 +49,8 @@ class Suite:
     coordinators: list[ServiceProcess] = field(default_factory=list)
     scheduler: ServiceProcess | None = None
     empty: ServiceProcess | None = None
+    # The empty handler inside the services' server and interceptors.
+    empty_stack: ServiceProcess | None = None
     # The emulators backend's redis-server (chaos stops and restarts it).
     redis: Any = None
     _emulators: list[Any] = field(default_factory=list)
@@ -73,6 +75,11 @@ class Suite:
         assert self.empty is not None
         return self.empty.target
 
+    @property
+    def empty_stack_target(self) -> str:
+        assert self.empty_stack is not None
+        return self.empty_stack.target
+
     def process(self, module: str, **env: str) -> ServiceProcess:
         """A (not yet started) process of `module` on the suite's settings and a free port."""
         self._count += 1
@@ -88,6 +95,12 @@ class Suite:
         """The empty-handler server, the Governor, one Coordinator, the Scheduler."""
         self.empty = await self.process(
             "bench.empty_server", PYTHONPATH=_pythonpath(), TAI_REPLICA_ID="empty"
+        ).start(timeout)
+        self.empty_stack = await self.process(
+            "bench.empty_server",
+            PYTHONPATH=_pythonpath(),
+            TAI_REPLICA_ID="empty-stack",
+            BENCH_EMPTY_STACK="1",
         ).start(timeout)
         self.governor = await self.process("tai_governor", TAI_REPLICA_ID="governor-0").start(
             timeout
@@ -115,7 +128,13 @@ class Suite:
         self.coordinators.remove(process)
 
     def stop(self) -> None:
-        for process in [self.scheduler, *reversed(self.coordinators), self.governor, self.empty]:
+        for process in [
+            self.scheduler,
+            *reversed(self.coordinators),
+            self.governor,
+            self.empty,
+            self.empty_stack,
+        ]:
             if process is not None:
                 with contextlib.suppress(Exception):
                     process.stop()
@@ -125,7 +144,13 @@ class Suite:
 
     def log_tails(self) -> str:
         parts = []
-        for process in [self.governor, *self.coordinators, self.scheduler, self.empty]:
+        for process in [
+            self.governor,
+            *self.coordinators,
+            self.scheduler,
+            self.empty,
+            self.empty_stack,
+        ]:
             if process is not None:
                 parts.append(
                     f"--- {process.module} ({process.log_path.name})\n{process.log_tail()}"

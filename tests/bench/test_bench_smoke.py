@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 THROUGHPUT = [
+    "empty_stack",
     "get_policies",
     "get_policy",
     "propose_policy",
@@ -29,6 +30,8 @@ LATENCY = [
     "policy_propagation_coordinators",
     "dispatch_lag_claim",
     "dispatch_lag_executor",
+    "dispatch_lag_steady_claim",
+    "dispatch_lag_steady_executor",
 ]
 PERCENTILES = {"count", "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms"}
 
@@ -105,5 +108,9 @@ def test_the_smoke_run_prints_the_table_and_writes_the_results(tmp_path: Path) -
         assert row["latency"]["count"] > 0, name
     assert scenarios["stream_fanout"]["extra"]["subscribers"] == 50
     assert scenarios["dispatch_lag_executor"]["latency"]["count"] == 100
+    steady = scenarios["dispatch_lag_steady_executor"]
+    assert steady["latency"]["count"] == 100
+    # Paced at half the rate the burst was worked through.
+    assert steady["rate"] == pytest.approx(scenarios["dispatch_lag_executor"]["rate"] / 2)
     assert scenarios["policy_propagation_streams"]["latency"]["count"] == 3
     assert document["table"].strip() in out
