@@ -389,6 +389,47 @@ async def test_concurrent_increments_lose_no_update(document_store: DocumentStor
     assert await document_store.get(COLL, "counter") == Document("counter", {"n": increments})
 
 
+async def test_concurrent_transactions_fail_alone(document_store: DocumentStore) -> None:
+    """Transactions committed together (SQLite's group commit) or side by side (Firestore):
+    one that conflicts and one that raises leave nothing, and the others all land."""
+    n = _concurrent_increments(document_store)
+    await document_store.set(COLL, "taken", {"v": 0})
+
+    def writer(i: int) -> Callable[[Transaction], Awaitable[int]]:
+        async def write(tx: Transaction) -> int:
+            await tx.get(COLL, "taken")
+            tx.set(COLL, f"ok{i}", {"i": i})
+            tx.create(COLL, f"new{i}", {"i": i})
+            return i
+
+        return write
+
+    async def conflicting(tx: Transaction) -> None:
+        tx.set(COLL, "lost", {"v": 1})
+        tx.create(COLL, "taken", {"v": 1})
+
+    async def raising(tx: Transaction) -> None:
+        await tx.get(COLL, "taken")
+        raise ValueError("the caller's own error")
+
+    outcomes = await asyncio.gather(
+        *(document_store.run_transaction(writer(i)) for i in range(n // 2)),
+        document_store.run_transaction(conflicting),
+        document_store.run_transaction(raising),
+        *(document_store.run_transaction(writer(i)) for i in range(n // 2, n)),
+        return_exceptions=True,
+    )
+    conflict, raised = outcomes[n // 2], outcomes[n // 2 + 1]
+    assert isinstance(conflict, AlreadyExists)
+    assert conflict.resource_id == f"{COLL}/taken"
+    assert isinstance(raised, ValueError)
+    assert [o for o in outcomes if not isinstance(o, Exception)] == list(range(n))
+    assert len(await document_store.get_many(COLL, [f"ok{i}" for i in range(n)])) == n
+    assert len(await document_store.get_many(COLL, [f"new{i}" for i in range(n)])) == n
+    assert await document_store.get(COLL, "lost") is None
+    assert await document_store.get(COLL, "taken") == Document("taken", {"v": 0})
+
+
 async def test_transaction_get_many_reads_in_order_and_isolates_its_keys(
     document_store: DocumentStore,
 ) -> None:

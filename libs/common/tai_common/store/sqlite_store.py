@@ -47,7 +47,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 import aiosqlite
 
@@ -778,22 +778,34 @@ class SqliteStore:
         tx = _SqliteTransaction(self, conn)
         token = _ACTIVE.set((*_ACTIVE.get(), self))
         try:
-            await _run(conn, "SAVEPOINT tai_tx")
             result = await fn(tx)
-            tx.finished = True
-            member.new_tables = await self._apply(conn, tx.writes)
-            await _run(conn, "RELEASE tai_tx")
         except BaseException:
-            # Shielded: the batch goes on with the next member, so this one's writes must be
-            # gone before it does.
+            # Nothing was written yet (writes are buffered until `fn` returns).
             member.failed = True
-            member.poisoned = not await asyncio.shield(_rollback_to_savepoint(conn))
             _resolve(member.done)
             raise
         finally:
             tx.finished = True
             _ACTIVE.reset(token)
-        _resolve(member.done)
+        # The writes go in one hop to SQLite's thread, in a savepoint of the batch (see
+        # `_apply_writes`). Once that hop is queued it runs whatever this caller does, so the
+        # member's outcome is settled by the hop itself, and a caller that leaves meanwhile
+        # leaves writes that commit with the batch (as a caller leaving after them would).
+        applying = asyncio.ensure_future(self._apply(conn, tx.writes))
+
+        def settle(done: asyncio.Future[frozenset[str]]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                member.failed = True
+                member.poisoned = isinstance(done.exception(), _SavepointStuck)
+            else:
+                member.new_tables = done.result()
+            _resolve(member.done)
+
+        applying.add_done_callback(settle)
+        try:
+            await asyncio.shield(applying)
+        except _SavepointStuck as error:
+            raise Unavailable(f"sqlite: {error}") from error
         # Shielded: once applied, the writes commit with the batch even if this caller leaves.
         await asyncio.shield(member.committed)
         # Tables created inside a rolled-back transaction do not exist: record them only now.
@@ -859,23 +871,31 @@ class SqliteStore:
             _resolve(member.committed)
 
     async def _apply(self, conn: aiosqlite.Connection, writes: list[_Write]) -> frozenset[str]:
-        """Applies buffered writes in order: one executemany per run of writes of one kind to
-        one collection. Returns the collections whose table this created."""
+        """Applies buffered writes in order, in a savepoint, in one hop to SQLite's thread:
+        one executemany per run of writes of one kind to one collection. Returns the
+        collections whose table this created."""
         new_tables = frozenset(w.collection for w in writes) - self._tables
-        for collection in sorted(new_tables):
-            await _run(conn, _create_table_sql(collection))
-        for (kind, collection), run in itertools.groupby(
-            writes, key=lambda w: (w.kind, w.collection)
-        ):
-            batch = list(run)
-            try:
-                await conn.executemany(
-                    _write_sql(kind, collection), [w.parameters() for w in batch]
-                )
-            except sqlite3.IntegrityError as error:
-                raise await self._conflict(writes, batch) from error
-            except sqlite3.OperationalError as error:
+        runs = [
+            list(run) for _, run in itertools.groupby(writes, key=lambda w: (w.kind, w.collection))
+        ]
+        tables = [_create_table_sql(c) for c in sorted(new_tables)]
+        statements = [
+            (_write_sql(run[0].kind, run[0].collection), [w.parameters() for w in run])
+            for run in runs
+        ]
+        try:
+            # aiosqlite runs one callable per hop; `_execute` is how its own methods queue
+            # theirs (it has no public equivalent), and `_conn` is the sqlite3 connection that
+            # thread owns. One hop instead of one per statement shortens every group commit.
+            in_thread = cast(Callable[..., Awaitable[None]], conn._execute)
+            await in_thread(_apply_writes, conn._conn, tables, statements)
+        except _StatementFailed as failed:
+            error = failed.error
+            if isinstance(error, sqlite3.IntegrityError) and failed.index is not None:
+                raise await self._conflict(writes, runs[failed.index]) from error
+            if isinstance(error, sqlite3.OperationalError):
                 raise _translate(error) from error
+            raise error from None
         return new_tables
 
     async def _conflict(self, writes: list[_Write], batch: list[_Write]) -> AlreadyExists:
@@ -1033,15 +1053,45 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-async def _rollback_to_savepoint(conn: aiosqlite.Connection) -> bool:
-    """Undoes a batch member's writes; False when SQLite could not (the batch must not commit)."""
+class _StatementFailed(Exception):
+    """`_apply_writes` failed with `error` (at write statement `index`, None when it was not
+    a write); nothing of the member's writes remains."""
+
+    def __init__(self, index: int | None, error: Exception) -> None:
+        super().__init__(str(error))
+        self.index = index
+        self.error = error
+
+
+class _SavepointStuck(Exception):
+    """A member's savepoint could not be undone: its batch must not commit."""
+
+
+def _apply_writes(
+    db: sqlite3.Connection, tables: list[str], statements: list[tuple[str, list[Any]]]
+) -> None:
+    """In SQLite's thread: one batch member's new tables and writes, all or nothing, in a
+    savepoint released into the batch's transaction."""
     try:
-        await conn.execute_fetchall("ROLLBACK TO tai_tx")
-        await conn.execute_fetchall("RELEASE tai_tx")
-    except (sqlite3.Error, ValueError):
-        log.warning("sqlite: rolling back to a savepoint failed", exc_info=True)
-        return False
-    return True
+        db.execute("SAVEPOINT tai_tx")
+    except sqlite3.Error as error:
+        raise _StatementFailed(None, error) from error
+    index: int | None = None
+    try:
+        for sql in tables:
+            db.execute(sql)
+        for position, (sql, rows) in enumerate(statements):
+            index = position  # names the write that failed, if one does
+            db.executemany(sql, rows)
+        index = None
+        db.execute("RELEASE tai_tx")
+    except Exception as error:
+        try:
+            db.execute("ROLLBACK TO tai_tx")
+            db.execute("RELEASE tai_tx")
+        except sqlite3.Error as stuck:
+            raise _SavepointStuck(f"rolling back to a savepoint failed: {stuck}") from error
+        raise _StatementFailed(index, error) from error
 
 
 async def _run(conn: aiosqlite.Connection, sql: str) -> None:
