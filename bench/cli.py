@@ -10,11 +10,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.cpu import CpuSampler
 from bench.latency import LATENCY, LatencyOptions, LatencyResult
 from bench.load import CallSpec, LoadConfig, LoadResult, run_load
 from bench.scenarios import EMPTY, THROUGHPUT, Context, Throughput, check_once, request_factory
@@ -127,11 +129,27 @@ async def _load(ctx: Context, scenario: Throughput, config: LoadConfig) -> LoadR
     target = _target(ctx, scenario.service)
     await check_once(target, scenario.method, request_factory(scenario.name, params, 999)(0))
     spec = CallSpec(target, scenario.method, scenario.name, params)
-    result = await asyncio.to_thread(run_load, spec, config)
+    sampler = CpuSampler(ctx.server_pids)
+    sampling = asyncio.create_task(sampler.run()) if CpuSampler.available() else None
+    try:
+        result = await asyncio.to_thread(run_load, spec, config)
+    finally:
+        if sampling is not None:
+            sampler.sample()  # the window's end, before the task stops
+            sampling.cancel()
+    result = replace(
+        result,
+        server_cpu_s=sampler.between(
+            result.measured_from_s, result.measured_from_s + config.duration_s
+        ),
+    )
     errors = f", errors {result.errors}" if result.errors else ""
+    cpu = result.cpu_ms_per_call
     _log(
         f"{scenario.title}: {result.rps:.0f} rps, p50 {result.latency.p50_ms:.2f} ms, "
-        f"p99 {result.latency.p99_ms:.2f} ms{errors}"
+        f"p99 {result.latency.p99_ms:.2f} ms"
+        + (f", server CPU {cpu:.3f} ms/call" if cpu is not None else "")
+        + errors
     )
     return result
 
@@ -148,6 +166,7 @@ async def run(
         scheduler=suite.scheduler_target,
         empty=suite.empty_target,
         empty_stack=suite.empty_stack_target,
+        server_pids=suite.pids(),
         ledger=suite.ledger_path,
     )
     config = LoadConfig(

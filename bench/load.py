@@ -103,10 +103,21 @@ class LoadResult:
     window_s: float
     latency: Summary
     errors: dict[str, int]
+    # Wall-clock (epoch seconds) start of the measured window.
+    measured_from_s: float = 0.0
+    # CPU seconds the servers spent in the measured window (bench/cpu.py); None: not measured.
+    server_cpu_s: float | None = None
 
     @property
     def rps(self) -> float:
         return self.latency.count / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def cpu_ms_per_call(self) -> float | None:
+        """The servers' CPU per successful call measured, in milliseconds."""
+        if self.server_cpu_s is None or not self.latency.count:
+            return None
+        return 1000 * self.server_cpu_s / self.latency.count
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +125,7 @@ class LoadResult:
             "window_s": self.window_s,
             "latency": self.latency.as_dict(),
             "errors": dict(self.errors),
+            "server_cpu_ms_per_call": self.cpu_ms_per_call,
             "processes": self.config.processes,
             "concurrency": self.config.concurrency,
             "warmup_s": self.config.warmup_s,
@@ -163,7 +175,13 @@ def run_load(spec: CallSpec, config: LoadConfig, ready_timeout_s: float = 60.0) 
     for _, raw, worker_errors in collected:
         latencies.frombytes(raw)
         errors.update(worker_errors)
-    return LoadResult(config, config.duration_s, Summary.of(latencies), dict(errors))
+    return LoadResult(
+        config,
+        config.duration_s,
+        Summary.of(latencies),
+        dict(errors),
+        measured_from_s=start_at.value + config.warmup_s,
+    )
 
 
 def _worker_main(

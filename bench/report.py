@@ -48,12 +48,16 @@ class ThroughputRow:
 
 
 def ratios(result: LoadResult, baseline: LoadResult) -> dict[str, float]:
-    """rps: scenario ÷ empty (below 1: slower); latencies: scenario ÷ empty (above 1)."""
+    """rps: scenario ÷ empty (below 1: slower); latencies and server CPU per call: scenario ÷
+    empty (above 1: slower, costlier)."""
 
-    def div(a: float, b: float) -> float:
-        return a / b if b and not math.isnan(a) and not math.isnan(b) else float("nan")
+    def div(a: float | None, b: float | None) -> float:
+        if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
+            return float("nan")
+        return a / b
 
     return {
+        "cpu": div(result.cpu_ms_per_call, baseline.cpu_ms_per_call),
         "rps": div(result.rps, baseline.rps),
         "p50": div(result.latency.p50_ms, baseline.latency.p50_ms),
         "p90": div(result.latency.p90_ms, baseline.latency.p90_ms),
@@ -122,6 +126,10 @@ def _ms(value: float) -> str:
     return f"{value:.1f}" if value >= 100 else f"{value:.2f}"
 
 
+def _cpu(ms_per_call: float | None) -> str:
+    return "-" if ms_per_call is None else f"{ms_per_call:.3f}"
+
+
 def _x(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
@@ -163,8 +171,11 @@ def render(
             "",
             f"Throughput — closed loop, {config['processes']} client process(es) × "
             f"{config['concurrency']} concurrent callers, {config['warmup_s']:g} s warm-up, "
-            f"{config['duration_s']:g} s measured; latencies in ms; ÷empty = scenario / the "
-            "empty unary handler (rps below 1 = slower, latency above 1 = slower)",
+            f"{config['duration_s']:g} s measured; latencies in ms; cpu = the servers' CPU per "
+            "call in ms (user + system time of every suite process in the measured window, "
+            "which CPU steal and the client's share of the cores barely move); ÷empty = "
+            "scenario / the empty unary handler (rps below 1 = slower, latency and cpu above "
+            "1 = slower, costlier)",
             "",
         ]
         header = [
@@ -175,12 +186,14 @@ def render(
             "p99",
             "max",
             "err",
+            "cpu",
             "│",
             "rps÷empty",
             "p50÷empty",
             "p90÷empty",
             "p99÷empty",
             "max÷empty",
+            "cpu÷empty",
         ]
         rows: list[list[str]] = []
 
@@ -194,19 +207,22 @@ def render(
                 _ms(lat.p99_ms),
                 _ms(lat.max_ms),
                 _errors(result.errors),
+                _cpu(result.cpu_ms_per_call),
                 "│",
             ]
 
         if baseline is not None:
-            rows.append(
-                [*cells("empty unary handler (baseline)", baseline), "1", "1", "1", "1", "1"]
-            )
+            rows.append([*cells("empty unary handler (baseline)", baseline), *["1"] * 6])
         for row in throughput:
             r = ratios(row.result, baseline) if baseline is not None else None
             rows.append(
                 [
                     *cells(row.title, row.result),
-                    *([_x(r[k]) for k in ("rps", "p50", "p90", "p99", "max")] if r else ["-"] * 5),
+                    *(
+                        [_x(r[k]) for k in ("rps", "p50", "p90", "p99", "max", "cpu")]
+                        if r
+                        else ["-"] * 6
+                    ),
                 ]
             )
         out += _table(header, rows)

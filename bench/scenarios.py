@@ -41,6 +41,8 @@ class Context:
     # The empty handler inside the services' server and interceptor stack.
     empty_stack: str
     ledger: Path
+    # Every server process of the suite (empty handlers included): their CPU per call.
+    server_pids: list[int] = field(default_factory=list)
     peak_rps: dict[str, float] = field(default_factory=dict)
     # Setups already run (GetPolicies and GetPolicy share theirs), by setup function.
     setups: dict[str, dict[str, str]] = field(default_factory=dict)

@@ -80,6 +80,15 @@ class Suite:
         assert self.empty_stack is not None
         return self.empty_stack.target
 
+    def processes(self) -> list[ServiceProcess]:
+        """The server processes, in the order they start."""
+        started = [self.empty, self.empty_stack, self.governor, *self.coordinators, self.scheduler]
+        return [p for p in started if p is not None]
+
+    def pids(self) -> list[int]:
+        """The running server processes' ids."""
+        return [p.process.pid for p in self.processes() if p.process is not None]
+
     def process(self, module: str, **env: str) -> ServiceProcess:
         """A (not yet started) process of `module` on the suite's settings and a free port."""
         self._count += 1
@@ -128,33 +137,18 @@ class Suite:
         self.coordinators.remove(process)
 
     def stop(self) -> None:
-        for process in [
-            self.scheduler,
-            *reversed(self.coordinators),
-            self.governor,
-            self.empty,
-            self.empty_stack,
-        ]:
-            if process is not None:
-                with contextlib.suppress(Exception):
-                    process.stop()
+        for process in reversed(self.processes()):
+            with contextlib.suppress(Exception):
+                process.stop()
         for emulator in reversed(self._emulators):
             with contextlib.suppress(Exception):
                 emulator.stop()
 
     def log_tails(self) -> str:
-        parts = []
-        for process in [
-            self.governor,
-            *self.coordinators,
-            self.scheduler,
-            self.empty,
-            self.empty_stack,
-        ]:
-            if process is not None:
-                parts.append(
-                    f"--- {process.module} ({process.log_path.name})\n{process.log_tail()}"
-                )
+        parts = [
+            f"--- {process.module} ({process.log_path.name})\n{process.log_tail()}"
+            for process in self.processes()
+        ]
         return "\n".join(parts)
 
 

@@ -89,6 +89,7 @@ def test_the_smoke_run_prints_the_table_and_writes_the_results(tmp_path: Path) -
     baseline = document["baseline"]
     assert set(baseline["latency"]) == PERCENTILES
     assert baseline["latency"]["count"] > 0
+    assert baseline["server_cpu_ms_per_call"] > 0
 
     scenarios = {s["name"]: s for s in document["scenarios"]}
     assert list(scenarios) == THROUGHPUT + LATENCY
@@ -98,7 +99,9 @@ def test_the_smoke_run_prints_the_table_and_writes_the_results(tmp_path: Path) -
         assert set(row["latency"]) == PERCENTILES
         assert row["latency"]["count"] > 0, name
         assert row["rps"] > 0, name
-        assert set(row["vs_empty"]) == {"rps", "p50", "p90", "p99", "max"}
+        assert set(row["vs_empty"]) == {"rps", "p50", "p90", "p99", "max", "cpu"}
+        # The servers did work for the calls (the suite's processes are on this machine).
+        assert row["server_cpu_ms_per_call"] > 0, name
         assert row["errors"] == {}, (name, row["errors"])
     assert scenarios["submit_signal"]["setup"]["active_policies"] == "10"
     for name in LATENCY:
