@@ -121,11 +121,16 @@ def _target(ctx: Context, service: str) -> str:
     }[service]
 
 
-async def _load(ctx: Context, scenario: Throughput, config: LoadConfig) -> LoadResult:
+async def _load(
+    ctx: Context, scenario: Throughput, config: LoadConfig, name_suffix: str = ""
+) -> LoadResult:
+    """Loads `scenario`; `name_suffix` keeps the names a second pass creates new."""
     key = scenario.setup.__name__
     if key not in ctx.setups:
         ctx.setups[key] = await scenario.setup(ctx)
     params = ctx.setups[key]
+    if "prefix" in params:
+        params = {**params, "prefix": params["prefix"] + name_suffix}
     target = _target(ctx, scenario.service)
     await check_once(target, scenario.method, request_factory(scenario.name, params, 999)(0))
     spec = CallSpec(target, scenario.method, scenario.name, params)
@@ -145,13 +150,31 @@ async def _load(ctx: Context, scenario: Throughput, config: LoadConfig) -> LoadR
     )
     errors = f", errors {result.errors}" if result.errors else ""
     cpu = result.cpu_ms_per_call
+    paced = f" at {config.rate_per_s:.0f}/s (open loop)" if config.rate_per_s else ""
     _log(
-        f"{scenario.title}: {result.rps:.0f} rps, p50 {result.latency.p50_ms:.2f} ms, "
+        f"{scenario.title}{paced}: {result.rps:.0f} rps, p50 {result.latency.p50_ms:.2f} ms, "
         f"p99 {result.latency.p99_ms:.2f} ms"
         + (f", server CPU {cpu:.3f} ms/call" if cpu is not None else "")
         + errors
     )
     return result
+
+
+def _half_load(scenario: Throughput, result: LoadResult) -> LatencyResult:
+    """A paced run's figures as a latency row (latency from each call's scheduled time)."""
+    assert result.config.rate_per_s is not None
+    return LatencyResult(
+        f"{scenario.name}_half_load",
+        f"{scenario.title}, at half of its peak (open loop)",
+        result.latency,
+        rate=result.rps,
+        rate_unit="calls/s",
+        extra={
+            "offered_rate_per_s": round(result.config.rate_per_s, 1),
+            "errors": result.errors,
+            "server_cpu_ms_per_call": result.cpu_ms_per_call,
+        },
+    )
 
 
 async def run(
@@ -190,6 +213,17 @@ async def run(
             report.ThroughputRow(scenario.name, scenario.title, scenario.method, result, extra)
         )
 
+    latency: list[LatencyResult] = []
+    if baseline is not None:
+        # The same calls at half of the peak each reached above, sent on a fixed schedule.
+        peaks = [
+            (EMPTY, baseline),
+            *((s, row.result) for s, row in zip(selected, rows, strict=True)),
+        ]
+        for scenario, peak in peaks:
+            half = replace(config, rate_per_s=max(1.0, peak.rps / 2))
+            latency.append(_half_load(scenario, await _load(ctx, scenario, half, "-half")))
+
     options = LatencyOptions(
         warmup_s=args.warmup,
         duration_s=args.duration,
@@ -200,7 +234,6 @@ async def run(
         tasks=args.tasks,
         start_timeout_s=args.start_timeout,
     )
-    latency: list[LatencyResult] = []
     for name in args.names:
         if name not in LATENCY:
             continue

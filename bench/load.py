@@ -7,6 +7,10 @@ client), so the client's cost per call is the same for every scenario and for th
 baseline. Each worker builds its requests with `bench.scenarios.request_factory`, from the
 scenario name and the parameters its setup produced (both picklable).
 
+With `LoadConfig.rate_per_s`, the callers are replaced by an open loop: calls go out on a fixed
+schedule at that rate whatever the answers do, and a latency counts from the call's scheduled
+time (the "at half of peak load" measurement: a slow answer cannot hold the next send back).
+
 Latencies of the calls *started* inside the measured window are recorded with
 `time.perf_counter_ns` into an `array('q')`, sent back to the parent as bytes and merged there;
 requests/s = successful calls started in the window / window length.
@@ -52,6 +56,14 @@ class LoadConfig:
     duration_s: float = 10.0
     # Deadline of one call.
     call_timeout_s: float = 10.0
+    # None: closed loop (`concurrency` callers back to back). A rate: open loop, calls sent on a
+    # fixed schedule of this many per second (over all processes) whatever the answers do, and
+    # each latency counted from the call's scheduled time, so a stall shows in the percentiles
+    # instead of slowing the senders down (no coordinated omission).
+    rate_per_s: float | None = None
+    # Open loop: calls in flight per process at most; a call due beyond it is counted as an
+    # error ("SKIPPED_OVER_MAX_IN_FLIGHT") instead of sent.
+    max_in_flight: int = 2000
 
 
 @dataclass(frozen=True)
@@ -244,26 +256,50 @@ async def _worker(
         errors: Counter[str] = Counter()
         sequence = itertools.count()
 
+        async def one(request: bytes, scheduled: int) -> str:
+            """One call, its latency counted from `scheduled`; returns its error code or ""."""
+            code = ""
+            try:
+                await call(request, timeout=config.call_timeout_s)
+            except grpc.aio.AioRpcError as error:
+                code = error.code().name
+            if scheduled >= measure_from:
+                if code:
+                    errors[code] += 1
+                else:
+                    latencies.append(time.perf_counter_ns() - scheduled)
+            return code
+
         async def caller() -> None:
             while True:
                 request = make_request(next(sequence))
                 started = time.perf_counter_ns()
                 if started >= measure_to:
                     return
-                code = ""
-                try:
-                    await call(request, timeout=config.call_timeout_s)
-                except grpc.aio.AioRpcError as error:
-                    code = error.code().name
-                ended = time.perf_counter_ns()
-                if started >= measure_from:
-                    if code:
-                        errors[code] += 1
-                    else:
-                        latencies.append(ended - started)
-                if code:
+                if await one(request, started):
                     # A failing target must not turn into a busy loop.
                     await asyncio.sleep(0.01)
 
-        await asyncio.gather(*(caller() for _ in range(config.concurrency)))
+        async def paced(rate_per_s: float) -> None:
+            interval_ns = int(NS_PER_S / rate_per_s)
+            # Processes start a fraction of an interval apart, so their sends interleave.
+            next_ns = begin_ns + interval_ns * index // config.processes
+            in_flight: set[asyncio.Task[None]] = set()
+            while next_ns < measure_to:
+                await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / NS_PER_S))
+                if len(in_flight) >= config.max_in_flight:
+                    if next_ns >= measure_from:
+                        errors["SKIPPED_OVER_MAX_IN_FLIGHT"] += 1
+                else:
+                    request = make_request(next(sequence))
+                    sent = asyncio.create_task(one(request, next_ns))
+                    in_flight.add(sent)
+                    sent.add_done_callback(in_flight.discard)
+                next_ns += interval_ns
+            await asyncio.gather(*in_flight)
+
+        if config.rate_per_s is not None:
+            await paced(config.rate_per_s / config.processes)
+        else:
+            await asyncio.gather(*(caller() for _ in range(config.concurrency)))
     return latencies, dict(errors)

@@ -265,6 +265,8 @@ def _notes(result: LatencyResult) -> str:
             notes.append(f"skipped {extra['skipped_over_max_in_flight']}")
         if extra.get("errors"):
             notes.append(f"errors {sum(extra['errors'].values())}")
+        if extra.get("server_cpu_ms_per_call") is not None:
+            notes.append(f"cpu {extra['server_cpu_ms_per_call']:.3f} ms/call")
     if "iterations" in extra:
         notes.append(f"{extra['iterations']} enforcements")
     if "first_to_last_start_s" in extra:

@@ -24,6 +24,7 @@ THROUGHPUT = [
     "submit_task",
 ]
 LATENCY = [
+    *(f"{name}_half_load" for name in ["empty", *THROUGHPUT]),
     "stream_fanout",
     "signal_delivery",
     "policy_propagation_streams",
@@ -111,6 +112,12 @@ def test_the_smoke_run_prints_the_table_and_writes_the_results(tmp_path: Path) -
         assert row["latency"]["count"] > 0, name
     assert scenarios["stream_fanout"]["extra"]["subscribers"] == 50
     assert scenarios["dispatch_lag_executor"]["latency"]["count"] == 100
+    # Paced at half of the peak the closed loop measured for the same call.
+    paced = scenarios["submit_signal_half_load"]
+    assert paced["extra"]["offered_rate_per_s"] == pytest.approx(
+        scenarios["submit_signal"]["rps"] / 2, abs=0.1
+    )
+    assert paced["extra"]["errors"] == {}
     steady = scenarios["dispatch_lag_steady_executor"]
     assert steady["latency"]["count"] == 100
     # Paced at half the rate the burst was worked through.
