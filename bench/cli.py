@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.cpu import CpuSampler
+from bench.cpu import IDLE_CORES, CpuSampler, wait_until_idle
 from bench.latency import LATENCY, LatencyOptions, LatencyResult
 from bench.load import CallSpec, LoadConfig, LoadResult, run_load
 from bench.scenarios import EMPTY, THROUGHPUT, Context, Throughput, check_once, request_factory
@@ -134,6 +134,7 @@ async def _load(
     target = _target(ctx, scenario.service)
     await check_once(target, scenario.method, request_factory(scenario.name, params, 999)(0))
     spec = CallSpec(target, scenario.method, scenario.name, params)
+    await _settle(ctx)
     sampler = CpuSampler(ctx.server_pids)
     sampling = asyncio.create_task(sampler.run()) if CpuSampler.available() else None
     try:
@@ -158,6 +159,15 @@ async def _load(
         + errors
     )
     return result
+
+
+async def _settle(ctx: Context) -> None:
+    """Lets the suite finish what the previous scenario left behind before the next one."""
+    if not CpuSampler.available():
+        return
+    waited, cores = await wait_until_idle(ctx.server_pids)
+    if cores >= IDLE_CORES:
+        _log(f"the servers still use {cores:.2f} cores after {waited:.0f} s; measuring anyway")
 
 
 def _half_load(scenario: Throughput, result: LoadResult) -> LatencyResult:
@@ -237,6 +247,7 @@ async def run(
     for name in args.names:
         if name not in LATENCY:
             continue
+        await _settle(ctx)
         _log(f"{name} …")
         produced = await LATENCY[name](ctx, suite, options)
         for item in produced:

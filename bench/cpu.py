@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 SAMPLE_EVERY_S = 0.1
+# Below this many cores (all server processes together) the suite counts as idle: its polling
+# loops and timers use a few per cent of a core.
+IDLE_CORES = 0.3
 _TICKS_PER_S = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -69,3 +72,25 @@ class CpuSampler:
         t0, t1 = self._times[i - 1], self._times[i]
         c0, c1 = self._cpu[i - 1], self._cpu[i]
         return c0 + (c1 - c0) * ((when - t0) / (t1 - t0) if t1 > t0 else 1.0)
+
+
+async def wait_until_idle(
+    pids: Sequence[int],
+    *,
+    max_cores: float = IDLE_CORES,
+    window_s: float = 0.5,
+    timeout_s: float = 60.0,
+) -> tuple[float, float]:
+    """Waits until `pids` together use less than `max_cores` over a `window_s` window, or
+    `timeout_s` passed; returns (seconds waited, cores used in the last window).
+
+    A scenario leaves work behind it (outbox relays, consumers and deliveries draining what it
+    created); measuring the next one meanwhile would charge it that work and its CPU."""
+    began = time.monotonic()
+    while True:
+        start_cpu, start = sum(process_cpu_s(p) for p in pids), time.monotonic()
+        await asyncio.sleep(window_s)
+        cores = (sum(process_cpu_s(p) for p in pids) - start_cpu) / (time.monotonic() - start)
+        waited = time.monotonic() - began
+        if cores < max_cores or waited >= timeout_s:
+            return waited, cores
