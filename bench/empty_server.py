@@ -54,13 +54,17 @@ async def serve(host: str, port: int) -> None:
     for name in ("", SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     print(f"empty handler serving on {host}:{bound}", flush=True)
+    await _until_signalled()
+    await server.stop(1.0)
 
+
+async def _until_signalled() -> None:
+    """Returns on SIGINT or SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    await server.stop(1.0)
 
 
 async def serve_with_stack() -> None:
@@ -83,11 +87,7 @@ async def serve_with_stack() -> None:
     port = await server.start()
     await server.set_serving(True)
     print(f"empty handler (with the services' interceptors) serving on port {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
+    await _until_signalled()
     await server.stop(1.0)
     if stack.close is not None:
         await stack.close()

@@ -557,38 +557,47 @@ async def dispatch_lag(ctx: Context, suite: Suite, opts: LatencyOptions) -> list
     spaced = f"task dispatch lag ({n} due at {steady_rate:.0f}/s, half the burst rate)"
     claim_source = "ListTasks attempts[0].started_at_ns - scheduled_time_ns"
     executor_source = "test_record ledger started_ns - scheduled time"
+
+    def row(
+        name: str, title: str, lags: dict[str, int], rate: float, extra: dict[str, Any]
+    ) -> LatencyResult:
+        return LatencyResult(
+            name,
+            title,
+            Summary.of(list(lags.values())),
+            rate=rate,
+            rate_unit="tasks/s",
+            extra=extra,
+        )
+
     return [
-        LatencyResult(
+        row(
             "dispatch_lag_claim",
             f"{at_once}: T → claimed (attempt started_at)",
-            Summary.of(list(burst_claims.values())),
-            rate=burst_rate,
-            rate_unit="tasks/s",
-            extra={**burst_extra, "source": claim_source},
+            burst_claims,
+            burst_rate,
+            {**burst_extra, "source": claim_source},
         ),
-        LatencyResult(
+        row(
             "dispatch_lag_executor",
             f"{at_once}: T → executor start",
-            Summary.of(list(burst.values())),
-            rate=burst_rate,
-            rate_unit="tasks/s",
-            extra={**burst_extra, "source": executor_source},
+            burst,
+            burst_rate,
+            {**burst_extra, "source": executor_source},
         ),
-        LatencyResult(
+        row(
             "dispatch_lag_steady_claim",
             f"{spaced}: due → claimed",
-            Summary.of(list(steady_claims.values())),
-            rate=steady_rate,
-            rate_unit="tasks/s",
-            extra={**steady_extra, "source": claim_source},
+            steady_claims,
+            steady_rate,
+            {**steady_extra, "source": claim_source},
         ),
-        LatencyResult(
+        row(
             "dispatch_lag_steady_executor",
             f"{spaced}: due → executor start",
-            Summary.of(list(steady.values())),
-            rate=steady_rate,
-            rate_unit="tasks/s",
-            extra={**steady_extra, "source": executor_source},
+            steady,
+            steady_rate,
+            {**steady_extra, "source": executor_source},
         ),
     ]
 
