@@ -37,6 +37,11 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
+def total_cpu_s(pids: Sequence[int]) -> float:
+    """User + system CPU seconds of all `pids` so far."""
+    return sum(process_cpu_s(pid) for pid in pids)
+
+
 class CpuSampler:
     """Samples the total CPU time of `pids` every `SAMPLE_EVERY_S` while `run` runs."""
 
@@ -51,7 +56,7 @@ class CpuSampler:
 
     def sample(self) -> None:
         self._times.append(time.time())
-        self._cpu.append(sum(process_cpu_s(pid) for pid in self._pids))
+        self._cpu.append(total_cpu_s(self._pids))
 
     async def run(self) -> None:
         while True:
@@ -88,9 +93,9 @@ async def wait_until_idle(
     created); measuring the next one meanwhile would charge it that work and its CPU."""
     began = time.monotonic()
     while True:
-        start_cpu, start = sum(process_cpu_s(p) for p in pids), time.monotonic()
+        start_cpu, start = total_cpu_s(pids), time.monotonic()
         await asyncio.sleep(window_s)
-        cores = (sum(process_cpu_s(p) for p in pids) - start_cpu) / (time.monotonic() - start)
+        cores = (total_cpu_s(pids) - start_cpu) / (time.monotonic() - start)
         waited = time.monotonic() - began
         if cores < max_cores or waited >= timeout_s:
             return waited, cores

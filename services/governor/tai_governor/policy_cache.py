@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
 
 from cachetools import LRUCache
 from tai_common.cache.port import Cache
@@ -30,6 +29,8 @@ from tai_governor.repository import PolicyRepository
 POLICY_TTL_SECONDS = 300.0
 # Decoded values remembered, by their bytes: a few hundred policies and listing pages.
 DECODED_ENTRIES = 1024
+# A listing page, decoded: its policies and the cursor after them.
+_Page = tuple[tuple[PolicyVersion, ...], Cursor | None]
 
 
 class PolicyCache:
@@ -37,7 +38,8 @@ class PolicyCache:
         self._policies = ReadThrough(cache, "policy", POLICY_TTL_SECONDS)
         self._listings = ReadThrough(cache, "policies", POLICY_TTL_SECONDS)
         self._repo = repository
-        self._decoded: LRUCache[bytes, Any] = LRUCache(maxsize=DECODED_ENTRIES)
+        self._decoded_policies: LRUCache[bytes, PolicyVersion] = LRUCache(DECODED_ENTRIES)
+        self._decoded_pages: LRUCache[bytes, _Page] = LRUCache(DECODED_ENTRIES)
         self.known_revision = 0
 
     async def start(self) -> None:
@@ -58,10 +60,9 @@ class PolicyCache:
         raw = await self._policies.get(policy_id, load)
         if raw is None:
             return None
-        policy = self._decoded.get(raw)
+        policy = self._decoded_policies.get(raw)
         if policy is None:
-            policy = self._decoded[raw] = PolicyVersion.from_doc(json.loads(raw))
-        assert isinstance(policy, PolicyVersion)
+            policy = self._decoded_policies[raw] = PolicyVersion.from_doc(json.loads(raw))
         return policy
 
     async def list_current(
@@ -89,11 +90,11 @@ class PolicyCache:
 
         raw = await self._listings.get(key, load)
         assert raw is not None  # a listing always loads
-        decoded = self._decoded.get(raw)
+        decoded = self._decoded_pages.get(raw)
         if decoded is None:
             page = json.loads(raw)
             cursor = tuple(page["cursor"]) if page["cursor"] is not None else None
-            decoded = self._decoded[raw] = (
+            decoded = self._decoded_pages[raw] = (
                 tuple(PolicyVersion.from_doc(d) for d in page["policies"]),
                 cursor,
             )
