@@ -4,7 +4,9 @@ a server back, a link restored), and says what it did, for the report.
 The outbox relay runs inside every service process (there is no separate relay process to
 kill), so "SIGKILL the relay" kills the Governor's process the moment a policy change is
 committed, while its relay has that change's event to publish: the event must still reach
-every subscriber once the Governor is back.
+every subscriber once the Governor is back. (So on the default and emulators backends, whose
+bus is Pub/Sub; with `--backend embedded` the commit itself appends the event to the bus's log,
+and the fault checks that an event committed just before a kill is delivered.)
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlparse
 
 from tai_common.bus.port import EventBus
@@ -11,6 +13,9 @@ from tai_common.clock import Clock
 from tai_common.config import ServiceSettings
 from tai_common.secrets.port import SecretSource
 from tai_common.store.port import DocumentStore
+
+if TYPE_CHECKING:
+    from tai_common.store.sqlite_store import SqliteEventLog
 
 
 class UnsupportedUrl(ValueError):
@@ -25,14 +30,62 @@ def sqlite_path(url: str) -> Path:
     return Path(parsed.path[1:])
 
 
-async def open_store(settings: ServiceSettings) -> DocumentStore:
-    """The DocumentStore named by `settings.store`."""
+@dataclass(frozen=True)
+class StoreAndBus:
+    store: DocumentStore
+    bus: EventBus
+    # The store's transactions publish into the bus's log (`PublishingTransaction`): both are
+    # one SQLite file, so no outbox entry and no relay stand between a change and its event.
+    publishes_in_transaction: bool
+
+
+async def open_store_and_bus(settings: ServiceSettings, clock: Clock) -> StoreAndBus:
+    """The DocumentStore named by `settings.store` and the EventBus named by `settings.bus`."""
+    shared_file = _shared_sqlite_file(settings)
+    if shared_file is not None:
+        # The bus first: the store appends to the log, whose tables the bus creates.
+        from tai_common.bus.local_bus import SqliteBus
+
+        shared_file.parent.mkdir(parents=True, exist_ok=True)
+        log_bus = await SqliteBus.open(
+            shared_file, clock=clock, synchronous=settings.sqlite_synchronous
+        )
+        try:
+            store = await open_store(settings, event_log=log_bus.event_log())
+        except BaseException:
+            await log_bus.close()
+            raise
+        return StoreAndBus(store, log_bus, publishes_in_transaction=True)
+    store = await open_store(settings)
+    try:
+        bus = await open_bus(settings, clock)
+    except BaseException:
+        await store.close()
+        raise
+    return StoreAndBus(store, bus, publishes_in_transaction=False)
+
+
+def _shared_sqlite_file(settings: ServiceSettings) -> Path | None:
+    """The SQLite file that is both the store and the bus, if they are one."""
+    if urlparse(settings.store).scheme != "sqlite" or urlparse(settings.bus).scheme != "sqlite":
+        return None
+    store, bus = sqlite_path(settings.store), sqlite_path(settings.bus)
+    return store if store.resolve() == bus.resolve() else None
+
+
+async def open_store(
+    settings: ServiceSettings, event_log: SqliteEventLog | None = None
+) -> DocumentStore:
+    """The DocumentStore named by `settings.store`; a SQLite store given `event_log` (the
+    bus's, in the same file) publishes in its transactions."""
     scheme = urlparse(settings.store).scheme
     if scheme == "sqlite":
         from tai_common.store.sqlite_store import SqliteStore
 
         return await SqliteStore.open(
-            sqlite_path(settings.store), synchronous=settings.sqlite_synchronous
+            sqlite_path(settings.store),
+            synchronous=settings.sqlite_synchronous,
+            event_log=event_log,
         )
     if scheme == "firestore":
         from tai_common.store.firestore_store import FirestoreStore

@@ -56,17 +56,16 @@ class Dependencies:
     secrets: SecretSource
     clock: Clock = field(default_factory=SystemClock)
     ids: IdFactory = field(default_factory=UuidFactory)
+    # The store's transactions publish events themselves (see `factory.StoreAndBus`): the
+    # outbox relay then only looks for leftover entries.
+    publishes_in_transaction: bool = False
 
     @classmethod
     async def open(cls, settings: ServiceSettings) -> Dependencies:
         """Opens the adapters the settings name."""
         clock = SystemClock()
-        store = await factory.open_store(settings)
-        try:
-            bus = await factory.open_bus(settings, clock)
-        except BaseException:
-            await store.close()
-            raise
+        opened = await factory.open_store_and_bus(settings, clock)
+        store, bus = opened.store, opened.bus
         try:
             secrets = await factory.open_secrets(settings)
         except BaseException:
@@ -83,6 +82,7 @@ class Dependencies:
             cache=TracedCache(cache),
             secrets=secrets,
             clock=clock,
+            publishes_in_transaction=opened.publishes_in_transaction,
         )
 
 
@@ -125,7 +125,13 @@ class ServiceRuntime:
     def __init__(self, deps: Dependencies, *, index_specs: Sequence[IndexSpec] = ()) -> None:
         self.deps = deps
         self.settings = deps.settings
-        self.relay = OutboxRelay(deps.store, deps.bus, deps.clock, owner=deps.settings.replica_id)
+        self.relay = OutboxRelay(
+            deps.store,
+            deps.bus,
+            deps.clock,
+            owner=deps.settings.replica_id,
+            announced=not deps.publishes_in_transaction,
+        )
         self.events = EventFactory(deps.settings.service_name, deps.clock, deps.ids)
         self.audit = AuditTrail(deps.store, deps.clock, deps.ids, self.events, self.relay.notify)
         self._index_specs = [*OUTBOX_INDEXES, *audit.INDEXES, *index_specs]

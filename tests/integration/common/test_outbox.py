@@ -1,6 +1,7 @@
 """The transactional outbox over the real SQLite store and bus: an event written with its
-change is published once the bus takes it, and a bus outage only delays it. And on the
-Firestore emulator: a relay that dies inside its claim does not block other writers."""
+change is published once the bus takes it, and a bus outage only delays it; with one file for
+both, the event is published by the transaction itself. And on the Firestore emulator: a relay
+that dies inside its claim does not block other writers."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.firestore_emulator import FirestoreEmulator
@@ -21,7 +23,9 @@ from tai_common.bus.local_bus import SqliteBus
 from tai_common.bus.outbox import OUTBOX, OUTBOX_INDEXES, OutboxRelay, add_event
 from tai_common.bus.port import EventBus, Message, OutgoingMessage, Subscription, SubscriptionSpec
 from tai_common.clock import SystemClock, UuidFactory
-from tai_common.errors import Unavailable
+from tai_common.config import ServiceSettings
+from tai_common.errors import AlreadyExists, Unavailable
+from tai_common.factory import open_store_and_bus
 from tai_common.store.firestore_store import FirestoreStore
 from tai_common.store.port import Transaction
 from tai_common.store.sqlite_store import SqliteStore
@@ -132,6 +136,89 @@ async def test_two_relays_do_not_publish_the_same_entry(
     counts = await asyncio.gather(*(r.drain() for r in relays))
     assert sum(counts) == 50
     assert await store.count(OUTBOX) == 0
+
+
+# --- One SQLite file for the store and the bus ----------------------------------------------
+#
+# The embedded default: the store's transactions append their events to the bus's log, so an
+# event is published exactly when its change commits, and never when it does not.
+
+
+def _settings(store: Path, bus: Path) -> ServiceSettings:
+    return ServiceSettings(store=f"sqlite:///{store}", bus=f"sqlite:///{bus}")
+
+
+async def test_one_sqlite_file_publishes_each_event_with_the_change_that_commits(
+    tmp_path: Path,
+) -> None:
+    clock = SystemClock()
+    opened = await open_store_and_bus(_settings(tmp_path / "tai.db", tmp_path / "tai.db"), clock)
+    store, bus = opened.store, opened.bus
+    assert opened.publishes_in_transaction
+    factory = events.EventFactory("test", clock, UuidFactory())
+    received: list[str] = []
+    last_seen = asyncio.Event()
+
+    async def handler(message: Message) -> None:
+        received.append(events.from_message(message).event_id)
+        if len(received) == 2:
+            last_seen.set()
+
+    # One aggregate, so one ordering key: the log delivers its events in publish order.
+    committed, raised, conflicted, last = (make_event(factory, "p") for _ in range(4))
+
+    def change(
+        event: events_pb2.Event, doc_id: str, *, fail: bool = False
+    ) -> Callable[[Transaction], Any]:
+        async def write(tx: Transaction) -> None:
+            tx.create("policies", doc_id, {"v": 1})
+            add_event(tx, "t", event)
+            if fail:
+                raise RuntimeError("the change fails after adding its event")
+
+        return write
+
+    subscription = await bus.subscribe(SubscriptionSpec(topic="t", name="consumer"), handler)
+    try:
+        await store.run_transaction(change(committed, "a"))
+        with pytest.raises(RuntimeError):
+            await store.run_transaction(change(raised, "b", fail=True))
+        with pytest.raises(AlreadyExists):  # "policies/a" exists: the commit fails
+            await store.run_transaction(change(conflicted, "a"))
+        await store.run_transaction(change(last, "c"))
+        await asyncio.wait_for(last_seen.wait(), 10)
+    finally:
+        await subscription.close()
+        await bus.close()
+        await store.close()
+    # The events of the failed changes would have come before the last one.
+    assert received == [committed.event_id, last.event_id]
+    assert await _outbox_entries(tmp_path / "tai.db") == 0
+
+
+async def test_separate_files_publish_through_outbox_entries(tmp_path: Path) -> None:
+    clock = SystemClock()
+    opened = await open_store_and_bus(_settings(tmp_path / "store.db", tmp_path / "bus.db"), clock)
+    try:
+        assert not opened.publishes_in_transaction
+        event = make_event(events.EventFactory("test", clock, UuidFactory()), "p")
+
+        async def write(tx: Transaction) -> None:
+            add_event(tx, "t", event)
+
+        await opened.store.run_transaction(write)
+        assert await opened.store.count(OUTBOX) == 1  # waiting for the relay
+    finally:
+        await opened.bus.close()
+        await opened.store.close()
+
+
+async def _outbox_entries(file: Path) -> int:
+    store = await SqliteStore.open(file, expire_every_seconds=None)
+    try:
+        return await store.count(OUTBOX)
+    finally:
+        await store.close()
 
 
 # --- Firestore: a relay that dies inside its claim ----------------------------------------------

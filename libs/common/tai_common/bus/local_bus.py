@@ -25,8 +25,11 @@ the dead-letter topic and settled in the same transaction instead.
 
 Waking: a consumer queries only when something may have changed. Commits by this `SqliteBus`
 wake the local consumers directly; commits by other connections are noticed through
-`PRAGMA data_version`, polled every `poll_interval` (it reads shared memory, not the disk); and
-each consumer sleeps until the earliest lease or backoff it saw ends.
+`PRAGMA data_version`, polled every `poll_interval` (it reads shared memory, not the disk).
+Such a commit wakes a consumer when its topic has a newer message than it has seen (one query
+reads every followed topic's last seq), or when its last scan saw messages in other hands
+(leased or backing off), whose settling may unblock it. And each consumer sleeps until the
+earliest lease or backoff it saw ends.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 
 import aiosqlite
 
@@ -58,6 +61,9 @@ from tai_common.bus.port import (
 from tai_common.clock import Clock, IdFactory, SystemClock, UuidFactory, wait_event
 from tai_common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tai_common.sqlite_write_lock import SqliteWriteLock
+
+if TYPE_CHECKING:
+    from tai_common.store.sqlite_store import SqliteEventLog
 
 __all__ = ["SqliteBus", "Synchronous"]
 
@@ -454,26 +460,27 @@ class SqliteBus:
         ids = [self._ids.new_id("msg") for _ in messages]
 
         async def insert(db: aiosqlite.Connection) -> None:
-            now = self._clock.now_ns()
-            await db.executemany(
-                _INSERT_MESSAGE_SQL,
-                [
-                    (
-                        m.topic,
-                        message_id,
-                        m.ordering_key,
-                        json.dumps(dict(m.attributes)),
-                        m.data,
-                        now,
-                    )
-                    for m, message_id in zip(messages, ids, strict=True)
-                ],
-            )
+            await db.executemany(_INSERT_MESSAGE_SQL, self._rows(messages, ids))
 
         with _unavailable_on_sqlite_error("cannot publish"):
             await self._run(insert, write=True)
         self._wake_consumers({m.topic for m in messages})
         return ids
+
+    def event_log(self) -> SqliteEventLog:
+        """The log as a document store on the same file appends to it in its transactions
+        (`SqliteStore(event_log=…)`): an event then commits with the change it describes."""
+        return _SharedLog(self)
+
+    def _rows(
+        self, messages: Sequence[OutgoingMessage], ids: Sequence[str]
+    ) -> list[tuple[str, str, str, str, bytes, int]]:
+        """`_INSERT_MESSAGE_SQL`'s rows for `messages`, published now."""
+        now = self._clock.now_ns()
+        return [
+            (m.topic, message_id, m.ordering_key, json.dumps(dict(m.attributes)), m.data, now)
+            for m, message_id in zip(messages, ids, strict=True)
+        ]
 
     async def subscribe(self, spec: SubscriptionSpec, handler: Handler) -> Subscription:
         """Creates the subscription if needed and starts delivering its messages to `handler`.
@@ -582,7 +589,7 @@ class SqliteBus:
                     row = await _fetch_one(self._db, "PRAGMA data_version")
                     if row is not None and row[0] != last_version:
                         last_version = row[0]
-                        self._wake_consumers()
+                        await self._wake_changed_consumers()
                 if self._clock.monotonic() >= next_janitor:
                     await self._janitor_pass()
                     next_janitor = self._clock.monotonic() + self._janitor_interval
@@ -591,6 +598,19 @@ class SqliteBus:
                 failures += 1
                 logger.exception("event bus watcher failed; retrying")
                 await asyncio.sleep(min(0.05 * 2**failures, _MAX_ERROR_BACKOFF_SECONDS))
+
+    async def _wake_changed_consumers(self) -> None:
+        """After another connection's commit: wakes the consumers it may concern."""
+        consumers = list(self._consumers)
+        topics = sorted({c.topic for c in consumers})
+        # One row per topic: its last seq, through the (topic, seq) index.
+        sql = " UNION ALL ".join(
+            ["SELECT ?, (SELECT max(seq) FROM bus_messages WHERE topic = ?)"] * len(topics)
+        )
+        rows = await self._db.execute_fetchall(sql, [t for topic in topics for t in (topic, topic)])
+        heads = {topic: head or 0 for topic, head in rows}
+        for consumer in consumers:
+            consumer.log_changed(heads.get(consumer.topic, 0))
 
     async def _janitor_pass(self) -> None:
         """Deletes ephemeral subscriptions of dead processes and expired settled messages."""
@@ -627,6 +647,27 @@ class SqliteBus:
             await self._run(clean, write=True)
 
 
+class _SharedLog:
+    """`SqliteBus.event_log`: the statement a store transaction appends messages with, and
+    the wake-up of this process's consumers once it has committed (other processes' notice
+    the commit through `data_version`)."""
+
+    def __init__(self, bus: SqliteBus) -> None:
+        self._bus = bus
+
+    def append_statement(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> tuple[str, list[tuple[Any, ...]]]:
+        for message in messages:
+            if not message.topic:
+                raise InvalidArgument("topic", "must not be empty")
+        ids = [self._bus._ids.new_id("msg") for _ in messages]
+        return _INSERT_MESSAGE_SQL, list(self._bus._rows(messages, ids))
+
+    def appended(self, topics: set[str]) -> None:
+        self._bus._wake_consumers(topics)
+
+
 async def _create_schema(db: aiosqlite.Connection) -> None:
     for statement in _SCHEMA:
         await db.execute(statement)
@@ -651,6 +692,11 @@ class _Consumer:
         # Handler outcomes not yet written; flushed with the next claim.
         self._settlements: list[_Settlement] = []
         self._next_heartbeat_ns = 0
+        # The topic's last seq when this consumer was last woken for it, and whether its last
+        # scan saw messages in other hands: what decides if another process's commit concerns
+        # it (`log_changed`).
+        self._head_seen = 0
+        self._saw_pending = True
         # Set once the subscription row exists; a row missing after that was deleted under us.
         self._registered = False
         self._ttl_ns = bus._ephemeral_ttl_ns
@@ -661,6 +707,12 @@ class _Consumer:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def log_changed(self, head: int) -> None:
+        """Another connection committed; `head` is the topic's last seq now."""
+        if head > self._head_seen or self._saw_pending:
+            self._head_seen = max(head, self._head_seen)
+            self._wake.set()
 
     def _touched(self, now: int) -> None:
         """Notes a committed `_touch` (never inside the transaction: it may roll back)."""
@@ -779,6 +831,7 @@ class _Consumer:
                 lambda db: self._scan(db, self._clock.now_ns(), capacity, probe=True), write=False
             )
             if not plan.has_work:
+                self._saw_pending = plan.next_due_ns is not None
                 return plan.next_due_ns
         settlements, self._settlements = self._settlements, []
         try:
@@ -789,6 +842,7 @@ class _Consumer:
             self._settlements[:0] = settlements
             raise
         self._touched(result.now)
+        self._saw_pending = result.next_due_ns is not None
         if result.freed:
             self._bus._wake_consumers([self.topic], exclude=self)
         if result.dead_letter_topic is not None:
@@ -1051,3 +1105,8 @@ class _Consumer:
         finally:
             self._bus._consumers.discard(self)
             self._bus._wake_consumers([self.topic])
+
+
+if TYPE_CHECKING:
+    # Keeps the log honest about what the store expects of it (checked by mypy only).
+    _log_conforms: type[SqliteEventLog] = _SharedLog

@@ -4,6 +4,11 @@ change it describes, and a relay publishes it afterwards.
 So a crash between the write and the publish loses no event, and a bus outage only delays
 delivery: the relay keeps retrying, and the outbox grows meanwhile. Delivery is at least once
 (a relay may die after publishing and before deleting); consumers are idempotent by event id.
+
+When the store holds the bus's log itself (the embedded default: one SQLite file for both),
+the transaction appends the event to the log directly (`PublishingTransaction`): the event is
+published exactly when the change commits, with no outbox document and no relay round trips.
+The relay still runs there, for entries an earlier configuration left behind.
 """
 
 from __future__ import annotations
@@ -21,7 +26,16 @@ from tai_common.bus import events
 from tai_common.bus.port import EventBus
 from tai_common.clock import Clock, wait_event
 from tai_common.errors import Unavailable
-from tai_common.store.port import DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
+from tai_common.store.port import (
+    DocumentStore,
+    Filter,
+    IndexSpec,
+    Op,
+    Order,
+    PublishingTransaction,
+    Query,
+    Transaction,
+)
 from tai_common.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -31,7 +45,11 @@ OUTBOX_INDEXES = (IndexSpec(OUTBOX, ("claimed_until_ns", "created_ns")),)
 
 
 def add_event(tx: Transaction, topic: str, event: events_pb2.Event) -> None:
-    """Adds `event` for `topic` to the outbox as part of transaction `tx`."""
+    """Publishes `event` on `topic` as part of transaction `tx`: in the transaction itself
+    when the store holds the bus's log, else through an outbox entry for the relay."""
+    if isinstance(tx, PublishingTransaction):
+        tx.publish(events.to_message(topic, event))
+        return
     tx.create(
         OUTBOX,
         event.event_id,
@@ -63,7 +81,9 @@ class OutboxRelay:
     """Publishes outbox entries to the bus, oldest first, and deletes them once published.
 
     Writers call `notify()` after committing, so their events go out at once; otherwise the
-    relay polls every `idle_poll_seconds`.
+    relay polls every `idle_poll_seconds`. With `announced=False` (the store publishes in its
+    transactions, so writers leave no entries) `notify()` does nothing and the relay only
+    polls, for leftovers.
     """
 
     def __init__(
@@ -73,12 +93,15 @@ class OutboxRelay:
         clock: Clock,
         owner: str,
         config: RelayConfig | None = None,
+        *,
+        announced: bool = True,
     ) -> None:
         self._store = store
         self._bus = bus
         self._clock = clock
         self._owner = owner
         self._config = config or RelayConfig()
+        self._announced = announced
         self._wake = asyncio.Event()
         self._held: list[tuple[str, str, events_pb2.Event]] = []
         self._failures = 0
@@ -86,7 +109,8 @@ class OutboxRelay:
 
     def notify(self) -> None:
         """Wakes the relay: an entry was just committed."""
-        self._wake.set()
+        if self._announced:
+            self._wake.set()
 
     async def run(self) -> None:
         """Runs until cancelled."""

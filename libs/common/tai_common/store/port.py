@@ -28,7 +28,9 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from tai_common.bus.port import OutgoingMessage
 
 Data = dict[str, Any]
 T = TypeVar("T")
@@ -185,6 +187,20 @@ class Transaction(Protocol):
 
     def delete(self, collection: str, doc_id: str) -> None:
         """Deletes the document; no error when it does not exist."""
+
+
+@runtime_checkable
+class PublishingTransaction(Protocol):
+    """A transaction that can also append bus messages, committed atomically with its writes.
+
+    Only a store that holds the event bus's log in its own database offers it (the embedded
+    default: one SQLite file for both). The outbox then publishes in the writing transaction
+    instead of leaving an outbox document for a relay (`tai_common.bus.outbox.add_event`).
+    """
+
+    def publish(self, message: OutgoingMessage) -> None:
+        """Buffers `message`; it is in the log once the transaction commits, and never if
+        the transaction fails."""
 
 
 class DocumentStore(Protocol):

@@ -47,10 +47,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar, cast
 
 import aiosqlite
 
+from tai_common.bus.port import OutgoingMessage
 from tai_common.clock import Clock, SystemClock
 from tai_common.errors import Aborted, AlreadyExists, Unavailable
 from tai_common.sqlite_write_lock import SqliteWriteLock
@@ -65,6 +66,7 @@ from tai_common.store.port import (
     Op,
     Order,
     Page,
+    PublishingTransaction,
     Query,
     Transaction,
     check_collection,
@@ -72,7 +74,7 @@ from tai_common.store.port import (
     cursor_of,
 )
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteEventLog", "SqliteStore"]
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +415,20 @@ def _page(rows: Sequence[Any], limit: int | None, order_by: Sequence[Order]) -> 
 # --- the store -----------------------------------------------------------------------------
 
 
+class SqliteEventLog(Protocol):
+    """A message log that another adapter keeps in the store's file (the embedded event bus:
+    `SqliteBus.event_log`). Transactions append to it with their writes, so an event and the
+    change it describes commit together (`PublishingTransaction`)."""
+
+    def append_statement(
+        self, messages: Sequence[OutgoingMessage]
+    ) -> tuple[str, list[tuple[Any, ...]]]:
+        """The statement, and its rows, that append `messages` to the log."""
+
+    def appended(self, topics: set[str]) -> None:
+        """Called once a transaction that appended messages of `topics` has committed."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Write:
     kind: _WriteKind
@@ -445,11 +461,13 @@ class _SqliteTransaction:
         self._store = store
         self._conn = conn
         self.writes: list[_Write] = []
+        # Bus messages, for a store that holds the event log (`_PublishingSqliteTransaction`).
+        self.messages: list[OutgoingMessage] = []
         self.finished = False
 
     def _check_read(self) -> None:
         self._check_open()
-        if self.writes:
+        if self.writes or self.messages:
             raise RuntimeError(
                 "a transaction must do all its reads before its first write (as in Firestore)"
             )
@@ -484,6 +502,14 @@ class _SqliteTransaction:
         self.writes.append(write)
 
 
+class _PublishingSqliteTransaction(_SqliteTransaction):
+    """A transaction of a store that holds the event bus's log: it can also publish."""
+
+    def publish(self, message: OutgoingMessage) -> None:
+        self._check_open()
+        self.messages.append(message)
+
+
 class SqliteStore:
     """`DocumentStore` on one SQLite file. Open it with `SqliteStore.open`."""
 
@@ -495,6 +521,7 @@ class SqliteStore:
         rng: random.Random,
         write_lock: SqliteWriteLock,
         clock: Clock | None = None,
+        event_log: SqliteEventLog | None = None,
     ) -> None:
         """Takes two open connections on the same file and its write lock; `open` makes them.
 
@@ -505,6 +532,8 @@ class SqliteStore:
             rng: the source of backoff jitter.
             write_lock: held by every write and transaction (this process's and the file's).
             clock: what the expiry janitor calls now; the system clock by default.
+            event_log: the event bus's log in the same file, when there is one: transactions
+                can then publish (`PublishingTransaction`).
         """
         self._writer: aiosqlite.Connection | None = writer
         self._reader: aiosqlite.Connection | None = reader
@@ -518,6 +547,7 @@ class SqliteStore:
         self._batch_queue: collections.deque[_BatchMember] = collections.deque()
         self._batch_leader: asyncio.Task[None] | None = None
         self._clock: Clock = clock or SystemClock()
+        self._event_log = event_log
         # Collections whose expiry index this store has created (or found).
         self._expiry_indexed: set[str] = set()
         self._janitor: asyncio.Task[None] | None = None
@@ -532,6 +562,7 @@ class SqliteStore:
         rng: random.Random | None = None,
         expire_every_seconds: float | None = 60.0,
         clock: Clock | None = None,
+        event_log: SqliteEventLog | None = None,
     ) -> SqliteStore:
         """Opens (creating if needed) the database file at `path` in WAL mode.
 
@@ -545,6 +576,8 @@ class SqliteStore:
             expire_every_seconds: how often the janitor deletes expired documents (see
                 `delete_expired`); None runs no janitor.
             clock: the janitor's notion of now; the system clock by default.
+            event_log: the event bus's log, when the bus keeps it in this same file (its
+                tables must exist): transactions can then publish with their writes.
 
         Returns:
             The open store. Close it with `close()`.
@@ -591,6 +624,7 @@ class SqliteStore:
             rng or random.Random(),
             SqliteWriteLock(file),
             clock,
+            event_log,
         )
         if expire_every_seconds is not None:
             store._janitor = asyncio.create_task(
@@ -775,7 +809,9 @@ class SqliteStore:
                 _resolve(member.done)
             raise
         conn = self._writer_conn()
-        tx = _SqliteTransaction(self, conn)
+        tx = (_SqliteTransaction if self._event_log is None else _PublishingSqliteTransaction)(
+            self, conn
+        )
         token = _ACTIVE.set((*_ACTIVE.get(), self))
         try:
             result = await fn(tx)
@@ -791,7 +827,7 @@ class SqliteStore:
         # `_apply_writes`). Once that hop is queued it runs whatever this caller does, so the
         # member's outcome is settled by the hop itself, and a caller that leaves meanwhile
         # leaves writes that commit with the batch (as a caller leaving after them would).
-        applying = asyncio.ensure_future(self._apply(conn, tx.writes))
+        applying = asyncio.ensure_future(self._apply(conn, tx.writes, tx.messages))
 
         def settle(done: asyncio.Future[frozenset[str]]) -> None:
             if done.cancelled() or done.exception() is not None:
@@ -810,6 +846,8 @@ class SqliteStore:
         await asyncio.shield(member.committed)
         # Tables created inside a rolled-back transaction do not exist: record them only now.
         self._tables.update(member.new_tables)
+        if tx.messages and self._event_log is not None:
+            self._event_log.appended({m.topic for m in tx.messages})
         return result
 
     async def _lead_batches(self) -> None:
@@ -870,10 +908,15 @@ class SqliteStore:
         for member in members:
             _resolve(member.committed)
 
-    async def _apply(self, conn: aiosqlite.Connection, writes: list[_Write]) -> frozenset[str]:
+    async def _apply(
+        self,
+        conn: aiosqlite.Connection,
+        writes: list[_Write],
+        messages: Sequence[OutgoingMessage] = (),
+    ) -> frozenset[str]:
         """Applies buffered writes in order, in a savepoint, in one hop to SQLite's thread:
-        one executemany per run of writes of one kind to one collection. Returns the
-        collections whose table this created."""
+        one executemany per run of writes of one kind to one collection, then one appending
+        the messages to the event log. Returns the collections whose table this created."""
         new_tables = frozenset(w.collection for w in writes) - self._tables
         runs = [
             list(run) for _, run in itertools.groupby(writes, key=lambda w: (w.kind, w.collection))
@@ -883,6 +926,8 @@ class SqliteStore:
             (_write_sql(run[0].kind, run[0].collection), [w.parameters() for w in run])
             for run in runs
         ]
+        if messages and self._event_log is not None:
+            statements.append(self._event_log.append_statement(messages))
         try:
             # aiosqlite runs one callable per hop; `_execute` is how its own methods queue
             # theirs (it has no public equivalent), and `_conn` is the sqlite3 connection that
@@ -891,8 +936,11 @@ class SqliteStore:
             await in_thread(_apply_writes, conn._conn, tables, statements)
         except _StatementFailed as failed:
             error = failed.error
-            if isinstance(error, sqlite3.IntegrityError) and failed.index is not None:
-                raise await self._conflict(writes, runs[failed.index]) from error
+            # Only a document write can conflict (the log's statement comes after them).
+            index = failed.index
+            conflicting = runs[index] if index is not None and index < len(runs) else None
+            if isinstance(error, sqlite3.IntegrityError) and conflicting is not None:
+                raise await self._conflict(writes, conflicting) from error
             if isinstance(error, sqlite3.OperationalError):
                 raise _translate(error) from error
             raise error from None
@@ -1122,3 +1170,4 @@ if TYPE_CHECKING:
     # Keeps the adapter honest about implementing the port (checked by mypy only).
     _store_conforms: type[DocumentStore] = SqliteStore
     _tx_conforms: type[Transaction] = _SqliteTransaction
+    _publishing_tx_conforms: type[PublishingTransaction] = _PublishingSqliteTransaction
