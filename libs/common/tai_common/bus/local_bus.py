@@ -290,7 +290,8 @@ class _Claimed:
 
 @dataclass
 class _StepResult:
-    now: int
+    # When the subscription's `last_seen_ns` was refreshed, if this step did.
+    touched_at: int | None
     claimed: list[_Claimed]
     next_due_ns: int | None
     # Rows marked done (acks, dead letters) or given back: other local consumers may proceed.
@@ -841,7 +842,8 @@ class _Consumer:
         except BaseException:
             self._settlements[:0] = settlements
             raise
-        self._touched(result.now)
+        if result.touched_at is not None:
+            self._touched(result.touched_at)
         self._saw_pending = result.next_due_ns is not None
         if result.freed:
             self._bus._wake_consumers([self.topic], exclude=self)
@@ -866,26 +868,27 @@ class _Consumer:
         # Keys with an earlier unsettled message: their later messages must wait.
         blocked: set[str] = set()
         params = {"name": self._spec.name, "topic": self.topic, "window": _SCAN_WINDOW}
-        async with db.execute(_SCAN_SQL, params) as rows:
-            async for seq, key, attempts, visible_at in rows:
-                if key and key in blocked:
-                    continue
-                pending = _Pending(seq, key, attempts, visible_at)
-                if visible_at > now:
-                    # Leased (by anyone, this consumer included) or backing off after a nack.
-                    plan.due_at(visible_at)
-                    blocked.add(key)
-                    continue
-                if attempts >= self._spec.max_delivery_attempts:
-                    # Settled in the same transaction, so the key's next message may follow.
-                    plan.dead.append(pending)
-                elif len(plan.claims) < capacity:
-                    plan.claims.append(pending)
-                    blocked.add(key)
-                else:
-                    break
-                if probe:
-                    break
+        # The whole window in one hop to SQLite's thread (a cursor costs one per chunk and one
+        # to close); it is at most `_SCAN_WINDOW` small rows.
+        for seq, key, attempts, visible_at in await db.execute_fetchall(_SCAN_SQL, params):
+            if key and key in blocked:
+                continue
+            pending = _Pending(seq, key, attempts, visible_at)
+            if visible_at > now:
+                # Leased (by anyone, this consumer included) or backing off after a nack.
+                plan.due_at(visible_at)
+                blocked.add(key)
+                continue
+            if attempts >= self._spec.max_delivery_attempts:
+                # Settled in the same transaction, so the key's next message may follow.
+                plan.dead.append(pending)
+            elif len(plan.claims) < capacity:
+                plan.claims.append(pending)
+                blocked.add(key)
+            else:
+                break
+            if probe:
+                break
         return plan
 
     async def _settle_and_claim(
@@ -894,7 +897,12 @@ class _Consumer:
         """The write transaction of a step: record outcomes, dead-letter, claim, move the
         cursor."""
         now = self._clock.now_ns()
-        await self._touch(db, now)
+        # Only when the heartbeat is due: a subscription is only ever removed (by a janitor)
+        # after a time-to-live without one, so until then the row is there.
+        touched_at = None
+        if now >= self._next_heartbeat_ns:
+            await self._touch(db, now)
+            touched_at = now
         freed = await self._apply(db, settlements, now)
         plan = (
             await self._scan(db, now, capacity) if capacity > 0 and not self._closing else _Plan()
@@ -935,13 +943,13 @@ class _Consumer:
                 claimed.append(_Claimed(message, p.seq, lease_expiry))
         if freed:
             await self._advance_cursor(db)
-        return _StepResult(now, claimed, plan.next_due_ns, freed, dead_letter_topic)
+        return _StepResult(touched_at, claimed, plan.next_due_ns, freed, dead_letter_topic)
 
     async def _apply(
         self, db: aiosqlite.Connection, settlements: list[_Settlement], now: int
     ) -> bool:
         """Writes handler outcomes; True when a message was settled or given back."""
-        freed = False
+        by_outcome: dict[_Outcome, list[dict[str, Any]]] = {outcome: [] for outcome in _Outcome}
         for s in settlements:
             params: dict[str, Any] = {
                 "name": self._spec.name,
@@ -949,9 +957,7 @@ class _Consumer:
                 "attempt": s.attempt,
                 "owner": self._owner,
             }
-            if s.outcome is _Outcome.ACK:
-                cursor = await db.execute(_ACK_SQL, params)
-            elif s.outcome is _Outcome.NACK:
+            if s.outcome is _Outcome.NACK:
                 if s.attempt >= self._spec.max_delivery_attempts:
                     # Next stop is the dead-letter topic: no point waiting for a backoff.
                     delay = 0.0
@@ -961,11 +967,19 @@ class _Consumer:
                         self._spec.max_backoff_seconds,
                     )
                 params["visible_at"] = now + int(delay * _NS_PER_SECOND)
-                cursor = await db.execute(_NACK_SQL, params)
-            else:
+            elif s.outcome is _Outcome.RELEASE:
                 params["now"] = now
-                cursor = await db.execute(_RELEASE_SQL, params)
-            freed = freed or (cursor.rowcount > 0 and s.outcome is not _Outcome.NACK)
+            by_outcome[s.outcome].append(params)
+        freed = False
+        # One statement per outcome, each one hop; its rowcount sums over the rows.
+        for outcome, sql in (
+            (_Outcome.ACK, _ACK_SQL),
+            (_Outcome.NACK, _NACK_SQL),
+            (_Outcome.RELEASE, _RELEASE_SQL),
+        ):
+            if by_outcome[outcome]:
+                cursor = await db.executemany(sql, by_outcome[outcome])
+                freed = freed or (cursor.rowcount > 0 and outcome is not _Outcome.NACK)
         return freed
 
     async def _load(
