@@ -12,7 +12,9 @@ fields but `hash`, keys sorted).
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping
@@ -154,26 +156,43 @@ class AuditLog:
 
     def __init__(self, store: DocumentStore) -> None:
         self._store = store
+        # Records waiting for the next append transaction, with what their callers await.
+        self._pending: list[tuple[common_pb2.AuditRecord, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def append(self, event_payload: common_pb2.AuditRecord) -> None:
         """Appends a record at the end of the chain; a record already there is skipped (the
-        bus delivers at least once)."""
+        bus delivers at least once). Returns once it is stored.
+
+        Every append moves the chain's head, so appends cannot run side by side: those that
+        arrive while a transaction is under way go together in the next one (one head read
+        and write for the lot, instead of one transaction each queued behind the last).
+        """
         record = common_pb2.AuditRecord()
         record.CopyFrom(event_payload)
+        stored = asyncio.get_running_loop().create_future()
+        self._pending.append((record, stored))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_pending(), name="audit-log-append")
+        await stored
 
-        async def append(tx: Transaction) -> None:
-            if await tx.get(AUDIT_LOGS, record.record_id) is not None:
-                return
-            head = await tx.get(AUDIT_META, HEAD)
-            seq = int(head.data["seq"]) + 1 if head else 1
-            prev_hash = str(head.data["hash"]) if head else ""
-            record.seq = seq
-            record.prev_hash = prev_hash
-            record.hash = chain_hash(prev_hash, record)
-            tx.create(AUDIT_LOGS, record.record_id, _to_doc(record))
-            tx.set(AUDIT_META, HEAD, {"seq": seq, "hash": record.hash})
-
-        await self._store.run_transaction(append)
+    async def _write_pending(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                records = [record for record, _ in batch]
+                try:
+                    await self._store.run_transaction(functools.partial(_append, records=records))
+                except Exception as error:
+                    for _, stored in batch:
+                        if not stored.done():
+                            stored.set_exception(error)
+                else:
+                    for _, stored in batch:
+                        if not stored.done():
+                            stored.set_result(None)
+        finally:
+            self._writer = None
 
     async def records(
         self, after_seq: int, limit: int, principal: str = ""
@@ -222,6 +241,27 @@ class AuditLog:
                 False, checked, expected_seq, "records at the end of the chain are missing"
             )
         return Verification(True, checked)
+
+
+async def _append(tx: Transaction, records: list[common_pb2.AuditRecord]) -> None:
+    """Chains `records` after the head, in order, skipping those already stored."""
+    ids = [record.record_id for record in records]
+    stored = {doc.id for doc in await tx.get_many(AUDIT_LOGS, ids)}
+    head = await tx.get(AUDIT_META, HEAD)
+    seq = head_seq = int(head.data["seq"]) if head else 0
+    prev_hash = str(head.data["hash"]) if head else ""
+    for record in records:
+        if record.record_id in stored:
+            continue
+        stored.add(record.record_id)  # a record delivered twice into one batch
+        seq += 1
+        record.seq = seq
+        record.prev_hash = prev_hash
+        record.hash = chain_hash(prev_hash, record)
+        prev_hash = record.hash
+        tx.create(AUDIT_LOGS, record.record_id, _to_doc(record))
+    if seq != head_seq:
+        tx.set(AUDIT_META, HEAD, {"seq": seq, "hash": prev_hash})
 
 
 def _to_doc(record: common_pb2.AuditRecord) -> dict[str, Any]:

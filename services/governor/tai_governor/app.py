@@ -66,8 +66,13 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
                 events.unpack(events.from_message(message), common_pb2.AuditRecord)
             )
 
+        # Up to 64 records at once: `AuditLog` appends those that arrive together in one
+        # transaction, so a backlog drains in large batches.
         subscription = await deps.bus.subscribe(
-            SubscriptionSpec(topic=topics.AUDIT_EVENTS, name="governor-audit-log"), append
+            SubscriptionSpec(
+                topic=topics.AUDIT_EVENTS, name="governor-audit-log", max_concurrency=64
+            ),
+            append,
         )
         runtime.add_shutdown(subscription.close)
 

@@ -323,6 +323,31 @@ async def test_retention_deletes_old_messages_once_every_subscription_settled_th
     assert count(pinned) == 1
 
 
+async def test_a_key_busy_with_a_long_backlog_does_not_hold_up_other_keys(bus: SqliteBus) -> None:
+    """A claim looks past the messages a busy ordering key holds back (a few hundred here, more
+    than a scan's first window) to the next key's."""
+    topic = unique("topic")
+    await bus.publish_many(
+        [OutgoingMessage(topic, f"a{i}".encode(), ordering_key="a") for i in range(300)]
+        + [OutgoingMessage(topic, b"b0", ordering_key="b")]
+    )
+    other_key_handled = asyncio.Event()
+    handled: list[bytes] = []
+
+    async def handler(message: Message) -> None:
+        handled.append(message.data)
+        if message.ordering_key == "b":
+            other_key_handled.set()
+        elif message.data == b"a0":
+            # Key a stays busy until key b's message got through.
+            await asyncio.wait_for(other_key_handled.wait(), WAIT_SECONDS)
+
+    await bus.subscribe(SubscriptionSpec(topic, unique("sub"), max_concurrency=2), handler)
+    await wait_until(lambda: len(handled) == 301)
+    assert handled[:2] == [b"a0", b"b0"]
+    assert [d for d in handled if d.startswith(b"a")] == [f"a{i}".encode() for i in range(300)]
+
+
 async def test_handlers_in_flight_may_still_publish_while_the_bus_closes(db_path: Path) -> None:
     bus = await SqliteBus.open(db_path, poll_interval=0.005)
     topic, replies = unique("topic"), unique("replies")

@@ -25,7 +25,9 @@ the dead-letter topic and settled in the same transaction instead.
 
 Waking: a consumer queries only when something may have changed. Commits by this `SqliteBus`
 wake the local consumers directly; commits by other connections are noticed through
-`PRAGMA data_version`, polled every `poll_interval` (it reads shared memory, not the disk).
+`PRAGMA data_version`, polled every `poll_interval` on a connection of the watcher's own, called
+from the event loop itself: it reads shared memory, not the disk, in microseconds, where a hop
+to aiosqlite's thread and back would cost far more than the pragma (100 polls a second).
 Such a commit wakes a consumer when its topic has a newer message than it has seen (one query
 reads every followed topic's last seq), or when its last scan saw messages in other hands
 (leased or backing off), whose settling may unblock it. And each consumer sleeps until the
@@ -77,6 +79,8 @@ _NS_PER_SECOND: Final = 1_000_000_000
 # window moves, which only matters when more than this many messages of blocked ordering keys
 # (leased or backing off) pile up ahead of them.
 _SCAN_WINDOW: Final = 1000
+# A scan reads this many first, and the whole window only when they do not settle its plan.
+_FIRST_SCAN_WINDOW: Final = 64
 # Messages expired per topic per janitor pass, so a janitor transaction stays short.
 _RETENTION_BATCH: Final = 1000
 # Whole-transaction retries when SQLite still reports BUSY after `busy_timeout` (or skips the
@@ -341,6 +345,9 @@ class SqliteBus:
         # Set (under the lock) once the connection is closed; later statements fail cleanly.
         self._db_closed = False
         self._watcher: asyncio.Task[None] | None = None
+        # The watcher's connection (None for an in-memory database, which no other connection
+        # can change): used from the event loop only, never waits for a lock (timeout 0).
+        self._watch_db: sqlite3.Connection | None = None
 
     @classmethod
     async def open(
@@ -418,8 +425,15 @@ class SqliteBus:
                     logger.warning("event bus %s is not in WAL mode (%s)", path, mode)
                 await db.execute(f"PRAGMA synchronous = {synchronous}")
                 await bus._run(_create_schema, write=True)
+                if bus._write_lock is not None:
+                    bus._watch_db = sqlite3.connect(
+                        os.fspath(path), timeout=0, isolation_level=None
+                    )
+                    bus._watch_db.execute("PRAGMA query_only = ON")
         except BaseException:
             await db.close()
+            if bus._watch_db is not None:
+                bus._watch_db.close()
             raise
         bus._watcher = asyncio.create_task(bus._watch(), name="sqlite-bus-watcher")
         return bus
@@ -522,6 +536,8 @@ class SqliteBus:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
+        if self._watch_db is not None:
+            self._watch_db.close()
         async with self._lock:
             self._db_closed = True
             await self._db.close()
@@ -585,12 +601,12 @@ class SqliteBus:
         while True:
             await asyncio.sleep(self._poll_interval)
             try:
-                if self._consumers:
+                if self._consumers and self._watch_db is not None:
                     # Cheap: WAL keeps the change counter in shared memory.
-                    row = await _fetch_one(self._db, "PRAGMA data_version")
-                    if row is not None and row[0] != last_version:
-                        last_version = row[0]
-                        await self._wake_changed_consumers()
+                    version = self._data_version(self._watch_db)
+                    if version is None or version != last_version:
+                        last_version = version
+                        self._wake_changed_consumers(self._watch_db)
                 if self._clock.monotonic() >= next_janitor:
                     await self._janitor_pass()
                     next_janitor = self._clock.monotonic() + self._janitor_interval
@@ -600,15 +616,33 @@ class SqliteBus:
                 logger.exception("event bus watcher failed; retrying")
                 await asyncio.sleep(min(0.05 * 2**failures, _MAX_ERROR_BACKOFF_SECONDS))
 
-    async def _wake_changed_consumers(self) -> None:
+    @staticmethod
+    def _data_version(db: sqlite3.Connection) -> int | None:
+        """The file's change counter as `db` sees it; None when a lock was in the way."""
+        try:
+            row = db.execute("PRAGMA data_version").fetchone()
+        except sqlite3.OperationalError as error:
+            if _is_busy(error):
+                return None
+            raise
+        return int(row[0])
+
+    def _wake_changed_consumers(self, db: sqlite3.Connection) -> None:
         """After another connection's commit: wakes the consumers it may concern."""
         consumers = list(self._consumers)
         topics = sorted({c.topic for c in consumers})
-        # One row per topic: its last seq, through the (topic, seq) index.
+        # One row per topic: its last seq, one seek in the (topic, seq) index each. A WAL read
+        # takes no lock that a writer holds; should it still meet one, everyone is woken.
         sql = " UNION ALL ".join(
             ["SELECT ?, (SELECT max(seq) FROM bus_messages WHERE topic = ?)"] * len(topics)
         )
-        rows = await self._db.execute_fetchall(sql, [t for topic in topics for t in (topic, topic)])
+        try:
+            rows = db.execute(sql, [t for topic in topics for t in (topic, topic)]).fetchall()
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error):
+                raise
+            self._wake_consumers()
+            return
         heads = {topic: head or 0 for topic, head in rows}
         for consumer in consumers:
             consumer.log_changed(heads.get(consumer.topic, 0))
@@ -864,13 +898,26 @@ class _Consumer:
             capacity: Handlers this consumer can start.
             probe: Stop at the first claimable message (only asking whether to claim).
         """
+        # Each window in one hop to SQLite's thread (a cursor costs one per chunk and one to
+        # close). The join runs lazily, so a small first window spares reading a whole backlog
+        # when its first messages decide the plan, as they almost always do.
+        for window in (_FIRST_SCAN_WINDOW, _SCAN_WINDOW):
+            params = {"name": self._spec.name, "topic": self.topic, "window": window}
+            rows = list(await db.execute_fetchall(_SCAN_SQL, params))
+            plan, decided = self._plan(rows, now, capacity, probe=probe)
+            if decided or len(rows) < window:
+                break
+        return plan
+
+    def _plan(
+        self, rows: Iterable[Any], now: int, capacity: int, *, probe: bool
+    ) -> tuple[_Plan, bool]:
+        """`_scan`'s plan from the rows of a window, and whether they decided it (the plan
+        stopped before the window's end, so later messages cannot change it)."""
         plan = _Plan()
         # Keys with an earlier unsettled message: their later messages must wait.
         blocked: set[str] = set()
-        params = {"name": self._spec.name, "topic": self.topic, "window": _SCAN_WINDOW}
-        # The whole window in one hop to SQLite's thread (a cursor costs one per chunk and one
-        # to close); it is at most `_SCAN_WINDOW` small rows.
-        for seq, key, attempts, visible_at in await db.execute_fetchall(_SCAN_SQL, params):
+        for seq, key, attempts, visible_at in rows:
             if key and key in blocked:
                 continue
             pending = _Pending(seq, key, attempts, visible_at)
@@ -886,10 +933,10 @@ class _Consumer:
                 plan.claims.append(pending)
                 blocked.add(key)
             else:
-                break
+                return plan, True
             if probe:
-                break
-        return plan
+                return plan, True
+        return plan, False
 
     async def _settle_and_claim(
         self, db: aiosqlite.Connection, settlements: list[_Settlement], capacity: int
