@@ -41,36 +41,28 @@ class StoreAndBus:
 
 async def open_store_and_bus(settings: ServiceSettings, clock: Clock) -> StoreAndBus:
     """The DocumentStore named by `settings.store` and the EventBus named by `settings.bus`."""
-    shared_file = _shared_sqlite_file(settings)
-    if shared_file is not None:
-        # The bus first: the store appends to the log, whose tables the bus creates.
-        from tai_common.bus.local_bus import SqliteBus
-
-        shared_file.parent.mkdir(parents=True, exist_ok=True)
-        log_bus = await SqliteBus.open(
-            shared_file, clock=clock, synchronous=settings.sqlite_synchronous
-        )
-        try:
-            store = await open_store(settings, event_log=log_bus.event_log())
-        except BaseException:
-            await log_bus.close()
-            raise
-        return StoreAndBus(store, log_bus, publishes_in_transaction=True)
-    store = await open_store(settings)
+    # The bus first: when both are one SQLite file, the store appends to the bus's log, whose
+    # tables the bus creates.
+    bus = await open_bus(settings, clock)
     try:
-        bus = await open_bus(settings, clock)
+        event_log = None
+        if _one_sqlite_file(settings):
+            from tai_common.bus.local_bus import SqliteBus
+
+            if isinstance(bus, SqliteBus):  # what `open_bus` opens for a sqlite URL
+                event_log = bus.event_log()
+        store = await open_store(settings, event_log=event_log)
     except BaseException:
-        await store.close()
+        await bus.close()
         raise
-    return StoreAndBus(store, bus, publishes_in_transaction=False)
+    return StoreAndBus(store, bus, publishes_in_transaction=event_log is not None)
 
 
-def _shared_sqlite_file(settings: ServiceSettings) -> Path | None:
-    """The SQLite file that is both the store and the bus, if they are one."""
+def _one_sqlite_file(settings: ServiceSettings) -> bool:
+    """Whether the store and the bus are one SQLite file."""
     if urlparse(settings.store).scheme != "sqlite" or urlparse(settings.bus).scheme != "sqlite":
-        return None
-    store, bus = sqlite_path(settings.store), sqlite_path(settings.bus)
-    return store if store.resolve() == bus.resolve() else None
+        return False
+    return sqlite_path(settings.store).resolve() == sqlite_path(settings.bus).resolve()
 
 
 async def open_store(
@@ -107,9 +99,9 @@ async def open_bus(settings: ServiceSettings, clock: Clock) -> EventBus:
     if scheme == "sqlite":
         from tai_common.bus.local_bus import SqliteBus
 
-        return await SqliteBus.open(
-            sqlite_path(settings.bus), clock=clock, synchronous=settings.sqlite_synchronous
-        )
+        path = sqlite_path(settings.bus)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return await SqliteBus.open(path, clock=clock, synchronous=settings.sqlite_synchronous)
     if scheme == "pubsub":
         from tai_common.bus.pubsub_bus import PubSubBus
 

@@ -231,6 +231,12 @@ def _unavailable_on_sqlite_error(what: str) -> Iterator[None]:
         raise Unavailable(f"{what}: {exc}") from exc
 
 
+def _check_topics(messages: Sequence[OutgoingMessage]) -> None:
+    for message in messages:
+        if not message.topic:
+            raise InvalidArgument("topic", "must not be empty")
+
+
 def _is_busy(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.OperationalError) and (
         getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
@@ -467,9 +473,7 @@ class SqliteBus:
             Unavailable: The database cannot be written.
             InvalidArgument: A topic is empty.
         """
-        for message in messages:
-            if not message.topic:
-                raise InvalidArgument("topic", "must not be empty")
+        _check_topics(messages)
         if not messages:
             return []
         ids = [self._ids.new_id("msg") for _ in messages]
@@ -693,9 +697,7 @@ class _SharedLog:
     def append_statement(
         self, messages: Sequence[OutgoingMessage]
     ) -> tuple[str, list[tuple[Any, ...]]]:
-        for message in messages:
-            if not message.topic:
-                raise InvalidArgument("topic", "must not be empty")
+        _check_topics(messages)
         ids = [self._bus._ids.new_id("msg") for _ in messages]
         return _INSERT_MESSAGE_SQL, list(self._bus._rows(messages, ids))
 
