@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import enum
 import functools
 import hashlib
 import itertools
@@ -443,63 +442,24 @@ class _Write:
         return (self.doc_id,) if self.data is None else (self.doc_id, self.data)
 
 
-@dataclass(frozen=True, slots=True)
-class _Read:
-    """A read of a prepared transaction and the rows it returned, checked again under the
-    write lock (see `_check_and_apply`)."""
-
-    sql: str
-    parameters: tuple[Any, ...]
-    rows: list[Any]
-
-
-@dataclass(frozen=True)
-class _WriteSet:
-    """A transaction's writes as SQL: the tables to create, then one statement per run of
-    writes of one kind to one collection (`runs`), then the event log's append, if any."""
-
-    new_tables: frozenset[str]
-    tables: list[str]
-    statements: list[tuple[str, list[Any]]]
-    runs: list[list[_Write]]
-
-
-class _Verdict(enum.Enum):
-    """What the group commit made of a prepared transaction (besides a `_StatementFailed`)."""
-
-    COMMITTED = "committed"  # its reads held and its writes are committed
-    RUN_NOW = "run_now"  # its reads changed: run it again, now, inside the open transaction
-
-
 @dataclass(eq=False)
 class _BatchMember:
-    """A prepared transaction waiting for, or taking part in, a group commit."""
+    """One transaction waiting for, or taking, its turn in a group commit."""
 
-    reads: list[_Read]
-    write_set: _WriteSet
-    # Set by the leader: a `_Verdict`, or the `_StatementFailed` of its writes.
-    verdict: asyncio.Future[_Verdict | _StatementFailed]
-    # Of a member run again inside the batch (RUN_NOW): set by the member once its savepoint
-    # is released or rolled back, then by the leader once the batch is committed (or not).
-    done: asyncio.Future[None]
-    committed: asyncio.Future[None]
-    failed: bool = False  # its rerun failed (rolled back to its savepoint)
+    turn: asyncio.Future[None]  # set by the leader: the batch is open, run now
+    done: asyncio.Future[None]  # set by the member: its savepoint is released or rolled back
+    committed: asyncio.Future[None]  # set by the leader once the batch is committed (or not)
+    new_tables: frozenset[str] = frozenset()
+    failed: bool = False  # its own attempt failed (rolled back to its savepoint)
     poisoned: bool = False  # ...and the rollback failed: the batch must not commit
 
 
 class _SqliteTransaction:
-    """A `Transaction` of the store.
+    """A `Transaction` on the writer connection, inside `BEGIN IMMEDIATE`."""
 
-    Prepared (`reads` a list), it reads through the reader connection, outside any lock, and
-    records each read for the group commit to check again; run again inside a batch's open
-    transaction (`reads` None), it reads through the writer connection."""
-
-    def __init__(
-        self, store: SqliteStore, conn: aiosqlite.Connection, reads: list[_Read] | None
-    ) -> None:
+    def __init__(self, store: SqliteStore, conn: aiosqlite.Connection) -> None:
         self._store = store
         self._conn = conn
-        self.reads = reads
         self.writes: list[_Write] = []
         # Bus messages, for a store that holds the event log (`_PublishingSqliteTransaction`).
         self.messages: list[OutgoingMessage] = []
@@ -518,15 +478,15 @@ class _SqliteTransaction:
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
         self._check_read()
-        return await self._store._get(self._conn, collection, doc_id, self.reads)
+        return await self._store._get(self._conn, collection, doc_id)
 
     async def get_many(self, collection: str, doc_ids: Sequence[str]) -> list[Document]:
         self._check_read()
-        return await self._store._get_many(self._conn, collection, doc_ids, self.reads)
+        return await self._store._get_many(self._conn, collection, doc_ids)
 
     async def query(self, query: Query) -> Page:
         self._check_read()
-        return await self._store._query(self._conn, query, self.reads)
+        return await self._store._query(self._conn, query)
 
     def create(self, collection: str, doc_id: str, data: Data) -> None:
         self._buffer(_Write("create", check_collection(collection), doc_id, _encode(data)))
@@ -714,61 +674,40 @@ class SqliteStore:
         return [str(row[3]) for row in rows]
 
     async def _get_many(
-        self,
-        conn: aiosqlite.Connection,
-        collection: str,
-        doc_ids: Sequence[str],
-        reads: list[_Read] | None = None,
+        self, conn: aiosqlite.Connection, collection: str, doc_ids: Sequence[str]
     ) -> list[Document]:
         if not doc_ids:
             check_collection(collection)
             return []
         rows = await self._fetch(
-            conn, collection, _get_many_sql(collection), (_encode(list(doc_ids)),), reads
+            conn, collection, _get_many_sql(collection), (_encode(list(doc_ids)),)
         )
         found = {row[0]: row[1] for row in rows}
         return [Document(i, _decode(found[i])) for i in doc_ids if i in found]
 
     async def _get(
-        self,
-        conn: aiosqlite.Connection,
-        collection: str,
-        doc_id: str,
-        reads: list[_Read] | None = None,
+        self, conn: aiosqlite.Connection, collection: str, doc_id: str
     ) -> Document | None:
-        rows = await self._fetch(conn, collection, _get_sql(collection), (doc_id,), reads)
+        rows = await self._fetch(conn, collection, _get_sql(collection), (doc_id,))
         return Document(rows[0][0], _decode(rows[0][1])) if rows else None
 
-    async def _query(
-        self, conn: aiosqlite.Connection, query: Query, reads: list[_Read] | None = None
-    ) -> Page:
+    async def _query(self, conn: aiosqlite.Connection, query: Query) -> Page:
         sql, parameters = _select(query)
-        rows = await self._fetch(conn, query.collection, sql.text, parameters, reads)
+        rows = await self._fetch(conn, query.collection, sql.text, parameters)
         return _page(rows, query.limit, query.order_by)
 
     async def _fetch(
-        self,
-        conn: aiosqlite.Connection,
-        collection: str,
-        sql: str,
-        parameters: Sequence[Any],
-        reads: list[_Read] | None = None,
+        self, conn: aiosqlite.Connection, collection: str, sql: str, parameters: Sequence[Any]
     ) -> Sequence[Any]:
-        """Runs a read in one thread hop; a collection without a table reads as empty.
-        `reads`, when given, records the read (a prepared transaction's)."""
+        """Runs a read in one thread hop; a collection without a table reads as empty."""
         try:
-            fetched = await conn.execute_fetchall(sql, parameters)
+            rows = await conn.execute_fetchall(sql, parameters)
         except sqlite3.OperationalError as error:
             if collection not in self._tables and str(error).startswith("no such table"):
-                fetched = []
-            else:
-                raise _translate(error) from error
-        else:
-            self._tables.add(collection)
-        rows = fetched if isinstance(fetched, list) else list(fetched)
-        if reads is not None:
-            reads.append(_Read(sql, tuple(parameters), rows))
-        return rows
+                return []
+            raise _translate(error) from error
+        self._tables.add(collection)
+        return rows if isinstance(rows, list) else list(rows)
 
     # --- single-call writes ---
 
@@ -853,61 +792,49 @@ class SqliteStore:
     async def _attempt(self, fn: Callable[[Transaction], Awaitable[T]]) -> T:
         """One attempt, as a member of the next group commit (see `_lead_batches`).
 
-        `fn` runs first in the caller's task (its context variables: trace, principal), outside
-        the write lock, reading what was last committed; the batch then checks its reads still
-        hold and applies its writes, all under the lock in one hop to SQLite's thread. Only
-        when its reads changed meanwhile does `fn` run again, inside the batch's transaction.
+        `fn` runs in the caller's task (its context variables: trace, principal), inside a
+        savepoint of the batch's transaction; a failure rolls back to the savepoint and is
+        raised at once, success waits for the batch's COMMIT.
         """
-        tx = self._transaction(self._reader_conn(), reads=[])
-        result = await self._run_fn(fn, tx)
         loop = asyncio.get_running_loop()
-        member = _BatchMember(
-            tx.reads or [],
-            self._write_set(tx.writes, tx.messages),
-            loop.create_future(),
-            loop.create_future(),
-            loop.create_future(),
-        )
+        member = _BatchMember(loop.create_future(), loop.create_future(), loop.create_future())
         self._batch_queue.append(member)
         if self._batch_leader is None:
             self._batch_leader = asyncio.create_task(self._lead_batches(), name="sqlite-commit")
         try:
-            # Shielded: once queued, the writes commit with their batch even if this caller
-            # leaves (as they would had it left a moment later).
-            verdict = await asyncio.shield(member.verdict)
+            await member.turn  # raises the contention that kept the batch from beginning
         except asyncio.CancelledError:
-            member.verdict.add_done_callback(functools.partial(_step_aside, member))
+            if member.turn.done() and not member.turn.cancelled():
+                member.failed = True  # our turn came as we were cancelled: pass it on
+                _resolve(member.done)
             raise
-        if verdict is _Verdict.COMMITTED:
-            self._committed(member.write_set, tx.messages)
-            return result
-        if isinstance(verdict, _StatementFailed):
-            raise self._write_error(verdict, member.write_set) from verdict.error
-        return await self._rerun_in_batch(member, fn)
-
-    async def _rerun_in_batch(
-        self, member: _BatchMember, fn: Callable[[Transaction], Awaitable[T]]
-    ) -> T:
-        """Runs `fn` again inside the batch's open transaction (the leader waits for it), and
-        waits for the batch's COMMIT."""
         conn = self._writer_conn()
-        tx = self._transaction(conn, reads=None)
+        tx = (_SqliteTransaction if self._event_log is None else _PublishingSqliteTransaction)(
+            self, conn
+        )
+        token = _ACTIVE.set((*_ACTIVE.get(), self))
         try:
-            result = await self._run_fn(fn, tx)
+            result = await fn(tx)
         except BaseException:
-            member.failed = True  # nothing was written: writes are buffered until fn returns
+            # Nothing was written yet (writes are buffered until `fn` returns).
+            member.failed = True
             _resolve(member.done)
             raise
-        write_set = self._write_set(tx.writes, tx.messages)
-        # Once this hop is queued it runs whatever this caller does, so the member's outcome
-        # is settled by the hop itself: a caller that leaves meanwhile leaves writes that
-        # commit with the batch.
-        applying = asyncio.ensure_future(self._apply(conn, write_set))
+        finally:
+            tx.finished = True
+            _ACTIVE.reset(token)
+        # The writes go in one hop to SQLite's thread, in a savepoint of the batch (see
+        # `_apply_writes`). Once that hop is queued it runs whatever this caller does, so the
+        # member's outcome is settled by the hop itself, and a caller that leaves meanwhile
+        # leaves writes that commit with the batch (as a caller leaving after them would).
+        applying = asyncio.ensure_future(self._apply(conn, tx.writes, tx.messages))
 
-        def settle(done: asyncio.Future[None]) -> None:
+        def settle(done: asyncio.Future[frozenset[str]]) -> None:
             if done.cancelled() or done.exception() is not None:
                 member.failed = True
                 member.poisoned = isinstance(done.exception(), _SavepointStuck)
+            else:
+                member.new_tables = done.result()
             _resolve(member.done)
 
         applying.add_done_callback(settle)
@@ -915,40 +842,21 @@ class SqliteStore:
             await asyncio.shield(applying)
         except _SavepointStuck as error:
             raise Unavailable(f"sqlite: {error}") from error
+        # Shielded: once applied, the writes commit with the batch even if this caller leaves.
         await asyncio.shield(member.committed)
-        self._committed(write_set, tx.messages)
+        # Tables created inside a rolled-back transaction do not exist: record them only now.
+        self._tables.update(member.new_tables)
+        if tx.messages and self._event_log is not None:
+            self._event_log.appended({m.topic for m in tx.messages})
         return result
 
-    def _transaction(
-        self, conn: aiosqlite.Connection, reads: list[_Read] | None
-    ) -> _SqliteTransaction:
-        kind = _SqliteTransaction if self._event_log is None else _PublishingSqliteTransaction
-        return kind(self, conn, reads)
-
-    async def _run_fn(self, fn: Callable[[Transaction], Awaitable[T]], tx: _SqliteTransaction) -> T:
-        token = _ACTIVE.set((*_ACTIVE.get(), self))
-        try:
-            return await fn(tx)
-        finally:
-            tx.finished = True
-            _ACTIVE.reset(token)
-
-    def _committed(self, write_set: _WriteSet, messages: Sequence[OutgoingMessage]) -> None:
-        # Tables created inside a rolled-back transaction do not exist: record them only now.
-        self._tables.update(write_set.new_tables)
-        if messages and self._event_log is not None:
-            self._event_log.appended({m.topic for m in messages})
-
     async def _lead_batches(self) -> None:
-        """Group commit: while transactions are queued, take the write lock, BEGIN once, check
-        and apply each queued transaction in a savepoint, and COMMIT them together.
+        """Group commit: while transactions are queued, take the write lock, BEGIN once, let
+        each queued transaction run in turn inside a savepoint, and COMMIT them together.
 
         Under load this turns N lock hand-offs between processes and N syncs into one each,
-        which is what bounds the embedded store's write throughput. The transactions were
-        prepared outside the lock, so the lock is held for SQLite's own work only: when it was
-        held while each transaction's function ran in turn, the other processes' writers
-        waited on this process's event loop. Hand-written: SQLite and aiosqlite offer no group
-        commit.
+        which is what bounds the embedded store's write throughput. Hand-written: SQLite and
+        aiosqlite offer no group commit.
         """
         try:
             while self._batch_queue:
@@ -966,102 +874,100 @@ class SqliteStore:
                 self._batch_leader = asyncio.create_task(self._lead_batches())
 
     def _fail_queued(self, error: Exception) -> None:
-        """Every transaction still waiting for its batch gets `error` (contention included:
+        """Every transaction still waiting for its turn gets `error` (contention included:
         run_transaction backs off and retries it)."""
         while self._batch_queue:
-            _fail(self._batch_queue.popleft().verdict, error)
+            member = self._batch_queue.popleft()
+            if not member.turn.done():
+                member.turn.set_exception(error)
 
     async def _run_batch(self) -> None:
-        members: list[_BatchMember] = []
-        while self._batch_queue and len(members) < _MAX_BATCH:
-            members.append(self._batch_queue.popleft())
         conn = self._writer_conn()
-        # `_execute` is how aiosqlite's own methods queue a callable for its thread (it has
-        # no public equivalent); `_conn` is the sqlite3 connection that thread owns.
-        in_thread = cast(Callable[..., Awaitable[list[Any]]], conn._execute)
+        await _run(conn, "BEGIN IMMEDIATE")
+        members: list[_BatchMember] = []
         try:
-            verdicts = await in_thread(
-                _check_and_apply,
-                conn._conn,
-                [(m.reads, m.write_set.tables, m.write_set.statements) for m in members],
-            )
+            while self._batch_queue and len(members) < _MAX_BATCH:
+                member = self._batch_queue.popleft()
+                if member.turn.done():
+                    continue  # its caller was cancelled while waiting
+                members.append(member)
+                member.turn.set_result(None)
+                await member.done
+                if member.poisoned:
+                    raise Unavailable("sqlite: a savepoint could not be rolled back")
+            await _run(conn, "COMMIT")
         except BaseException as error:
-            failure = _batch_failure(error)
+            await asyncio.shield(self._rollback(conn))
+            failure = error if isinstance(error, Exception) else Unavailable("sqlite: interrupted")
             for member in members:
-                _fail(member.verdict, failure)
-            raise failure from error
-        applied = [m for m, v in zip(members, verdicts, strict=True) if v is None]
-        stale = [m for m, v in zip(members, verdicts, strict=True) if v is _STALE]
-        for member, verdict in zip(members, verdicts, strict=True):
-            if isinstance(verdict, _StatementFailed):
-                member.verdict.set_result(verdict)  # nothing of it was written
-        if stale:
-            try:
-                for member in stale:
-                    member.verdict.set_result(_Verdict.RUN_NOW)
-                    await member.done
-                    if member.poisoned:
-                        raise Unavailable("sqlite: a savepoint could not be rolled back")
-                await _run(conn, "COMMIT")
-            except BaseException as error:
-                await asyncio.shield(self._rollback(conn))
-                failure = _batch_failure(error)
-                for member in applied:
-                    _fail(member.verdict, failure)
-                for member in stale:
-                    if member.failed:
-                        _resolve(member.committed)
-                    elif not member.committed.done():
-                        member.committed.set_exception(failure)
-                raise
-            for member in stale:
-                _resolve(member.committed)
-        for member in applied:
-            if not member.verdict.done():
-                member.verdict.set_result(_Verdict.COMMITTED)
+                if member.failed:
+                    _resolve(member.committed)
+                elif not member.committed.done():
+                    member.committed.set_exception(failure)
+            raise
+        for member in members:
+            _resolve(member.committed)
 
-    def _write_set(self, writes: list[_Write], messages: Sequence[OutgoingMessage]) -> _WriteSet:
-        """The SQL of a transaction's buffered writes (and of appending its messages to the
-        event log)."""
+    async def _apply(
+        self,
+        conn: aiosqlite.Connection,
+        writes: list[_Write],
+        messages: Sequence[OutgoingMessage] = (),
+    ) -> frozenset[str]:
+        """Applies buffered writes in order, in a savepoint, in one hop to SQLite's thread:
+        one executemany per run of writes of one kind to one collection, then one appending
+        the messages to the event log. Returns the collections whose table this created."""
         new_tables = frozenset(w.collection for w in writes) - self._tables
         runs = [
             list(run) for _, run in itertools.groupby(writes, key=lambda w: (w.kind, w.collection))
         ]
+        tables = [_create_table_sql(c) for c in sorted(new_tables)]
         statements = [
             (_write_sql(run[0].kind, run[0].collection), [w.parameters() for w in run])
             for run in runs
         ]
         if messages and self._event_log is not None:
             statements.append(self._event_log.append_statement(messages))
-        return _WriteSet(
-            new_tables, [_create_table_sql(c) for c in sorted(new_tables)], statements, runs
-        )
-
-    async def _apply(self, conn: aiosqlite.Connection, write_set: _WriteSet) -> None:
-        """Applies a write set in a savepoint of the open batch, in one hop to SQLite's thread."""
         try:
+            # aiosqlite runs one callable per hop; `_execute` is how its own methods queue
+            # theirs (it has no public equivalent), and `_conn` is the sqlite3 connection that
+            # thread owns. One hop instead of one per statement shortens every group commit.
             in_thread = cast(Callable[..., Awaitable[None]], conn._execute)
-            await in_thread(_apply_writes, conn._conn, write_set.tables, write_set.statements)
+            await in_thread(_apply_writes, conn._conn, tables, statements)
         except _StatementFailed as failed:
-            raise self._write_error(failed, write_set) from failed.error
+            error = failed.error
+            # Only a document write can conflict (the log's statement comes after them).
+            index = failed.index
+            conflicting = runs[index] if index is not None and index < len(runs) else None
+            if isinstance(error, sqlite3.IntegrityError) and conflicting is not None:
+                raise await self._conflict(writes, conflicting) from error
+            if isinstance(error, sqlite3.OperationalError):
+                raise _translate(error) from error
+            raise error from None
+        return new_tables
 
-    @staticmethod
-    def _write_error(failed: _StatementFailed, write_set: _WriteSet) -> Exception:
-        """The domain error for a write set that failed: `AlreadyExists` naming the create
-        whose document existed, `Unavailable` for an operational failure."""
-        error = failed.error
-        runs = write_set.runs
-        # Only a document write can conflict (the log's statement comes after them).
-        if (
-            isinstance(error, sqlite3.IntegrityError)
-            and failed.index is not None
-            and failed.index < len(runs)
-        ):
-            run = runs[failed.index]
-            return _already_exists(run[failed.row if failed.row is not None else 0])
-        if isinstance(error, sqlite3.OperationalError):
-            return _translate(error)
-        return error
+    async def _conflict(self, writes: list[_Write], batch: list[_Write]) -> AlreadyExists:
+        """The `AlreadyExists` for the first buffered create whose document existed.
+
+        executemany does not say which row failed, so the writes are replayed against the
+        documents that existed before the transaction. The reader connection still sees
+        exactly that state: the writer holds the write lock and has not committed.
+        """
+        existing: set[tuple[str, str]] = set()
+        creates = sorted({w.collection for w in writes if w.kind == "create"})
+        for collection in creates:
+            ids = [w.doc_id for w in writes if w.collection == collection]
+            for doc in await self.get_many(collection, ids):
+                existing.add((collection, doc.id))
+        for write in writes:
+            key = (write.collection, write.doc_id)
+            if write.kind == "create" and key in existing:
+                return _already_exists(write)
+            if write.kind == "delete":
+                existing.discard(key)
+            else:
+                existing.add(key)
+        return _already_exists(batch[0])
 
     async def _rollback(self, conn: aiosqlite.Connection) -> None:
         # A no-op when no transaction is open (BEGIN failed). A failed rollback must not hide
@@ -1195,90 +1101,18 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
-    if not future.done():
-        future.set_exception(error)
-
-
-def _batch_failure(error: BaseException) -> Exception:
-    """What the members of a batch that failed as a whole are told."""
-    if isinstance(error, sqlite3.OperationalError):
-        return _translate(error)
-    if isinstance(error, _SavepointStuck):
-        return Unavailable(f"sqlite: {error}")
-    if isinstance(error, Exception):
-        return error
-    return Unavailable("sqlite: interrupted")
-
-
-def _step_aside(member: _BatchMember, verdict: asyncio.Future[Any]) -> None:
-    """A member whose caller left: if the leader asks it to run again, it lets the batch go on
-    without it."""
-    if (
-        not verdict.cancelled()
-        and verdict.exception() is None
-        and verdict.result() is _Verdict.RUN_NOW
-    ):
-        member.failed = True
-        _resolve(member.done)
-
-
 class _StatementFailed(Exception):
-    """`_apply_writes` failed with `error` (at write statement `index`, row `row` of it when
-    known; `index` None when it was not a write); nothing of the member's writes remains."""
+    """`_apply_writes` failed with `error` (at write statement `index`, None when it was not
+    a write); nothing of the member's writes remains."""
 
-    def __init__(self, index: int | None, error: Exception, row: int | None = None) -> None:
+    def __init__(self, index: int | None, error: Exception) -> None:
         super().__init__(str(error))
         self.index = index
         self.error = error
-        self.row = row
 
 
 class _SavepointStuck(Exception):
     """A member's savepoint could not be undone: its batch must not commit."""
-
-
-# A prepared member whose reads changed (see `_check_and_apply`).
-_STALE: Final = "stale"
-
-
-def _check_and_apply(
-    db: sqlite3.Connection,
-    members: list[tuple[list[_Read], list[str], list[tuple[str, list[Any]]]]],
-) -> list[_StatementFailed | str | None]:
-    """In SQLite's thread, under the write lock: opens the batch's transaction, then for each
-    prepared member checks that its reads return what they returned when it ran (earlier
-    members' writes included) and applies its writes in a savepoint. Commits at once unless a
-    member's reads changed. One verdict per member: None (applied), `_STALE` (nothing of it
-    applied; it must run again), or the `_StatementFailed` of its writes."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        verdicts: list[_StatementFailed | str | None] = []
-        for reads, tables, statements in members:
-            if any(_current_rows(db, read) != read.rows for read in reads):
-                verdicts.append(_STALE)
-                continue
-            try:
-                _apply_writes(db, tables, statements)
-                verdicts.append(None)
-            except _StatementFailed as failed:
-                verdicts.append(failed)
-        if _STALE not in verdicts:
-            db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("ROLLBACK")
-        raise
-    return verdicts
-
-
-def _current_rows(db: sqlite3.Connection, read: _Read) -> list[Any]:
-    try:
-        return db.execute(read.sql, read.parameters).fetchall()
-    except sqlite3.OperationalError as error:
-        if str(error).startswith("no such table"):
-            return []
-        raise
 
 
 def _apply_writes(
@@ -1300,37 +1134,12 @@ def _apply_writes(
         index = None
         db.execute("RELEASE tai_tx")
     except Exception as error:
-        row: int | None = None
         try:
             db.execute("ROLLBACK TO tai_tx")
-            if isinstance(error, sqlite3.IntegrityError) and index is not None:
-                row = _failing_row(db, tables, statements, index)
-                db.execute("ROLLBACK TO tai_tx")
             db.execute("RELEASE tai_tx")
         except sqlite3.Error as stuck:
             raise _SavepointStuck(f"rolling back to a savepoint failed: {stuck}") from error
-        raise _StatementFailed(index, error, row) from error
-
-
-def _failing_row(
-    db: sqlite3.Connection, tables: list[str], statements: list[tuple[str, list[Any]]], index: int
-) -> int | None:
-    """Which row of statement `index` fails its constraint (executemany does not say): the
-    writes before it are replayed, then its rows one by one. The caller rolls them back."""
-    try:
-        for sql in tables:
-            db.execute(sql)
-        for sql, rows in statements[:index]:
-            db.executemany(sql, rows)
-        sql, rows = statements[index]
-        for position, row in enumerate(rows):
-            try:
-                db.execute(sql, row)
-            except sqlite3.IntegrityError:
-                return position
-    except sqlite3.Error:
-        pass
-    return None
+        raise _StatementFailed(index, error) from error
 
 
 async def _run(conn: aiosqlite.Connection, sql: str) -> None:
