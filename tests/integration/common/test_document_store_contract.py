@@ -658,6 +658,53 @@ async def test_sqlite_store_writes_are_forbidden_inside_its_transaction(
     assert await sqlite_store.get(COLL, "a") is None
 
 
+async def test_sqlite_concurrent_check_then_create_admits_one(sqlite_store: SqliteStore) -> None:
+    """Transactions that each create a lease when a query finds none, committed in one group:
+    exactly one lease is created."""
+
+    def claim(i: int) -> Callable[[Transaction], Awaitable[bool]]:
+        async def fn(tx: Transaction) -> bool:
+            page = await tx.query(Query(COLL, filters=(Filter("kind", Op.EQ, "lease"),)))
+            await asyncio.sleep(0)  # let the others read too, if they can
+            if page.documents:
+                return False
+            tx.set(COLL, f"lease{i}", {"kind": "lease"})
+            return True
+
+        return fn
+
+    won = await asyncio.gather(*(sqlite_store.run_transaction(claim(i)) for i in range(20)))
+    assert won.count(True) == 1
+    page = await sqlite_store.query(Query(COLL, filters=(Filter("kind", Op.EQ, "lease"),)))
+    assert len(page.documents) == 1
+
+
+async def test_sqlite_create_conflicting_with_an_earlier_member_of_the_batch(
+    sqlite_store: SqliteStore,
+) -> None:
+    """Of two transactions in one group commit creating the same document, the second gets
+    `AlreadyExists` naming that document (not another create of its own), and none of its
+    writes land."""
+
+    async def first(tx: Transaction) -> None:
+        tx.create(COLL, "same", {"by": "first"})
+
+    async def second(tx: Transaction) -> None:
+        tx.create(COLL, "mine", {"by": "second"})
+        tx.create(COLL, "same", {"by": "second"})
+
+    outcomes = await asyncio.gather(
+        sqlite_store.run_transaction(first),
+        sqlite_store.run_transaction(second),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is None
+    assert isinstance(outcomes[1], AlreadyExists)
+    assert outcomes[1].resource_id == f"{COLL}/same"
+    assert await sqlite_store.get(COLL, "same") == Document("same", {"by": "first"})
+    assert await sqlite_store.get(COLL, "mine") is None
+
+
 async def test_sqlite_transaction_aborts_while_another_process_holds_the_lock(
     sqlite_path: Path,
 ) -> None:

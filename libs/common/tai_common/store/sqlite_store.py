@@ -938,36 +938,16 @@ class SqliteStore:
             error = failed.error
             # Only a document write can conflict (the log's statement comes after them).
             index = failed.index
-            conflicting = runs[index] if index is not None and index < len(runs) else None
-            if isinstance(error, sqlite3.IntegrityError) and conflicting is not None:
-                raise await self._conflict(writes, conflicting) from error
+            if (
+                isinstance(error, sqlite3.IntegrityError)
+                and index is not None
+                and index < len(runs)
+            ):
+                raise _already_exists(runs[index][failed.row or 0]) from error
             if isinstance(error, sqlite3.OperationalError):
                 raise _translate(error) from error
             raise error from None
         return new_tables
-
-    async def _conflict(self, writes: list[_Write], batch: list[_Write]) -> AlreadyExists:
-        """The `AlreadyExists` for the first buffered create whose document existed.
-
-        executemany does not say which row failed, so the writes are replayed against the
-        documents that existed before the transaction. The reader connection still sees
-        exactly that state: the writer holds the write lock and has not committed.
-        """
-        existing: set[tuple[str, str]] = set()
-        creates = sorted({w.collection for w in writes if w.kind == "create"})
-        for collection in creates:
-            ids = [w.doc_id for w in writes if w.collection == collection]
-            for doc in await self.get_many(collection, ids):
-                existing.add((collection, doc.id))
-        for write in writes:
-            key = (write.collection, write.doc_id)
-            if write.kind == "create" and key in existing:
-                return _already_exists(write)
-            if write.kind == "delete":
-                existing.discard(key)
-            else:
-                existing.add(key)
-        return _already_exists(batch[0])
 
     async def _rollback(self, conn: aiosqlite.Connection) -> None:
         # A no-op when no transaction is open (BEGIN failed). A failed rollback must not hide
@@ -1102,13 +1082,14 @@ def _resolve(future: asyncio.Future[None]) -> None:
 
 
 class _StatementFailed(Exception):
-    """`_apply_writes` failed with `error` (at write statement `index`, None when it was not
-    a write); nothing of the member's writes remains."""
+    """`_apply_writes` failed with `error` (at write statement `index`, row `row` of it when
+    known; `index` None when it was not a write); nothing of the member's writes remains."""
 
-    def __init__(self, index: int | None, error: Exception) -> None:
+    def __init__(self, index: int | None, error: Exception, row: int | None = None) -> None:
         super().__init__(str(error))
         self.index = index
         self.error = error
+        self.row = row
 
 
 class _SavepointStuck(Exception):
@@ -1134,12 +1115,37 @@ def _apply_writes(
         index = None
         db.execute("RELEASE tai_tx")
     except Exception as error:
+        row: int | None = None
         try:
             db.execute("ROLLBACK TO tai_tx")
+            if isinstance(error, sqlite3.IntegrityError) and index is not None:
+                row = _failing_row(db, tables, statements, index)
+                db.execute("ROLLBACK TO tai_tx")
             db.execute("RELEASE tai_tx")
         except sqlite3.Error as stuck:
             raise _SavepointStuck(f"rolling back to a savepoint failed: {stuck}") from error
-        raise _StatementFailed(index, error) from error
+        raise _StatementFailed(index, error, row) from error
+
+
+def _failing_row(
+    db: sqlite3.Connection, tables: list[str], statements: list[tuple[str, list[Any]]], index: int
+) -> int | None:
+    """Which row of statement `index` breaks a constraint (executemany does not say): the
+    writes before it are replayed, then its rows one by one. The caller rolls them back."""
+    try:
+        for sql in tables:
+            db.execute(sql)
+        for sql, rows in statements[:index]:
+            db.executemany(sql, rows)
+        sql, rows = statements[index]
+        for position, row in enumerate(rows):
+            try:
+                db.execute(sql, row)
+            except sqlite3.IntegrityError:
+                return position
+    except sqlite3.Error:
+        pass
+    return None
 
 
 async def _run(conn: aiosqlite.Connection, sql: str) -> None:
