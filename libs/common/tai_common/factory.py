@@ -131,14 +131,18 @@ async def open_bus(settings: ServiceSettings, clock: Clock) -> EventBus:
     )
 
 
+def cache_in_process(settings: ServiceSettings) -> bool:
+    """Whether `settings.cache` names the per-process memory cache (no network hop)."""
+    return urlparse(settings.cache).scheme == "memory"
+
+
 def open_cache(settings: ServiceSettings) -> Cache:
     """The Cache named by `settings.cache`: `memory://` (per process) or `redis://host:port/db`."""
-    scheme = urlparse(settings.cache).scheme
-    if scheme == "memory":
+    if cache_in_process(settings):
         from tai_common.cache.memory_cache import MemoryCache
 
         return MemoryCache()
-    if scheme in ("redis", "rediss"):
+    if urlparse(settings.cache).scheme in ("redis", "rediss"):
         from tai_common.cache.redis_cache import RedisCache
 
         return RedisCache.from_url(settings.cache)

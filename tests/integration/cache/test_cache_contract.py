@@ -54,6 +54,15 @@ async def test_a_slow_reader_cannot_put_back_a_stale_value(cache: Cache) -> None
     assert await cache.get("k") == CacheEntry(b"v2", 2)
 
 
+async def test_an_entry_already_at_the_invalidated_version_stays(cache: Cache) -> None:
+    # A reader cached version 2 before the event of the change to version 2 arrived.
+    await cache.put("k", b"v2", version=2, ttl_seconds=60)
+    await cache.invalidate("k", version=2, ttl_seconds=60)
+    assert await cache.get("k") == CacheEntry(b"v2", 2)
+    await cache.invalidate("k", version=3, ttl_seconds=60)
+    assert await cache.get("k") is None
+
+
 async def test_entries_expire(cache: Cache) -> None:
     await cache.put("k", b"v", version=1, ttl_seconds=0.2)
     await asyncio.sleep(0.4)

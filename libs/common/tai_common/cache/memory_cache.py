@@ -45,7 +45,7 @@ class MemoryCache:
 
     async def invalidate(self, key: str, version: int, ttl_seconds: float) -> None:
         current = self._slots.get(key)
-        if current is not None and current.version > version:
+        if current is not None and current.version >= version:
             return
         self._slots[key] = _Slot(None, version, time.monotonic() + ttl_seconds)
 

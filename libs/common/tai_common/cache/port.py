@@ -30,7 +30,9 @@ class Cache(Protocol):
         returns whether it was stored."""
 
     async def invalidate(self, key: str, version: int, ttl_seconds: float) -> None:
-        """Drops the entry and leaves a tombstone: puts older than `version` are refused for
-        `ttl_seconds`."""
+        """The entity changed to `version`: drops an older entry and leaves a tombstone, so
+        puts older than `version` are refused for `ttl_seconds`. An entry already at `version`
+        or newer is current and stays (the event of a change often arrives after a reader
+        cached its result)."""
 
     async def close(self) -> None: ...

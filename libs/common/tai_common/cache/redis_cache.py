@@ -21,10 +21,12 @@ from tai_common.telemetry import metrics
 log = logging.getLogger(__name__)
 
 # KEYS[1]: key. ARGV: version, value, ttl in ms, tombstone flag ("1" or "0").
-# Refuses when the key holds a higher version; a tombstone stores an empty value.
+# Refuses when the key holds a higher version, and a tombstone when it holds the same one (that
+# entry is already current); a tombstone stores an empty value.
 _PUT = """
 local current = redis.call('HGET', KEYS[1], 'v')
-if current and tonumber(current) > tonumber(ARGV[1]) then
+if current and (tonumber(current) > tonumber(ARGV[1])
+    or (ARGV[4] == '1' and tonumber(current) == tonumber(ARGV[1]))) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'v', ARGV[1], 'd', ARGV[2], 't', ARGV[4])
