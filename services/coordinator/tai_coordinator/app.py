@@ -46,7 +46,7 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
         event_factory,
         book,
         on_committed=runtime.relay.notify,
-        on_actions=dispatcher.notify,
+        dispatch=dispatcher,
         cache=deps.cache,
         audit=runtime.audit,
     )

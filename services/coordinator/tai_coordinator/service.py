@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 from tai.v1 import events_pb2
 from tai_common.audit import AuditTrail
@@ -55,6 +56,22 @@ class SignalOutcome:
     signal: StoredSignal
     created: list[Action] = field(default_factory=list)
     replayed: bool = False
+    # Of `created`, as written: already DELIVERED, for a stream connected to this replica.
+    delivered_now: list[Action] = field(default_factory=list)
+
+
+class LocalDispatch(Protocol):
+    """This replica's delivery of actions to the `StreamActions` streams connected to it (the
+    `ActionDispatcher`)."""
+
+    def notify(self, actions: Sequence[Action]) -> None:
+        """Actions were created or changed here: deliver those now due."""
+
+    def has_stream_for(self, service_name: str) -> bool:
+        """Whether a stream of `service_name` is connected to this replica."""
+
+    def hand_out(self, actions: Sequence[Action]) -> None:
+        """Sends actions their committed transaction already marked DELIVERED."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +108,12 @@ class CoordinatorService:
         event_factory: events.EventFactory,
         book: PolicyBook,
         on_committed: Callable[[], None],
-        on_actions: Callable[[Sequence[Action]], None],
+        dispatch: LocalDispatch,
         cache: Cache,
         audit: AuditTrail,
     ) -> None:
-        """`on_committed` wakes the outbox relay; `on_actions` tells this replica's dispatcher
-        about actions it just created or changed (other replicas learn it from the bus)."""
+        """`on_committed` wakes the outbox relay; `dispatch` is told about actions this replica
+        just created or changed (other replicas learn it from the bus)."""
         self._store = store
         self._repo = CoordinatorRepository(store)
         self._clock = clock
@@ -104,7 +121,7 @@ class CoordinatorService:
         self._events = event_factory
         self._book = book
         self._on_committed = on_committed
-        self._on_actions = on_actions
+        self._dispatch = dispatch
         self._audit = audit
         # Signals never change once stored, so their cache needs no invalidation.
         self._signals = ReadThrough(cache, "signal", SIGNAL_TTL_SECONDS)
@@ -150,6 +167,7 @@ class CoordinatorService:
             }
             now = self._clock.now_ns()
             created: list[Action] = []
+            delivered_now: list[Action] = []
             suppressed: list[str] = []
             for policy in enforced:
                 if cooldowns.get(policy.id, 0) > now:
@@ -159,8 +177,19 @@ class CoordinatorService:
                     policy, action_ids[policy.id], signal, received_at, principal, now
                 )
                 created.append(action)
-                self._repo.create_action_in(tx, action)
                 emit_action_event(tx, self._events, "action.created", action, None)
+                if self._dispatch.has_stream_for(action.target_service):
+                    # Delivered by this commit: a stream here takes it at once, with no claim
+                    # transaction of its own (if that stream is gone by then, the action is
+                    # released, or falls due again at its ack deadline after a crash).
+                    delivered = action.delivered(now)
+                    self._repo.create_action_in(tx, delivered)
+                    emit_action_event(
+                        tx, self._events, "action.delivered", delivered, action.status
+                    )
+                    delivered_now.append(delivered)
+                else:
+                    self._repo.create_action_in(tx, action)
                 cooldown = policy.policy.action.cooldown_seconds
                 if cooldown > 0:
                     self._repo.start_cooldown_in(
@@ -189,12 +218,14 @@ class CoordinatorService:
                     payload=events_pb2.SignalEvent(signal=signal_to_proto(stored)),
                 ),
             )
-            return SignalOutcome(stored, created)
+            return SignalOutcome(stored, created, delivered_now=delivered_now)
 
         outcome = await self._store.run_transaction(apply)
         if not outcome.replayed:
             self._on_committed()
-            self._on_actions(outcome.created)
+            self._dispatch.hand_out(outcome.delivered_now)
+            sent = {a.id for a in outcome.delivered_now}
+            self._dispatch.notify([a for a in outcome.created if a.id not in sent])
             stored = outcome.signal
             metrics.SIGNALS.labels(signal_type=signal.signal_type).inc()
             metrics.EVALUATIONS.inc(len(self._book))
@@ -307,7 +338,7 @@ class CoordinatorService:
         outcome = await self._store.run_transaction(apply)
         if outcome.action is not None:
             self._on_committed()
-            self._on_actions([outcome.action])
+            self._dispatch.notify([outcome.action])
             metrics.ACTION_TRANSITIONS.labels(status="PENDING").inc()
         return outcome
 

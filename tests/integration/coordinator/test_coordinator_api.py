@@ -221,6 +221,40 @@ async def test_unacknowledged_actions_are_redelivered_then_expire(suite: Suite) 
     stream.cancel()
 
 
+async def test_a_signals_action_for_a_stream_here_is_delivered_by_the_commit_creating_it(
+    suite: Suite,
+) -> None:
+    coordinator = suite.coordinator.client
+    target, source = unique("pager"), unique("probe")
+    await enforced_policy(
+        suite,
+        condition=f'signal.source == "{source}"',
+        target=target,
+        ack_deadline_seconds=1,
+        max_deliveries=2,
+    )
+    stream = coordinator.stream_actions(target)
+    # Once an action has reached it, the stream is known to this replica.
+    hello = await coordinator.request_action(action_type="hello", target_service=target)
+    await next_action_with_id(stream, hello.resource_id)
+    await coordinator.acknowledge(hello.resource_id, "completed")
+
+    receipt = await submit(suite, source=source)
+    [action_id] = receipt.action_ids
+    first = await next_action_with_id(stream, action_id)
+    assert first.status == DELIVERED
+    assert first.delivery_count == 1
+    # Delivered at the instant it was created: by the signal's own transaction.
+    assert first.updated_at_ns == first.timestamp_ns
+    # Not acknowledged, it falls due again at its ack deadline like any delivery.
+    second = await next_action_with_id(stream, action_id)
+    assert second.delivery_count == 2
+    assert second.next_delivery_ns - first.next_delivery_ns >= 1_000_000_000
+    await coordinator.acknowledge(action_id, "completed")
+    assert (await coordinator.get_action(action_id)).status == COMPLETED
+    stream.cancel()
+
+
 async def test_competing_streams_share_actions_without_duplicates(suite: Suite) -> None:
     coordinator = suite.coordinator.client
     streams = [coordinator.stream_actions("workers") for _ in range(2)]
