@@ -58,9 +58,9 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
 
     async def start() -> None:
         # Subscribe before listing, so that no change falls between the two.
-        for topic, handler in (
-            (topics.POLICIES, sync.on_policy_event),
-            (topics.ACTIONS, dispatcher.on_action_event),
+        for topic, handler, event_types in (
+            (topics.POLICIES, sync.on_policy_event, ()),
+            (topics.ACTIONS, dispatcher.on_action_event, ActionDispatcher.WAKING_EVENTS),
         ):
             subscription = await subscribe_replica(
                 deps.bus,
@@ -68,6 +68,7 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
                 service=settings.service_name,
                 replica_id=settings.replica_id,
                 on_event=handler,
+                event_types=event_types,
             )
             runtime.add_shutdown(subscription.close)
         await sync.load()

@@ -68,6 +68,9 @@ class _ServiceLoop:
 
 
 class ActionDispatcher:
+    # The action events `on_action_event` acts on (its subscription's filter).
+    WAKING_EVENTS: tuple[str, ...] = ("action.created",)
+
     def __init__(
         self,
         store: DocumentStore,
@@ -136,7 +139,7 @@ class ActionDispatcher:
 
     async def on_action_event(self, event: events_pb2.Event) -> None:
         """Bus handler of this replica's subscription to action events."""
-        if event.event_type not in ("action.created",):
+        if event.event_type not in self.WAKING_EVENTS:
             return
         payload = events.unpack(event, events_pb2.ActionEvent)
         loop = self._loops.get(payload.action.target_service)

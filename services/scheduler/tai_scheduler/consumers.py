@@ -64,11 +64,15 @@ class EventConsumers:
         """Starts both consumers; close the returned subscriptions to stop them."""
         return [
             await bus.subscribe(
-                SubscriptionSpec(topic=topics.POLICIES, name=POLICY_SUBSCRIPTION),
+                SubscriptionSpec(
+                    topic=topics.POLICIES, name=POLICY_SUBSCRIPTION, event_types=(POLICY_PROPOSED,)
+                ),
                 self.on_policy_message,
             ),
             await bus.subscribe(
-                SubscriptionSpec(topic=topics.ACTIONS, name=ACTION_SUBSCRIPTION),
+                SubscriptionSpec(
+                    topic=topics.ACTIONS, name=ACTION_SUBSCRIPTION, event_types=(ACTION_DEFERRED,)
+                ),
                 self.on_action_message,
             ),
         ]

@@ -226,6 +226,48 @@ async def test_every_subscription_gets_every_message(bus_factory: BusFactory) ->
         await wait_until(lambda r=recorder: r.acked_ids() == set(ids))  # type: ignore[misc]
 
 
+async def test_a_subscription_filtered_by_event_type_gets_only_those_events(
+    bus_factory: BusFactory,
+) -> None:
+    bus = await bus_factory()
+    topic = unique("topic")
+    types = ["a.created", "b.changed", "a.created", "c.done", "b.changed", "c.done"]
+    await bus.publish_many(
+        [
+            OutgoingMessage(
+                topic, f"m{i}".encode(), ordering_key="k", attributes={"event_type": kind}
+            )
+            for i, kind in enumerate(types)
+        ]
+    )
+    filtered, everything = Recorder(), Recorder()
+    wanted = ("a.created", "c.done")
+    await bus.subscribe(SubscriptionSpec(topic, unique("sub"), event_types=wanted), filtered)
+    await bus.subscribe(SubscriptionSpec(topic, unique("sub")), everything)
+
+    await wait_until(lambda: len(everything.acked) == 6)
+    await wait_until(lambda: len(filtered.acked) == 4)
+    assert [m.data for m in filtered.acked] == [b"m0", b"m2", b"m3", b"m5"]
+    # The events left out hold nothing up: later ones still arrive, in order, once each.
+    await bus.publish(
+        OutgoingMessage(topic, b"late", ordering_key="k", attributes={"event_type": "c.done"})
+    )
+    await wait_until(lambda: len(filtered.acked) == 5)
+    assert filtered.acked[-1].data == b"late"
+    assert [m.attributes["event_type"] for m in filtered.delivered] == [
+        "a.created",
+        "a.created",
+        "c.done",
+        "c.done",
+        "c.done",
+    ]
+
+
+def test_event_types_must_be_plain_names() -> None:
+    with pytest.raises(ValueError, match="event_types"):
+        SubscriptionSpec("topic", "sub", event_types=('a" OR attributes.x = "y',))
+
+
 async def test_consumers_of_one_subscription_share_its_messages(bus_factory: BusFactory) -> None:
     topic, name = unique("topic"), unique("sub")
     rng = random.Random(7)

@@ -11,7 +11,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from tai.v1 import events_pb2
 
-from tai_common.bus.port import Message, OutgoingMessage
+from tai_common.bus.port import EVENT_TYPE_ATTRIBUTE, Message, OutgoingMessage
 from tai_common.clock import Clock, IdFactory
 from tai_common.telemetry.tracing import current_context_carrier
 
@@ -19,7 +19,7 @@ M = TypeVar("M", bound=ProtoMessage)
 
 # Message attributes, so consumers (and operators reading a topic) can route without decoding.
 ATTR_EVENT_ID = "event_id"
-ATTR_EVENT_TYPE = "event_type"
+ATTR_EVENT_TYPE = EVENT_TYPE_ATTRIBUTE
 ATTR_AGGREGATE_ID = "aggregate_id"
 ATTR_PRODUCER = "producer"
 

@@ -96,9 +96,10 @@ async def subscribe_replica(
     service: str,
     replica_id: str,
     on_event: Callable[[events_pb2.Event], Awaitable[None]],
+    event_types: tuple[str, ...] = (),
 ) -> Subscription:
-    """Subscribes this replica to every event on `topic` from now on (its own subscription,
-    removed when the replica goes away)."""
+    """Subscribes this replica to every event on `topic` from now on, or to those of
+    `event_types` (its own subscription, removed when the replica goes away)."""
 
     async def handle(message: Message) -> None:
         await on_event(events.from_message(message))
@@ -110,5 +111,6 @@ async def subscribe_replica(
         ephemeral=True,
         max_delivery_attempts=3,
         ack_deadline_seconds=10.0,
+        event_types=event_types,
     )
     return await bus.subscribe(spec, handle)

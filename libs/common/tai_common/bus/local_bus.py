@@ -130,7 +130,8 @@ _SCHEMA: Final = (
 # The unsettled messages past the subscription's cursor, oldest first. The cursor comes from a
 # subquery so the whole scan reads one snapshot.
 _SCAN_SQL: Final = """
-    SELECT m.seq, m.ordering_key, coalesce(d.attempts, 0), coalesce(d.visible_at_ns, 0)
+    SELECT m.seq, m.ordering_key, coalesce(d.attempts, 0), coalesce(d.visible_at_ns, 0),
+        json_extract(m.attributes, '$.event_type')
     FROM bus_messages AS m
     LEFT JOIN bus_deliveries AS d ON d.subscription = :name AND d.seq = m.seq
     WHERE m.topic = :topic
@@ -279,11 +280,13 @@ class _Plan:
 
     claims: list[_Pending] = field(default_factory=list)
     dead: list[_Pending] = field(default_factory=list)
+    # Messages the subscription's `event_types` leave out: settled without a delivery.
+    unwanted: list[_Pending] = field(default_factory=list)
     next_due_ns: int | None = None
 
     @property
     def has_work(self) -> bool:
-        return bool(self.claims or self.dead)
+        return bool(self.claims or self.dead or self.unwanted)
 
     def due_at(self, at_ns: int) -> None:
         if self.next_due_ns is None or at_ns < self.next_due_ns:
@@ -919,7 +922,14 @@ class _Consumer:
         plan = _Plan()
         # Keys with an earlier unsettled message: their later messages must wait.
         blocked: set[str] = set()
-        for seq, key, attempts, visible_at in rows:
+        wanted = self._spec.event_types
+        for seq, key, attempts, visible_at, event_type in rows:
+            if wanted and event_type not in wanted:
+                # Never delivered, so it holds up nothing: settled in the claim transaction.
+                plan.unwanted.append(_Pending(seq, key, attempts, visible_at))
+                if probe:
+                    return plan, True
+                continue
             if key and key in blocked:
                 continue
             pending = _Pending(seq, key, attempts, visible_at)
@@ -958,7 +968,16 @@ class _Consumer:
         )
         claimed: list[_Claimed] = []
         dead_letter_topic: str | None = None
-        if plan.has_work:
+        if plan.unwanted:
+            await db.executemany(
+                _SETTLE_SQL,
+                [
+                    {"name": self._spec.name, "seq": p.seq, "attempts": p.attempts}
+                    for p in plan.unwanted
+                ],
+            )
+            freed = True
+        if plan.claims or plan.dead:
             contents = await self._load(db, [p.seq for p in plan.claims + plan.dead])
             if plan.dead:
                 await self._dead_letter(db, plan.dead, contents, now)

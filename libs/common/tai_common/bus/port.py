@@ -47,6 +47,10 @@ class Message:
 Handler = Callable[[Message], Awaitable[None]]
 
 
+# The attribute `SubscriptionSpec.event_types` filters on (set by `tai_common.bus.events`).
+EVENT_TYPE_ATTRIBUTE: Final = "event_type"
+
+
 @dataclass(frozen=True)
 class SubscriptionSpec:
     """What a consumer subscribes to.
@@ -73,12 +77,22 @@ class SubscriptionSpec:
     ephemeral: bool = False
     # Messages handled at once by one consumer (never two of the same ordering key).
     max_concurrency: int = 8
+    # Only messages whose `event_type` attribute is one of these reach the handler (empty:
+    # every message); the others are settled without it. On Pub/Sub this is the
+    # subscription's filter, set when the subscription is created.
+    event_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_delivery_attempts < 1:
             raise ValueError("max_delivery_attempts must be at least 1")
         if self.ack_deadline_seconds <= 0:
             raise ValueError("ack_deadline_seconds must be positive")
+        if any(not t or '"' in t or "\\" in t for t in self.event_types):
+            raise ValueError("event_types must be non-empty, without quotes or backslashes")
+
+    def wants(self, attributes: Mapping[str, str]) -> bool:
+        """Whether a message with `attributes` is for this subscription's handler."""
+        return not self.event_types or attributes.get(EVENT_TYPE_ATTRIBUTE) in self.event_types
 
     @property
     def dead_letter(self) -> str:

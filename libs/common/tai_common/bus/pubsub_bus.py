@@ -112,6 +112,7 @@ from tai_common.bus.port import (
     DEAD_LETTER_DELIVERY_ATTEMPTS,
     DEAD_LETTER_SOURCE_MESSAGE_ID,
     DEAD_LETTER_SOURCE_SUBSCRIPTION,
+    EVENT_TYPE_ATTRIBUTE,
     Handler,
     Message,
     OutgoingMessage,
@@ -260,6 +261,14 @@ def _publish_time_ns(published: dt.datetime) -> int:
 
 def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
+
+
+def subscription_filter(spec: SubscriptionSpec) -> str:
+    """Pub/Sub's filter for `spec.event_types` ("" for none): the server then neither
+    delivers nor bills the messages it leaves out."""
+    return " OR ".join(
+        f'attributes.{EVENT_TYPE_ATTRIBUTE} = "{event_type}"' for event_type in spec.event_types
+    )
 
 
 class _Outcome(enum.Enum):
@@ -657,6 +666,14 @@ class PubSubBus:
                 "kept (Pub/Sub cannot turn ordering on for an existing subscription)",
                 path,
             )
+        if existing.filter != subscription_filter(spec):
+            logger.warning(
+                "subscription %r has the filter %r, not %r; the consumer leaves out the events "
+                "it does not want (Pub/Sub cannot change an existing subscription's filter)",
+                path,
+                existing.filter,
+                subscription_filter(spec),
+            )
         if self._emulator and spec.start_at_latest:
             created = existing.labels.get(_LABEL_CREATED_NS, "")
             if created.isdigit():
@@ -704,6 +721,7 @@ class PubSubBus:
                 ttl=_duration(self._ephemeral_ttl) if spec.ephemeral else None
             ),
             labels={_LABEL_CREATED_NS: str(self._clock.now_ns())},
+            filter=subscription_filter(spec),
         )
         try:
             with _translate_errors(
@@ -1086,6 +1104,10 @@ class _Consumer:
         publish_time_ns = _publish_time_ns(received.publish_time)
         if self._skip_before_ns is not None and publish_time_ns < self._skip_before_ns:
             # The emulator replaying a message from before a start_at_latest subscription.
+            return _Outcome.ACK
+        if not self._spec.wants(received.attributes):
+            # Left out by `event_types`: a subscription created without its filter (e.g. by an
+            # earlier version) still delivers it.
             return _Outcome.ACK
         if key and self._held_back(key, message_id):
             return _Outcome.NACK
