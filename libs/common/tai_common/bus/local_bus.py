@@ -496,7 +496,7 @@ class SqliteBus:
 
     def _rows(
         self, messages: Sequence[OutgoingMessage], ids: Sequence[str]
-    ) -> list[tuple[str, str, str, str, bytes, int]]:
+    ) -> list[tuple[Any, ...]]:
         """`_INSERT_MESSAGE_SQL`'s rows for `messages`, published now."""
         now = self._clock.now_ns()
         return [
@@ -702,7 +702,7 @@ class _SharedLog:
     ) -> tuple[str, list[tuple[Any, ...]]]:
         _check_topics(messages)
         ids = [self._bus._ids.new_id("msg") for _ in messages]
-        return _INSERT_MESSAGE_SQL, list(self._bus._rows(messages, ids))
+        return _INSERT_MESSAGE_SQL, self._bus._rows(messages, ids)
 
     def appended(self, topics: set[str]) -> None:
         self._bus._wake_consumers(topics)
@@ -969,13 +969,7 @@ class _Consumer:
         claimed: list[_Claimed] = []
         dead_letter_topic: str | None = None
         if plan.unwanted:
-            await db.executemany(
-                _SETTLE_SQL,
-                [
-                    {"name": self._spec.name, "seq": p.seq, "attempts": p.attempts}
-                    for p in plan.unwanted
-                ],
-            )
+            await self._settle_undelivered(db, plan.unwanted)
             freed = True
         if plan.claims or plan.dead:
             contents = await self._load(db, [p.seq for p in plan.claims + plan.dead])
@@ -1094,9 +1088,13 @@ class _Consumer:
                 self._spec.dead_letter,
             )
         await db.executemany(_INSERT_MESSAGE_SQL, rows)
+        await self._settle_undelivered(db, dead)
+
+    async def _settle_undelivered(self, db: aiosqlite.Connection, pending: list[_Pending]) -> None:
+        """Marks messages settled for this subscription without (further) delivery."""
         await db.executemany(
             _SETTLE_SQL,
-            [{"name": self._spec.name, "seq": p.seq, "attempts": p.attempts} for p in dead],
+            [{"name": self._spec.name, "seq": p.seq, "attempts": p.attempts} for p in pending],
         )
 
     async def _advance_cursor(self, db: aiosqlite.Connection) -> None:

@@ -666,13 +666,14 @@ class PubSubBus:
                 "kept (Pub/Sub cannot turn ordering on for an existing subscription)",
                 path,
             )
-        if existing.filter != subscription_filter(spec):
+        wanted_filter = subscription_filter(spec)
+        if existing.filter != wanted_filter:
             logger.warning(
                 "subscription %r has the filter %r, not %r; the consumer leaves out the events "
                 "it does not want (Pub/Sub cannot change an existing subscription's filter)",
                 path,
                 existing.filter,
-                subscription_filter(spec),
+                wanted_filter,
             )
         if self._emulator and spec.start_at_latest:
             created = existing.labels.get(_LABEL_CREATED_NS, "")
