@@ -23,10 +23,17 @@ async def count_completed(client: SchedulerClient) -> int:
     return sum([1 async for _ in client.list_all(status="completed", task_type="test_record")])
 
 
-async def holds_a_task(client: SchedulerClient, worker: str) -> bool:
-    """Whether `worker` is running one of the tasks now."""
+async def holds_a_task(client: SchedulerClient, worker: str, ledger: Path) -> bool:
+    """Whether `worker` is running one of the tasks now: its attempt is the task's latest
+    and the executor has not recorded the task's completion yet. (A task listed as running
+    may already be done, its status write still on the way: killing its worker then leaves
+    no lost attempt.)"""
     page = await client.list_page(status="running")
-    return any(t.attempts and t.attempts[-1].worker == worker for t in page.tasks)
+    completed = test_ledger.completions(ledger)
+    return any(
+        t.attempts and t.attempts[-1].worker == worker and f"tai-task:{t.task_id}" not in completed
+        for t in page.tasks
+    )
 
 
 async def exactly_once_across_replicas(
@@ -76,7 +83,7 @@ async def exactly_once_across_replicas(
         deadline = time.monotonic() + timeout
         # Kill the victim once the work is well under way, at a moment it runs a task.
         while len(test_ledger.completions(ledger)) < tasks_total // 3 or not await holds_a_task(
-            client, "sched-b"
+            client, "sched-b", ledger
         ):
             assert time.monotonic() < deadline, "the replicas made no progress"
             await asyncio.sleep(0.05)
