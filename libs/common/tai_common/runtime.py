@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 import time
@@ -256,6 +257,7 @@ class ServiceRuntime:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop_requested.set)
         await self.start()
+        settle_garbage_collection()
         await stop_requested.wait()
         log.info("%s: stop requested, draining", self.settings.service_name)
         await self.stop()
@@ -318,3 +320,23 @@ def _package_version() -> str:
         return metadata.version("tai-common")
     except metadata.PackageNotFoundError:
         return "dev"
+
+
+# gen0 allocations before a young collection, then gen0 and gen1 collections before the next
+# older one (CPython's default is 700, 10, 10).
+GC_THRESHOLDS = (7_000, 20, 20)
+
+
+def settle_garbage_collection() -> None:
+    """Called once a service process has started: moves everything built at startup (modules,
+    protobuf descriptors, clients, the loaded policies) out of the collector's reach, and runs
+    the young collections less often.
+
+    A full collection walks every tracked object, and those built at startup are most of them:
+    under load it paused a service's event loop for 50–75 ms several times a minute, which is
+    a large part of the latency tails. Not done by `start()`, which tests run many times in one
+    process.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
