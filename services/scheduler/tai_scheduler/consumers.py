@@ -42,6 +42,10 @@ POLICY_SUBSCRIPTION = "scheduler-policies"
 ACTION_SUBSCRIPTION = "scheduler-actions"
 POLICY_PROPOSED = "policy.proposed"
 ACTION_DEFERRED = "action.deferred"
+# Both events name a time in the future (seconds away at the least, in practice), and most
+# events on these topics are others': the consumers take them at most five times a second
+# instead of waking for every action the Coordinator creates.
+BATCH_DELAY_SECONDS = 0.2
 # Who tasks made from events are created by.
 PRINCIPAL = "scheduler"
 
@@ -65,13 +69,19 @@ class EventConsumers:
         return [
             await bus.subscribe(
                 SubscriptionSpec(
-                    topic=topics.POLICIES, name=POLICY_SUBSCRIPTION, event_types=(POLICY_PROPOSED,)
+                    topic=topics.POLICIES,
+                    name=POLICY_SUBSCRIPTION,
+                    event_types=(POLICY_PROPOSED,),
+                    batch_delay_seconds=BATCH_DELAY_SECONDS,
                 ),
                 self.on_policy_message,
             ),
             await bus.subscribe(
                 SubscriptionSpec(
-                    topic=topics.ACTIONS, name=ACTION_SUBSCRIPTION, event_types=(ACTION_DEFERRED,)
+                    topic=topics.ACTIONS,
+                    name=ACTION_SUBSCRIPTION,
+                    event_types=(ACTION_DEFERRED,),
+                    batch_delay_seconds=BATCH_DELAY_SECONDS,
                 ),
                 self.on_action_message,
             ),

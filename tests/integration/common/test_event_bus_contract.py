@@ -268,6 +268,66 @@ def test_event_types_must_be_plain_names() -> None:
         SubscriptionSpec("topic", "sub", event_types=('a" OR attributes.x = "y',))
 
 
+async def test_a_subscription_with_a_batch_delay_gets_every_message_once(
+    bus_factory: BusFactory,
+) -> None:
+    bus = await bus_factory()
+    topic = unique("topic")
+    recorder = Recorder()
+    subscription = await bus.subscribe(
+        SubscriptionSpec(topic, unique("sub"), batch_delay_seconds=0.3), recorder
+    )
+    ids = [await bus.publish(message) for message in messages(topic, 10)]
+
+    await wait_until(lambda: recorder.acked_ids() == set(ids))
+    await subscription.close()
+    assert len(recorder.delivered) == 10
+
+
+async def test_sqlite_a_batch_delay_lets_messages_gather_before_any_is_taken(
+    tmp_path: Path,
+) -> None:
+    # Only the SQLite bus honours the delay (see `SubscriptionSpec.batch_delay_seconds`).
+    async with _sqlite_backend(None, tmp_path) as make_bus:  # type: ignore[arg-type]
+        bus = await make_bus()
+        topic = unique("topic")
+        published: list[str] = []
+        seen_when_handled: list[int] = []
+
+        async def handle(_: Message) -> None:
+            seen_when_handled.append(len(published))
+
+        await bus.subscribe(SubscriptionSpec(topic, unique("sub"), batch_delay_seconds=2.0), handle)
+        # A trickle: without the delay the first message is taken before the next one comes.
+        for message in messages(topic, 5):
+            published.append(await bus.publish(message))
+            await asyncio.sleep(0.05)
+
+        await wait_until(lambda: len(seen_when_handled) == 5)
+        assert seen_when_handled == [5] * 5
+
+
+async def test_sqlite_closing_cuts_a_batch_delay_short(tmp_path: Path) -> None:
+    async with _sqlite_backend(None, tmp_path) as make_bus:  # type: ignore[arg-type]
+        bus = await make_bus()
+        topic = unique("topic")
+        subscription = await bus.subscribe(
+            SubscriptionSpec(topic, unique("sub"), batch_delay_seconds=25.0), _ack
+        )
+        await bus.publish(OutgoingMessage(topic, b"waiting"))
+        await asyncio.sleep(0.1)  # the consumer is now inside its delay
+        # Far less than the delay: a close must not wait it out.
+        async with asyncio.timeout(WAIT_SECONDS):
+            await subscription.close()
+
+
+def test_batch_delay_must_be_shorter_than_the_ack_deadline() -> None:
+    with pytest.raises(ValueError, match="batch_delay_seconds"):
+        SubscriptionSpec("topic", "sub", ack_deadline_seconds=10, batch_delay_seconds=10)
+    with pytest.raises(ValueError, match="batch_delay_seconds"):
+        SubscriptionSpec("topic", "sub", batch_delay_seconds=-1)
+
+
 async def test_consumers_of_one_subscription_share_its_messages(bus_factory: BusFactory) -> None:
     topic, name = unique("topic"), unique("sub")
     rng = random.Random(7)

@@ -725,7 +725,8 @@ class _Consumer:
         self._owner = owner
         self._clock = bus._clock
         self._wake = asyncio.Event()
-        self._closing = False
+        # Set when `close` begins: no more claims.
+        self._closed = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
         self._inflight: dict[_Claimed, asyncio.Task[None]] = {}
@@ -744,6 +745,10 @@ class _Consumer:
     @property
     def topic(self) -> str:
         return self._spec.topic
+
+    @property
+    def _closing(self) -> bool:
+        return self._closed.is_set()
 
     def wake(self) -> None:
         self._wake.set()
@@ -834,6 +839,12 @@ class _Consumer:
         """The claim loop: settle finished deliveries, claim more, sleep until woken."""
         failures = 0
         while not self._closing:
+            if self._spec.batch_delay_seconds > 0:
+                # More messages and handlers' outcomes gather for the next transaction; a
+                # close cuts the wait short.
+                await wait_event(self._closed, self._spec.batch_delay_seconds)
+                if self._closing:
+                    break
             self._wake.clear()
             due = self._next_heartbeat_ns
             try:
@@ -1154,7 +1165,7 @@ class _Consumer:
             self._wake.set()
 
     async def _shutdown(self) -> None:
-        self._closing = True
+        self._closed.set()
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task

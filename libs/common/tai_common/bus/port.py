@@ -81,12 +81,20 @@ class SubscriptionSpec:
     # every message); the others are settled without it. On Pub/Sub this is the
     # subscription's filter, set when the subscription is created.
     event_types: tuple[str, ...] = ()
+    # How long a consumer may let new messages gather before taking them, so a subscription
+    # whose handlers are in no hurry (the audit log) takes them in fewer, larger batches. The
+    # SQLite bus honours it: there every claim and every acknowledgement is a write transaction,
+    # and a message at a time cost a consumer ~0.8 ms of CPU each at a steady 150/s. Pub/Sub's
+    # streaming pull and Kafka's fetches batch on their own and ignore it.
+    batch_delay_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_delivery_attempts < 1:
             raise ValueError("max_delivery_attempts must be at least 1")
         if self.ack_deadline_seconds <= 0:
             raise ValueError("ack_deadline_seconds must be positive")
+        if not 0 <= self.batch_delay_seconds < self.ack_deadline_seconds:
+            raise ValueError("batch_delay_seconds must be from 0 to below ack_deadline_seconds")
         if any(not t or '"' in t or "\\" in t for t in self.event_types):
             raise ValueError("event_types must be non-empty, without quotes or backslashes")
 
