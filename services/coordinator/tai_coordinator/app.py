@@ -58,9 +58,14 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
 
     async def start() -> None:
         # Subscribe before listing, so that no change falls between the two.
-        for topic, handler, event_types in (
-            (topics.POLICIES, sync.on_policy_event, ()),
-            (topics.ACTIONS, dispatcher.on_action_event, ActionDispatcher.WAKING_EVENTS),
+        for topic, handler, event_types, batch_delay in (
+            (topics.POLICIES, sync.on_policy_event, (), 0.0),
+            (
+                topics.ACTIONS,
+                dispatcher.on_action_event,
+                ActionDispatcher.WAKING_EVENTS,
+                ActionDispatcher.WAKING_BATCH_DELAY_SECONDS,
+            ),
         ):
             subscription = await subscribe_replica(
                 deps.bus,
@@ -69,6 +74,7 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
                 replica_id=settings.replica_id,
                 on_event=handler,
                 event_types=event_types,
+                batch_delay_seconds=batch_delay,
             )
             runtime.add_shutdown(subscription.close)
         await sync.load()

@@ -70,6 +70,12 @@ class _ServiceLoop:
 class ActionDispatcher:
     # The action events `on_action_event` acts on (its subscription's filter).
     WAKING_EVENTS: tuple[str, ...] = ("action.created",)
+    # How long that subscription lets events gather. An action for a stream on this replica
+    # goes out with its own commit; these events only matter for the actions other replicas
+    # create, which reach a stream here up to this much later. Taking each commit's events as
+    # it came cost this replica a claim and an acknowledgement per signal: 1.4 of its 5.1 ms of
+    # CPU per signal at 150/s.
+    WAKING_BATCH_DELAY_SECONDS = 0.025
 
     def __init__(
         self,

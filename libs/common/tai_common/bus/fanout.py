@@ -97,6 +97,7 @@ async def subscribe_replica(
     replica_id: str,
     on_event: Callable[[events_pb2.Event], Awaitable[None]],
     event_types: tuple[str, ...] = (),
+    batch_delay_seconds: float = 0.0,
 ) -> Subscription:
     """Subscribes this replica to every event on `topic` from now on, or to those of
     `event_types` (its own subscription, removed when the replica goes away)."""
@@ -112,5 +113,6 @@ async def subscribe_replica(
         max_delivery_attempts=3,
         ack_deadline_seconds=10.0,
         event_types=event_types,
+        batch_delay_seconds=batch_delay_seconds,
     )
     return await bus.subscribe(spec, handle)
