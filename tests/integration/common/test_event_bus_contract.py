@@ -307,6 +307,20 @@ async def test_sqlite_a_batch_delay_lets_messages_gather_before_any_is_taken(
         assert seen_when_handled == [5] * 5
 
 
+async def test_sqlite_a_batch_delay_does_not_hold_back_a_backlog(tmp_path: Path) -> None:
+    async with _sqlite_backend(None, tmp_path) as make_bus:  # type: ignore[arg-type]
+        bus = await make_bus()
+        topic = unique("topic")
+        ids = await bus.publish_many(messages(topic, 40))
+        recorder = Recorder()
+        # Ten claims of four: with the delay before each, the backlog would take 50 s.
+        await bus.subscribe(
+            SubscriptionSpec(topic, unique("sub"), max_concurrency=4, batch_delay_seconds=5.0),
+            recorder,
+        )
+        await wait_until(lambda: recorder.acked_ids() == set(ids), timeout=20.0)
+
+
 async def test_sqlite_closing_cuts_a_batch_delay_short(tmp_path: Path) -> None:
     async with _sqlite_backend(None, tmp_path) as make_bus:  # type: ignore[arg-type]
         bus = await make_bus()

@@ -738,6 +738,9 @@ class _Consumer:
         # it (`log_changed`).
         self._head_seen = 0
         self._saw_pending = True
+        # Whether the last step took fewer messages than it could (or found none): only then
+        # does a batch delay apply.
+        self._caught_up = True
         # Set once the subscription row exists; a row missing after that was deleted under us.
         self._registered = False
         self._ttl_ns = bus._ephemeral_ttl_ns
@@ -839,9 +842,10 @@ class _Consumer:
         """The claim loop: settle finished deliveries, claim more, sleep until woken."""
         failures = 0
         while not self._closing:
-            if self._spec.batch_delay_seconds > 0:
+            if self._spec.batch_delay_seconds > 0 and self._caught_up:
                 # More messages and handlers' outcomes gather for the next transaction; a
-                # close cuts the wait short.
+                # close cuts the wait short. Never while behind: a backlog is taken as fast as
+                # the handlers allow.
                 await wait_event(self._closed, self._spec.batch_delay_seconds)
                 if self._closing:
                     break
@@ -883,6 +887,7 @@ class _Consumer:
             )
             if not plan.has_work:
                 self._saw_pending = plan.next_due_ns is not None
+                self._caught_up = True
                 return plan.next_due_ns
         settlements, self._settlements = self._settlements, []
         try:
@@ -895,6 +900,8 @@ class _Consumer:
         if result.touched_at is not None:
             self._touched(result.touched_at)
         self._saw_pending = result.next_due_ns is not None
+        # Claiming all it could means more may be waiting.
+        self._caught_up = len(result.claimed) < capacity
         if result.freed:
             self._bus._wake_consumers([self.topic], exclude=self)
         if result.dead_letter_topic is not None:
