@@ -321,6 +321,31 @@ async def test_sqlite_a_batch_delay_does_not_hold_back_a_backlog(tmp_path: Path)
         await wait_until(lambda: recorder.acked_ids() == set(ids), timeout=20.0)
 
 
+async def test_sqlite_a_batch_delay_does_not_hold_back_a_backlog_of_left_out_events(
+    tmp_path: Path,
+) -> None:
+    async with _sqlite_backend(None, tmp_path) as make_bus:  # type: ignore[arg-type]
+        bus = await make_bus()
+        topic = unique("topic")
+        # More left-out events than one claim reads (64, then 1,000), then one wanted.
+        left_out = [
+            OutgoingMessage(topic, b"x", attributes={"event_type": "other"}) for _ in range(1500)
+        ]
+        await bus.publish_many(left_out)
+        wanted = await bus.publish(
+            OutgoingMessage(topic, b"y", attributes={"event_type": "wanted"})
+        )
+        recorder = Recorder()
+        # One delay before the first claim; a second one would take the wait past 8 s.
+        await bus.subscribe(
+            SubscriptionSpec(
+                topic, unique("sub"), event_types=("wanted",), batch_delay_seconds=4.0
+            ),
+            recorder,
+        )
+        await wait_until(lambda: recorder.acked_ids() == {wanted}, timeout=7.5)
+
+
 async def test_sqlite_closing_cuts_a_batch_delay_short(tmp_path: Path) -> None:
     async with _sqlite_backend(None, tmp_path) as make_bus:  # type: ignore[arg-type]
         bus = await make_bus()

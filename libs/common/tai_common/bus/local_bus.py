@@ -283,6 +283,8 @@ class _Plan:
     # Messages the subscription's `event_types` leave out: settled without a delivery.
     unwanted: list[_Pending] = field(default_factory=list)
     next_due_ns: int | None = None
+    # The scan stopped with messages left unread (it filled its capacity or its window).
+    more: bool = False
 
     @property
     def has_work(self) -> bool:
@@ -310,6 +312,8 @@ class _StepResult:
     # Rows marked done (acks, dead letters) or given back: other local consumers may proceed.
     freed: bool
     dead_letter_topic: str | None
+    # The scan read every message there was to take: no backlog is left.
+    caught_up: bool
 
 
 class SqliteBus:
@@ -738,8 +742,8 @@ class _Consumer:
         # it (`log_changed`).
         self._head_seen = 0
         self._saw_pending = True
-        # Whether the last step took fewer messages than it could (or found none): only then
-        # does a batch delay apply.
+        # Whether the last step read every message there was to take: only then does a batch
+        # delay apply.
         self._caught_up = True
         # Set once the subscription row exists; a row missing after that was deleted under us.
         self._registered = False
@@ -900,10 +904,13 @@ class _Consumer:
         if result.touched_at is not None:
             self._touched(result.touched_at)
         self._saw_pending = result.next_due_ns is not None
-        # Claiming all it could means more may be waiting.
-        self._caught_up = len(result.claimed) < capacity
+        self._caught_up = result.caught_up
         if result.freed:
             self._bus._wake_consumers([self.topic], exclude=self)
+            if not result.caught_up:
+                # It settled what it read and there is more: no handler's outcome or new
+                # message would wake it for the rest (left-out events, a long dead-letter run).
+                self._wake.set()
         if result.dead_letter_topic is not None:
             self._bus._wake_consumers([result.dead_letter_topic])
         for claimed in result.claimed:
@@ -930,6 +937,7 @@ class _Consumer:
             plan, decided = self._plan(rows, now, capacity, probe=probe)
             if decided or len(rows) < window:
                 break
+        plan.more = decided or len(rows) >= window
         return plan
 
     def _plan(
@@ -981,8 +989,11 @@ class _Consumer:
             await self._touch(db, now)
             touched_at = now
         freed = await self._apply(db, settlements, now)
+        # Not read while every handler is busy: there may be more, as far as the loop knows.
         plan = (
-            await self._scan(db, now, capacity) if capacity > 0 and not self._closing else _Plan()
+            await self._scan(db, now, capacity)
+            if capacity > 0 and not self._closing
+            else _Plan(more=True)
         )
         claimed: list[_Claimed] = []
         dead_letter_topic: str | None = None
@@ -1023,7 +1034,9 @@ class _Consumer:
                 claimed.append(_Claimed(message, p.seq, lease_expiry))
         if freed:
             await self._advance_cursor(db)
-        return _StepResult(touched_at, claimed, plan.next_due_ns, freed, dead_letter_topic)
+        return _StepResult(
+            touched_at, claimed, plan.next_due_ns, freed, dead_letter_topic, not plan.more
+        )
 
     async def _apply(
         self, db: aiosqlite.Connection, settlements: list[_Settlement], now: int
