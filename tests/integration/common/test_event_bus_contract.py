@@ -151,6 +151,13 @@ def bus_timing(bus_backend: Backend) -> Timing:
     return bus_backend.timing
 
 
+@pytest.fixture
+async def sqlite_bus(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EventBus]:
+    """One SQLite bus, for what only that adapter does (it honours batch delays)."""
+    async with _sqlite_backend(request, tmp_path) as make_bus:
+        yield await make_bus()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
@@ -285,79 +292,71 @@ async def test_a_subscription_with_a_batch_delay_gets_every_message_once(
 
 
 async def test_sqlite_a_batch_delay_lets_messages_gather_before_any_is_taken(
-    tmp_path: Path,
+    sqlite_bus: EventBus,
 ) -> None:
     # Only the SQLite bus honours the delay (see `SubscriptionSpec.batch_delay_seconds`).
-    async with _sqlite_backend(None, tmp_path) as make_bus:  # type: ignore[arg-type]
-        bus = await make_bus()
-        topic = unique("topic")
-        published: list[str] = []
-        seen_when_handled: list[int] = []
+    topic = unique("topic")
+    published: list[str] = []
+    seen_when_handled: list[int] = []
 
-        async def handle(_: Message) -> None:
-            seen_when_handled.append(len(published))
+    async def handle(_: Message) -> None:
+        seen_when_handled.append(len(published))
 
-        await bus.subscribe(SubscriptionSpec(topic, unique("sub"), batch_delay_seconds=2.0), handle)
-        # A trickle: without the delay the first message is taken before the next one comes.
-        for message in messages(topic, 5):
-            published.append(await bus.publish(message))
-            await asyncio.sleep(0.05)
+    await sqlite_bus.subscribe(
+        SubscriptionSpec(topic, unique("sub"), batch_delay_seconds=2.0), handle
+    )
+    # A trickle: without the delay the first message is taken before the next one comes.
+    for message in messages(topic, 5):
+        published.append(await sqlite_bus.publish(message))
+        await asyncio.sleep(0.05)
 
-        await wait_until(lambda: len(seen_when_handled) == 5)
-        assert seen_when_handled == [5] * 5
+    await wait_until(lambda: len(seen_when_handled) == 5)
+    assert seen_when_handled == [5] * 5
 
 
-async def test_sqlite_a_batch_delay_does_not_hold_back_a_backlog(tmp_path: Path) -> None:
-    async with _sqlite_backend(None, tmp_path) as make_bus:  # type: ignore[arg-type]
-        bus = await make_bus()
-        topic = unique("topic")
-        ids = await bus.publish_many(messages(topic, 40))
-        recorder = Recorder()
-        # Ten claims of four: with the delay before each, the backlog would take 50 s.
-        await bus.subscribe(
-            SubscriptionSpec(topic, unique("sub"), max_concurrency=4, batch_delay_seconds=5.0),
-            recorder,
-        )
-        await wait_until(lambda: recorder.acked_ids() == set(ids), timeout=20.0)
+async def test_sqlite_a_batch_delay_does_not_hold_back_a_backlog(sqlite_bus: EventBus) -> None:
+    topic = unique("topic")
+    ids = await sqlite_bus.publish_many(messages(topic, 40))
+    recorder = Recorder()
+    # Ten claims of four: with the delay before each, the backlog would take 50 s.
+    await sqlite_bus.subscribe(
+        SubscriptionSpec(topic, unique("sub"), max_concurrency=4, batch_delay_seconds=5.0),
+        recorder,
+    )
+    await wait_until(lambda: recorder.acked_ids() == set(ids), timeout=20.0)
 
 
 async def test_sqlite_a_batch_delay_does_not_hold_back_a_backlog_of_left_out_events(
-    tmp_path: Path,
+    sqlite_bus: EventBus,
 ) -> None:
-    async with _sqlite_backend(None, tmp_path) as make_bus:  # type: ignore[arg-type]
-        bus = await make_bus()
-        topic = unique("topic")
-        # More left-out events than one claim reads (64, then 1,000), then one wanted.
-        left_out = [
-            OutgoingMessage(topic, b"x", attributes={"event_type": "other"}) for _ in range(1500)
-        ]
-        await bus.publish_many(left_out)
-        wanted = await bus.publish(
-            OutgoingMessage(topic, b"y", attributes={"event_type": "wanted"})
-        )
-        recorder = Recorder()
-        # One delay before the first claim; a second one would take the wait past 8 s.
-        await bus.subscribe(
-            SubscriptionSpec(
-                topic, unique("sub"), event_types=("wanted",), batch_delay_seconds=4.0
-            ),
-            recorder,
-        )
-        await wait_until(lambda: recorder.acked_ids() == {wanted}, timeout=7.5)
+    topic = unique("topic")
+    # More left-out events than one claim reads (64, then 1,000), then one wanted.
+    left_out = [
+        OutgoingMessage(topic, b"x", attributes={"event_type": "other"}) for _ in range(1500)
+    ]
+    await sqlite_bus.publish_many(left_out)
+    wanted = await sqlite_bus.publish(
+        OutgoingMessage(topic, b"y", attributes={"event_type": "wanted"})
+    )
+    recorder = Recorder()
+    # One delay before the first claim; a second one would take the wait past 8 s.
+    await sqlite_bus.subscribe(
+        SubscriptionSpec(topic, unique("sub"), event_types=("wanted",), batch_delay_seconds=4.0),
+        recorder,
+    )
+    await wait_until(lambda: recorder.acked_ids() == {wanted}, timeout=7.5)
 
 
-async def test_sqlite_closing_cuts_a_batch_delay_short(tmp_path: Path) -> None:
-    async with _sqlite_backend(None, tmp_path) as make_bus:  # type: ignore[arg-type]
-        bus = await make_bus()
-        topic = unique("topic")
-        subscription = await bus.subscribe(
-            SubscriptionSpec(topic, unique("sub"), batch_delay_seconds=25.0), _ack
-        )
-        await bus.publish(OutgoingMessage(topic, b"waiting"))
-        await asyncio.sleep(0.1)  # the consumer is now inside its delay
-        # Far less than the delay: a close must not wait it out.
-        async with asyncio.timeout(WAIT_SECONDS):
-            await subscription.close()
+async def test_sqlite_closing_cuts_a_batch_delay_short(sqlite_bus: EventBus) -> None:
+    topic = unique("topic")
+    subscription = await sqlite_bus.subscribe(
+        SubscriptionSpec(topic, unique("sub"), batch_delay_seconds=25.0), _ack
+    )
+    await sqlite_bus.publish(OutgoingMessage(topic, b"waiting"))
+    await asyncio.sleep(0.1)  # the consumer is now inside its delay
+    # Far less than the delay: a close must not wait it out.
+    async with asyncio.timeout(WAIT_SECONDS):
+        await subscription.close()
 
 
 def test_batch_delay_must_be_shorter_than_the_ack_deadline() -> None:

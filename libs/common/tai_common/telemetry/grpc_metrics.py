@@ -77,56 +77,61 @@ def _code_of(context: Context, error: BaseException | None) -> str:
     return "UNKNOWN"
 
 
+class _MethodSeries:
+    """One method's server series, resolved once when its handler is wrapped: `labels()` per
+    call showed in the profile."""
+
+    def __init__(self, kind: str, method: str) -> None:
+        self.labels = (kind, *_split(method))
+        self.started = SERVER_STARTED.labels(*self.labels)
+        self.handled_ok = SERVER_HANDLED.labels(*self.labels, "OK")
+        self.handling = SERVER_HANDLING.labels(*self.labels)
+
+    def handled(self, code: str) -> Counter:
+        return SERVER_HANDLED.labels(*self.labels, code)
+
+
 class ServerMetricsInterceptor(BehaviorInterceptor):
     """Counts and times every call. Outermost, so it sees the final status of each."""
 
     def wrap_unary(self, method: str, behavior: UnaryBehavior) -> UnaryBehavior:
-        service, name = _split(method)
-        labels = ("unary", service, name)
-        # The method's series, resolved once: `labels()` per call showed in the profile.
-        started_total = SERVER_STARTED.labels(*labels)
-        handled_ok = SERVER_HANDLED.labels(*labels, "OK")
-        handling = SERVER_HANDLING.labels(*labels)
+        series = _MethodSeries("unary", method)
 
         async def measured(request: Any, context: Context) -> Any:
-            started_total.inc()
+            series.started.inc()
             started = time.perf_counter()
             try:
                 response = await behavior(request, context)
             except BaseException as error:
                 code = _code_of(context, error)
-                SERVER_HANDLED.labels(*labels, code).inc()
+                series.handled(code).inc()
                 _access_log(method, code, started)
                 raise
             finally:
-                handling.observe(time.perf_counter() - started)
-            handled_ok.inc()
+                series.handling.observe(time.perf_counter() - started)
+            series.handled_ok.inc()
             _access_log(method, "OK", started)
             return response
 
         return measured
 
     def wrap_stream(self, method: str, behavior: StreamBehavior) -> StreamBehavior:
-        service, name = _split(method)
-        labels = ("server_stream", service, name)
-        started_total = SERVER_STARTED.labels(*labels)
-        handled_ok = SERVER_HANDLED.labels(*labels, "OK")
-        handling = SERVER_HANDLING.labels(*labels)
-        sent = SERVER_MSG_SENT.labels(*labels)
+        series = _MethodSeries("server_stream", method)
+        sent = SERVER_MSG_SENT.labels(*series.labels)
 
         async def measured(request: Any, context: Context) -> AsyncIterator[Any]:
-            started_total.inc()
+            series.started.inc()
             started = time.perf_counter()
             try:
                 async for item in behavior(request, context):
                     sent.inc()
                     yield item
             except BaseException as error:
-                SERVER_HANDLED.labels(*labels, _code_of(context, error)).inc()
+                series.handled(_code_of(context, error)).inc()
                 raise
             finally:
-                handling.observe(time.perf_counter() - started)
-            handled_ok.inc()
+                series.handling.observe(time.perf_counter() - started)
+            series.handled_ok.inc()
 
         return measured
 
