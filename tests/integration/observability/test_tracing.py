@@ -66,19 +66,19 @@ async def test_one_trace_runs_through_scheduler_governor_bus_and_coordinator(
             submits = [s for s in receiver.spans if s.name == "/tai.v1.Scheduler/SubmitTask"]
             return submits[0].trace_id if submits else ""
 
-        def reached(trace_id: str) -> set[str]:
-            return {s.service for s in receiver.spans if s.trace_id == trace_id}
+        def names_in(trace_id: str) -> set[tuple[str, str]]:
+            return {(s.service, s.name) for s in receiver.spans if s.trace_id == trace_id}
 
-        await receiver.wait_for(
-            lambda: (
-                bool(task_trace()) and {"tai-governor", "tai-coordinator"} <= reached(task_trace())
-            )
-        )
-        trace_id = task_trace()
-        names = {(s.service, s.name) for s in receiver.spans if s.trace_id == trace_id}
-        assert ("tai-scheduler", "run task enforce_policy") in names, names
-        assert ("tai-governor", "/tai.v1.Governor/EnforcePolicy") in names
-        assert ("tai-coordinator", "process tai-policies") in names
+        expected = {
+            ("tai-scheduler", "run task enforce_policy"),
+            ("tai-governor", "/tai.v1.Governor/EnforcePolicy"),
+            ("tai-coordinator", "process tai-policies"),
+        }
+        # Each process exports its spans in its own batches, and a span is exported only once
+        # it ends: the Scheduler's "run task" span ends after the Governor and the Coordinator
+        # have already exported theirs. So wait for every expected span, not for the services.
+        await receiver.wait_for(lambda: bool(task_trace()) and expected <= names_in(task_trace()))
+        names = names_in(task_trace())
         assert any(name.startswith("store.") for _, name in names)
         del task
 
