@@ -13,7 +13,9 @@ from support.gateway import Gateway, GatewayConfig, GatewaySuite
 from tai.v1 import governor_pb2
 from tai_client import ChannelOptions, GovernorClient, open_channel
 
-pytestmark = pytest.mark.slow
+# The module's suite (three services and Envoy, started one after another) starts inside the
+# first test's timeout.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def bearer(token: str) -> dict[str, str]:

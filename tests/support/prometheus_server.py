@@ -168,7 +168,13 @@ class PrometheusServer:
         while time.monotonic() < deadline:
             targets = self.targets()
             expected = sum(len(t) for t in self.jobs.values())
-            if len(targets) == expected and all(t["health"] == "up" for t in targets):
+            # A target's health can read "up" a moment before its scrape's samples are
+            # queryable; its `up` series is committed with them.
+            if (
+                len(targets) == expected
+                and all(t["health"] == "up" for t in targets)
+                and len(self.query("up == 1")) == expected
+            ):
                 return
             time.sleep(0.2)
         summary = [(t["labels"].get("job"), t["health"], t.get("lastError")) for t in targets]

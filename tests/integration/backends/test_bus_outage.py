@@ -25,7 +25,9 @@ from tai_common.clock import SystemClock
 from tai_common.store.port import Query, Transaction
 from tai_common.store.sqlite_store import SqliteStore
 
-pytestmark = pytest.mark.slow
+# Process starts and the waits for the outage, the backlog and its drain add up past the
+# default timeout on a slow machine.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 WRITES = 8
 

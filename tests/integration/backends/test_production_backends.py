@@ -15,6 +15,7 @@ from tai_client import CoordinatorClient, GovernorClient, open_channel
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(300)  # three process starts, and maybe the emulators' JVM start
 async def test_the_autonomic_loop(
     service_processes: MakeProcess, production_env: dict[str, str]
 ) -> None:

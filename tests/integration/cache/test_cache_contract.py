@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis.asyncio
 from support.redis_server import RedisServer, running_redis
 from tai_common.cache.memory_cache import MemoryCache
 from tai_common.cache.port import Cache, CacheEntry
@@ -100,10 +101,10 @@ async def test_entries_that_missed_an_invalidation_are_dropped_on_recovery(
         str(redis_server.port),
         "DEBUG",
         "SLEEP",
-        "1.5",
+        "3",
         stdout=asyncio.subprocess.DEVNULL,
     )
-    await asyncio.sleep(0.3)
+    await until_redis_stalls(redis_server)
     assert await cache.get("k") is None  # times out: Redis is stalled; the adapter pauses
     await cache.invalidate("k", version=2, ttl_seconds=60)  # so this never reaches Redis
     await stall.wait()
@@ -116,6 +117,23 @@ async def test_entries_that_missed_an_invalidation_are_dropped_on_recovery(
         await asyncio.sleep(0.1)
     assert served is None
     await cache.close()
+
+
+async def until_redis_stalls(server: RedisServer) -> None:
+    """Return once Redis stops answering: a PING gets no reply within 0.1 s."""
+    probe = redis.asyncio.Redis(host="127.0.0.1", port=server.port)
+    try:
+        for _ in range(100):
+            try:
+                # Not redis-py's socket timeout: the client retries on those.
+                async with asyncio.timeout(0.1):
+                    await probe.ping()
+            except TimeoutError:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("Redis never stalled")
+    finally:
+        await probe.aclose()
 
 
 async def eventually_cached(

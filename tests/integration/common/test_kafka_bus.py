@@ -195,7 +195,9 @@ async def test_partitions_moving_to_a_new_consumer_mid_stream_are_handed_over_cl
     giving its partitions up, so nothing is lost and (no handler failing) nothing repeats."""
     topic, group = unique("topic"), unique("sub")
     spec = SubscriptionSpec(topic, group, max_concurrency=2)
-    first, second = Recorder(work_seconds=0.02), Recorder(work_seconds=0.02)
+    # Slow enough handlers (about 6 s for the lot on one consumer) that the group rebalances
+    # (a second or two) well before the first consumer could finish them all alone.
+    first, second = Recorder(work_seconds=0.08), Recorder(work_seconds=0.08)
     await (await open_bus()).subscribe(spec, first)
     ids = set(
         await (await open_bus()).publish_many(
@@ -206,7 +208,9 @@ async def test_partitions_moving_to_a_new_consumer_mid_stream_are_handed_over_cl
 
     await (await open_bus()).subscribe(spec, second)
 
-    await wait_until(lambda: {m.message_id for m in first.delivered + second.delivered} == ids)
+    await wait_until(
+        lambda: {m.message_id for m in first.delivered + second.delivered} == ids, timeout=30
+    )
     # The second consumer got a share (the group did rebalance mid-stream)...
     assert second.delivered
     assert len(first.delivered) < len(ids)

@@ -109,6 +109,7 @@ async def topics_admin(emulator: PubSubEmulator) -> AsyncIterator[PublisherAsync
         yield client
 
 
+@pytest.mark.timeout(300)  # an emulator restart and the waits around it
 async def test_publish_fails_fast_while_pubsub_is_down_and_works_again_once_it_is_back(
     open_bus: OpenBus, emulator: PubSubEmulator
 ) -> None:

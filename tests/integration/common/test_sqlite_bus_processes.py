@@ -231,7 +231,7 @@ async def test_messages_held_by_a_killed_consumer_go_to_a_survivor(
     topic, name = unique("topic"), unique("sub")
     child = await spawn(
         "consume", str(db_path), topic, "--subscription", name,
-        "--hold", "--max-concurrency", "4", "--ack-deadline", "1.0",
+        "--hold", "--max-concurrency", "4", "--ack-deadline", "5.0",
     )  # fmt: skip
     await child.wait_for("ready")
     ids = await bus.publish_many([OutgoingMessage(topic, f"m{i}".encode()) for i in range(10)])
@@ -239,10 +239,12 @@ async def test_messages_held_by_a_killed_consumer_go_to_a_survivor(
 
     survivor = Inbox()
     await bus.subscribe(SubscriptionSpec(topic, name, ack_deadline_seconds=5.0), survivor)
+    # The child's leases (5 s, never renewed) keep its messages from the survivor meanwhile.
     await wait_until(lambda: survivor.ids() == set(ids) - held)
     assert await child.kill() == -signal.SIGKILL
 
-    await wait_until(lambda: survivor.ids() == set(ids))
+    # They come back once those leases lapse.
+    await wait_until(lambda: survivor.ids() == set(ids), timeout=20)
     assert {m.delivery_attempt for m in survivor.messages if m.message_id in held} == {2}
     assert len(survivor.messages) == len(ids)
 

@@ -20,6 +20,7 @@ from support.scenarios import MakeProcess, exactly_once_across_replicas
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(300)  # three process starts, then its own budget of 90 s for 500 tasks
 async def test_every_task_completes_once_though_a_replica_is_killed(
     service_processes: MakeProcess, sqlite_url: str, tmp_path: Path
 ) -> None:

@@ -164,7 +164,8 @@ async def test_a_task_scheduled_ahead_runs_once_at_its_time(
 
 
 async def test_a_cancelled_task_never_runs(scheduler: RunningScheduler, ledger: Path) -> None:
-    at = time.time_ns() + 1 * NS
+    # Due soon, but far enough ahead that a slow machine still submits and cancels it in time.
+    at = time.time_ns() + 5 * NS
     task_id = await submit(scheduler, ledger, scheduled_time_ns=at)
     receipt = await scheduler.client.cancel(task_id, reason="changed my mind")
     assert receipt.result_data["status"] == "cancelled"
@@ -271,7 +272,8 @@ async def test_higher_priority_runs_first_among_due_tasks(
     make_scheduler: MakeScheduler, ledger: Path
 ) -> None:
     scheduler = await make_scheduler(worker_concurrency=1)
-    at = time.time_ns() + 1 * NS
+    # Every submit must commit before the tasks fall due, or the worker takes an early one.
+    at = time.time_ns() + 5 * NS
     priorities = [3, 9, 5, 1, 10, 7]
     ids = {
         await submit(scheduler, ledger, scheduled_time_ns=at, priority=p, task_id=f"prio-{p}"): p
@@ -322,7 +324,8 @@ async def test_stream_of_one_task_ends_at_its_final_status(
         ledger,
         task_type="test_sleep",
         parameters={"seconds": "0.3"},
-        scheduled_time_ns=time.time_ns() + NS // 2,
+        # Due after the watch below has surely reached the server and sent "pending".
+        scheduled_time_ns=time.time_ns() + 3 * NS,
     )
     updates = [u async for u in scheduler.client.watch(task_id)]
     assert [u.status for u in updates] == ["pending", "running", "completed"]
@@ -345,9 +348,10 @@ async def test_stream_of_every_task_sees_updates_live(
             received.append(update)
 
     reader = asyncio.create_task(read())
-    # The stream listens once the call reached the server; a task submitted after a short
-    # pause is seen from its submission on.
-    await asyncio.sleep(0.3)
+    # The stream listens once the call has reached the server: a probe task's update proves
+    # it does, and the task submitted after it is seen from its submission on.
+    probe = await submit(scheduler, ledger, scheduled_time_ns=time.time_ns() + 600 * NS)
+    await wait_until(lambda: any(u.task_id == probe for u in received))
     task_id = await submit(
         scheduler,
         ledger,

@@ -98,7 +98,12 @@ async def test_buffer_one_keeps_one_run_waiting(scheduler: RunningScheduler, led
     assert second.started_at_ns >= first.completed_at_ns
 
     # Cancelling the recurring task stops it and cancels its waiting run.
-    await asyncio.sleep(1.2)  # the next fire buffers a run behind the running one
+    # The next fire buffers a run behind the running one.
+    deadline = time.monotonic() + 10
+    while not [r for r in runs[2:] if r.status == "pending" and r.next_run_ns == 0]:
+        assert time.monotonic() < deadline, runs
+        await asyncio.sleep(0.1)
+        runs = await runs_of(scheduler, parent_id)
     await scheduler.client.cancel(parent_id)
     parent = await scheduler.client.get(parent_id)
     assert parent.status == "cancelled"

@@ -75,7 +75,8 @@ async def test_a_policy_is_enforced_at_its_effective_time(
     governor: RunningGovernor, make_scheduler: MakeScheduler
 ) -> None:
     scheduler = await make_scheduler(governor_target=governor.target)
-    effective = time.time_ns() + 2 * NS
+    # Far enough ahead that the task is seen (over the bus) while the policy is still proposed.
+    effective = time.time_ns() + 5 * NS
     receipt = await governor.client.propose(
         policy_type="operational",
         name="scale-at-nine",

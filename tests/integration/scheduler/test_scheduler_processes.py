@@ -119,14 +119,15 @@ async def test_sigterm_releases_what_cannot_finish_to_another_replica(
     first = await service_processes("tai_scheduler", TAI_REPLICA_ID="sched-a", **env).start()
     async with open_channel(first.target) as channel:
         client = SchedulerClient(channel)
-        receipt = await client.submit(task_type="test_sleep", parameters={"seconds": "2"})
+        # Long enough that the SIGTERM surely lands while it runs.
+        receipt = await client.submit(task_type="test_sleep", parameters={"seconds": "5"})
         await wait_status(client, receipt.resource_id, ("running",))
     assert await asyncio.to_thread(first.terminate) == 0
 
     # The lease (30 s) has not lapsed: the task is free again because it was released.
     second = await service_processes("tai_scheduler", TAI_REPLICA_ID="sched-b", **env).start()
     async with open_channel(second.target) as channel:
-        task = await wait_status(SchedulerClient(channel), receipt.resource_id, timeout=15)
+        task = await wait_status(SchedulerClient(channel), receipt.resource_id, timeout=30)
     assert task.status == "completed"
     released, completed = task.attempts
     assert (released.worker, released.outcome) == ("sched-a", "lease_lost")
@@ -144,7 +145,8 @@ async def test_a_stalled_replica_cannot_overwrite_the_new_owners_result(
     stalled = await service_processes("tai_scheduler", TAI_REPLICA_ID="sched-a", **env).start()
     async with open_channel(stalled.target) as channel:
         client = SchedulerClient(channel)
-        receipt = await client.submit(task_type="test_sleep", parameters={"seconds": "2"})
+        # Long enough that the freeze surely lands while it runs.
+        receipt = await client.submit(task_type="test_sleep", parameters={"seconds": "5"})
         await wait_status(client, receipt.resource_id, ("running",))
     assert stalled.process is not None
     await asyncio.to_thread(freeze_between_writes, stalled.process.pid, sqlite_url, ledger)
@@ -152,7 +154,7 @@ async def test_a_stalled_replica_cannot_overwrite_the_new_owners_result(
         other = await service_processes("tai_scheduler", TAI_REPLICA_ID="sched-b", **env).start()
         async with open_channel(other.target) as channel:
             client = SchedulerClient(channel)
-            task = await wait_status(client, receipt.resource_id, timeout=20)
+            task = await wait_status(client, receipt.resource_id, timeout=30)
             assert task.status == "completed"
             assert [(a.worker, a.outcome) for a in task.attempts] == [
                 ("sched-a", "lease_lost"),

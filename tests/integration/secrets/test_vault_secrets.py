@@ -91,12 +91,12 @@ async def test_a_rotation_is_seen_live_and_fires_the_callbacks(kit: Kit) -> None
 
 async def test_a_short_ttl_token_is_renewed_and_reads_keep_working(kit: Kit) -> None:
     kit.put("svc", {"password": "renewal-pw-5e6f"})
-    token = kit.token(ttl="3s", renewable=True, explicit_max_ttl="10m")
+    token = kit.token(ttl="6s", renewable=True, explicit_max_ttl="10m")
     source = await kit.open(TokenAuth(token=SecretStr(token)))
     issued = hvac.Client(url=kit.vault.url, token=token).auth.token.lookup_self()["data"]
 
     # Several TTLs: without renewal, the token would have expired twice over.
-    deadline = time.monotonic() + 8
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         assert (await source.get("svc")).reveal("password") == "renewal-pw-5e6f"
         await asyncio.sleep(0.5)
