@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,3 +34,5 @@ def service_processes(tmp_path: Path) -> Iterator[Callable[..., ServiceProcess]]
     yield make
     for process in made:
         process.stop()
+        # Shown by pytest only when the test failed: what each process logged last.
+        print(f"--- {process.log_path.name} ---\n{process.log_tail()}", file=sys.stderr)

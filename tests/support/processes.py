@@ -52,6 +52,11 @@ class ServiceProcess:
         self.target = f"127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
+    @property
+    def replica_id(self) -> str:
+        """The TAI_REPLICA_ID it was started with ("" when the service picks its own)."""
+        return self.env.get("TAI_REPLICA_ID", "")
+
     async def start(self, timeout: float = 30.0) -> ServiceProcess:
         log = self.log_path.open("ab")
         # Popen only forks; the wait for readiness below is asynchronous.
