@@ -81,18 +81,22 @@ async def exactly_once_across_replicas(
         await asyncio.gather(*(submit(i) for i in range(tasks_total)))
 
         deadline = time.monotonic() + timeout
-        # Once the work is well under way, kill a replica at a moment it runs a task: the first
-        # of sched-b and sched-c seen running one (the client's replica, sched-a, lives). Either
-        # will do: on the Firestore emulator's lock waits one replica may claim nothing for a
-        # while, and the others may finish everything meanwhile.
-        victim: ServiceProcess | None = None
-        while victim is None:
+
+        async def replica_running_a_task() -> ServiceProcess | None:
             done = len(test_ledger.completions(ledger))
             assert done < tasks_total, "every task completed before a replica could be killed"
             assert time.monotonic() < deadline, f"{done} of {tasks_total} tasks completed"
-            if done >= tasks_total // 3:
-                running = await workers_running_a_task(client, ledger)
-                victim = next((r for r in replicas[1:] if r.replica_id in running), None)
+            if done < tasks_total // 3:
+                return None
+            running = await workers_running_a_task(client, ledger)
+            return next((r for r in replicas[1:] if r.replica_id in running), None)
+
+        # Once the work is well under way, kill a replica at a moment it runs a task: the first
+        # of sched-b and sched-c seen running one (the client's replica, sched-a, lives). Either
+        # will do: on the Firestore emulator's lock waits one replica may claim nothing for a
+        # while, and the others may finish everything meanwhile. Killed at once when seen: its
+        # task (150 ms) may end soon after. Polled: the state is in the store and the ledger.
+        while (victim := await replica_running_a_task()) is None:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
         victim.kill()
 
