@@ -58,25 +58,24 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
 
     async def start() -> None:
         # Subscribe before listing, so that no change falls between the two.
-        for topic, handler, event_types, batch_delay in (
-            (topics.POLICIES, sync.on_policy_event, (), 0.0),
-            (
-                topics.ACTIONS,
-                dispatcher.on_action_event,
-                ActionDispatcher.WAKING_EVENTS,
-                ActionDispatcher.WAKING_BATCH_DELAY_SECONDS,
-            ),
-        ):
-            subscription = await subscribe_replica(
-                deps.bus,
-                topic=topic,
-                service=settings.service_name,
-                replica_id=settings.replica_id,
-                on_event=handler,
-                event_types=event_types,
-                batch_delay_seconds=batch_delay,
-            )
-            runtime.add_shutdown(subscription.close)
+        policies = await subscribe_replica(
+            deps.bus,
+            topic=topics.POLICIES,
+            service=settings.service_name,
+            replica_id=settings.replica_id,
+            on_event=sync.on_policy_event,
+        )
+        runtime.add_shutdown(policies.close)
+        actions = await subscribe_replica(
+            deps.bus,
+            topic=topics.ACTIONS,
+            service=settings.service_name,
+            replica_id=settings.replica_id,
+            on_event=dispatcher.on_action_event,
+            event_types=ActionDispatcher.WAKING_EVENTS,
+            batch_delay_seconds=ActionDispatcher.WAKING_BATCH_DELAY_SECONDS,
+        )
+        runtime.add_shutdown(actions.close)
         await sync.load()
 
     metrics.ACTIVE_POLICIES.set_function(lambda: len(book))

@@ -11,7 +11,7 @@ import itertools
 import time
 from pathlib import Path
 
-from scheduler_helpers import NS, RunningScheduler, wait_status
+from scheduler_helpers import NS, RunningScheduler, eventually, wait_status
 from tai.v1 import scheduler_pb2
 
 
@@ -99,11 +99,10 @@ async def test_buffer_one_keeps_one_run_waiting(scheduler: RunningScheduler, led
 
     # Cancelling the recurring task stops it and cancels its waiting run.
     # The next fire buffers a run behind the running one.
-    deadline = time.monotonic() + 10
-    while not [r for r in runs[2:] if r.status == "pending" and r.next_run_ns == 0]:
-        assert time.monotonic() < deadline, runs
-        await asyncio.sleep(0.1)
-        runs = await runs_of(scheduler, parent_id)
+    await eventually(
+        lambda: runs_of(scheduler, parent_id),
+        lambda runs: any(r.status == "pending" and r.next_run_ns == 0 for r in runs[2:]),
+    )
     await scheduler.client.cancel(parent_id)
     parent = await scheduler.client.get(parent_id)
     assert parent.status == "cancelled"
