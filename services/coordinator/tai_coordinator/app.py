@@ -3,7 +3,9 @@ start it in-process; `main` runs it until SIGTERM."""
 
 from __future__ import annotations
 
-from tai.v1 import coordinator_pb2_grpc
+from collections.abc import Awaitable, Callable
+
+from tai.v1 import coordinator_pb2_grpc, events_pb2
 from tai_common.bus import events, topics
 from tai_common.bus.fanout import subscribe_replica
 from tai_common.config import ServiceSettings
@@ -57,25 +59,31 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
     )
 
     async def start() -> None:
+        async def subscribe(
+            topic: str,
+            on_event: Callable[[events_pb2.Event], Awaitable[None]],
+            event_types: tuple[str, ...] = (),
+            batch_delay_seconds: float = 0.0,
+        ) -> None:
+            subscription = await subscribe_replica(
+                deps.bus,
+                topic=topic,
+                service=settings.service_name,
+                replica_id=settings.replica_id,
+                on_event=on_event,
+                event_types=event_types,
+                batch_delay_seconds=batch_delay_seconds,
+            )
+            runtime.add_shutdown(subscription.close)
+
         # Subscribe before listing, so that no change falls between the two.
-        policies = await subscribe_replica(
-            deps.bus,
-            topic=topics.POLICIES,
-            service=settings.service_name,
-            replica_id=settings.replica_id,
-            on_event=sync.on_policy_event,
+        await subscribe(topics.POLICIES, sync.on_policy_event)
+        await subscribe(
+            topics.ACTIONS,
+            dispatcher.on_action_event,
+            ActionDispatcher.WAKING_EVENTS,
+            ActionDispatcher.WAKING_BATCH_DELAY_SECONDS,
         )
-        runtime.add_shutdown(policies.close)
-        actions = await subscribe_replica(
-            deps.bus,
-            topic=topics.ACTIONS,
-            service=settings.service_name,
-            replica_id=settings.replica_id,
-            on_event=dispatcher.on_action_event,
-            event_types=ActionDispatcher.WAKING_EVENTS,
-            batch_delay_seconds=ActionDispatcher.WAKING_BATCH_DELAY_SECONDS,
-        )
-        runtime.add_shutdown(actions.close)
         await sync.load()
 
     metrics.ACTIVE_POLICIES.set_function(lambda: len(book))
