@@ -68,3 +68,9 @@ class Unavailable(TaiError):
 
 class DeadlineExceeded(TaiError):
     """The operation did not finish in time."""
+
+
+class StartupError(Exception):
+    """Something the operator must fix before a service can start (a missing Pub/Sub topic, a
+    setting that cannot work). The entry point prints its message, one line naming the thing
+    and the remedy, and exits with status 2 instead of a traceback."""
