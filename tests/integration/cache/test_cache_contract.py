@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio
-from support.redis_server import RedisServer, running_redis
+from support.redis_server import RedisServer, redis_cli, running_redis
 from tai_common.cache.memory_cache import MemoryCache
 from tai_common.cache.port import Cache, CacheEntry
 from tai_common.cache.redis_cache import RedisCache
@@ -96,7 +96,7 @@ async def test_entries_that_missed_an_invalidation_are_dropped_on_recovery(
     cache = RedisCache.from_url(redis_server.url, prefix="stall:")
     await cache.put("k", b"old", version=1, ttl_seconds=60)
     stall = await asyncio.create_subprocess_exec(
-        "redis-cli",
+        redis_cli(),
         "-p",
         str(redis_server.port),
         "DEBUG",
