@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 
-PACKAGES := -e libs/proto -e libs/common -e libs/client \
+PACKAGES := -e libs/proto -e libs/rpc -e libs/common -e libs/client \
 	-e services/governor -e services/coordinator -e services/scheduler \
 	-e tests/plugins/executors
 PROTOS := $(wildcard protos/tai/v1/*.proto)

@@ -1,6 +1,11 @@
-"""Typed Python client for the TAI services (`GovernorClient`, …) and the `taictl` CLI."""
+"""Typed Python client for the TAI services (`GovernorClient`, …) and the `taictl` CLI.
 
-from tai_client.channel import ChannelOptions, open_channel
+`open_channel`, `ChannelOptions` and `TlsFiles` come from `tai_rpc`, the transport both the
+SDK and the services use; they are re-exported here so an SDK user needs one import.
+"""
+
+from tai_rpc import ChannelOptions, TlsFiles, open_channel
+
 from tai_client.coordinator import CoordinatorClient
 from tai_client.governor import GovernorClient
 from tai_client.scheduler import SchedulerClient
@@ -10,5 +15,6 @@ __all__ = [
     "CoordinatorClient",
     "GovernorClient",
     "SchedulerClient",
+    "TlsFiles",
     "open_channel",
 ]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import grpc
 from tai.v1 import common_pb2, governor_pb2, governor_pb2_grpc
+from tai_rpc.channel import ChannelOptions
 
-from tai_client.channel import ChannelOptions
 from tai_client.cli import CliContext, cli, pass_context
 from tai_client.output import console, error_console, format_ns, print_json, print_table
 

@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 
 import click
 import grpc
+from tai_rpc.channel import ChannelOptions, TlsFiles, open_channel
 
-from tai_client.channel import ChannelOptions, TlsFiles, open_channel
 from tai_client.output import error_console
 
 T = TypeVar("T")

@@ -7,8 +7,8 @@ from typing import Any
 import click
 import grpc
 from tai.v1 import common_pb2, coordinator_pb2
+from tai_rpc.channel import ChannelOptions
 
-from tai_client.channel import ChannelOptions
 from tai_client.cli import CliContext, cli, parse_pairs, pass_context
 from tai_client.coordinator import CoordinatorClient
 from tai_client.output import console, format_map, format_ns, print_fields, print_json, print_table

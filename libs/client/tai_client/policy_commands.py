@@ -7,8 +7,8 @@ from typing import Any
 import click
 import grpc
 from tai.v1 import common_pb2, governor_pb2
+from tai_rpc.channel import ChannelOptions
 
-from tai_client.channel import ChannelOptions
 from tai_client.cli import CliContext, cli, parse_pairs, pass_context
 from tai_client.governor import GovernorClient
 from tai_client.output import (

@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator, Mapping
 
 import grpc
 from tai.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-
-from tai_client.channel import ChannelOptions
+from tai_rpc.channel import ChannelOptions
 
 
 class SchedulerClient:

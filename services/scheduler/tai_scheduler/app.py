@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pydantic import Field
 from tai.v1 import scheduler_pb2_grpc
-from tai_client.breaker import BreakerConfig, BreakerState, CircuitBreaker, CircuitBreakers
 from tai_common.bus import events, topics
 from tai_common.bus.fanout import subscribe_replica
 from tai_common.config import ServiceSettings
 from tai_common.grpc.security import internal_channel_options
 from tai_common.runtime import Dependencies, ServiceRuntime, service_main
 from tai_common.telemetry.metrics import CIRCUIT_BREAKER_STATE
+from tai_rpc.breaker import BreakerConfig, BreakerState, CircuitBreaker, CircuitBreakers
 
 from tai_scheduler import repository
 from tai_scheduler.consumers import EventConsumers

@@ -19,7 +19,7 @@ from support.secured import auth_settings
 from support.tokens import TokenIssuer
 from tai.v1 import governor_pb2
 from tai_client import ChannelOptions, GovernorClient, SchedulerClient, open_channel
-from tai_client.channel import TlsFiles
+from tai_rpc.channel import TlsFiles
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from tai_client.breaker import (
+from tai_rpc.breaker import (
     BreakerConfig,
     BreakerState,
     CircuitBreaker,
@@ -122,7 +122,7 @@ async def test_a_failure_while_half_open_opens_again() -> None:
 
 
 def test_default_failures_are_statuses_of_an_unhealthy_target() -> None:
-    from tai_client.breaker import is_target_failure
+    from tai_rpc.breaker import is_target_failure
 
     class Rpc(grpc.aio.AioRpcError):
         def __init__(self, code: grpc.StatusCode) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
-from tai_client.channel import ChannelOptions, TlsFiles
+from tai_rpc.channel import ChannelOptions, TlsFiles
 
 from tai_common.auth.jwt_verifier import (
     JwksLoader,

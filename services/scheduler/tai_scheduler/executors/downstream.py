@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
-from tai_client.breaker import CircuitBreaker, CircuitOpenError
+from tai_rpc.breaker import CircuitBreaker, CircuitOpenError
 
 from tai_scheduler.executors.port import PermanentTaskError, RetryableTaskError, TaskContext
 

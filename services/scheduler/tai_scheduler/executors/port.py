@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import grpc
-from tai_client.breaker import CircuitBreakers
-from tai_client.channel import ChannelOptions, open_channel
 from tai_common.config import ServiceSettings
+from tai_rpc.breaker import CircuitBreakers
+from tai_rpc.channel import ChannelOptions, open_channel
 
 
 @dataclass(frozen=True)
