@@ -1,15 +1,17 @@
-"""Installs the custom-resource schemas the deploy tests check Istio and Prometheus resources
-against, at build/tools/k8s-models (used by tests/deploy).
+"""Installs the custom-resource schemas the deploy tests check Istio, prometheus-operator and
+KEDA resources against, at build/tools/k8s-models (used by tests/deploy).
 
     python scripts/install_istio_schemas.py            # install if missing or out of date
     python scripts/install_istio_schemas.py --check    # exit 1 (and say how) when missing
 
 The schemas come from the npm packages `@kubernetes-models/istio` (generated from Istio's own
-CRDs) and `@kubernetes-models/prometheus-operator`, pinned with their dependencies in
-tests/deploy/node/package.json and package-lock.json. They ship no JSON Schema files, only
-each kind's schema compiled into a standalone Ajv validator, which
-tests/deploy/node/validate_crds.mjs runs with the machine's node. `npm ci` installs exactly the
-locked versions (integrity-checked); with that lock already installed, nothing is fetched.
+CRDs), `@kubernetes-models/prometheus-operator` and `@kubernetes-models/keda` (generated from
+KEDA's API types, github.com/kedacore/keda/v2/apis/keda/v1alpha1, which its CRDs are made
+from), pinned with their dependencies in tests/deploy/node/package.json and package-lock.json.
+They ship no JSON Schema files, only each kind's schema compiled into a standalone Ajv
+validator, which tests/deploy/node/validate_crds.mjs runs with the machine's node. `npm ci`
+installs exactly the locked versions (integrity-checked); with that lock already installed,
+nothing is fetched.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ SOURCE = REPOSITORY_ROOT / "tests" / "deploy" / "node"
 MODELS = REPOSITORY_ROOT / "build" / "tools" / "k8s-models"
 STAMP = MODELS / ".installed"
 MANIFESTS = ("package.json", "package-lock.json")
-PACKAGES = ("@kubernetes-models/istio", "@kubernetes-models/prometheus-operator")
+PACKAGES = (
+    "@kubernetes-models/istio",
+    "@kubernetes-models/prometheus-operator",
+    "@kubernetes-models/keda",
+)
 INSTALL_COMMAND = "python3 scripts/install_istio_schemas.py"
 
 

@@ -36,7 +36,7 @@ RELEASE = "tai"
 NAMESPACE = "tai"
 SERVICES = ("governor", "coordinator", "scheduler")
 # The groups whose kinds are custom resources, checked by validate_crds.mjs.
-CRD_GROUPS = ("networking.istio.io", "security.istio.io", "monitoring.coreos.com")
+CRD_GROUPS = ("networking.istio.io", "security.istio.io", "monitoring.coreos.com", "keda.sh")
 # How deploy/istio/ is rendered from the chart (`make istio-manifests` runs the same).
 ISTIO_RENDER_ARGS = ("--set", "istio.enabled=true")
 

@@ -1,7 +1,7 @@
-// Validates custom resources (Istio, prometheus-operator) against the schemas that the npm
-// packages @kubernetes-models/istio and @kubernetes-models/prometheus-operator ship. Those
-// packages ship no JSON Schema files: each kind's schema comes compiled into a standalone Ajv
-// validator (`_schemas/<Name>.js`), which this script runs.
+// Validates custom resources (Istio, prometheus-operator, KEDA) against the schemas that the npm
+// packages @kubernetes-models/istio, @kubernetes-models/prometheus-operator and
+// @kubernetes-models/keda ship. Those packages ship no JSON Schema files: each kind's schema
+// comes compiled into a standalone Ajv validator (`_schemas/<Name>.js`), which this script runs.
 //
 // The compiled schemas do not forbid unknown fields (the API server prunes them silently), so
 // a typo such as `requestPrincipal:` would pass. To be strict, every object handed to a
@@ -21,6 +21,7 @@ const PACKAGES = {
   "telemetry.istio.io": "@kubernetes-models/istio",
   "extensions.istio.io": "@kubernetes-models/istio",
   "monitoring.coreos.com": "@kubernetes-models/prometheus-operator",
+  "keda.sh": "@kubernetes-models/keda",
 };
 
 async function validatorFor(modelsDir, apiVersion, kind) {
