@@ -38,6 +38,9 @@ class PolicyState(StrEnum):
     REVOKED = "REVOKED"
 
 
+# The states in which an enabled policy is evaluated against signals (what `enabled_only` lists).
+EVALUATED_STATES = frozenset({PolicyState.DRY_RUN, PolicyState.ENFORCED})
+
 # Lifecycle: any live state can be revoked; REVOKED is final for the version chain until a new
 # version is proposed (which starts again at PROPOSED).
 TRANSITIONS: Mapping[PolicyState, frozenset[PolicyState]] = {

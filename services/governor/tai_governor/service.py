@@ -28,6 +28,7 @@ from tai_governor import metrics
 from tai_governor.convert import policy_from_proto, policy_to_proto
 from tai_governor.feed import PolicyFeed
 from tai_governor.policy import (
+    EVALUATED_STATES,
     PolicyContent,
     PolicyState,
     PolicyVersion,
@@ -306,13 +307,23 @@ class PolicyService:
         requested_page_size: int,
         page_token: str,
     ) -> tuple[list[PolicyVersion], str]:
-        scope = f"policies|{policy_type}|{enabled_only}|{','.join(sorted(states))}"
+        """The current versions matching every filter given: `policy_type`, `states` (any of
+        them; repeats are ignored) and `enabled_only` (the enabled policies that are evaluated
+        against signals: ENFORCED or DRY_RUN)."""
+        wanted = sorted(set(states))
+        if enabled_only:
+            wanted = sorted((set(wanted) or set(PolicyState)) & EVALUATED_STATES)
+        scope = f"policies|{policy_type}|{enabled_only}|{','.join(wanted)}"
+        limit = page_size(requested_page_size)
+        start_after = decode_page_token(page_token, scope)
+        if enabled_only and not wanted:
+            return [], ""  # e.g. enabled_only with states=[PROPOSED]: nothing can match
         policies, cursor = await self.cache.list_current(
             policy_type=policy_type,
             enabled_only=enabled_only,
-            states=states,
-            limit=page_size(requested_page_size),
-            start_after=decode_page_token(page_token, scope),
+            states=wanted,
+            limit=limit,
+            start_after=start_after,
         )
         return policies, encode_page_token(cursor, scope)
 

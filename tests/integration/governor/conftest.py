@@ -3,13 +3,51 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from support import inprocess
+from support.firestore_emulator import FirestoreEmulator
+from support.firestore_emulator import firestore_emulator as firestore_emulator
 from support.running import RunningGovernor
+from tai_client import GovernorClient, open_channel
+from tai_common.runtime import Dependencies
+from tai_governor.app import GovernorSettings, create_app
 
 
 @pytest.fixture
 async def governor(sqlite_url: str) -> AsyncIterator[RunningGovernor]:
     async with inprocess.governor(sqlite_url, max_message_bytes=1024 * 1024) as running:
         yield running
+
+
+@pytest.fixture(params=["sqlite", "firestore"])
+async def governor_on_each_store(
+    request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path
+) -> AsyncIterator[RunningGovernor]:
+    """A Governor on the embedded default (SQLite store and bus), then on Firestore (the
+    emulator; the bus stays a SQLite file, as the listing never touches it)."""
+    if request.param == "sqlite":
+        async with inprocess.governor(sqlite_url) as running:
+            yield running
+        return
+    # Looked up here, so that a run without Firestore tests never starts the JVM.
+    emulator: FirestoreEmulator = request.getfixturevalue("firestore_emulator")
+    project = emulator.new_project()
+    settings = GovernorSettings(
+        store=f"firestore://{project}",
+        bus=f"sqlite:///{tmp_path}/bus.db",
+        replica_id="test-governor",
+        **inprocess.COMMON,
+    )
+    with emulator.environ():
+        runtime = create_app(await Dependencies.open(settings))
+        port = await runtime.start()
+    target = f"127.0.0.1:{port}"
+    channel = open_channel(target)
+    try:
+        yield RunningGovernor(runtime, channel, GovernorClient(channel), target)
+    finally:
+        await channel.close()
+        await runtime.stop()
+        emulator.wipe(project)
