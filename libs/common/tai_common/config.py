@@ -44,7 +44,8 @@ class ServiceSettings(BaseSettings):
     bus: str = "sqlite:///.tai/tai.db"
     # Create missing topics and subscriptions at start (emulators, first installs).
     bus_create_missing: bool = False
-    # memory:// (each process its own) or redis://host:port/db (shared by every replica).
+    # memory:// (each process its own), or shared by every replica: redis://host:port/db (one
+    # server) or redis+cluster://host:port[,host:port…] (a Redis Cluster); rediss… for TLS.
     cache: str = "memory://"
     # SQLite durability: FULL syncs every commit to disk; NORMAL survives process crashes but
     # may lose the last commits on power loss.
@@ -85,7 +86,8 @@ class ServiceSettings(BaseSettings):
 
     # Rate limits: requests per second per caller and method (0 = unlimited), with a burst;
     # overrides per method name ("SubmitSignal": 500). Shared by replicas through Redis when
-    # `rate_limit_store` is a redis:// URL (defaults to the cache's when that is Redis).
+    # `rate_limit_store` is a redis:// or redis+cluster:// URL (defaults to the cache's when
+    # that is Redis).
     rate_limit_per_second: float = 0.0
     rate_limit_burst: float = 0.0
     rate_limits: dict[str, float] = Field(default_factory=dict)

@@ -137,17 +137,24 @@ def cache_in_process(settings: ServiceSettings) -> bool:
 
 
 def open_cache(settings: ServiceSettings) -> Cache:
-    """The Cache named by `settings.cache`: `memory://` (per process) or `redis://host:port/db`."""
+    """The Cache named by `settings.cache`: `memory://` (per process), `redis://host:port/db`
+    (one server) or `redis+cluster://host:port[,host:port…]` (a Redis Cluster)."""
     if cache_in_process(settings):
         from tai_common.cache.memory_cache import MemoryCache
 
         return MemoryCache()
-    if urlparse(settings.cache).scheme in ("redis", "rediss"):
+    from tai_common.cache.redis_client import is_redis_url
+
+    if is_redis_url(settings.cache):
         from tai_common.cache.redis_cache import RedisCache
 
-        return RedisCache.from_url(settings.cache)
+        try:
+            return RedisCache.from_url(settings.cache, setting="TAI_CACHE")
+        except ValueError as error:  # the message names TAI_CACHE
+            raise UnsupportedUrl(str(error)) from None
     raise UnsupportedUrl(
-        f"TAI_CACHE: unsupported cache {settings.cache!r} (expected memory:// or redis://…)"
+        f"TAI_CACHE: unsupported cache {settings.cache!r} "
+        "(expected memory://, redis://host:port/db or redis+cluster://host:port[,host:port…])"
     )
 
 

@@ -1,9 +1,15 @@
-"""The production Cache: Redis (redis.asyncio), shared by every replica of every service.
+"""The production Cache: Redis (redis.asyncio), one server or a Redis Cluster, shared by every
+replica of every service.
 
-Version checks run as Lua scripts so that check-and-set is atomic. Redis being down never fails
-a caller: operations answer a miss (or do nothing), the outage is counted and logged once, and
-the adapter tries Redis again after a short pause. Invalidations missed during an outage could
-leave stale entries behind, so on recovery the adapter drops every key under its prefix.
+Version checks run as Lua scripts so that check-and-set is atomic. Each script touches one key
+only, so on a cluster it runs on the node holding that key's slot; keys carry no hash tag,
+which spreads them over every node.
+
+Redis being down (or one node of a cluster) never fails a caller: operations answer a miss (or
+do nothing), the outage is counted and logged once, and the adapter tries Redis again after a
+short pause, during which it skips Redis altogether. Invalidations missed during an outage
+could leave stale entries behind on any node, so on recovery the adapter drops every key under
+its prefix on every node; until it has, it keeps answering misses.
 """
 
 from __future__ import annotations
@@ -12,10 +18,8 @@ import logging
 import time
 from typing import Any
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError
-
 from tai_common.cache.port import CacheEntry
+from tai_common.cache.redis_client import UNAVAILABLE, RedisClient, open_redis
 from tai_common.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,7 @@ RETRY_AFTER_SECONDS = 1.0
 class RedisCache:
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         prefix: str = "tai:",
         retry_after_seconds: float = RETRY_AFTER_SECONDS,
@@ -52,12 +56,16 @@ class RedisCache:
         self._retry_after = retry_after_seconds
         self._down_since: float | None = None
         self._skip_until = 0.0
+        self._recovering = False
 
     @classmethod
-    def from_url(cls, url: str, *, prefix: str = "tai:") -> RedisCache:
-        """`redis://host:port/db`. Short timeouts: a slow cache is worse than no cache."""
-        client = redis.Redis.from_url(
+    def from_url(cls, url: str, *, prefix: str = "tai:", setting: str = "TAI_CACHE") -> RedisCache:
+        """`redis://host:port/db` or `redis+cluster://host:port[,host:port…]` (see
+        `redis_client`); a URL that cannot work raises `RedisUrlError` naming `setting`. Short
+        timeouts: a slow cache is worse than no cache."""
+        client = open_redis(
             url,
+            setting,
             socket_connect_timeout=0.25,
             socket_timeout=0.25,
             health_check_interval=10,
@@ -91,30 +99,45 @@ class RedisCache:
         await self._client.aclose()
 
     async def _call(self, awaitable: Any) -> Any:
-        if time.monotonic() < self._skip_until:
+        if time.monotonic() < self._skip_until or (
+            self._down_since is not None and not await self._recover()
+        ):
             awaitable.close()
             return None
         try:
-            result = await awaitable
-        except (RedisError, OSError) as error:
+            return await awaitable
+        except UNAVAILABLE as error:
             self._skip_until = time.monotonic() + self._retry_after
             if self._down_since is None:
                 self._down_since = time.monotonic()
                 metrics.CACHE_OUTAGES.inc()
                 log.warning("redis cache unavailable (%s); reading from the store", error)
             return None
-        if self._down_since is not None:
-            await self._recover()
-        return result
 
-    async def _recover(self) -> None:
-        """Back after an outage: drop what might be stale, then use Redis again."""
+    async def _recover(self) -> bool:
+        """After an outage, before Redis is used again: drop what might be stale. Whether it
+        is usable again: not while another call is clearing it, nor if clearing failed (on a
+        cluster, a node may still be down while others answer), which pauses again."""
+        if self._recovering:
+            return False
+        self._recovering = True
         outage = time.monotonic() - (self._down_since or time.monotonic())
         try:
+            # On a cluster, scan_iter walks every primary node; UNLINK of a batch is split by
+            # slot (one command per slot), as a multi-key command must be there.
+            batch: list[bytes] = []
             async for key in self._client.scan_iter(match=self._prefix + "*", count=1000):
-                await self._client.unlink(key)
-        except (RedisError, OSError):
+                batch.append(key)
+                if len(batch) == 1000:
+                    await self._client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                await self._client.unlink(*batch)
+        except UNAVAILABLE:
             self._skip_until = time.monotonic() + self._retry_after
-            return
+            return False
+        finally:
+            self._recovering = False
         self._down_since = None
         log.warning("redis cache available again after %.1f s; entries dropped", outage)
+        return True

@@ -7,7 +7,6 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -20,6 +19,7 @@ from tai_common.auth.jwt_verifier import (
     jwks_from_file,
     jwks_from_url,
 )
+from tai_common.cache.redis_client import is_redis_url
 from tai_common.config import ServiceSettings
 from tai_common.grpc.auth import Authenticator, DeniedHook
 from tai_common.grpc.rate_limit import RateLimits
@@ -133,14 +133,19 @@ def _identities(settings: ServiceSettings) -> dict[str, str]:
 
 
 def rate_limits(settings: ServiceSettings) -> RateLimits | None:
-    """The rate limits, or None when unlimited. Shared through Redis when a redis:// store is
-    named (or the cache is Redis)."""
+    """The rate limits, or None when unlimited. Shared through Redis (one server or a cluster)
+    when TAI_RATE_LIMIT_STORE names it, or else the cache is Redis."""
     if settings.rate_limit_per_second <= 0:
         return None
-    store = settings.rate_limit_store or (
-        settings.cache if urlparse(settings.cache).scheme in ("redis", "rediss") else ""
-    )
-    limiter: RateLimiter = RedisRateLimiter.from_url(store) if store else MemoryRateLimiter()
+    setting, store = "TAI_RATE_LIMIT_STORE", settings.rate_limit_store
+    if not store and is_redis_url(settings.cache):
+        setting, store = "TAI_CACHE", settings.cache
+    try:
+        limiter: RateLimiter = (
+            RedisRateLimiter.from_url(store, setting) if store else MemoryRateLimiter()
+        )
+    except ValueError as error:  # the message names the setting
+        raise SecurityConfigError(str(error)) from None
     return RateLimits(
         limiter,
         settings.rate_limit_per_second,

@@ -1,8 +1,11 @@
-"""Token buckets in Redis: one budget per caller and method shared by every replica, taken
-atomically by a Lua script using Redis's own clock (so replicas' clocks don't matter).
+"""Token buckets in Redis (one server or a Redis Cluster): one budget per caller and method
+shared by every replica, taken atomically by a Lua script using Redis's own clock (so replicas'
+clocks don't matter). The script touches one key, the bucket, so on a cluster it runs on the
+node holding that key's slot; buckets carry no hash tag, which spreads them over every node.
 
-If Redis is unreachable the limiter lets calls through (counted and logged once per outage):
-a rate limit is a protection, not a reason to refuse all traffic.
+If Redis is unreachable (or the cluster node holding a bucket) the limiter lets calls through,
+and skips Redis for a short pause before trying again (counted and logged once per outage): a
+rate limit is a protection, not a reason to refuse all traffic.
 """
 
 from __future__ import annotations
@@ -10,9 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError
-
+from tai_common.cache.redis_client import UNAVAILABLE, RedisClient, open_redis
 from tai_common.ratelimit.port import Bucket, Decision
 from tai_common.telemetry import metrics
 
@@ -46,7 +47,7 @@ RETRY_AFTER_SECONDS = 1.0
 
 
 class RedisRateLimiter:
-    def __init__(self, client: redis.Redis, prefix: str = "tai:rl:") -> None:
+    def __init__(self, client: RedisClient, prefix: str = "tai:rl:") -> None:
         self._client = client
         self._prefix = prefix
         self._take = client.register_script(_TAKE)
@@ -54,8 +55,11 @@ class RedisRateLimiter:
         self._down = False
 
     @classmethod
-    def from_url(cls, url: str) -> RedisRateLimiter:
-        return cls(redis.Redis.from_url(url, socket_connect_timeout=0.25, socket_timeout=0.25))
+    def from_url(cls, url: str, setting: str = "TAI_RATE_LIMIT_STORE") -> RedisRateLimiter:
+        """`redis://host:port/db` or `redis+cluster://host:port[,host:port…]` (see
+        `tai_common.cache.redis_client`); a URL that cannot work raises `RedisUrlError` naming
+        `setting`."""
+        return cls(open_redis(url, setting, socket_connect_timeout=0.25, socket_timeout=0.25))
 
     async def take(self, key: str, bucket: Bucket) -> Decision:
         if time.monotonic() >= self._skip_until:
@@ -63,7 +67,7 @@ class RedisRateLimiter:
                 allowed, milli_tokens = await self._take(
                     keys=[self._prefix + key], args=[bucket.rate, bucket.burst]
                 )
-            except (RedisError, OSError) as error:
+            except UNAVAILABLE as error:
                 self._skip_until = time.monotonic() + RETRY_AFTER_SECONDS
                 if not self._down:
                     self._down = True
