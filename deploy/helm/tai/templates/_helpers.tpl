@@ -171,6 +171,9 @@ service's settings are only known once merged with the defaults).
 {{- if and $svc.canary.enabled (not $svc.canary.tag) -}}
 {{- fail (printf "%s: canary.enabled needs canary.tag (the image tag under test)" $where) -}}
 {{- end -}}
+{{- if and $root.Values.keda.enabled $svc.autoscaling.enabled (eq .name "coordinator") (not $root.Values.keda.coordinator.cpu) (not $root.Values.keda.coordinator.pubsubBacklog.enabled) -}}
+{{- fail "keda.coordinator: cpu and pubsubBacklog.enabled are both off, which leaves the Coordinator's ScaledObject without a trigger" -}}
+{{- end -}}
 {{- if and (eq $root.Values.config.auth "off") (not $root.Values.dev.allowInsecure) -}}
 {{- fail "config.auth=off turns authentication off; it needs dev.allowInsecure=true and is never for production" -}}
 {{- end -}}
