@@ -62,7 +62,7 @@ class Throughput:
 
 
 def condition_for(service: str, clauses: int = 3) -> str:
-    """A CEL condition of the architecture's example shape, matching `service`'s alerts."""
+    """A CEL condition shaped like the README walk-through's, matching `service`'s alerts."""
     parts = ['signal.type == "alert"', "signal.priority >= 8"][: clauses - 1]
     return " && ".join([*parts, f'signal.metadata["service"] == "{service}"'])
 

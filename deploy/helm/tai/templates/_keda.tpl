@@ -1,5 +1,5 @@
 {{/*
-KEDA ScaledObjects (keda.enabled): each service scales on the pressure the design names,
+KEDA ScaledObjects (keda.enabled): each service scales on the pressure docs/deployment.md names,
 between its autoscaling.minReplicas and maxReplicas. KEDA makes and owns the
 HorizontalPodAutoscaler behind a ScaledObject, so services.yaml renders either this or
 tai.hpa for a Deployment, never both.
