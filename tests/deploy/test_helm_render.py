@@ -1,6 +1,6 @@
 """The chart lints and renders for the default values and every ci/*-values.yaml, and what it
 renders is valid: built-in kinds against the Kubernetes 1.30 schemas (kubernetes-validate,
-strict), custom resources (Istio, prometheus-operator) against their published schemas."""
+strict), custom resources (Istio, prometheus-operator, KEDA) against their published schemas."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ CONFIGURATIONS = values_files()
 
 
 def test_every_ci_values_file_is_exercised() -> None:
-    assert {"production", "dev", "istio", "minimal"} <= set(CONFIGURATIONS)
+    assert {"production", "dev", "istio", "minimal", "keda"} <= set(CONFIGURATIONS)
 
 
 @pytest.mark.parametrize("configuration", CONFIGURATIONS)
@@ -46,7 +46,8 @@ def test_custom_resources_match_their_schemas(configuration: str) -> None:
 
 
 def test_the_validators_refuse_what_they_should() -> None:
-    """Both validators have teeth: an unknown field and a wrong enum are reported."""
+    """Both validators have teeth: an unknown field, a wrong type and a wrong enum are
+    reported, for KEDA's kinds too."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -72,7 +73,34 @@ def test_the_validators_refuse_what_they_should() -> None:
         "kind": "Nope",
         "metadata": {"name": "n"},
     }
-    errors = custom_resource_errors([typo, wrong_enum, unknown_kind])
+    keda_typo = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": "keda-typo"},
+        "spec": {
+            "scaleTargetRef": {"name": "tai-governor"},
+            "maxReplicas": 5,
+            "triggers": [{"type": "cpu", "metadata": {"value": 70}}],
+        },
+    }
+    keda_provider = {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "TriggerAuthentication",
+        "metadata": {"name": "keda-provider"},
+        "spec": {"podIdentity": {"provider": "google"}},
+    }
+    errors = custom_resource_errors([typo, wrong_enum, unknown_kind, keda_typo, keda_provider])
     assert any('unknown field "requestPrincipal"' in error for error in errors), errors
     assert any("DestinationRule/enum" in error and "allowed" in error for error in errors), errors
     assert any("no schema" in error for error in errors), errors
+    assert 'ScaledObject/keda-typo: /spec: unknown field "maxReplicas"' in errors, errors
+    # Trigger metadata values are strings in KEDA's API.
+    assert any(
+        error.startswith("ScaledObject/keda-typo: /spec/triggers/0/metadata/value")
+        for error in errors
+    ), errors
+    assert any(
+        error.startswith("TriggerAuthentication/keda-provider: /spec/podIdentity/provider")
+        and '"gcp"' in error
+        for error in errors
+    ), errors
