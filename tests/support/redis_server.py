@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from redis.crc import key_slot
+
 from support.processes import free_port, venv_binary
 
 
@@ -153,6 +155,7 @@ class RedisCluster:
             RedisServer(port, cluster_dir=self._dir / str(port), node_timeout_ms=node_timeout_ms)
             for port in (_cluster_port() for _ in range(size))
         ]
+        self._slots: dict[int, list[tuple[int, int]]] = {}
 
     @property
     def url(self) -> str:
@@ -181,7 +184,28 @@ class RedisCluster:
         except BaseException:
             self.stop()
             raise
+        self._slots = {node.port: _own_slots(node) for node in self.nodes}
         return self
+
+    def node_of(self, key: str) -> int:
+        """The index of the node holding `key`'s slot (as the cluster was created: the tests
+        move no slot)."""
+        slot = key_slot(key.encode())
+        return next(
+            index
+            for index, node in enumerate(self.nodes)
+            if any(low <= slot <= high for low, high in self._slots[node.port])
+        )
+
+    def keys_on(self, index: int, count: int, *, prefix: str = "") -> list[str]:
+        """`count` names (`k0`, `k1`…) whose key, `prefix` + name, node `index` holds."""
+        found: list[str] = []
+        number = 0
+        while len(found) < count:
+            if self.node_of(f"{prefix}k{number}") == index:
+                found.append(f"k{number}")
+            number += 1
+        return found
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Returns once every node reports `cluster_state:ok` (all nodes must be running)."""
@@ -206,11 +230,30 @@ class RedisCluster:
         """How many keys matching `pattern` each node holds, asked of each node alone."""
         return [len(node.command("--scan", "--pattern", pattern).split()) for node in self.nodes]
 
+    def stop_node(self, index: int) -> None:
+        """Kills node `index` (its data is lost; its nodes.conf stays)."""
+        self.nodes[index].stop()
+
+    def start_node(self, index: int) -> None:
+        """Starts node `index` again on its port: it rejoins the cluster with its slots, empty.
+        `wait_ok` waits until the cluster has taken it back."""
+        self.nodes[index].start()
+
     def stop(self) -> None:
         """Kills every node and removes their folders."""
         for node in self.nodes:
             node.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _own_slots(node: RedisServer) -> list[tuple[int, int]]:
+    """The slot ranges `node` holds, from its own line of CLUSTER NODES."""
+    mine = next(line for line in node.command("CLUSTER", "NODES").splitlines() if "myself" in line)
+    ranges = []
+    for field in mine.split()[8:]:
+        low, _, high = field.partition("-")
+        ranges.append((int(low), int(high or low)))
+    return ranges
 
 
 @contextlib.contextmanager

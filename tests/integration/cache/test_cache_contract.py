@@ -1,4 +1,5 @@
-"""One contract for every Cache adapter: the in-process LRU and Redis (a real redis-server)."""
+"""One contract for every Cache adapter: the in-process LRU, Redis (a real redis-server) and
+Redis Cluster (three real redis-servers in cluster mode)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio
-from support.redis_server import RedisServer, redis_cli, running_redis
+from support.redis_server import (
+    RedisCluster,
+    RedisServer,
+    redis_cli,
+    running_redis,
+    running_redis_cluster,
+)
 from tai_common.cache.memory_cache import MemoryCache
 from tai_common.cache.port import Cache, CacheEntry
 from tai_common.cache.redis_cache import RedisCache
+from tai_common.config import ServiceSettings
+from tai_common.errors import StartupError
+from tai_common.factory import open_cache
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +29,23 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def cache(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Cache]:
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisCluster]:
+    with running_redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
+async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
+    adapter: Cache
     if request.param == "memory":
-        adapter: Cache = MemoryCache()
+        adapter = MemoryCache()
+    elif request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        adapter = RedisCache.from_url(server.url, prefix=f"test-{request.node.name}:")
     else:
-        adapter = RedisCache.from_url(redis_server.url, prefix=f"test-{request.node.name}:")
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        adapter = RedisCache.from_url(cluster.url, prefix=f"test-{request.node.name}:")
     yield adapter
     await adapter.close()
 
@@ -70,6 +91,71 @@ async def test_entries_expire(cache: Cache) -> None:
     assert await cache.get("k") is None
 
 
+@pytest.mark.parametrize("backend", ["redis", "redis-cluster"])
+async def test_an_invalidation_by_one_replica_is_seen_by_another(
+    request: pytest.FixtureRequest, backend: str
+) -> None:
+    """Two replicas share one Redis: what one caches the other reads, and once one invalidates
+    (as it does on the event of a change) the other neither reads the old entry nor puts it
+    back. On a cluster, with a key on each node."""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_server").url
+        keys = ["a", "b", "c"]
+    else:
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        url = cluster.url
+        keys = [cluster.keys_on(node, 1, prefix="shared:")[0] for node in range(3)]
+    first = RedisCache.from_url(url, prefix="shared:")
+    second = RedisCache.from_url(url, prefix="shared:")
+    try:
+        for key in keys:
+            assert await first.put(key, b"v1", version=1, ttl_seconds=60)
+            assert await second.get(key) == CacheEntry(b"v1", 1)
+            await second.invalidate(key, version=2, ttl_seconds=60)
+            assert await first.get(key) is None
+            assert not await first.put(key, b"v1", version=1, ttl_seconds=60)
+            assert await first.put(key, b"v2", version=2, ttl_seconds=60)
+            assert await second.get(key) == CacheEntry(b"v2", 2)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_keys_spread_over_every_node_of_a_cluster(redis_cluster: RedisCluster) -> None:
+    """Keys land on all three nodes (a client of one node alone would be answered MOVED for
+    most of them), and every one is stored, read and invalidated."""
+    cache = RedisCache.from_url(redis_cluster.url, prefix="spread:")
+    keys = [f"k{i}" for i in range(60)]
+    try:
+        for i, key in enumerate(keys):
+            assert await cache.put(key, f"v{i}".encode(), version=1, ttl_seconds=60)
+        per_node = redis_cluster.keys_per_node("spread:*")
+        assert sum(per_node) == len(keys)
+        assert all(count > 0 for count in per_node), per_node
+        for i, key in enumerate(keys):
+            assert await cache.get(key) == CacheEntry(f"v{i}".encode(), 1)
+        for key in keys:
+            await cache.invalidate(key, version=2, ttl_seconds=60)
+        for key in keys:
+            assert await cache.get(key) is None
+            assert not await cache.put(key, b"stale", version=1, ttl_seconds=60)
+    finally:
+        await cache.close()
+
+
+async def test_rediss_cluster_speaks_tls(redis_cluster: RedisCluster) -> None:
+    """`rediss+cluster://` connects with TLS: the test cluster speaks plain text only, so
+    nothing is ever stored (and the caller sees misses, not errors)."""
+    tls_url = redis_cluster.url.replace("redis+cluster://", "rediss+cluster://", 1)
+    cache = RedisCache.from_url(tls_url + "?ssl_cert_reqs=none", prefix="tls:")
+    try:
+        assert not await cache.put("k", b"v", version=1, ttl_seconds=60)
+        assert await cache.get("k") is None
+        assert redis_cluster.keys_per_node("tls:*") == [0, 0, 0]
+    finally:
+        await cache.close()
+
+
 async def test_redis_outage_degrades_to_misses_and_recovers() -> None:
     server = RedisServer().start()
     cache = RedisCache.from_url(server.url)
@@ -86,6 +172,68 @@ async def test_redis_outage_degrades_to_misses_and_recovers() -> None:
     finally:
         await cache.close()
         restarted.stop()
+
+
+async def test_one_cluster_node_down_degrades_to_misses_and_recovers() -> None:
+    """One node of three stops (Redis Cluster then fails as a whole: no replica takes its
+    slots). Callers see misses, never errors nor an entry that missed an invalidation meanwhile;
+    once the node is back, the cache works again, without that entry."""
+    with running_redis_cluster() as cluster:
+        cache = RedisCache.from_url(cluster.url, prefix="one:")
+        [live] = cluster.keys_on(0, 1, prefix="one:")
+        [lost] = cluster.keys_on(1, 1, prefix="one:")
+        try:
+            assert await cache.put(live, b"old", version=1, ttl_seconds=60)
+            assert await cache.put(lost, b"old", version=1, ttl_seconds=60)
+            cluster.stop_node(1)
+            assert await cache.get(lost) is None  # node 1 refuses: a miss; the adapter pauses
+            assert await cache.get(live) is None  # paused: a miss without asking node 0
+            await cache.invalidate(live, version=2, ttl_seconds=60)  # never reaches node 0
+            assert cluster.nodes[0].command("HGET", f"one:{live}", "d").strip() == "old"
+            await asyncio.sleep(1.1)  # past the pause: node 0 answers, node 1 still does not
+            for _ in range(4):
+                assert await cache.get(live) is None  # not the stale entry node 0 still has
+                assert await cache.get(lost) is None
+                await asyncio.sleep(0.3)
+
+            cluster.start_node(1)
+            cluster.wait_ok()
+            assert await eventually_cached(cache, lost, b"v3", 3) == CacheEntry(b"v3", 3)
+            assert await cache.get(live) is None  # dropped on recovery
+            assert cluster.nodes[0].command("EXISTS", f"one:{live}").strip() == "0"
+            assert await cache.put(live, b"v2", version=2, ttl_seconds=60)
+            assert await cache.get(live) == CacheEntry(b"v2", 2)
+        finally:
+            await cache.close()
+
+
+async def test_a_whole_cluster_down_degrades_to_misses_and_recovers() -> None:
+    """Every node stops (the client cannot even learn the slots): misses, no errors; every
+    node back: the cache works again on every node."""
+    with running_redis_cluster() as cluster:
+        cache = RedisCache.from_url(cluster.url, prefix="all:")
+        keys = [cluster.keys_on(node, 1, prefix="all:")[0] for node in range(3)]
+        try:
+            for key in keys:
+                assert await cache.put(key, b"v1", version=1, ttl_seconds=60)
+            for node in range(3):
+                cluster.stop_node(node)
+            for key in keys:
+                assert await cache.get(key) is None
+                assert not await cache.put(key, b"v2", version=2, ttl_seconds=60)
+            await asyncio.sleep(1.1)  # past the pause: Redis is asked again, and still down
+            for key in keys:
+                assert await cache.get(key) is None
+                await cache.invalidate(key, version=3, ttl_seconds=60)
+
+            for node in range(3):
+                cluster.start_node(node)
+            cluster.wait_ok()
+            for key in keys:
+                assert await eventually_cached(cache, key, b"v4", 4) == CacheEntry(b"v4", 4)
+            assert cluster.keys_per_node("all:*") == [1, 1, 1]
+        finally:
+            await cache.close()
 
 
 async def test_entries_that_missed_an_invalidation_are_dropped_on_recovery(
@@ -146,3 +294,22 @@ async def eventually_cached(
             return entry
         await asyncio.sleep(0.1)
     return None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+cluster://",
+        "redis+cluster://node-a:6379,node-b:notaport",
+        "rediss+cluster://user:s3cret@node-a:6379,node-b:6379/1",
+        "redis://:s3cret@node-a:notaport/0",
+    ],
+)
+def test_a_bad_cache_url_is_refused_naming_TAI_CACHE(url: str) -> None:
+    """One line naming the setting (the entry point prints it and exits), never the password."""
+    with pytest.raises(StartupError) as caught:
+        open_cache(ServiceSettings(cache=url))
+    message = str(caught.value)
+    assert message.startswith("TAI_CACHE: ")
+    assert "\n" not in message
+    assert "s3cret" not in message

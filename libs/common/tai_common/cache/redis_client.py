@@ -23,6 +23,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
+from tai_common.errors import StartupError
+
 RedisClient = redis.Redis | RedisCluster
 
 SINGLE_SCHEMES = ("redis", "rediss")
@@ -40,8 +42,9 @@ _ADDRESS = re.compile(
 )
 
 
-class RedisUrlError(ValueError):
-    """A Redis URL that cannot work; the message names the setting and hides any password."""
+class RedisUrlError(StartupError, ValueError):
+    """A Redis URL that cannot work; the message, one line, names the setting and hides any
+    password."""
 
 
 def is_redis_url(url: str) -> bool:

@@ -140,12 +140,10 @@ def rate_limits(settings: ServiceSettings) -> RateLimits | None:
     setting, store = "TAI_RATE_LIMIT_STORE", settings.rate_limit_store
     if not store and is_redis_url(settings.cache):
         setting, store = "TAI_CACHE", settings.cache
-    try:
-        limiter: RateLimiter = (
-            RedisRateLimiter.from_url(store, setting) if store else MemoryRateLimiter()
-        )
-    except ValueError as error:  # the message names the setting
-        raise SecurityConfigError(str(error)) from None
+    # A URL that cannot work raises RedisUrlError (a StartupError naming the setting).
+    limiter: RateLimiter = (
+        RedisRateLimiter.from_url(store, setting) if store else MemoryRateLimiter()
+    )
     return RateLimits(
         limiter,
         settings.rate_limit_per_second,
