@@ -148,10 +148,8 @@ def open_cache(settings: ServiceSettings) -> Cache:
     if is_redis_url(settings.cache):
         from tai_common.cache.redis_cache import RedisCache
 
-        try:
-            return RedisCache.from_url(settings.cache, setting="TAI_CACHE")
-        except ValueError as error:  # the message names TAI_CACHE
-            raise UnsupportedUrl(str(error)) from None
+        # A URL that cannot work raises RedisUrlError (a StartupError naming TAI_CACHE).
+        return RedisCache.from_url(settings.cache, setting="TAI_CACHE")
     raise UnsupportedUrl(
         f"TAI_CACHE: unsupported cache {settings.cache!r} "
         "(expected memory://, redis://host:port/db or redis+cluster://host:port[,host:port…])"
