@@ -42,7 +42,9 @@ class ServiceSettings(BaseSettings):
     # Adapters, by URL. sqlite:///relative/path or sqlite:////absolute/path.
     store: str = "sqlite:///.tai/tai.db"
     bus: str = "sqlite:///.tai/tai.db"
-    # Create missing topics and subscriptions at start (emulators, first installs).
+    # Create missing Pub/Sub or Kafka topics and subscriptions at start (emulators,
+    # development). Off, a service that lacks one stops at start with one line naming it;
+    # `make provision TAI_BUS=…` (scripts/provision_bus.py) creates them once per install.
     bus_create_missing: bool = False
     # memory:// (each process its own), or shared by every replica: redis://host:port/db (one
     # server) or redis+cluster://host:port[,host:port…] (a Redis Cluster); rediss… for TLS.

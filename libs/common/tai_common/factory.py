@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlparse
 
+from tai_common.bus import topics
 from tai_common.bus.port import EventBus
 from tai_common.cache.port import Cache
 from tai_common.clock import Clock
@@ -93,8 +95,15 @@ async def open_store(
     )
 
 
-async def open_bus(settings: ServiceSettings, clock: Clock) -> EventBus:
-    """The EventBus named by `settings.bus`."""
+async def open_bus(
+    settings: ServiceSettings, clock: Clock, *, required_topics: Collection[str] = topics.ALL
+) -> EventBus:
+    """The EventBus named by `settings.bus`.
+
+    On Pub/Sub and Kafka, `required_topics` (by default the suite's, which every service
+    publishes to or consumes) must exist, or are created with `settings.bus_create_missing`;
+    else `tai_common.bus.provisioning.MissingBusResource` names the first missing one.
+    """
     scheme = urlparse(settings.bus).scheme
     if scheme == "sqlite":
         from tai_common.bus.local_bus import SqliteBus
@@ -110,6 +119,8 @@ async def open_bus(settings: ServiceSettings, clock: Clock) -> EventBus:
             urlparse(settings.bus).netloc,
             clock=clock,
             create_missing=settings.bus_create_missing,
+            required_topics=required_topics,
+            bus_url=settings.bus,
         )
     if scheme == "kafka":
         from tai_common.bus.kafka_bus import KafkaBus
@@ -124,6 +135,8 @@ async def open_bus(settings: ServiceSettings, clock: Clock) -> EventBus:
             clock=clock,
             create_missing=settings.bus_create_missing,
             enable_idempotence=idempotence,
+            required_topics=required_topics,
+            bus_url=settings.bus,
         )
     raise UnsupportedUrl(
         f"TAI_BUS: unsupported bus {settings.bus!r} "

@@ -4,10 +4,12 @@ start it in-process; `main` runs it until SIGTERM."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 from tai.v1 import coordinator_pb2_grpc, events_pb2
 from tai_common.bus import events, topics
-from tai_common.bus.fanout import subscribe_replica
+from tai_common.bus.fanout import replica_subscription, subscribe_events
+from tai_common.bus.port import SubscriptionSpec
 from tai_common.config import ServiceSettings
 from tai_common.grpc.security import internal_channel_options
 from tai_common.runtime import Dependencies, ServiceRuntime, service_main
@@ -26,6 +28,30 @@ class CoordinatorSettings(ServiceSettings):
     metrics_port: int = 9102
     # Full policy listing from the Governor, besides the events.
     policy_resync_seconds: float = 300.0
+
+
+class CoordinatorSubscriptions(NamedTuple):
+    """The Coordinator's bus subscriptions, both per replica: every replica keeps its own
+    policy book and wakes its own action streams."""
+
+    policies: SubscriptionSpec
+    actions: SubscriptionSpec
+
+
+def subscriptions(settings: ServiceSettings, replica_id: str) -> CoordinatorSubscriptions:
+    """The subscriptions the replica `replica_id` opens (also read by the bus provisioning)."""
+    return CoordinatorSubscriptions(
+        policies=replica_subscription(
+            topics.POLICIES, service=settings.service_name, replica_id=replica_id
+        ),
+        actions=replica_subscription(
+            topics.ACTIONS,
+            service=settings.service_name,
+            replica_id=replica_id,
+            event_types=ActionDispatcher.WAKING_EVENTS,
+            batch_delay_seconds=ActionDispatcher.WAKING_BATCH_DELAY_SECONDS,
+        ),
+    )
 
 
 def create_app(deps: Dependencies) -> ServiceRuntime:
@@ -60,30 +86,15 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
 
     async def start() -> None:
         async def subscribe(
-            topic: str,
-            on_event: Callable[[events_pb2.Event], Awaitable[None]],
-            event_types: tuple[str, ...] = (),
-            batch_delay_seconds: float = 0.0,
+            spec: SubscriptionSpec, on_event: Callable[[events_pb2.Event], Awaitable[None]]
         ) -> None:
-            subscription = await subscribe_replica(
-                deps.bus,
-                topic=topic,
-                service=settings.service_name,
-                replica_id=settings.replica_id,
-                on_event=on_event,
-                event_types=event_types,
-                batch_delay_seconds=batch_delay_seconds,
-            )
+            subscription = await subscribe_events(deps.bus, spec, on_event)
             runtime.add_shutdown(subscription.close)
 
+        specs = subscriptions(settings, settings.replica_id)
         # Subscribe before listing, so that no change falls between the two.
-        await subscribe(topics.POLICIES, sync.on_policy_event)
-        await subscribe(
-            topics.ACTIONS,
-            dispatcher.on_action_event,
-            ActionDispatcher.WAKING_EVENTS,
-            ActionDispatcher.WAKING_BATCH_DELAY_SECONDS,
-        )
+        await subscribe(specs.policies, sync.on_policy_event)
+        await subscribe(specs.actions, dispatcher.on_action_event)
         await sync.load()
 
     metrics.ACTIVE_POLICIES.set_function(lambda: len(book))

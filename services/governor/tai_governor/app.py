@@ -4,12 +4,13 @@ start it in-process; `main` runs it until SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+from typing import NamedTuple
 
 from tai.v1 import common_pb2, governor_pb2_grpc
 from tai_common import idempotency
 from tai_common.audit import AuditLog
 from tai_common.bus import events, topics
-from tai_common.bus.fanout import subscribe_replica
+from tai_common.bus.fanout import replica_subscription, subscribe_events
 from tai_common.bus.port import Message, SubscriptionSpec
 from tai_common.config import ServiceSettings
 from tai_common.runtime import Dependencies, ServiceRuntime, service_main
@@ -25,8 +26,36 @@ class GovernorSettings(ServiceSettings):
     metrics_port: int = 9101
 
 
+class GovernorSubscriptions(NamedTuple):
+    """The Governor's bus subscriptions."""
+
+    # Per replica: each replica's policy feed and cache follow every policy change.
+    policies: SubscriptionSpec
+    # Shared by the replicas: the suite's audit log, each record appended by one of them.
+    audit_log: SubscriptionSpec
+
+
+def subscriptions(settings: ServiceSettings, replica_id: str) -> GovernorSubscriptions:
+    """The subscriptions the replica `replica_id` opens (also read by the bus provisioning)."""
+    return GovernorSubscriptions(
+        policies=replica_subscription(
+            topics.POLICIES, service=settings.service_name, replica_id=replica_id
+        ),
+        # Up to 64 records at once: `AuditLog` appends those that arrive together in one
+        # transaction, so a backlog drains in large batches. Nobody waits on a record, so
+        # they are let gather for a fifth of a second: a steady trickle is batched too.
+        audit_log=SubscriptionSpec(
+            topic=topics.AUDIT_EVENTS,
+            name="governor-audit-log",
+            max_concurrency=64,
+            batch_delay_seconds=0.2,
+        ),
+    )
+
+
 def create_app(deps: Dependencies) -> ServiceRuntime:
     """The Governor's runtime, wired but not started."""
+    specs = subscriptions(deps.settings, deps.settings.replica_id)
     runtime = ServiceRuntime(deps, index_specs=[*repository.INDEXES, *idempotency.INDEXES])
     service = PolicyService(
         deps.store,
@@ -49,13 +78,7 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
         # The feed starts from the store's last revision before the subscription exists; the
         # changes in between are read from the store by its worker.
         await service.feed.start()
-        subscription = await subscribe_replica(
-            deps.bus,
-            topic=topics.POLICIES,
-            service=deps.settings.service_name,
-            replica_id=deps.settings.replica_id,
-            on_event=service.on_policy_event,
-        )
+        subscription = await subscribe_events(deps.bus, specs.policies, service.on_policy_event)
         runtime.add_shutdown(subscription.close)
 
     async def consume_audit_events() -> None:
@@ -66,18 +89,7 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
                 events.unpack(events.from_message(message), common_pb2.AuditRecord)
             )
 
-        # Up to 64 records at once: `AuditLog` appends those that arrive together in one
-        # transaction, so a backlog drains in large batches. Nobody waits on a record, so
-        # they are let gather for a fifth of a second: a steady trickle is batched too.
-        subscription = await deps.bus.subscribe(
-            SubscriptionSpec(
-                topic=topics.AUDIT_EVENTS,
-                name="governor-audit-log",
-                max_concurrency=64,
-                batch_delay_seconds=0.2,
-            ),
-            append,
-        )
+        subscription = await deps.bus.subscribe(specs.audit_log, append)
         runtime.add_shutdown(subscription.close)
 
     async def count_policies() -> None:

@@ -3,17 +3,20 @@ start it in-process; `main` runs it until SIGTERM."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from pydantic import Field
 from tai.v1 import scheduler_pb2_grpc
 from tai_common.bus import events, topics
-from tai_common.bus.fanout import subscribe_replica
+from tai_common.bus.fanout import replica_subscription, subscribe_events
+from tai_common.bus.port import SubscriptionSpec
 from tai_common.config import ServiceSettings
 from tai_common.grpc.security import internal_channel_options
 from tai_common.runtime import Dependencies, ServiceRuntime, service_main
 from tai_common.telemetry.metrics import CIRCUIT_BREAKER_STATE
 from tai_rpc.breaker import BreakerConfig, BreakerState, CircuitBreaker, CircuitBreakers
 
-from tai_scheduler import repository
+from tai_scheduler import consumers, repository
 from tai_scheduler.consumers import EventConsumers
 from tai_scheduler.executors.port import ChannelPool, ExecutorEnvironment
 from tai_scheduler.executors.registry import ExecutorRegistry
@@ -50,6 +53,27 @@ def export_breaker_state(breaker: CircuitBreaker) -> None:
     """`tai_circuit_breaker_state{target}` reads the breaker's state when scraped."""
     CIRCUIT_BREAKER_STATE.labels(target=breaker.target).set_function(
         lambda: _BREAKER_STATE_VALUES[breaker.state]
+    )
+
+
+class SchedulerSubscriptions(NamedTuple):
+    """The Scheduler's bus subscriptions."""
+
+    # Per replica: wakes this replica's worker and its task streams.
+    tasks: SubscriptionSpec
+    # Shared by the replicas: the events that become tasks (`consumers`).
+    policies: SubscriptionSpec
+    actions: SubscriptionSpec
+
+
+def subscriptions(settings: ServiceSettings, replica_id: str) -> SchedulerSubscriptions:
+    """The subscriptions the replica `replica_id` opens (also read by the bus provisioning)."""
+    return SchedulerSubscriptions(
+        tasks=replica_subscription(
+            topics.TASKS, service=settings.service_name, replica_id=replica_id
+        ),
+        policies=consumers.POLICY_SPEC,
+        actions=consumers.ACTION_SPEC,
     )
 
 
@@ -122,12 +146,8 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
     runtime.add_shutdown(stop_worker)
 
     async def subscribe() -> None:
-        updates = await subscribe_replica(
-            deps.bus,
-            topic=topics.TASKS,
-            service=settings.service_name,
-            replica_id=settings.replica_id,
-            on_event=service.on_task_event,
+        updates = await subscribe_events(
+            deps.bus, subscriptions(settings, settings.replica_id).tasks, service.on_task_event
         )
         runtime.add_shutdown(updates.close)
         for subscription in await EventConsumers(service).subscribe(deps.bus):

@@ -48,6 +48,19 @@ ACTION_DEFERRED = "action.deferred"
 BATCH_DELAY_SECONDS = 0.2
 # Who tasks made from events are created by.
 PRINCIPAL = "scheduler"
+# The consumers' subscriptions, shared by the replicas.
+POLICY_SPEC = SubscriptionSpec(
+    topic=topics.POLICIES,
+    name=POLICY_SUBSCRIPTION,
+    event_types=(POLICY_PROPOSED,),
+    batch_delay_seconds=BATCH_DELAY_SECONDS,
+)
+ACTION_SPEC = SubscriptionSpec(
+    topic=topics.ACTIONS,
+    name=ACTION_SUBSCRIPTION,
+    event_types=(ACTION_DEFERRED,),
+    batch_delay_seconds=BATCH_DELAY_SECONDS,
+)
 
 
 def enforce_task_id(policy_id: str, version: int) -> str:
@@ -67,24 +80,8 @@ class EventConsumers:
     async def subscribe(self, bus: EventBus) -> list[Subscription]:
         """Starts both consumers; close the returned subscriptions to stop them."""
         return [
-            await bus.subscribe(
-                SubscriptionSpec(
-                    topic=topics.POLICIES,
-                    name=POLICY_SUBSCRIPTION,
-                    event_types=(POLICY_PROPOSED,),
-                    batch_delay_seconds=BATCH_DELAY_SECONDS,
-                ),
-                self.on_policy_message,
-            ),
-            await bus.subscribe(
-                SubscriptionSpec(
-                    topic=topics.ACTIONS,
-                    name=ACTION_SUBSCRIPTION,
-                    event_types=(ACTION_DEFERRED,),
-                    batch_delay_seconds=BATCH_DELAY_SECONDS,
-                ),
-                self.on_action_message,
-            ),
+            await bus.subscribe(POLICY_SPEC, self.on_policy_message),
+            await bus.subscribe(ACTION_SPEC, self.on_action_message),
         ]
 
     async def on_policy_message(self, message: Message) -> None:

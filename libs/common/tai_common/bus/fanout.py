@@ -89,23 +89,18 @@ class Broadcaster(Generic[T]):
         return len(self._listeners)
 
 
-async def subscribe_replica(
-    bus: EventBus,
-    *,
+def replica_subscription(
     topic: str,
+    *,
     service: str,
     replica_id: str,
-    on_event: Callable[[events_pb2.Event], Awaitable[None]],
     event_types: tuple[str, ...] = (),
     batch_delay_seconds: float = 0.0,
-) -> Subscription:
-    """Subscribes this replica to every event on `topic` from now on, or to those of
-    `event_types` (its own subscription, removed when the replica goes away)."""
-
-    async def handle(message: Message) -> None:
-        await on_event(events.from_message(message))
-
-    spec = SubscriptionSpec(
+) -> SubscriptionSpec:
+    """This replica's own subscription to every event on `topic` from now on, or to those of
+    `event_types`; removed when the replica goes away, and created by it (never provisioned),
+    on an existing topic."""
+    return SubscriptionSpec(
         topic=topic,
         name=f"{service}-{replica_id}-{topic}".replace(".", "-"),
         start_at_latest=True,
@@ -115,4 +110,16 @@ async def subscribe_replica(
         event_types=event_types,
         batch_delay_seconds=batch_delay_seconds,
     )
+
+
+async def subscribe_events(
+    bus: EventBus,
+    spec: SubscriptionSpec,
+    on_event: Callable[[events_pb2.Event], Awaitable[None]],
+) -> Subscription:
+    """Subscribes `on_event` to the subscription's messages, decoded as `tai.v1.Event`s."""
+
+    async def handle(message: Message) -> None:
+        await on_event(events.from_message(message))
+
     return await bus.subscribe(spec, handle)

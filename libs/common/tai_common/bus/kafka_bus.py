@@ -4,7 +4,8 @@ How the port maps onto Kafka:
 
 - A topic is a Kafka topic of the same name (`tai-policies`, …). With `create_missing` the bus
   creates the topics it publishes to or consumes (dead-letter topics included) with
-  `partitions` partitions; without it they must exist (`NotFound`).
+  `partitions` partitions; without it they must exist (`MissingBusResource`), made beforehand
+  by `provision` (`scripts/provision_bus.py`).
 - A message is a record: the data is its value, the ordering key its key (the default
   partitioner hashes the key, so one key stays on one partition and keeps its order), the
   attributes its headers (UTF-8), the publish time its timestamp (from the bus's clock, in ms).
@@ -87,7 +88,7 @@ import asyncio
 import collections
 import enum
 import logging
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -112,6 +113,7 @@ from tai_common.bus.port import (
     Subscription,
     SubscriptionSpec,
 )
+from tai_common.bus.provisioning import MissingBusResource, Outcome, Provisioned, needed_topics
 from tai_common.clock import Clock, SystemClock
 from tai_common.errors import (
     Aborted,
@@ -259,6 +261,8 @@ class _Settings:
     client_id: str
     # Passed to every aiokafka client (security_protocol, ssl_context, sasl_*, …).
     client_options: Mapping[str, Any]
+    # The bus's URL as configured (`TAI_BUS`), for the remedy errors about missing topics name.
+    bus_url: str
 
     def __post_init__(self) -> None:
         if not self.bootstrap:
@@ -333,6 +337,8 @@ class KafkaBus:
         rebalance_timeout_seconds: float = 60.0,
         client_id: str = "tai",
         client_options: Mapping[str, Any] | None = None,
+        required_topics: Collection[str] = (),
+        bus_url: str | None = None,
     ) -> KafkaBus:
         """Connects to the Kafka cluster.
 
@@ -360,11 +366,16 @@ class KafkaBus:
             client_id: Names this process's connections in broker logs and quotas.
             client_options: More settings for every aiokafka client (`security_protocol`,
                 `ssl_context`, `sasl_mechanism`, …).
+            required_topics: Topics that must exist (created with `create_missing`), checked
+                before this returns: those a service publishes to.
+            bus_url: The bus's URL as configured (`TAI_BUS`), for the remedy that errors about
+                missing topics name; default `kafka://BOOTSTRAP`.
 
         Returns:
             The open bus.
 
         Raises:
+            MissingBusResource: A required topic does not exist (and `create_missing` is off).
             Unavailable: No broker could be reached within the request timeout.
             Unauthenticated: The brokers refused the credentials.
             ValueError: A setting is out of range.
@@ -382,6 +393,7 @@ class KafkaBus:
             rebalance_timeout_seconds=rebalance_timeout_seconds,
             client_id=client_id,
             client_options=dict(client_options or {}),
+            bus_url=bus_url or f"kafka://{bootstrap}",
         )
         producer = AIOKafkaProducer(
             **settings.client_kwargs(),
@@ -402,7 +414,15 @@ class KafkaBus:
             await _stop_quietly(producer.stop(), request_timeout_seconds)
             await _stop_quietly(admin.close(), request_timeout_seconds)
             raise
-        return cls(settings=settings, producer=producer, admin=admin, clock=clock or SystemClock())
+        bus = cls(settings=settings, producer=producer, admin=admin, clock=clock or SystemClock())
+        try:
+            with _translate_errors("cannot check the topics"):
+                async with asyncio.timeout(request_timeout_seconds):
+                    await bus._ensure_topics(set(required_topics))
+        except BaseException:
+            await bus.close()
+            raise
+        return bus
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -417,7 +437,7 @@ class KafkaBus:
 
         Raises:
             Unavailable: Kafka could not be reached within the publish timeout.
-            NotFound: The topic does not exist (and `create_missing` is off).
+            MissingBusResource: The topic does not exist (and `create_missing` is off).
             InvalidArgument: The message cannot be published (empty topic, too large).
         """
         (message_id,) = await self.publish_many([message])
@@ -435,7 +455,7 @@ class KafkaBus:
         Raises:
             Unavailable: Kafka could not be reached within the publish timeout. Some of the
                 messages may have been written; publishing them again may write them twice.
-            NotFound: A topic does not exist (and `create_missing` is off).
+            MissingBusResource: A topic does not exist (and `create_missing` is off).
             InvalidArgument: A message cannot be published.
         """
         for message in messages:
@@ -481,7 +501,7 @@ class KafkaBus:
         """Makes sure the topics exist: creates them with `create_missing`, else checks.
 
         Raises:
-            NotFound: A topic does not exist and `create_missing` is off.
+            MissingBusResource: A topic does not exist and `create_missing` is off.
         """
         missing = topics - self._known_topics
         if not missing:
@@ -499,8 +519,52 @@ class KafkaBus:
                 existing = set(await self._admin.list_topics())
                 for topic in sorted(missing):
                     if topic not in existing:
-                        raise NotFound("topic", topic)
+                        raise MissingBusResource("Kafka", "topic", topic, self._settings.bus_url)
             self._known_topics |= missing
+
+    async def provision(
+        self, topics: Collection[str], subscriptions: Collection[SubscriptionSpec]
+    ) -> list[Provisioned]:
+        """Creates the missing topics (`topics`, and the topic and dead-letter topic of each
+        subscription) as `create_missing` would, whatever this bus's `create_missing`; reports
+        the existing ones, and those with fewer partitions than it would create. Changes
+        nothing that exists. Subscriptions need nothing: a consumer group comes into being
+        when its first consumer joins.
+
+        Raises:
+            Unavailable: Kafka cannot be reached.
+        """
+        wanted = needed_topics(topics, subscriptions)
+        results: list[Provisioned] = []
+        with _translate_errors("cannot provision topics"):
+            async with self._topics_lock, asyncio.timeout(self._settings.request_timeout_seconds):
+                # A listing, not a Metadata request naming them, which may create them.
+                existing = set(await self._admin.list_topics())
+                missing = [topic for topic in wanted if topic not in existing]
+                if missing:
+                    await self._create_topics(set(missing))
+                present = [topic for topic in wanted if topic in existing]
+                described = await self._admin.describe_topics(present) if present else []
+        partitions = {d["topic"]: len(d["partitions"]) for d in described}
+        for topic in wanted:
+            if topic in missing:
+                results.append(Provisioned("topic", topic, Outcome.CREATED))
+            elif partitions.get(topic, self._settings.partitions) < self._settings.partitions:
+                results.append(
+                    Provisioned(
+                        "topic",
+                        topic,
+                        Outcome.DIFFERS,
+                        (
+                            f"partitions: {partitions[topic]}, wanted "
+                            f"{self._settings.partitions} (fewer consumers share it)",
+                        ),
+                    )
+                )
+            else:
+                results.append(Provisioned("topic", topic, Outcome.EXISTS))
+        self._known_topics |= set(wanted)
+        return results
 
     async def _create_topics(self, topics: set[str]) -> None:
         response = await self._admin.create_topics(
@@ -587,8 +651,8 @@ class KafkaBus:
 
         Raises:
             FailedPrecondition: The group consumes another topic.
-            NotFound: The topic or its dead-letter topic does not exist (and `create_missing`
-                is off).
+            MissingBusResource: The topic or its dead-letter topic does not exist (and
+                `create_missing` is off).
             InvalidArgument: The dead-letter topic is the subscription's own topic.
             Unavailable: Kafka cannot be reached.
         """

@@ -5,7 +5,9 @@ How the port maps onto Pub/Sub:
 
 - A topic is a Pub/Sub topic of the same name in the bus's project; a `SubscriptionSpec.name` is
   a Pub/Sub subscription, so the replicas of a service that subscribe with one name share its
-  messages.
+  messages. Without `create_missing`, topics and shared subscriptions must exist (made by
+  `provision`, which `scripts/provision_bus.py` runs; a missing one raises
+  `MissingBusResource`); per-replica subscriptions are always created, on existing topics.
 - Publishing goes through the client library's batching publisher with message ordering on, so
   the messages of one ordering key (one aggregate) keep their order. Attributes are passed
   through unchanged (event type, aggregate id and trace context come from
@@ -74,7 +76,7 @@ import enum
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
@@ -118,6 +120,13 @@ from tai_common.bus.port import (
     OutgoingMessage,
     Subscription,
     SubscriptionSpec,
+)
+from tai_common.bus.provisioning import (
+    MissingBusResource,
+    Outcome,
+    Provisioned,
+    durable,
+    needed_topics,
 )
 from tai_common.clock import Clock, SystemClock
 from tai_common.errors import (
@@ -271,6 +280,62 @@ def subscription_filter(spec: SubscriptionSpec) -> str:
     )
 
 
+def _subscription_differences(
+    existing: pubsub_types.Subscription, wanted: pubsub_types.Subscription
+) -> tuple[str, ...]:
+    """How an existing subscription differs from the one the bus would create, one
+    "setting: existing, wanted" line per setting (labels aside)."""
+    differences: list[str] = []
+
+    def compare(setting: str, have: object, want: object, note: str = "") -> None:
+        if have != want:
+            differences.append(f"{setting}: {have!r}, wanted {want!r}{note}")
+
+    compare("topic", existing.topic, wanted.topic, " (delete the subscription, provision again)")
+    compare(
+        "filter",
+        existing.filter,
+        wanted.filter,
+        " (Pub/Sub cannot change a filter: the consumer leaves out the other events itself; "
+        "delete the subscription and provision again to have Pub/Sub do it)",
+    )
+    compare(
+        "message ordering",
+        existing.enable_message_ordering,
+        wanted.enable_message_ordering,
+        " (Pub/Sub cannot turn it on: delete the subscription and provision again)",
+    )
+    compare("ack deadline", existing.ack_deadline_seconds, wanted.ack_deadline_seconds)
+    compare(
+        "retry backoff",
+        (
+            _seconds(existing.retry_policy.minimum_backoff),
+            _seconds(existing.retry_policy.maximum_backoff),
+        ),
+        (
+            _seconds(wanted.retry_policy.minimum_backoff),
+            _seconds(wanted.retry_policy.maximum_backoff),
+        ),
+    )
+    compare(
+        "dead-letter policy",
+        (
+            existing.dead_letter_policy.dead_letter_topic,
+            existing.dead_letter_policy.max_delivery_attempts,
+        ),
+        (
+            wanted.dead_letter_policy.dead_letter_topic,
+            wanted.dead_letter_policy.max_delivery_attempts,
+        ),
+    )
+    compare(
+        "expiration TTL",
+        _seconds(existing.expiration_policy.ttl),
+        _seconds(wanted.expiration_policy.ttl),
+    )
+    return tuple(differences)
+
+
 class _Outcome(enum.Enum):
     ACK = "ack"
     NACK = "nack"
@@ -336,9 +401,11 @@ class PubSubBus:
         ephemeral_ttl_seconds: float,
         max_lease_seconds: float | None,
         emulator: bool,
+        bus_url: str,
     ) -> None:
         """Wraps open clients; use `PubSubBus.open`."""
         self._project = project
+        self._bus_url = bus_url
         # google.cloud.pubsub_v1 clients (untyped): the batching, ordering publisher and the
         # streaming-pull subscriber.
         self._publisher = publisher
@@ -376,6 +443,8 @@ class PubSubBus:
         ephemeral_ttl_seconds: float = _MIN_EXPIRATION_TTL_SECONDS,
         max_lease_seconds: float | None = None,
         emulator: bool | None = None,
+        required_topics: Collection[str] = (),
+        bus_url: str | None = None,
     ) -> PubSubBus:
         """Connects to Pub/Sub (or the emulator named by `PUBSUB_EMULATOR_HOST`).
 
@@ -402,11 +471,17 @@ class PubSubBus:
                 up to that many seconds, as Pub/Sub clients usually do.
             emulator: Whether the backend is the emulator (see the module notes); None
                 decides by `PUBSUB_EMULATOR_HOST`, as the client library does.
+            required_topics: Topics that must exist (created with `create_missing`), checked
+                before this returns: those a service publishes to.
+            bus_url: The bus's URL as configured (`TAI_BUS`), for the remedy that errors about
+                missing resources name; default `pubsub://PROJECT`.
 
         Returns:
             The open bus.
 
         Raises:
+            MissingBusResource: A required topic does not exist (and `create_missing` is off).
+            Unavailable: Pub/Sub cannot be reached to check the required topics.
             ValueError: A setting is out of range.
         """
         if not project:
@@ -454,7 +529,7 @@ class PubSubBus:
                 transport=_admin_transport(SubscriberGrpcAsyncIOTransport, emulator_host)
             )
         )
-        return cls(
+        bus = cls(
             project,
             publisher=publisher,
             subscriber=subscriber,
@@ -469,7 +544,14 @@ class PubSubBus:
             ephemeral_ttl_seconds=ephemeral_ttl_seconds,
             max_lease_seconds=max_lease_seconds,
             emulator=emulator,
+            bus_url=bus_url or f"pubsub://{project}",
         )
+        try:
+            await bus._require_topics(required_topics)
+        except BaseException:
+            await bus.close()
+            raise
+        return bus
 
     # -- publishing ------------------------------------------------------------------------
 
@@ -484,7 +566,7 @@ class PubSubBus:
 
         Raises:
             Unavailable: Pub/Sub could not be reached within the publish timeout.
-            NotFound: The topic does not exist (and `create_missing` is off).
+            MissingBusResource: The topic does not exist (and `create_missing` is off).
             InvalidArgument: The message cannot be published (empty topic, reserved or invalid
                 attribute names, too large).
         """
@@ -506,7 +588,7 @@ class PubSubBus:
 
         Raises:
             Unavailable: Pub/Sub could not be reached within the publish timeout.
-            NotFound: A topic does not exist (and `create_missing` is off).
+            MissingBusResource: A topic does not exist (and `create_missing` is off).
             InvalidArgument: A message cannot be published.
         """
         for message in messages:
@@ -551,6 +633,9 @@ class PubSubBus:
             self._resume({(messages[i].topic, messages[i].ordering_key) for i in failed})
             if fatal is not None:
                 index, error = fatal
+                if isinstance(error, gexc.NotFound):
+                    # Without create_missing (else it was retried above).
+                    raise self._missing("topic", self._topic_path(messages[index].topic))
                 with _translate_errors("cannot publish", "topic", messages[index].topic):
                     raise error
             if loop.time() + delay >= deadline:
@@ -619,7 +704,9 @@ class PubSubBus:
 
         Raises:
             FailedPrecondition: The subscription exists for another topic.
-            NotFound: The subscription (without `create_missing`) or its topic does not exist.
+            MissingBusResource: The subscription, its topic or its dead-letter topic does not
+                exist (and `create_missing` is off; per-replica subscriptions are created
+                anyway, on existing topics).
             InvalidArgument: The dead-letter topic is the subscription's own topic, or a name is
                 not valid on Pub/Sub.
             Unavailable: Pub/Sub cannot be reached.
@@ -653,7 +740,7 @@ class PubSubBus:
         existing = await self._get_subscription(spec.name)
         if existing is None:
             if not (self._create_missing or spec.ephemeral):
-                raise NotFound("subscription", spec.name)
+                raise self._missing("subscription", path)
             existing = await self._create_subscription(spec)
         if existing.topic != self._topic_path(spec.topic):
             raise FailedPrecondition(
@@ -682,13 +769,51 @@ class PubSubBus:
         return None
 
     async def _create_subscription(self, spec: SubscriptionSpec) -> pubsub_types.Subscription:
-        """Creates the subscription (or returns it when another consumer just did)."""
+        """Creates the subscription (or returns it when another consumer just did).
+
+        Raises:
+            MissingBusResource: Its topic or dead-letter topic does not exist (and
+                `create_missing` is off).
+        """
         if self._create_missing:
             # Checked, not taken from memory: a missing subscription may mean that the backend
             # lost everything (an emulator restarted), topics included.
             await self._ensure_topics(
                 {spec.topic, spec.dead_letter}, self._request_timeout, check=True
             )
+        subscription = self._subscription_request(spec)
+        if subscription.ack_deadline_seconds != spec.ack_deadline_seconds:
+            logger.info(
+                "subscription %r: ack deadline %ss becomes %ss on Pub/Sub (10 to 600, whole)",
+                spec.name,
+                spec.ack_deadline_seconds,
+                subscription.ack_deadline_seconds,
+            )
+        try:
+            with _translate_errors(
+                f"cannot create subscription {spec.name!r}", "topic", spec.topic
+            ):
+                async with asyncio.timeout(self._request_timeout):
+                    created = await self._subscriptions_admin.create_subscription(
+                        request=subscription, **self._call_options()
+                    )
+        except AlreadyExists:
+            found = await self._get_subscription(spec.name)
+            if found is None:
+                raise Unavailable(f"subscription {spec.name!r} keeps changing") from None
+            return found
+        except NotFound:
+            # The topic or the dead-letter topic: Pub/Sub's message does not say which.
+            for topic in (spec.topic, spec.dead_letter):
+                if not self._create_missing and await self._get_topic(topic) is None:
+                    raise self._missing("topic", self._topic_path(topic)) from None
+            raise
+        if not spec.start_at_latest:
+            await self._rewind(spec)
+        return created
+
+    def _subscription_request(self, spec: SubscriptionSpec) -> pubsub_types.Subscription:
+        """The Pub/Sub subscription this bus creates for `spec` (within Pub/Sub's limits)."""
         ack_deadline = int(
             _clamp(
                 math.ceil(spec.ack_deadline_seconds),
@@ -696,16 +821,9 @@ class PubSubBus:
                 _MAX_ACK_DEADLINE_SECONDS,
             )
         )
-        if ack_deadline != spec.ack_deadline_seconds:
-            logger.info(
-                "subscription %r: ack deadline %ss becomes %ss on Pub/Sub (10 to 600, whole)",
-                spec.name,
-                spec.ack_deadline_seconds,
-                ack_deadline,
-            )
         min_backoff = _clamp(spec.min_backoff_seconds, 0.0, _MAX_BACKOFF_SECONDS)
         max_backoff = _clamp(spec.max_backoff_seconds, min_backoff, _MAX_BACKOFF_SECONDS)
-        subscription = pubsub_types.Subscription(
+        return pubsub_types.Subscription(
             name=self._subscription_path(spec.name),
             topic=self._topic_path(spec.topic),
             ack_deadline_seconds=ack_deadline,
@@ -724,22 +842,6 @@ class PubSubBus:
             labels={_LABEL_CREATED_NS: str(self._clock.now_ns())},
             filter=subscription_filter(spec),
         )
-        try:
-            with _translate_errors(
-                f"cannot create subscription {spec.name!r}", "topic", spec.topic
-            ):
-                async with asyncio.timeout(self._request_timeout):
-                    created = await self._subscriptions_admin.create_subscription(
-                        request=subscription, **self._call_options()
-                    )
-        except AlreadyExists:
-            found = await self._get_subscription(spec.name)
-            if found is None:
-                raise Unavailable(f"subscription {spec.name!r} keeps changing") from None
-            return found
-        if not spec.start_at_latest:
-            await self._rewind(spec)
-        return created
 
     async def _rewind(self, spec: SubscriptionSpec) -> None:
         """Seeks a new subscription back to its topic's retained beginning."""
@@ -796,19 +898,108 @@ class PubSubBus:
         if not self._create_missing:
             return
         for topic in sorted(topics if check else topics - self._known_topics):
-            request = pubsub_types.Topic(name=self._topic_path(topic))
-            if self._topic_retention is not None:
-                request.message_retention_duration = _duration(self._topic_retention)
-            try:
-                with _translate_errors("cannot create topic", "topic", topic):
-                    async with asyncio.timeout(timeout):
-                        await self._topics_admin.create_topic(
-                            request=request, **self._call_options(timeout)
-                        )
-                logger.info("created Pub/Sub topic %r", request.name)
-            except AlreadyExists:
-                pass
+            await self._create_topic(topic, timeout)
             self._known_topics.add(topic)
+
+    async def _create_topic(self, topic: str, timeout: float) -> bool:
+        """Creates the topic as this bus does; returns False when it existed."""
+        request = pubsub_types.Topic(name=self._topic_path(topic))
+        if self._topic_retention is not None:
+            request.message_retention_duration = _duration(self._topic_retention)
+        try:
+            with _translate_errors("cannot create topic", "topic", topic):
+                async with asyncio.timeout(timeout):
+                    await self._topics_admin.create_topic(
+                        request=request, **self._call_options(timeout)
+                    )
+        except AlreadyExists:
+            return False
+        logger.info("created Pub/Sub topic %r", request.name)
+        return True
+
+    async def _get_topic(self, topic: str) -> pubsub_types.Topic | None:
+        try:
+            with _translate_errors("cannot read topic", "topic", topic):
+                async with asyncio.timeout(self._request_timeout):
+                    return await self._topics_admin.get_topic(
+                        topic=self._topic_path(topic), **self._call_options()
+                    )
+        except NotFound:
+            return None
+
+    async def _require_topics(self, topics: Collection[str]) -> None:
+        """Creates the topics with `create_missing`; else raises `MissingBusResource` for the
+        first that does not exist."""
+        if self._create_missing:
+            await self._ensure_topics(set(topics), self._request_timeout, check=True)
+            return
+        for topic in sorted(set(topics)):
+            if await self._get_topic(topic) is None:
+                raise self._missing("topic", self._topic_path(topic))
+            self._known_topics.add(topic)
+
+    def _missing(self, kind: str, path: str) -> MissingBusResource:
+        return MissingBusResource("Pub/Sub", kind, path, self._bus_url)
+
+    # -- provisioning ----------------------------------------------------------------------
+
+    async def provision(
+        self, topics: Collection[str], subscriptions: Collection[SubscriptionSpec]
+    ) -> list[Provisioned]:
+        """Creates the missing topics (`topics`, and the topic and dead-letter topic of each
+        subscription) and durable subscriptions exactly as `create_missing` would, whatever
+        this bus's `create_missing`; reports the existing ones, and how those differ from
+        what it would create. Per-replica (ephemeral) subscriptions are left to their
+        replicas. Changes nothing that exists.
+
+        Raises:
+            ValueError: Two different subscriptions share a name.
+            Unavailable: Pub/Sub cannot be reached.
+        """
+        specs = durable(subscriptions)
+        results: list[Provisioned] = []
+        for topic in needed_topics(topics, subscriptions):
+            path = self._topic_path(topic)
+            existing_topic = await self._get_topic(topic)
+            if existing_topic is None and await self._create_topic(topic, self._request_timeout):
+                results.append(Provisioned("topic", path, Outcome.CREATED))
+                continue
+            results.append(self._compare_topic(path, existing_topic))
+        for spec in specs:
+            path = self._subscription_path(spec.name)
+            existing = await self._get_subscription(spec.name)
+            if existing is None:
+                await self._create_subscription(spec)
+                results.append(Provisioned("subscription", path, Outcome.CREATED))
+                continue
+            differences = _subscription_differences(existing, self._subscription_request(spec))
+            results.append(
+                Provisioned(
+                    "subscription",
+                    path,
+                    Outcome.DIFFERS if differences else Outcome.EXISTS,
+                    differences,
+                )
+            )
+        return results
+
+    def _compare_topic(self, path: str, existing: pubsub_types.Topic | None) -> Provisioned:
+        """An existing topic (None: one created meanwhile by someone else) against what this
+        bus creates."""
+        if existing is None or self._topic_retention is None:
+            return Provisioned("topic", path, Outcome.EXISTS)
+        retention = _seconds(existing.message_retention_duration)
+        if math.isclose(retention, self._topic_retention):
+            return Provisioned("topic", path, Outcome.EXISTS)
+        return Provisioned(
+            "topic",
+            path,
+            Outcome.DIFFERS,
+            (
+                f"message retention: {retention:g}s, wanted {self._topic_retention:g}s (new "
+                "subscriptions start at the oldest retained message)",
+            ),
+        )
 
     def _call_options(self, timeout: float | None = None) -> dict[str, Any]:
         """Retry and timeout for an administrative call, bounded by `timeout`."""
