@@ -133,7 +133,8 @@ async def test_budgets_on_every_node_of_a_cluster(
         inprocess.governor(sqlite_url, replica="g2", **settings) as second,
     ):
         for caller in range(12):
-            options = ChannelOptions(bearer_token=issuer.token(f"spread-{caller}", ["viewer"]))
+            token = issuer.token(f"spread-{caller}", ["viewer"])
+            options = ChannelOptions(bearer_token=token, max_attempts=1)
             async with (
                 open_channel(first.target, options) as a,
                 open_channel(second.target, options) as b,
@@ -222,7 +223,7 @@ def store_outages() -> float:
     ],
 )
 def test_a_bad_store_url_is_refused_naming_its_setting(
-    overrides: dict[str, str], named: str
+    overrides: dict[str, Any], named: str
 ) -> None:
     settings = ServiceSettings(rate_limit_per_second=10, rate_limit_burst=10, **overrides)
     with pytest.raises(RedisUrlError) as caught:
