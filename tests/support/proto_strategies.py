@@ -1,6 +1,8 @@
 """Hypothesis strategies for arbitrary protobuf messages, built from their descriptors:
 ordinary and boundary values for every field (empty, huge, negative, out-of-range enums,
-control characters, oversized maps), nested messages to a small depth."""
+control characters, oversized maps, long repeated fields and one value repeated many times),
+nested messages to a small depth; and arbitrary bytes sent as a message of a type, most of
+which do not parse."""
 
 from __future__ import annotations
 
@@ -54,6 +56,16 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
     raise NotImplementedError(f"field type {t}")
 
 
+def _repeated(field: FieldDescriptor) -> st.SearchStrategy[list[Any]]:
+    # Beyond a few values: more than a store's IN filter takes (Firestore: 30), and one valid
+    # value repeated, which a service must accept as well as the value once.
+    return st.one_of(
+        st.lists(_scalar(field), max_size=5),
+        st.lists(_scalar(field), min_size=31, max_size=60),
+        st.builds(lambda value, times: [value] * times, _scalar(field), st.integers(31, 60)),
+    )
+
+
 def messages(descriptor: Descriptor, depth: int = 2) -> st.SearchStrategy[Message]:
     """Arbitrary instances of the message type `descriptor` describes."""
     cls = GetMessageClass(descriptor)
@@ -85,9 +97,29 @@ def messages(descriptor: Descriptor, depth: int = 2) -> st.SearchStrategy[Messag
                 else:
                     getattr(message, field.name).CopyFrom(value)
             elif field.is_repeated:
-                getattr(message, field.name).extend(draw(st.lists(_scalar(field), max_size=5)))
+                getattr(message, field.name).extend(draw(_repeated(field)))
             else:
                 setattr(message, field.name, draw(_scalar(field)))
         return message
 
     return build()
+
+
+def wire_bytes(descriptor: Descriptor) -> st.SearchStrategy[bytes]:
+    """Bytes sent as a message of the type `descriptor` describes: arbitrary bytes, and valid
+    encodings truncated, with one byte changed or with bytes appended. Most do not parse as
+    that type; some do (empty bytes, unknown fields), and must then be served as usual."""
+    encoded = messages(descriptor).map(lambda message: message.SerializeToString())
+
+    @st.composite
+    def damaged(draw: st.DrawFn) -> bytes:
+        data = draw(encoded)
+        how = draw(st.sampled_from(["truncate", "change", "append"]))
+        if how == "truncate" and data:
+            return data[: draw(st.integers(0, len(data) - 1))]
+        if how == "change" and data:
+            at = draw(st.integers(0, len(data) - 1))
+            return data[:at] + bytes([draw(st.integers(0, 255))]) + data[at + 1 :]
+        return data + draw(st.binary(min_size=1, max_size=16))
+
+    return st.one_of(st.binary(max_size=256), damaged())

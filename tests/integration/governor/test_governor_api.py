@@ -402,3 +402,17 @@ async def test_health_reflection_and_seed_health_check(governor: RunningGovernor
     async for response in responses:
         names = {s.name for s in response.list_services_response.service}
     assert {"tai.v1.Governor", "grpc.health.v1.Health"} <= names
+
+
+async def test_health_watch_sends_each_change(governor: RunningGovernor) -> None:
+    """The standard Watch (what gRPC clients' own health checking calls) streams through the
+    servers' interceptors."""
+    health = health_pb2_grpc.HealthStub(governor.channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="tai.v1.Governor"))
+    first = await asyncio.wait_for(watch.read(), 10)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+
+    await governor.runtime.server.set_serving(False)
+    second = await asyncio.wait_for(watch.read(), 10)
+    assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    watch.cancel()

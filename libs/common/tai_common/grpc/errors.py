@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 import grpc
 from google.protobuf import any_pb2
@@ -68,12 +68,20 @@ def to_grpc_status(error: errors.TaiError) -> grpc.Status:
     return cast(grpc.Status, rpc_status.to_status(status))
 
 
-async def _abort_for(error: BaseException, context: Context) -> None:
+async def abort_for(error: BaseException, context: Context) -> NoReturn:
+    """Ends the call with the status for `error`: its mapped status for a TAI error, the
+    status the handler set on the context before raising, else INTERNAL with an incident id
+    (the error and its traceback are logged under that id)."""
     if isinstance(error, errors.TaiError):
         status = to_grpc_status(error)
         # Keep trailers set earlier in the call (e.g. the rate-limit headers).
         trailers = (*(context.trailing_metadata() or ()), *status.trailing_metadata)
         await context.abort(status.code, status.details, trailers)
+    code = context.code()
+    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
+        # As grpc does: e.g. the UNIMPLEMENTED of a generated base servicer's method (the
+        # stock health servicer's List), which sets it and raises NotImplementedError.
+        await context.abort(code, str(context.details() or ""))
     incident = uuid.uuid4().hex[:12]
     log.error("unhandled error in a handler (incident %s)", incident, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error (incident {incident})")
@@ -95,7 +103,7 @@ class ErrorMappingInterceptor(BehaviorInterceptor):
             except Exception as error:
                 if _is_abort(error):
                     raise
-                await _abort_for(error, context)
+                await abort_for(error, context)
 
         return mapped
 
@@ -107,6 +115,6 @@ class ErrorMappingInterceptor(BehaviorInterceptor):
             except Exception as error:
                 if _is_abort(error):
                     raise
-                await _abort_for(error, context)
+                await abort_for(error, context)
 
         return mapped

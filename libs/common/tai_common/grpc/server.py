@@ -1,6 +1,6 @@
 """The gRPC server every service runs: grpc.aio, the standard health service, reflection, the
-error-mapping interceptor, message-size limits, and a graceful stop that drains calls and ends
-streams."""
+error-mapping interceptor, INVALID_ARGUMENT for requests that do not parse, message-size
+limits, and a graceful stop that drains calls and ends streams."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from tai_common.config import ServiceSettings
 from tai_common.errors import Unavailable
 from tai_common.grpc.errors import ErrorMappingInterceptor
+from tai_common.grpc.parsing import RequestParsingInterceptor
 
 T = TypeVar("T")
 
@@ -42,8 +43,14 @@ class GrpcServer:
         limit = settings.max_message_bytes
         self.server = grpc.aio.server(
             # The error mapping is outermost, so errors raised by the other interceptors (an
-            # authentication failure, a rate limit) are mapped like the handlers' own.
-            interceptors=[*outer_interceptors, ErrorMappingInterceptor(), *interceptors],
+            # authentication failure, a rate limit) are mapped like the handlers' own. The
+            # request parsing is innermost: it replaces the servicers' own deserializers.
+            interceptors=[
+                *outer_interceptors,
+                ErrorMappingInterceptor(),
+                *interceptors,
+                RequestParsingInterceptor(),
+            ],
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
