@@ -18,8 +18,9 @@ from google.api_core import exceptions as gexc
 from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
 from support.processes import free_port
 from tai_common.bus.port import Message, OutgoingMessage, SubscriptionSpec
+from tai_common.bus.provisioning import MissingBusResource
 from tai_common.bus.pubsub_bus import PubSubBus
-from tai_common.errors import InvalidArgument, NotFound, Unavailable
+from tai_common.errors import InvalidArgument, NotFound, StartupError, Unavailable
 
 if TYPE_CHECKING:
     # Loaded by pytest as a plugin (below); importing it first would skip its assert rewriting.
@@ -304,20 +305,67 @@ async def test_deliveries_no_handler_saw_are_not_attempts(
     assert dead_letters.delivered == []
 
 
-async def test_without_create_missing_resources_must_exist(open_bus: OpenBus) -> None:
+async def test_without_create_missing_resources_must_exist(open_bus: OpenBus, project: str) -> None:
     bus = await open_bus(create_missing=False)
     topic = unique("topic")
+    remedy = (
+        f"run 'make provision TAI_BUS=pubsub://{project}' "
+        "(or set TAI_BUS_CREATE_MISSING=true for development)"
+    )
 
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound) as published:
         await bus.publish(OutgoingMessage(topic, b"x"))
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound) as subscribed:
         await bus.subscribe(SubscriptionSpec(topic, unique("sub")), Recorder())
     # Per-replica subscriptions are the adapter's to create, but on existing topics.
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFound) as replica:
         await bus.subscribe(
             SubscriptionSpec(topic, unique("replica"), ephemeral=True, start_at_latest=True),
             Recorder(),
         )
+
+    # Each is a startup error: one line that names the resource and the remedy.
+    for raised in (published, replica):
+        assert isinstance(raised.value, MissingBusResource)
+        assert str(raised.value) == (
+            f"Pub/Sub topic 'projects/{project}/topics/{topic}' does not exist; {remedy}"
+        )
+    assert isinstance(subscribed.value, StartupError)
+    assert str(subscribed.value).startswith(
+        f"Pub/Sub subscription 'projects/{project}/subscriptions/sub-"
+    )
+    assert str(subscribed.value).endswith(f"' does not exist; {remedy}")
+
+
+async def test_a_missing_dead_letter_topic_is_named(
+    open_bus: OpenBus, project: str, topics_admin: PublisherAsyncClient
+) -> None:
+    bus = await open_bus(create_missing=False, bus_url=f"pubsub://{project}?note=kept")
+    spec = SubscriptionSpec(unique("topic"), unique("replica"), ephemeral=True)
+    await topics_admin.create_topic(name=f"projects/{project}/topics/{spec.topic}")
+
+    with pytest.raises(MissingBusResource) as raised:
+        await bus.subscribe(spec, Recorder())
+
+    assert raised.value.resource_id == f"projects/{project}/topics/{spec.dead_letter}"
+    assert f"make provision TAI_BUS=pubsub://{project}?note=kept'" in str(raised.value)
+
+
+async def test_required_topics_are_checked_when_the_bus_opens(
+    open_bus: OpenBus, project: str, topics_admin: PublisherAsyncClient
+) -> None:
+    present, absent = unique("present"), unique("absent")
+    await topics_admin.create_topic(name=f"projects/{project}/topics/{present}")
+
+    with pytest.raises(MissingBusResource) as raised:
+        await open_bus(create_missing=False, required_topics=[present, absent])
+    bus = await open_bus(create_missing=False, required_topics=[present])
+    made = await open_bus(create_missing=True, required_topics=[present, absent])
+
+    assert raised.value.resource_id == f"projects/{project}/topics/{absent}"
+    await topics_admin.get_topic(topic=f"projects/{project}/topics/{absent}")
+    assert await bus.publish(OutgoingMessage(absent, b"x"))
+    assert await made.publish(OutgoingMessage(present, b"x"))
 
 
 async def test_attribute_names_the_client_library_reserves_are_rejected(
