@@ -18,6 +18,7 @@ from tai_rpc.breaker import BreakerConfig, BreakerState, CircuitBreaker, Circuit
 
 from tai_scheduler import consumers, repository
 from tai_scheduler.consumers import EventConsumers
+from tai_scheduler.due_tasks import DueTasksGauge
 from tai_scheduler.executors.port import ChannelPool, ExecutorEnvironment
 from tai_scheduler.executors.registry import ExecutorRegistry
 from tai_scheduler.service import TaskService, Wakeup
@@ -38,6 +39,8 @@ class SchedulerSettings(ServiceSettings):
     fallback_poll_seconds: float = Field(default=1.0, gt=0)
     # Due tasks read per claim; the highest priorities among them are claimed first.
     claim_scan: int = Field(default=64, ge=1, le=1000)
+    # How often tai_scheduler_due_tasks is counted in the store (two count queries).
+    due_tasks_count_seconds: float = Field(default=5.0, gt=0)
     # Deadline of an executor's call when the attempt has more time than this.
     call_timeout_seconds: float = Field(default=10.0, gt=0)
     # Circuit breaker per downstream target.
@@ -136,6 +139,10 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
     wakeup.subscribe(worker.wake)
     runtime.add_worker("task-worker", worker.run)
     runtime.add_worker("task-lease-renewer", worker.renew_leases)
+    due_tasks = DueTasksGauge(
+        repository.TaskRepository(deps.store), deps.clock, settings.due_tasks_count_seconds
+    )
+    runtime.add_worker("due-tasks-gauge", due_tasks.run)
     # Shutdown hooks run in reverse: subscriptions close, running attempts drain (or release
     # their leases), then the executors' channels close.
     runtime.add_shutdown(env.channels.close)

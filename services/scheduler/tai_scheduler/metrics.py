@@ -19,3 +19,9 @@ LEASE_STEALS = Counter(
     "tai_scheduler_lease_steals_total",
     "Tasks taken over by a replica because another replica's lease on them lapsed.",
 )
+DUE_TASKS = Gauge(
+    "tai_scheduler_due_tasks",
+    "Tasks due and held by no live lease: pending and due, or running with a lapsed lease. "
+    "Counted in the store every few seconds by each replica, so every replica reports the "
+    "same number: aggregate with max, not sum.",
+)

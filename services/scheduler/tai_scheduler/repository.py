@@ -36,9 +36,10 @@ def _list_indexes() -> tuple[IndexSpec, ...]:
 
 
 INDEXES = (
-    # Due tasks, earliest first (claims; the worker's next wake-up).
+    # Due tasks, earliest first (claims; the worker's next wake-up; the due-tasks count).
     IndexSpec(TASKS, ("status", "next_run_ns")),
-    # Running tasks whose lease lapsed, earliest first (reclaims; the next lease expiry).
+    # Running tasks whose lease lapsed, earliest first (reclaims; the next lease expiry; the
+    # due-tasks count).
     IndexSpec(TASKS, ("status", "lease_until_ns")),
     *_list_indexes(),
 )
@@ -114,6 +115,23 @@ class TaskRepository:
     async def get(self, task_id: str) -> Task | None:
         doc = await self._store.get(TASKS, task_id)
         return Task.from_doc(doc.data) if doc else None
+
+    async def count_due(self, now_ns: int) -> int:
+        """Tasks that a replica with a free slot would claim at `now_ns`: pending and due, or
+        running with a lapsed lease. Two count queries on the claims' own indexes; held runs
+        (due far ahead) and running tasks under a live lease are not counted."""
+        pending = await self._store.count(
+            TASKS,
+            (Filter.eq("status", TaskState.PENDING.value), Filter("next_run_ns", Op.LE, now_ns)),
+        )
+        lapsed = await self._store.count(
+            TASKS,
+            (
+                Filter.eq("status", TaskState.RUNNING.value),
+                Filter("lease_until_ns", Op.LE, now_ns),
+            ),
+        )
+        return pending + lapsed
 
     async def earliest_due_ns(self) -> int | None:
         """The next_run_ns of the earliest pending task (held runs included, far ahead)."""
