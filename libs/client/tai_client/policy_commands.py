@@ -230,7 +230,11 @@ def get(ctx: CliContext, policy_id: str, version: int) -> None:
     type=click.Choice(sorted(STATES)),
     help="Only these states (repeatable).",
 )
-@click.option("--enabled-only", is_flag=True)
+@click.option(
+    "--enabled-only",
+    is_flag=True,
+    help="Only the policies in force: enabled, and ENFORCED or DRY_RUN.",
+)
 @pass_context
 def list_policies(
     ctx: CliContext, policy_type: str, states: tuple[str, ...], enabled_only: bool
