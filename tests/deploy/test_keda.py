@@ -29,6 +29,7 @@ from support import inprocess
 from support.processes import ServiceProcess, free_port
 from support.prometheus_server import PrometheusServer, promtool
 from tai_client import GovernorClient, SchedulerClient, open_channel
+from tai_test_executors import ledger as test_ledger
 
 KEDA_VALUES = (CI_VALUES / "keda-values.yaml",)
 KEDA_ON = ("--set", "keda.enabled=true")
@@ -185,14 +186,17 @@ def test_governor_scales_on_the_p99_of_its_unary_calls() -> None:
         assert matcher in query, matcher
 
 
-def test_scheduler_scales_on_its_dispatch_lag() -> None:
-    """No series counts the due and unclaimed tasks; the p99 dispatch lag stands in for it."""
+def test_scheduler_scales_on_its_due_tasks() -> None:
+    """Its queue depth: the due tasks no live lease holds. Every replica reports the same
+    count, so the query takes the max, and AverageValue divides it among the replicas."""
     trigger = triggers(render(KEDA_VALUES), "scheduler")["prometheus"]
-    assert trigger["metricType"] == "Value"
-    assert trigger["metadata"]["threshold"] == "0.5"
-    query = trigger["metadata"]["query"]
-    assert "rate(tai_scheduler_dispatch_lag_seconds_bucket{" in query
-    assert f'namespace="{NAMESPACE}",job="tai-scheduler"' in query
+    assert trigger["metricType"] == "AverageValue"
+    assert trigger["metadata"]["threshold"] == "16"
+    assert trigger["metadata"]["query"] == (
+        f'max(tai_scheduler_due_tasks{{namespace="{NAMESPACE}",job="tai-scheduler"}}) or vector(0)'
+    )
+    overridden = render((), (*KEDA_ON, "--set", "keda.scheduler.dueTasksPerReplica=40"))
+    assert triggers(overridden, "scheduler")["prometheus"]["metadata"]["threshold"] == "40"
 
 
 def test_coordinator_scales_on_its_pubsub_backlog_with_workload_identity() -> None:
@@ -248,9 +252,17 @@ def test_a_coordinator_without_any_trigger_is_refused(tmp_path: Path) -> None:
         ({"keda": {"prometheus": {"serverAddress": "prometheus:9090"}}}, "serverAddress"),
         ({"keda": {"prometheus": {"rateWindow": "2 minutes"}}}, "rateWindow"),
         ({"keda": {"governor": {"latencyThresholdSeconds": 0}}}, "latencyThresholdSeconds"),
+        ({"keda": {"scheduler": {"dueTasksPerReplica": 0}}}, "dueTasksPerReplica"),
         ({"keda": {"scheduler": {"queueDepth": 10}}}, "additional properties 'queueDepth'"),
     ],
-    ids=["unknown key", "address without scheme", "window", "zero threshold", "unknown trigger"],
+    ids=[
+        "unknown key",
+        "address without scheme",
+        "window",
+        "zero threshold",
+        "zero due tasks per replica",
+        "unknown trigger",
+    ],
 )
 def test_bad_keda_values_are_refused(values: dict[str, Any], expected: str, tmp_path: Path) -> None:
     error = render_error(values, tmp_path)
@@ -315,30 +327,66 @@ async def value_under_load(
         await asyncio.sleep(0.2)
 
 
+async def running(tasks: SchedulerClient, task_id: str, timeout: float = 20.0) -> None:
+    """Waits until the task is running."""
+    deadline = time.monotonic() + timeout
+    while (status := (await tasks.get(task_id)).status) != "running":
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task {task_id} is {status}, not running")
+        await asyncio.sleep(0.05)
+
+
+async def value_reaching(
+    prometheus: PrometheusServer, query: str, expected: float, timeout: float = 30.0
+) -> None:
+    """Waits until the query reads `expected`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(scaler_value, prometheus, query)
+        if value == expected:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{query} reads {value}, not {expected}")
+        await asyncio.sleep(0.2)
+
+
 @pytest.mark.slow
 async def test_governor_and_scheduler_queries_on_a_real_prometheus(
     service_processes: MakeProcess, sqlite_url: str, tmp_path: Path
 ) -> None:
     """The ScaledObjects' queries, sent as KEDA sends them to the serverAddress in the values,
-    read a number from real services: 0 while idle (not NaN, which KEDA cannot use), the p99
-    once calls are made and tasks are claimed."""
-    ports = {service: free_port() for service in ("governor", "scheduler")}
+    read a number from real services: 0 while idle (not NaN or nothing, which KEDA cannot
+    use); the Governor's p99 once calls are made; the Scheduler's due tasks while its two
+    replicas are busy and more tasks wait (counted once, not once per replica), and 0 again
+    once those are cancelled."""
+    ledger = tmp_path / "ledger.db"
+    test_ledger.connect(ledger).close()  # made (and in WAL mode) before any replica opens it
+    store = {"TAI_STORE": sqlite_url, "TAI_BUS": sqlite_url, "TAI_SQLITE_SYNCHRONOUS": "NORMAL"}
+    ports = {name: free_port() for name in ("governor", "scheduler-a", "scheduler-b")}
     governor = await service_processes(
-        "tai_governor",
-        TAI_STORE=sqlite_url,
-        TAI_BUS=sqlite_url,
-        TAI_METRICS_PORT=str(ports["governor"]),
+        "tai_governor", **store, TAI_METRICS_PORT=str(ports["governor"])
     ).start()
-    scheduler = await service_processes(
-        "tai_scheduler",
-        TAI_STORE=sqlite_url,
-        TAI_BUS=sqlite_url,
-        TAI_METRICS_PORT=str(ports["scheduler"]),
-        TAI_GOVERNOR_TARGET=governor.target,
-    ).start()
+    schedulers = [
+        await service_processes(
+            "tai_scheduler",
+            **store,
+            TAI_METRICS_PORT=str(ports[name]),
+            TAI_REPLICA_ID=name,
+            TAI_TEST_LEDGER=str(ledger),
+            # One attempt at a time, so that a few tasks make a queue.
+            TAI_WORKER_CONCURRENCY="1",
+            TAI_DUE_TASKS_COUNT_SECONDS="0.2",
+        ).start()
+        for name in ("scheduler-a", "scheduler-b")
+    ]
     prometheus = NamespacedPrometheus(
         tmp_path / "prometheus",
-        {f"tai-{service}": [f"127.0.0.1:{port}"] for service, port in ports.items()},
+        {
+            "tai-governor": [f"127.0.0.1:{ports['governor']}"],
+            "tai-scheduler": [
+                f"127.0.0.1:{ports[name]}" for name in ("scheduler-a", "scheduler-b")
+            ],
+        },
     )
     docs = render((), (*KEDA_ON, "--set", f"keda.prometheus.serverAddress={prometheus.url}"))
     for service in ("governor", "scheduler"):
@@ -352,7 +400,7 @@ async def test_governor_and_scheduler_queries_on_a_real_prometheus(
 
         async with (
             open_channel(governor.target) as governor_channel,
-            open_channel(scheduler.target) as scheduler_channel,
+            open_channel(schedulers[0].target) as scheduler_channel,
         ):
             policies = GovernorClient(governor_channel)
             tasks = SchedulerClient(scheduler_channel)
@@ -363,14 +411,25 @@ async def test_governor_and_scheduler_queries_on_a_real_prometheus(
             p99 = await value_under_load(prometheus, query_of(docs, "governor"), propose)
             assert 0 < p99 <= 10  # the histogram's largest finite bucket
 
-            async def submit() -> object:
-                # Claimed at once (then failed: no such policy); the lag is measured at claim.
-                return await tasks.submit(
-                    task_type="enforce_policy", parameters={"policy_id": "none"}
+            async def sleeping() -> str:
+                receipt = await tasks.submit(
+                    task_type="test_sleep", parameters={"seconds": "120"}, timeout_seconds=600
                 )
+                return receipt.resource_id
 
-            lag = await value_under_load(prometheus, query_of(docs, "scheduler"), submit)
-            assert 0 < lag <= 30
+            # Each replica runs one; the next three wait.
+            submitted = [await sleeping(), await sleeping()]
+            for task_id in submitted:
+                await running(tasks, task_id)
+            submitted += [await sleeping() for _ in range(3)]
+            # Both replicas count the same three: the trigger reads 3, not 6.
+            await value_reaching(prometheus, 'min(tai_scheduler_due_tasks{job="tai-scheduler"})', 3)
+            due = query_of(docs, "scheduler")
+            assert await asyncio.to_thread(scaler_value, prometheus, due) == 3
+
+            for task_id in submitted:
+                await tasks.cancel(task_id, reason="test over")
+            await value_reaching(prometheus, due, 0)
     finally:
         prometheus.stop()
 

@@ -53,6 +53,14 @@ deliveries in the window.
 max({__name__="pubsub.googleapis.com/subscription/num_undelivered_messages",{{ $match }}} and on (subscription_id) (sum by (subscription_id) (rate({__name__="pubsub.googleapis.com/subscription/sent_message_count",{{ $match }}}[{{ include "tai.keda.window" . }}])) > 0)) or vector(0)
 {{- end -}}
 
+{{/*
+The Scheduler's due and unclaimed tasks, as its replicas count them; 0 when no replica is
+scraped (an empty answer is an error to KEDA).
+*/}}
+{{- define "tai.keda.schedulerDueTasksQuery" -}}
+max(tai_scheduler_due_tasks{ {{- include "tai.keda.selector" . }}}) or vector(0)
+{{- end -}}
+
 {{/* "true" when this service (ctx) scales on the Coordinator's Pub/Sub backlog. */}}
 {{- define "tai.keda.coordinatorBacklog" -}}
 {{- if and (eq .name "coordinator") .root.Values.keda.coordinator.pubsubBacklog.enabled -}}
@@ -121,15 +129,16 @@ spec:
         name: {{ include "tai.keda.triggerAuthenticationName" . }}
     {{- end }}
   {{- else if eq .name "scheduler" }}
-    # No series counts the tasks that are due and not claimed; the dispatch lag (due time →
-    # claim) is the closest. Value: replicas grow in proportion to p99 / threshold.
+    # Its queue depth: the tasks due and held by no live lease (tai_scheduler_due_tasks).
+    # Every replica counts the same store and reports the same number, hence max, not sum.
+    # AverageValue: replicas = ceil(due tasks / dueTasksPerReplica).
     - type: prometheus
-      name: dispatch-lag-p99
-      metricType: Value
+      name: due-tasks
+      metricType: AverageValue
       metadata:
         serverAddress: {{ $prometheus }}
-        query: {{ include "tai.keda.p99" (list . "tai_scheduler_dispatch_lag_seconds" "") | quote }}
-        threshold: {{ $keda.scheduler.dispatchLagThresholdSeconds | toString | quote }}
+        query: {{ include "tai.keda.schedulerDueTasksQuery" . | quote }}
+        threshold: {{ $keda.scheduler.dueTasksPerReplica | toString | quote }}
   {{- end }}
 {{- end -}}
 
