@@ -1,14 +1,20 @@
-"""A service process's lifecycle: store, bus, outbox relay, background workers, the gRPC server
-and the metrics endpoint — started in order, stopped in reverse on SIGTERM or SIGINT."""
+"""A service process's lifecycle: the metrics endpoint, store, bus, outbox relay, background
+workers and the gRPC server — started in order, stopped in reverse on SIGTERM or SIGINT,
+whatever phase the process is in."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import gc
 import logging
+import os
 import signal
+import socket
+import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +35,7 @@ from tai_common.bus.port import EventBus
 from tai_common.cache.port import Cache
 from tai_common.clock import Clock, IdFactory, SystemClock, UuidFactory
 from tai_common.config import ServiceSettings
+from tai_common.errors import StartupError
 from tai_common.grpc import security
 from tai_common.grpc.auth import DeniedHook
 from tai_common.grpc.server import GrpcServer, Registrar
@@ -66,15 +73,20 @@ class Dependencies:
     async def open(cls, settings: ServiceSettings) -> Dependencies:
         """Opens the adapters the settings name."""
         clock = SystemClock()
-        opened = await factory.open_store_and_bus(settings, clock)
+        try:
+            opened = await factory.open_store_and_bus(settings, clock)
+        except factory.UnsupportedUrl as error:
+            raise StartupError(str(error)) from None
         store, bus = opened.store, opened.bus
         try:
             secrets = await factory.open_secrets(settings)
-        except BaseException:
+            cache = factory.open_cache(settings)
+        except BaseException as error:
             await bus.close()
             await store.close()
+            if isinstance(error, factory.UnsupportedUrl):
+                raise StartupError(str(error)) from None
             raise
-        cache = factory.open_cache(settings)
         # Every adapter is traced (spans per store and cache operation, per message published
         # and handled): the one place they are wrapped. Not the in-process cache: a lookup
         # there takes microseconds, and a span for it cost cached reads ~5 % of their CPU.
@@ -87,6 +99,13 @@ class Dependencies:
             clock=clock,
             publishes_in_transaction=opened.publishes_in_transaction,
         )
+
+    async def close(self) -> None:
+        """Closes the adapters (their threads and connections would keep the process alive)."""
+        await self.bus.close()
+        await self.cache.close()
+        await self.secrets.close()
+        await self.store.close()
 
 
 @dataclass(frozen=True)
@@ -144,6 +163,7 @@ class ServiceRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._server: GrpcServer | None = None
         self._metrics_server: tuple[Any, Any] | None = None
+        self._server_started = False
         self._started_monotonic = time.monotonic()
         self.ready = False
         # Extra lines for the seed's HealthCheck answer (e.g. how current a cache is).
@@ -198,18 +218,19 @@ class ServiceRuntime:
         self._workers.append((name, run))
 
     async def start(self) -> int:
-        """Starts everything; returns the bound gRPC port."""
+        """Starts everything; returns the bound gRPC port. Health says SERVING last, once all
+        the process serves is up: the metrics endpoint listens before the gRPC port opens, so
+        a probe that waits for SERVING (or merely for the gRPC port) can scrape at once."""
+        if self.settings.metrics_port:
+            self._metrics_server = _start_metrics_server(self.settings)
         await self.deps.store.ensure_indexes(self._index_specs)
         self._spawn("outbox-relay", self.relay.run)
         for name, run in self._workers:
             self._spawn(name, run)
-        port = await self.server.start()
+        self._server_started = True
+        port = await _start_grpc(self.server, self.settings)
         for hook in self._startup:
             await hook()
-        if self.settings.metrics_port:
-            self._metrics_server = prometheus_client.start_http_server(
-                self.settings.metrics_port, addr=self.settings.host
-            )
         self.ready = True
         metrics.READY.set(1)
         await self.server.set_serving(True)
@@ -223,19 +244,22 @@ class ServiceRuntime:
         return port
 
     async def stop(self) -> None:
-        """Drains calls and streams, then stops workers and closes the adapters."""
+        """Drains calls and streams, then stops workers and closes the adapters. Also undoes a
+        start that failed or was cancelled part way."""
         self.ready = False
         metrics.READY.set(0)
-        if self._server is not None:
+        if self._server is not None and self._server_started:
             await self._server.stop()
         for hook in reversed(self._shutdown):
             try:
                 await hook()
             except Exception:
                 log.exception("shutdown hook failed")
-        with contextlib.suppress(Exception):
-            # Publish what is already committed, so the next process starts with less to do.
-            await asyncio.wait_for(self.relay.drain(), timeout=2.0)
+        if self._tasks:
+            with contextlib.suppress(Exception):
+                # Publish what is already committed, so the next process starts with less to
+                # do.
+                await asyncio.wait_for(self.relay.drain(), timeout=2.0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -243,24 +267,35 @@ class ServiceRuntime:
         if self._metrics_server is not None:
             server, _thread = self._metrics_server
             server.shutdown()
+            server.server_close()
             self._metrics_server = None
-        await self.deps.bus.close()
-        await self.deps.cache.close()
-        await self.deps.secrets.close()
-        await self.deps.store.close()
+        await self.deps.close()
         log.info("%s stopped", self.settings.service_name)
 
-    async def serve(self) -> None:
-        """Starts, then runs until SIGTERM or SIGINT, then stops gracefully."""
-        stop_requested = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop_requested.set)
-        await self.start()
-        settle_garbage_collection()
-        await stop_requested.wait()
-        log.info("%s: stop requested, draining", self.settings.service_name)
-        await self.stop()
+    async def serve(self, stop_requested: asyncio.Event | None = None) -> None:
+        """Starts, runs until `stop_requested` is set (by default: until SIGTERM or SIGINT),
+        then stops gracefully. A stop asked for while starting cancels the start (which may be
+        waiting for a dependency) and undoes what had started."""
+        if stop_requested is None:
+            stop_requested = StopSignals(self.settings).install()
+        starting = asyncio.create_task(self.start(), name="start")
+        asked = asyncio.create_task(stop_requested.wait(), name="stop-requested")
+        try:
+            await asyncio.wait({starting, asked}, return_when=asyncio.FIRST_COMPLETED)
+            if not starting.done():
+                log.info("%s: stop requested while starting", self.settings.service_name)
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                return
+            starting.result()  # a start that failed raises here
+            settle_garbage_collection()
+            await asked
+            log.info("%s: stop requested, draining", self.settings.service_name)
+        finally:
+            starting.cancel()
+            asked.cancel()
+            await self.stop()
 
     def health_status(self, service_name: str) -> common_pb2.HealthStatus:
         """The seed's HealthCheck answer."""
@@ -293,14 +328,78 @@ class ServiceRuntime:
                 await asyncio.sleep(min(30.0, 0.1 * 2**failures))
 
 
+# Time a stopping process gets beyond its grace period (which in-flight calls and running
+# tasks may use in full) to release leases and close its connections; then it exits anyway.
+STOP_RESERVE_SECONDS = 2.0
+
+
+class StopSignals:
+    """SIGTERM and SIGINT. The first sets `requested` (a graceful stop) and arms a deadline:
+    if the process has not exited `shutdown_grace_seconds` + `STOP_RESERVE_SECONDS` later, it
+    exits there and then. A second signal exits at once."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.requested = asyncio.Event()
+        self._name = settings.service_name
+        self._deadline = settings.shutdown_grace_seconds + STOP_RESERVE_SECONDS
+
+    def install(self) -> asyncio.Event:
+        """Handles both signals on the running loop; returns `requested`."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        return self.requested
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self.requested.is_set():
+            log.warning("%s: %s again; exiting now", self._name, name)
+            _exit_now(1)
+        log.info("%s: %s received, stopping", self._name, name)
+        self.requested.set()
+        # A thread, not the event loop: it fires even if the loop is stuck in a blocking call.
+        timer = threading.Timer(self._deadline, self._overdue)
+        timer.daemon = True
+        timer.start()
+
+    def _overdue(self) -> None:
+        log.error("%s did not stop within %.1fs; exiting", self._name, self._deadline)
+        _exit_now(1)
+
+
+def _exit_now(code: int) -> None:
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):
+            handler.flush()
+    os._exit(code)
+
+
 async def run_service(
     settings: ServiceSettings, create_app: Callable[[Dependencies], ServiceRuntime]
 ) -> None:
-    """Runs a service until SIGTERM: tracing, adapters, the app, and a flush of the last spans
-    on the way out."""
+    """Runs a service until SIGTERM or SIGINT, which are obeyed from the start (opening the
+    adapters included): tracing, adapters, the app, and a flush of the last spans on the way
+    out."""
+    stop_requested = StopSignals(settings).install()
     provider = configure_tracing(settings)
     try:
-        await create_app(await Dependencies.open(settings)).serve()
+        opening = asyncio.create_task(Dependencies.open(settings), name="open-adapters")
+        asked = asyncio.create_task(stop_requested.wait())
+        await asyncio.wait({opening, asked}, return_when=asyncio.FIRST_COMPLETED)
+        asked.cancel()
+        if not opening.done():
+            log.info("%s: stop requested while opening its adapters", settings.service_name)
+            opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opening
+            return
+        deps = opening.result()
+        try:
+            runtime = create_app(deps)
+        except BaseException:
+            await deps.close()
+            raise
+        await runtime.serve(stop_requested)
     finally:
         provider.shutdown()
 
@@ -308,9 +407,50 @@ async def run_service(
 def service_main(
     settings: ServiceSettings, create_app: Callable[[Dependencies], ServiceRuntime]
 ) -> None:
-    """The body of each service's `main`: logging, then `run_service` on a new event loop."""
+    """The body of each service's `main`: logging, then `run_service` on a new event loop. A
+    `StartupError` (something the operator must fix) ends the process with its message on one
+    line of stderr and exit status 2, without a traceback."""
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
-    asyncio.run(run_service(settings, create_app))
+    try:
+        asyncio.run(run_service(settings, create_app))
+    except StartupError as error:
+        message = " ".join(str(error).split())
+        print(f"{settings.service_name}: {message}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def _start_metrics_server(settings: ServiceSettings) -> tuple[Any, Any]:
+    try:
+        return prometheus_client.start_http_server(settings.metrics_port, addr=settings.host)
+    except OSError as error:
+        raise _port_error("TAI_METRICS_PORT", settings.host, settings.metrics_port, error) from None
+
+
+async def _start_grpc(server: GrpcServer, settings: ServiceSettings) -> int:
+    try:
+        return await server.start()
+    except RuntimeError as error:
+        # grpc raises a bare RuntimeError ("Failed to bind to address …") for a port it cannot
+        # bind, the cause only in its own log: binding a plain socket there tells it.
+        if "Failed to bind" not in str(error):
+            raise
+        try:
+            with socket.create_server((settings.host, settings.grpc_port)):
+                pass
+        except OSError as cause:
+            raise _port_error("TAI_GRPC_PORT", settings.host, settings.grpc_port, cause) from None
+        raise StartupError(
+            f"TAI_GRPC_PORT: cannot listen on {settings.host}:{settings.grpc_port}"
+        ) from None
+
+
+def _port_error(setting: str, host: str, port: int, error: OSError) -> StartupError:
+    where = f"{host}:{port}"
+    if error.errno == errno.EADDRINUSE:
+        return StartupError(
+            f"{setting}: {where} is in use by another process; stop it or choose another port"
+        )
+    return StartupError(f"{setting}: cannot listen on {where}: {error.strerror or error}")
 
 
 @functools.cache

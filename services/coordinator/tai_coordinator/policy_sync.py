@@ -35,6 +35,7 @@ class PolicySync:
         self._resync_seconds = resync_seconds
         self._retry_seconds = retry_seconds
         self._check_seconds = check_seconds
+        self._loaded = asyncio.Event()
 
     async def on_policy_event(self, event: events_pb2.Event) -> None:
         """Bus handler of this replica's subscription to `tai-policies`."""
@@ -42,26 +43,46 @@ class PolicySync:
         self._book.apply(payload.policy)
 
     async def load(self) -> None:
-        """Reads every live policy from the Governor; retries until it answers."""
+        """Reads every live policy from the Governor; retries until it answers (cancel it to
+        give up, e.g. when the service is asked to stop while starting)."""
         attempt = 0
         while True:
             try:
                 await self._load_once()
                 log.info("loaded %d active policies from the Governor", len(self._book))
+                self._loaded.set()
                 return
             except grpc.aio.AioRpcError as error:
                 attempt += 1
                 if attempt == 1 or attempt % 30 == 0:
-                    log.warning(
-                        "cannot list policies from the Governor at %s yet (%s); retrying",
-                        self._target,
-                        error.code().name,
-                    )
+                    self._log_refusal(error)
                 await asyncio.sleep(self._retry_seconds)
+
+    def _log_refusal(self, error: grpc.aio.AioRpcError) -> None:
+        code = error.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            # Not a Governor still starting: this service's credentials are refused, and
+            # retrying alone will not fix it.
+            log.error(
+                "the Governor at %s refuses this service's policy listing (%s: %s); give it a "
+                "token with the viewer role (TAI_SERVICE_TOKEN or TAI_SERVICE_TOKEN_FILE) or "
+                "a certificate (TAI_TLS_*); retrying",
+                self._target,
+                code.name,
+                error.details(),
+            )
+            return
+        log.warning(
+            "cannot list policies from the Governor at %s yet (%s); retrying",
+            self._target,
+            code.name,
+        )
 
     async def run(self) -> None:
         """Resyncs every `resync_seconds`, and when the book is still behind the revision the
-        Governor had reached one check earlier (a worker)."""
+        Governor had reached one check earlier (a worker). Waits for `load` to succeed first:
+        until then, `load` does the asking."""
+        await self._loaded.wait()
         loop = asyncio.get_running_loop()
         next_full = loop.time() + self._resync_seconds
         target = 0

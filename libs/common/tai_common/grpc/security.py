@@ -21,6 +21,7 @@ from tai_common.auth.jwt_verifier import (
 )
 from tai_common.cache.redis_client import is_redis_url
 from tai_common.config import ServiceSettings
+from tai_common.errors import StartupError
 from tai_common.grpc.auth import Authenticator, DeniedHook
 from tai_common.grpc.rate_limit import RateLimits
 from tai_common.ratelimit.memory_limiter import MemoryRateLimiter
@@ -32,8 +33,9 @@ from tai_common.telemetry.grpc_metrics import client_interceptors
 log = logging.getLogger(__name__)
 
 
-class SecurityConfigError(ValueError):
-    """The settings ask for something that cannot work (e.g. auth on without keys)."""
+class SecurityConfigError(StartupError, ValueError):
+    """The settings ask for something that cannot work (e.g. auth on without keys): the
+    service stops at start with this message."""
 
 
 def tls_enabled(settings: ServiceSettings) -> bool:
@@ -73,7 +75,13 @@ def internal_channel_options(settings: ServiceSettings, timeout: float = 10.0) -
 
 def _service_token(settings: ServiceSettings) -> str:
     if settings.service_token_file:
-        return Path(settings.service_token_file).read_text().strip()
+        try:
+            return Path(settings.service_token_file).read_text().strip()
+        except OSError as error:
+            raise SecurityConfigError(
+                f"TAI_SERVICE_TOKEN_FILE: cannot read {settings.service_token_file!r}: "
+                f"{error.strerror or error}"
+            ) from None
     return settings.service_token.get_secret_value()
 
 
