@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_helpers import CHART, SERVICES, render, render_error
+import yaml
+from deploy_helpers import CHART, SERVICES, find, render, render_error
+from redis.asyncio.cluster import RedisCluster
+from tai_common.cache.redis_client import open_redis
 
 SCHEMA: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
 
@@ -44,6 +47,26 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], list[str]]] = {
     ),
     "redis URL with a password": (
         {"config": {"redis": {"url": "redis://:hunter2@redis:6379/0"}}},
+        ["at '/config/redis/url'"],
+    ),
+    "redis cluster URL with a password": (
+        {"config": {"redis": {"url": "rediss+cluster://:hunter2@node-a:6379,node-b:6379"}}},
+        ["at '/config/redis/url'"],
+    ),
+    "redis cluster URL with a database other than 0": (
+        {"config": {"redis": {"url": "redis+cluster://node-a:6379/1"}}},
+        ["at '/config/redis/url'"],
+    ),
+    "redis cluster URL without a node": (
+        {"config": {"redis": {"url": "redis+cluster://"}}},
+        ["at '/config/redis/url'"],
+    ),
+    "redis cluster URL with an empty address": (
+        {"config": {"redis": {"url": "redis+cluster://node-a:6379,,node-b:6379"}}},
+        ["at '/config/redis/url'"],
+    ),
+    "redis cluster URL with query parameters": (
+        {"config": {"redis": {"url": "redis+cluster://node-a:6379?password=hunter2"}}},
         ["at '/config/redis/url'"],
     ),
     "a credential among the extra variables": (
@@ -91,6 +114,32 @@ def test_bad_values_are_refused_with_a_clear_message(case: str, tmp_path: Path) 
     error = render_error(values, tmp_path)
     for text in expected:
         assert text in error, error
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://redis.cache.svc:6379/0",
+        "rediss://redis.example.test:6380",
+        "redis+cluster://redis-cluster.cache.svc:6379",
+        "rediss+cluster://10.0.0.5:6379,10.0.0.6:6379,10.0.0.7:6379",
+        "redis+cluster://[fd00::5]:7000,node-b:7001/0",
+    ],
+)
+async def test_redis_and_redis_cluster_urls_reach_the_services(url: str, tmp_path: Path) -> None:
+    """Accepted by the schema, set as the services' cache and rate-limit store, and taken by
+    the services' own parser (the one they run at start; it does not connect)."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"config": {"redis": {"url": url}}}))
+    configmaps = [doc for doc in find(render((values,)), "ConfigMap") if "TAI_CACHE" in doc["data"]]
+    assert len(configmaps) == len(SERVICES)
+    for doc in configmaps:
+        assert (doc["data"]["TAI_CACHE"], doc["data"]["TAI_RATE_LIMIT_STORE"]) == (url, url)
+    client = open_redis(url, "TAI_CACHE")
+    try:
+        assert isinstance(client, RedisCluster) == ("+cluster://" in url)
+    finally:
+        await client.aclose()
 
 
 def test_auth_off_is_accepted_on_a_declared_dev_cluster() -> None:
