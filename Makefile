@@ -19,7 +19,7 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 
 .PHONY: constraints help venv gen run test test-unit test-integration lint typecheck buf-lint clean \
-	firestore-indexes deploy-tools helm-alerts istio-manifests bench chaos
+	firestore-indexes deploy-tools helm-alerts istio-manifests bench chaos provision
 
 help:
 	@echo "make run    start the whole suite on the embedded default (SQLite under ./.tai/)"
@@ -27,6 +27,7 @@ help:
 	@echo "make lint   ruff + mypy --strict + buf lint"
 	@echo "make bench  throughput and latency beside an empty gRPC handler (BACKEND=embedded|emulators)"
 	@echo "make chaos  faults under load (kills, Redis and bus outages, restarts), then checks"
+	@echo "make provision TAI_BUS=pubsub://PROJECT  create the bus's topics and subscriptions (once per install)"
 
 # What a target starts that the venv does not bring: installed with apt-get when this user may,
 # otherwise the target stops at once with the command to run (scripts/prerequisites.py).
@@ -92,6 +93,11 @@ istio-manifests: deploy-tools
 # Throughput and latency of the suite beside an empty gRPC handler (bench/README.md).
 bench: prerequisites-bench$(if $(filter emulators,$(BACKEND)),-emulators) venv
 	$(BIN)/python -m bench --backend $(BACKEND) $(BENCH_ARGS)
+
+# The Pub/Sub or Kafka topics and subscriptions of the bus TAI_BUS names, made once per install
+# (scripts/provision_bus.py); sqlite:// needs none.
+provision: venv
+	$(BIN)/python scripts/provision_bus.py
 
 # Faults injected under a steady load, then checks that nothing was lost (chaos/cli.py).
 chaos: prerequisites-chaos venv
