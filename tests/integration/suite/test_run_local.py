@@ -24,7 +24,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.processes import free_port
 from tai.v1 import coordinator_pb2, governor_pb2
-from tai_client import ChannelOptions, CoordinatorClient, GovernorClient, open_channel
+from tai_client import (
+    ChannelOptions,
+    CoordinatorClient,
+    GovernorClient,
+    SchedulerClient,
+    open_channel,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "scripts" / "run_local.py"
@@ -206,6 +212,7 @@ async def test_make_run_with_auth_prints_tokens_that_drive_the_loop(
         open_channel(suite.target("governor"), viewer) as governor_as_viewer,
         open_channel(suite.target("governor")) as governor_anonymous,
         open_channel(suite.target("coordinator"), operator) as coordinator_as_operator,
+        open_channel(suite.target("scheduler"), operator) as scheduler_as_operator,
     ):
         receipt = await GovernorClient(governor_as_operator).propose(
             policy_type="operational",
@@ -230,10 +237,19 @@ async def test_make_run_with_auth_prints_tokens_that_drive_the_loop(
             if not action_ids:
                 await asyncio.sleep(0.2)
         action = await asyncio.wait_for(stream.read(), timeout=30)
-        stream.cancel()
         assert isinstance(action, coordinator_pb2.Action)
         assert (action.id, action.policy_id) == (action_ids[0], policy_id)
         assert dict(action.parameters) == {"replicas": "+2"}
+
+        # The Scheduler's executor calls the Coordinator with the Scheduler's own token.
+        await SchedulerClient(scheduler_as_operator).submit(
+            task_type="request_action",
+            parameters={"action_type": "restart", "target_service": "api", "action_id": "r-1"},
+        )
+        action = await asyncio.wait_for(stream.read(), timeout=30)
+        stream.cancel()
+        assert isinstance(action, coordinator_pb2.Action)
+        assert (action.id, action.action_type) == ("r-1", "restart")
 
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await GovernorClient(governor_as_viewer).propose(
@@ -256,6 +272,14 @@ async def test_make_run_with_auth_prints_tokens_that_drive_the_loop(
 
     assert await suite.exit_time_after(signal.SIGINT) < GRACE_SECONDS
     assert suite.process.returncode == 0
+
+    # `TAI_AUTH=jwt make run` does the same, with the key the first run made: the tokens it
+    # printed still work.
+    again = run_local(tmp_path, same_ports_as=suite, TAI_AUTH="jwt")
+    assert set(printed_tokens(await again.wait_banner())) == {"admin", "operator", "viewer"}
+    async with open_channel(again.target("governor"), viewer) as governor_as_viewer:
+        policy = await GovernorClient(governor_as_viewer).get(policy_id)
+    assert policy.state == governor_pb2.POLICY_STATE_ENFORCED
 
 
 async def health_status(target: str) -> int | None:
