@@ -22,6 +22,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.processes import free_port
+from support.tokens import ISSUER, TokenIssuer
 
 GRACE_SECONDS = 3.0
 
@@ -257,3 +258,25 @@ async def test_a_grpc_port_in_use_stops_the_service_with_one_line(
     assert code == 2, output
     assert "Traceback" not in output
     assert f"TAI_GRPC_PORT: 127.0.0.1:{port} is in use" in output
+
+
+async def test_a_coordinator_whose_credentials_the_governor_refuses_says_so_and_still_stops(
+    spawn: Callable[..., Started], tmp_path: Path
+) -> None:
+    jwks = TokenIssuer().write_jwks(tmp_path / "jwks.json")
+    auth = {"TAI_AUTH": "jwt", "TAI_JWT_JWKS_FILE": str(jwks), "TAI_JWT_ISSUER": ISSUER}
+    governor = spawn("tai_governor", **auth)
+    await wait_health(governor, SERVING)
+    # No TAI_SERVICE_TOKEN: its policy listing is refused.
+    coordinator = spawn("tai_coordinator", TAI_GOVERNOR_TARGET=governor.target, **auth)
+    await wait_health(coordinator, NOT_SERVING)
+    deadline = time.monotonic() + 20
+    while "refuses this service's policy listing" not in coordinator.log():
+        assert time.monotonic() < deadline, coordinator.log()
+        await asyncio.sleep(0.1)
+    assert "UNAUTHENTICATED" in coordinator.log()
+    assert "TAI_SERVICE_TOKEN" in coordinator.log()
+
+    took = await exit_time_after(coordinator, signal.SIGTERM)
+
+    assert took < GRACE_SECONDS, f"took {took:.1f}s:\n{coordinator.log()}"
