@@ -19,10 +19,11 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import prometheus_client
+import pydantic
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from tai.v1 import common_pb2
 
@@ -405,18 +406,36 @@ async def run_service(
 
 
 def service_main(
-    settings: ServiceSettings, create_app: Callable[[Dependencies], ServiceRuntime]
+    settings_type: type[ServiceSettings], create_app: Callable[[Dependencies], ServiceRuntime]
 ) -> None:
-    """The body of each service's `main`: logging, then `run_service` on a new event loop. A
-    `StartupError` (something the operator must fix) ends the process with its message on one
-    line of stderr and exit status 2, without a traceback."""
+    """The body of each service's `main`: its settings read from the environment, logging, then
+    `run_service` on a new event loop. A setting that does not validate, or a `StartupError`
+    (something the operator must fix), ends the process with one line on stderr naming what to
+    fix, and exit status 2, without a traceback."""
+    name = str(settings_type.model_fields["service_name"].default)
+    try:
+        settings = settings_type()
+    except pydantic.ValidationError as error:
+        _exit_with(name, settings_problems(error))
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
     try:
         asyncio.run(run_service(settings, create_app))
     except StartupError as error:
-        message = " ".join(str(error).split())
-        print(f"{settings.service_name}: {message}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        _exit_with(settings.service_name, str(error))
+
+
+def settings_problems(error: pydantic.ValidationError) -> str:
+    """A settings validation error as one line naming each environment variable to fix."""
+    problems = []
+    for problem in error.errors():
+        variable = "TAI_" + "_".join(str(part) for part in problem["loc"]).upper()
+        problems.append(f"{variable}: {problem['msg']}")
+    return "; ".join(problems)
+
+
+def _exit_with(service_name: str, message: str) -> NoReturn:
+    print(f"{service_name}: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    raise SystemExit(2) from None
 
 
 def _start_metrics_server(settings: ServiceSettings) -> tuple[Any, Any]:

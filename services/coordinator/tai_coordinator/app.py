@@ -109,4 +109,4 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
 
 
 def main() -> None:
-    service_main(CoordinatorSettings(), create_app)
+    service_main(CoordinatorSettings, create_app)

@@ -108,4 +108,4 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
 
 
 def main() -> None:
-    service_main(GovernorSettings(), create_app)
+    service_main(GovernorSettings, create_app)

@@ -165,4 +165,4 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
 
 
 def main() -> None:
-    service_main(SchedulerSettings(), create_app)
+    service_main(SchedulerSettings, create_app)

@@ -210,8 +210,10 @@ async def test_metrics_answer_the_moment_health_says_serving(
     [
         ({"TAI_STORE": "mongodb://127.0.0.1/tai"}, "TAI_STORE"),
         ({"TAI_AUTH": "jwt"}, "TAI_JWT_JWKS_FILE"),
+        ({"TAI_SHUTDOWN_GRACE_SECONDS": "soon"}, "TAI_SHUTDOWN_GRACE_SECONDS"),
+        ({"TAI_AUTH": "maybe"}, "TAI_AUTH"),
     ],
-    ids=["unsupported-store", "auth-without-keys"],
+    ids=["unsupported-store", "auth-without-keys", "not-a-number", "not-a-choice"],
 )
 async def test_a_setting_that_cannot_work_stops_the_service_with_one_line(
     spawn: Callable[..., Started], setting: dict[str, str], named: str
