@@ -15,6 +15,8 @@ HELM := build/tools/helm
 # `make bench BACKEND=emulators` benchmarks on the Firestore and Pub/Sub emulators and Redis.
 BACKEND ?= embedded
 BENCH_ARGS ?=
+# `make run AUTH=1`: authentication on, with development tokens the banner prints.
+AUTH ?=
 # `make chaos CHAOS_ARGS="--short"`: the resilience suite's short form (what CI runs).
 CHAOS_ARGS ?=
 
@@ -22,7 +24,7 @@ CHAOS_ARGS ?=
 	firestore-indexes deploy-tools helm-alerts istio-manifests bench chaos provision
 
 help:
-	@echo "make run    start the whole suite on the embedded default (SQLite under ./.tai/)"
+	@echo "make run    start the whole suite on the embedded default (SQLite under ./.tai/); AUTH=1 with tokens"
 	@echo "make test   install what the tests need and run them"
 	@echo "make lint   ruff + mypy --strict + buf lint"
 	@echo "make bench  throughput and latency beside an empty gRPC handler (BACKEND=embedded|emulators)"
@@ -68,7 +70,7 @@ venv: $(BIN)/.installed
 gen: $(GEN_STAMP)
 
 run: prerequisites-run venv
-	$(BIN)/python scripts/run_local.py
+	$(BIN)/python scripts/run_local.py $(if $(filter-out 0 no false off,$(AUTH)),--auth)
 
 test: prerequisites-test venv deploy-tools
 	$(BIN)/pytest
