@@ -11,6 +11,7 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from support.rpc_errors import expect_error
 from support.running import Suite
 from tai.v1 import coordinator_pb2, governor_pb2
 
@@ -80,13 +81,6 @@ async def submit(suite: Suite, **overrides: Any) -> Any:
     }
     fields.update(overrides)
     return await suite.coordinator.client.submit_signal(**fields)
-
-
-async def expect_error(awaitable: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await awaitable
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
 
 
 def violated_field(error: grpc.aio.AioRpcError) -> str:

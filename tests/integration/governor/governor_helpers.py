@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import grpc
-import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from support.running import RunningGovernor
 from tai.v1 import governor_pb2
 
@@ -33,20 +29,3 @@ async def propose(g: RunningGovernor, **kwargs: Any) -> Any:
         "action": scale_action(),
     }
     return await g.client.propose(**{**defaults, **kwargs})
-
-
-async def expect_error(awaitable: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await awaitable
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
-
-
-def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)
-    fields = []
-    for detail in status.details if status else []:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            fields.extend(v.field for v in bad_request.field_violations)
-    return fields

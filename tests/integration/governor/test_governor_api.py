@@ -7,18 +7,10 @@ from typing import Any
 
 import grpc
 import pytest
-from governor_helpers import (
-    CONDITION,
-    DRY_RUN,
-    ENFORCED,
-    PROPOSED,
-    REVOKED,
-    expect_error,
-    field_violations,
-    propose,
-)
+from governor_helpers import CONDITION, DRY_RUN, ENFORCED, PROPOSED, REVOKED, propose
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from support.rpc_errors import expect_error, field_violations
 from support.running import RunningGovernor
 from tai.v1 import governor_pb2, governor_pb2_grpc
 

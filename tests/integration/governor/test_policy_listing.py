@@ -7,15 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import grpc
-from governor_helpers import (
-    DRY_RUN,
-    ENFORCED,
-    PROPOSED,
-    REVOKED,
-    expect_error,
-    field_violations,
-    propose,
-)
+from governor_helpers import DRY_RUN, ENFORCED, PROPOSED, REVOKED, propose
+from support.rpc_errors import expect_error, field_violations
 from support.running import RunningGovernor
 from tai.v1 import governor_pb2
 

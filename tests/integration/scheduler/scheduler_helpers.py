@@ -5,12 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import grpc
-import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from support.running import RunningScheduler
 from tai.v1 import scheduler_pb2
 from tai_client.scheduler import SchedulerClient
@@ -22,23 +18,6 @@ MakeScheduler = Callable[..., Awaitable[RunningScheduler]]
 
 FINAL = ("completed", "failed", "cancelled")
 NS = 1_000_000_000
-
-
-async def expect_error(awaitable: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await awaitable
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
-
-
-def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)
-    fields = []
-    for detail in status.details if status else []:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            fields.extend(v.field for v in bad_request.field_violations)
-    return fields
 
 
 async def eventually(

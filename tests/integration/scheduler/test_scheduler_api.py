@@ -11,15 +11,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from scheduler_helpers import (
-    NS,
-    MakeScheduler,
-    RunningScheduler,
-    expect_error,
-    field_violations,
-    wait_status,
-    wait_until,
-)
+from scheduler_helpers import NS, MakeScheduler, RunningScheduler, wait_status, wait_until
+from support.rpc_errors import expect_error, field_violations
 from tai.v1 import scheduler_pb2, scheduler_pb2_grpc
 from tai_test_executors import ledger as test_ledger
 
