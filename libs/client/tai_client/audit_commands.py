@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 import grpc
-from tai.v1 import common_pb2, governor_pb2, governor_pb2_grpc
+from tai.v1 import common_pb2, governor_pb2
 from tai_rpc.channel import ChannelOptions
 
 from tai_client.cli import CliContext, cli, pass_context
+from tai_client.governor import GovernorClient
 from tai_client.output import console, error_console, format_ns, print_json, print_table
 
 
@@ -27,18 +28,15 @@ def list_records(ctx: CliContext, after_seq: int, principal: str, limit: int) ->
     async def call(
         channel: grpc.aio.Channel, options: ChannelOptions
     ) -> list[common_pb2.AuditRecord]:
-        stub = governor_pb2_grpc.GovernorStub(channel)
+        client = GovernorClient(channel, options)
         found: list[common_pb2.AuditRecord] = []
         token = ""
         while len(found) < limit:
-            page = await stub.ListAuditRecords(
-                governor_pb2.ListAuditRecordsRequest(
-                    after_seq=after_seq,
-                    principal=principal,
-                    page_size=min(1000, limit - len(found)),
-                    page_token=token,
-                ),
-                timeout=options.default_timeout_seconds,
+            page = await client.audit_page(
+                after_seq=after_seq,
+                principal=principal,
+                page_size=min(1000, limit - len(found)),
+                page_token=token,
             )
             found.extend(page.records)
             token = page.next_page_token
@@ -76,9 +74,7 @@ def verify(ctx: CliContext) -> None:
     async def call(
         channel: grpc.aio.Channel, options: ChannelOptions
     ) -> governor_pb2.VerifyAuditLogResponse:
-        return await governor_pb2_grpc.GovernorStub(channel).VerifyAuditLog(
-            governor_pb2.VerifyAuditLogRequest(), timeout=options.default_timeout_seconds
-        )
+        return await GovernorClient(channel, options).verify_audit()
 
     result = ctx.run("governor", call)
     if ctx.json_output:

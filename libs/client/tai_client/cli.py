@@ -16,7 +16,8 @@ import click
 import grpc
 from tai_rpc.channel import ChannelOptions, TlsFiles, open_channel
 
-from tai_client.output import error_console
+from tai_client.errors import TaiError, from_rpc_error
+from tai_client.output import print_error
 
 T = TypeVar("T")
 
@@ -41,8 +42,8 @@ class CliContext:
     def run(
         self, service: str, call: Callable[[grpc.aio.Channel, ChannelOptions], Awaitable[T]]
     ) -> T:
-        """Runs `call` with a channel to `service`, turning gRPC errors into a message and
-        exit status 1."""
+        """Runs `call` with a channel to `service`; a failed call prints its error (code,
+        message, field violations, how long to wait) and exits with status 1."""
         options = ChannelOptions(
             default_timeout_seconds=self.timeout, bearer_token=self.token, tls=self.tls
         )
@@ -53,8 +54,11 @@ class CliContext:
 
         try:
             return asyncio.run(main())
-        except grpc.aio.AioRpcError as error:
-            error_console.print(f"[red]error[/red]: {error.code().name}: {error.details()}")
+        except TaiError as error:
+            print_error(error, json_output=self.json_output)
+            sys.exit(1)
+        except grpc.aio.AioRpcError as error:  # a call made without the SDK's clients
+            print_error(from_rpc_error(error), json_output=self.json_output)
             sys.exit(1)
         except KeyboardInterrupt:
             sys.exit(130)

@@ -1,4 +1,8 @@
-"""Typed client of the Coordinator."""
+"""Typed client of the Coordinator.
+
+The methods return the API's own protobuf messages (`tai.v1.coordinator_pb2`, `common_pb2`); a
+failed call raises a `tai_client.errors.TaiError` subclass.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from collections.abc import Mapping
 import grpc
 from tai.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from tai_rpc.channel import ChannelOptions
+
+from tai_client.errors import maps_errors
+from tai_client.stream import Stream
 
 
 class CoordinatorClient:
@@ -17,6 +24,7 @@ class CoordinatorClient:
         self._stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         self._timeout = (options or ChannelOptions()).default_timeout_seconds
 
+    @maps_errors
     async def submit_signal(
         self,
         *,
@@ -29,6 +37,8 @@ class CoordinatorClient:
         timestamp_ns: int = 0,
         timeout: float | None = None,
     ) -> common_pb2.Receipt:
+        """Submits a signal; the receipt's `matched_policy_ids` and `action_ids` say which
+        policies matched and which actions were created."""
         return await self._stub.SubmitSignal(
             coordinator_pb2.SubmitSignalRequest(
                 id=signal_id,
@@ -42,6 +52,7 @@ class CoordinatorClient:
             timeout=timeout or self._timeout,
         )
 
+    @maps_errors
     async def request_action(
         self,
         *,
@@ -57,6 +68,8 @@ class CoordinatorClient:
         priority: int = 0,
         timeout: float | None = None,
     ) -> common_pb2.Receipt:
+        """Requests an action directly, without a policy. Raises `AlreadyExists` when
+        `action_id` is taken."""
         return await self._stub.RequestAction(
             coordinator_pb2.RequestActionRequest(
                 id=action_id,
@@ -75,18 +88,27 @@ class CoordinatorClient:
 
     def stream_actions(
         self, service_name: str, *, include_history: bool = False
-    ) -> grpc.aio.UnaryStreamCall[coordinator_pb2.StreamActionsRequest, coordinator_pb2.Action]:
-        """The StreamActions call (iterate it; `cancel()` it to stop). No deadline."""
-        return self._stub.StreamActions(
-            coordinator_pb2.StreamActionsRequest(
-                service_name=service_name, include_history=include_history
+    ) -> Stream[coordinator_pb2.Action]:
+        """The StreamActions call: the actions addressed to `service_name` as they are due
+        (with `include_history`, also those accepted in the last hour)."""
+        return Stream(
+            self._stub.StreamActions(
+                coordinator_pb2.StreamActionsRequest(
+                    service_name=service_name, include_history=include_history
+                )
             )
         )
 
+    @maps_errors
     async def acknowledge(
         self, action_id: str, status: str, message: str = "", *, timeout: float | None = None
     ) -> common_pb2.Receipt:
-        """`status`: "accepted", "completed", "rejected" or "failed"."""
+        """Acknowledges an action; `status`: "accepted", "completed", "rejected" or "failed".
+
+        Raises:
+            NotFound: no such action.
+            FailedPrecondition: the action's status does not allow this acknowledgement.
+        """
         return await self._stub.AcknowledgeAction(
             coordinator_pb2.AcknowledgeActionRequest(
                 action_id=action_id, status=status, message=message
@@ -94,29 +116,36 @@ class CoordinatorClient:
             timeout=timeout or self._timeout,
         )
 
+    @maps_errors
     async def status(
         self, service_name: str = "", *, timeout: float | None = None
     ) -> coordinator_pb2.CoordinationStatus:
+        """Coordination counts for `service_name` (or every service)."""
         return await self._stub.GetStatus(
             coordinator_pb2.GetStatusRequest(service_name=service_name),
             timeout=timeout or self._timeout,
         )
 
+    @maps_errors
     async def get_action(
         self, action_id: str, *, timeout: float | None = None
     ) -> coordinator_pb2.Action:
+        """One action. Raises `NotFound`."""
         return await self._stub.GetAction(
             coordinator_pb2.GetActionRequest(action_id=action_id),
             timeout=timeout or self._timeout,
         )
 
+    @maps_errors
     async def get_signal(
         self, signal_id: str, *, timeout: float | None = None
     ) -> coordinator_pb2.Signal:
+        """One signal. Raises `NotFound`."""
         return await self._stub.GetSignal(
             coordinator_pb2.GetSignalRequest(id=signal_id), timeout=timeout or self._timeout
         )
 
+    @maps_errors
     async def list_actions(
         self,
         *,
@@ -127,6 +156,8 @@ class CoordinatorClient:
         page_token: str = "",
         timeout: float | None = None,
     ) -> coordinator_pb2.ListActionsResponse:
+        """One page of the matching actions, newest first; `next_page_token` is empty on the
+        last page."""
         return await self._stub.ListActions(
             coordinator_pb2.ListActionsRequest(
                 target_service=target_service,
@@ -138,7 +169,9 @@ class CoordinatorClient:
             timeout=timeout or self._timeout,
         )
 
+    @maps_errors
     async def health(self) -> common_pb2.HealthStatus:
+        """The Coordinator's health; `details` holds `policy_revision=…`."""
         return await self._stub.HealthCheck(
             common_pb2.HealthCheckRequest(service_name="coordinator"), timeout=self._timeout
         )

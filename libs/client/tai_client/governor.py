@@ -1,4 +1,8 @@
-"""Typed client of the Governor."""
+"""Typed client of the Governor.
+
+The methods return the API's own protobuf messages (`tai.v1.governor_pb2`, `common_pb2`); a
+failed call raises a `tai_client.errors.TaiError` subclass.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 import grpc
 from tai.v1 import common_pb2, governor_pb2, governor_pb2_grpc
 from tai_rpc.channel import ChannelOptions
+
+from tai_client.errors import maps_errors
+from tai_client.stream import Stream
 
 
 class GovernorClient:
@@ -17,6 +24,7 @@ class GovernorClient:
         self._stub = governor_pb2_grpc.GovernorStub(channel)
         self._timeout = (options or ChannelOptions()).default_timeout_seconds
 
+    @maps_errors
     async def propose(
         self,
         *,
@@ -34,6 +42,17 @@ class GovernorClient:
         request_id: str = "",
         timeout: float | None = None,
     ) -> common_pb2.Receipt:
+        """Proposes a policy, a new version of `policy_id`, or a rollback to
+        `rollback_to_version`.
+
+        Returns:
+            The receipt: `resource_id` and `resource_version` name the version proposed,
+            `result_data["state"]` and `result_data["revision"]` its state and revision.
+
+        Raises:
+            InvalidRequest: a field is invalid (`field_violations` names it).
+            Aborted: the policy is not at `expected_version`.
+        """
         request = governor_pb2.ProposePolicyRequest(
             id=policy_id,
             policy_type=policy_type,
@@ -51,6 +70,7 @@ class GovernorClient:
             request.enabled = enabled
         return await self._stub.ProposePolicy(request, timeout=timeout or self._timeout)
 
+    @maps_errors
     async def enforce(
         self,
         policy_id: str,
@@ -61,6 +81,13 @@ class GovernorClient:
         request_id: str = "",
         timeout: float | None = None,
     ) -> common_pb2.Receipt:
+        """Enforces a policy (or, with `dry_run`, evaluates it without emitting actions).
+
+        Raises:
+            NotFound: no such policy.
+            FailedPrecondition: the policy's state does not allow it (e.g. it was revoked).
+            Aborted: the policy is not at `expected_version`.
+        """
         return await self._stub.EnforcePolicy(
             governor_pb2.EnforcePolicyRequest(
                 id=policy_id,
@@ -72,6 +99,7 @@ class GovernorClient:
             timeout=timeout or self._timeout,
         )
 
+    @maps_errors
     async def revoke(
         self,
         policy_id: str,
@@ -81,6 +109,12 @@ class GovernorClient:
         request_id: str = "",
         timeout: float | None = None,
     ) -> common_pb2.Receipt:
+        """Revokes a policy.
+
+        Raises:
+            NotFound: no such policy.
+            Aborted: the policy is not at `expected_version`.
+        """
         return await self._stub.RevokePolicy(
             governor_pb2.RevokePolicyRequest(
                 id=policy_id, version=expected_version, reason=reason, request_id=request_id
@@ -88,14 +122,17 @@ class GovernorClient:
             timeout=timeout or self._timeout,
         )
 
+    @maps_errors
     async def get(
         self, policy_id: str, *, version: int = 0, timeout: float | None = None
     ) -> governor_pb2.Policy:
+        """One policy: its current version, or `version`. Raises `NotFound`."""
         return await self._stub.GetPolicy(
             governor_pb2.GetPolicyRequest(id=policy_id, version=version),
             timeout=timeout or self._timeout,
         )
 
+    @maps_errors
     async def list_page(
         self,
         *,
@@ -106,6 +143,8 @@ class GovernorClient:
         page_token: str = "",
         timeout: float | None = None,
     ) -> governor_pb2.GetPoliciesResponse:
+        """One page of the current version of the matching policies; `next_page_token` is
+        empty on the last page."""
         return await self._stub.GetPolicies(
             governor_pb2.GetPoliciesRequest(
                 policy_type=policy_type,
@@ -124,7 +163,7 @@ class GovernorClient:
         enabled_only: bool = False,
         states: Sequence[governor_pb2.PolicyState.ValueType] = (),
     ) -> AsyncIterator[governor_pb2.Policy]:
-        """Every matching policy, page after page."""
+        """Every matching policy, page after page (a failed page raises its `TaiError`)."""
         token = ""
         while True:
             page = await self.list_page(
@@ -136,9 +175,11 @@ class GovernorClient:
             if not token:
                 return
 
+    @maps_errors
     async def versions(
         self, policy_id: str, *, page_size: int = 0, page_token: str = ""
     ) -> governor_pb2.ListPolicyVersionsResponse:
+        """One page of a policy's versions, newest first. Raises `NotFound`."""
         return await self._stub.ListPolicyVersions(
             governor_pb2.ListPolicyVersionsRequest(
                 id=policy_id, page_size=page_size, page_token=page_token
@@ -148,13 +189,51 @@ class GovernorClient:
 
     def watch(
         self, *, policy_type: str = "", from_revision: int = 0
-    ) -> grpc.aio.UnaryStreamCall[governor_pb2.StreamPoliciesRequest, governor_pb2.Policy]:
-        """The StreamPolicies call (iterate it; `cancel()` it to stop). No deadline."""
-        return self._stub.StreamPolicies(
-            governor_pb2.StreamPoliciesRequest(policy_type=policy_type, from_revision=from_revision)
+    ) -> Stream[governor_pb2.Policy]:
+        """The StreamPolicies call: the current policies (or the changes after
+        `from_revision`), then every change as it happens."""
+        return Stream(
+            self._stub.StreamPolicies(
+                governor_pb2.StreamPoliciesRequest(
+                    policy_type=policy_type, from_revision=from_revision
+                )
+            )
         )
 
+    @maps_errors
+    async def audit_page(
+        self,
+        *,
+        after_seq: int = 0,
+        principal: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> governor_pb2.ListAuditRecordsResponse:
+        """One page of the audit trail in chain order (admins only: else `PermissionDenied`)."""
+        return await self._stub.ListAuditRecords(
+            governor_pb2.ListAuditRecordsRequest(
+                after_seq=after_seq,
+                principal=principal,
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def verify_audit(
+        self, *, timeout: float | None = None
+    ) -> governor_pb2.VerifyAuditLogResponse:
+        """Recomputes the audit trail's hash chain; `intact` is False at the first broken
+        link."""
+        return await self._stub.VerifyAuditLog(
+            governor_pb2.VerifyAuditLogRequest(), timeout=timeout or self._timeout
+        )
+
+    @maps_errors
     async def health(self) -> common_pb2.HealthStatus:
+        """The Governor's health; `details` holds `replica=…` and `policy_revision=…`."""
         return await self._stub.HealthCheck(
             common_pb2.HealthCheckRequest(service_name="governor"), timeout=self._timeout
         )

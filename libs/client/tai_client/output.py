@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -11,7 +12,10 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from tai_client.errors import RateLimited, TaiError
 
 # Piped output is not cut to 80 columns; a terminal gets its own width.
 console = Console(width=None if sys.stdout.isatty() else 240, soft_wrap=True)
@@ -57,3 +61,22 @@ def print_fields(pairs: Sequence[tuple[str, str]]) -> None:
     for key, value in pairs:
         table.add_row(key, value)
     console.print(table)
+
+
+def print_error(error: TaiError, *, json_output: bool) -> None:
+    """A failed call on stderr: the status code and message, then each field violation on a
+    line of its own and, when the caller must wait, how long; with `json_output`, one JSON
+    object `{"error": {...}}` instead."""
+    if json_output:
+        sys.stderr.write(json.dumps({"error": error.as_dict()}, sort_keys=True) + "\n")
+        sys.stderr.flush()
+        return
+    # Messages name fields such as `parameters[action_id]`: not rich markup.
+    lines = [f"[red]error[/red]: {error.code.name}: {escape(error.message)}"]
+    lines += [f"  {escape(v.field)}: {escape(v.description)}" for v in error.field_violations]
+    lines += [f"  {escape(v.subject)}: {escape(v.description)}" for v in error.quota_violations]
+    if error.retry_after_seconds is not None:
+        lines.append(f"  retry in {max(1, math.ceil(error.retry_after_seconds))}s")
+    elif isinstance(error, RateLimited):
+        lines.append("  rate limited: wait a moment, then retry")
+    error_console.print("\n".join(lines), highlight=False)

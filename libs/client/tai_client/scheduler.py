@@ -1,4 +1,8 @@
-"""Typed client of the Scheduler."""
+"""Typed client of the Scheduler.
+
+The methods return the API's own protobuf messages (`tai.v1.scheduler_pb2`, `common_pb2`); a
+failed call raises a `tai_client.errors.TaiError` subclass.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from collections.abc import AsyncIterator, Mapping
 import grpc
 from tai.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tai_rpc.channel import ChannelOptions
+
+from tai_client.errors import maps_errors
+from tai_client.stream import Stream
 
 
 class SchedulerClient:
@@ -17,6 +24,7 @@ class SchedulerClient:
         self._stub = scheduler_pb2_grpc.SchedulerStub(channel)
         self._timeout = (options or ChannelOptions()).default_timeout_seconds
 
+    @maps_errors
     async def submit(
         self,
         *,
@@ -50,6 +58,10 @@ class SchedulerClient:
 
         Returns:
             The receipt; `resource_id` is the task id.
+
+        Raises:
+            InvalidRequest: a field is invalid (`field_violations` names it).
+            AlreadyExists: `task_id` is taken.
         """
         return await self._stub.SubmitTask(
             scheduler_pb2.SubmitTaskRequest(
@@ -66,19 +78,29 @@ class SchedulerClient:
             timeout=timeout or self._timeout,
         )
 
+    @maps_errors
     async def cancel(
         self, task_id: str, *, reason: str = "", timeout: float | None = None
     ) -> common_pb2.Receipt:
+        """Cancels a pending or running task (a recurring one stops, with its pending runs).
+
+        Raises:
+            NotFound: no such task.
+            FailedPrecondition: the task has finished already.
+        """
         return await self._stub.CancelTask(
             scheduler_pb2.CancelTaskRequest(task_id=task_id, reason=reason),
             timeout=timeout or self._timeout,
         )
 
+    @maps_errors
     async def get(self, task_id: str, *, timeout: float | None = None) -> scheduler_pb2.TaskStatus:
+        """One task, with every attempt. Raises `NotFound`."""
         return await self._stub.GetTaskStatus(
             scheduler_pb2.GetTaskStatusRequest(task_id=task_id), timeout=timeout or self._timeout
         )
 
+    @maps_errors
     async def list_page(
         self,
         *,
@@ -89,6 +111,8 @@ class SchedulerClient:
         page_token: str = "",
         timeout: float | None = None,
     ) -> scheduler_pb2.ListTasksResponse:
+        """One page of the matching tasks, newest first; `next_page_token` is empty on the last
+        page."""
         return await self._stub.ListTasks(
             scheduler_pb2.ListTasksRequest(
                 status=status,
@@ -103,7 +127,8 @@ class SchedulerClient:
     async def list_all(
         self, *, status: str = "", task_type: str = "", parent_task_id: str = ""
     ) -> AsyncIterator[scheduler_pb2.TaskStatus]:
-        """Every matching task (newest first), page after page."""
+        """Every matching task (newest first), page after page (a failed page raises its
+        `TaiError`)."""
         token = ""
         while True:
             page = await self.list_page(
@@ -115,17 +140,20 @@ class SchedulerClient:
             if not token:
                 return
 
-    def watch(
-        self, task_id: str = ""
-    ) -> grpc.aio.UnaryStreamCall[scheduler_pb2.StreamTaskUpdatesRequest, scheduler_pb2.TaskUpdate]:
-        """The StreamTaskUpdates call (iterate it; `cancel()` it to stop). No deadline.
+    def watch(self, task_id: str = "") -> Stream[scheduler_pb2.TaskUpdate]:
+        """The StreamTaskUpdates call.
 
         With a `task_id`: the task's current status, then its updates until it reaches a final
-        status, then the stream ends. Without: every task's updates from now on.
+        status, then the stream ends (an unknown task: the first read raises `NotFound`).
+        Without: every task's updates from now on.
         """
-        return self._stub.StreamTaskUpdates(scheduler_pb2.StreamTaskUpdatesRequest(task_id=task_id))
+        return Stream(
+            self._stub.StreamTaskUpdates(scheduler_pb2.StreamTaskUpdatesRequest(task_id=task_id))
+        )
 
+    @maps_errors
     async def health(self) -> common_pb2.HealthStatus:
+        """The Scheduler's health."""
         return await self._stub.HealthCheck(
             common_pb2.HealthCheckRequest(service_name="scheduler"), timeout=self._timeout
         )
