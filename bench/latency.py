@@ -33,9 +33,15 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
-import grpc
 from tai.v1 import governor_pb2
-from tai_client import CoordinatorClient, GovernorClient, SchedulerClient, open_channel
+from tai_client import (
+    CoordinatorClient,
+    GovernorClient,
+    SchedulerClient,
+    Stream,
+    TaiError,
+    open_channel,
+)
 from tai_test_executors import ledger as test_ledger
 
 from bench.load import NS_PER_S, Summary
@@ -120,9 +126,9 @@ async def _paced(
         started = time.perf_counter_ns()
         try:
             await send(seq, measured)
-        except grpc.aio.AioRpcError as error:
+        except TaiError as error:
             if measured:
-                code = error.code().name
+                code = error.code.name
                 stats.errors[code] = stats.errors.get(code, 0) + 1
             return
         if measured:
@@ -214,7 +220,7 @@ async def stream_fanout(ctx: Context, suite: Suite, opts: LatencyOptions) -> lis
         streams = [CoordinatorClient(stream_channel).stream_actions(s) for s in services]
         client = CoordinatorClient(call_channel)
 
-        async def read(call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+        async def read(call: Stream[Any]) -> None:
             async for action in call:
                 received_at.setdefault(action.id, time.perf_counter_ns())
 
@@ -380,7 +386,7 @@ async def _propagation(
             for _ in range(k)
         ]
 
-        async def read(index: int, call: grpc.aio.UnaryStreamCall[Any, Any]) -> None:
+        async def read(index: int, call: Stream[Any]) -> None:
             async for policy in call:
                 first_seen[index].setdefault(policy.revision, time.perf_counter_ns())
 

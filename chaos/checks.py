@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import grpc
 from tai.v1 import coordinator_pb2
-from tai_client import CoordinatorClient, open_channel
+from tai_client import CoordinatorClient, NotFound, Unavailable, open_channel
 from tai_test_executors import ledger as test_ledger
 
 from bench.scenarios import health_detail
@@ -50,12 +49,6 @@ async def _each(items: Iterable[T], read: Callable[[T], Awaitable[bool]]) -> lis
     return [item for item, ok in zip(items, results, strict=True) if not ok]
 
 
-def _found(error: grpc.aio.AioRpcError) -> bool:
-    if error.code() == grpc.StatusCode.NOT_FOUND:
-        return False
-    raise error
-
-
 class Checker:
     def __init__(self, cluster: Cluster, workload: Workload, ledger: Path) -> None:
         self.cluster = cluster
@@ -74,24 +67,24 @@ class Checker:
         async def signal(signal_id: str) -> bool:
             try:
                 found = await w.coordinator.get_signal(signal_id)
-            except grpc.aio.AioRpcError as error:
-                return _found(error)
+            except NotFound:
+                return False
             self.expected_actions.update(found.action_ids)
             return True
 
         async def task(task_id: str) -> bool:
             try:
                 await w.scheduler.get(task_id)
-            except grpc.aio.AioRpcError as error:
-                return _found(error)
+            except NotFound:
+                return False
             return True
 
         async def policy(receipt_index: int) -> bool:
             receipt = w.policies[receipt_index]
             try:
                 await w.governor.get(receipt.policy_id, version=receipt.version)
-            except grpc.aio.AioRpcError as error:
-                return _found(error)
+            except NotFound:
+                return False
             return True
 
         lost_signals = await _each(w.signals, signal)
@@ -194,10 +187,8 @@ class Checker:
                 try:
                     status = await CoordinatorClient(channel).health()
                     reached.append(int(health_detail(status, "policy_revision")))
-                except grpc.aio.AioRpcError as error:
+                except Unavailable:
                     reached.append(-1)
-                    if error.code() != grpc.StatusCode.UNAVAILABLE:
-                        raise
         return Check(
             "every Coordinator replica caught up with the last policy change",
             all(r >= latest for r in reached),

@@ -21,8 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
-from tai_client import CoordinatorClient, open_channel
+from tai_client import CoordinatorClient, TaiError, open_channel
 
 from bench.scenarios import wait_policy_revision
 from bench.suite import BACKENDS
@@ -174,9 +173,9 @@ async def _inject_under_load(
         print(f"chaos: {fault.name}", flush=True)
         try:
             phase.injected = await fault.inject(cluster, workload)
-        except grpc.aio.AioRpcError as error:
+        except TaiError as error:
             # The fault needed a call (e.g. the change the relay must not publish) that failed.
-            phase.injected = f"NOT INJECTED: {error.code().name} ({error.details()})"
+            phase.injected = f"NOT INJECTED: {error.code.name} ({error.message})"
             phase.ended_at = loop_time()
             continue
         if fault.lasts:

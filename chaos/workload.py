@@ -24,7 +24,7 @@ from typing import Any
 
 import grpc
 from tai.v1 import common_pb2, coordinator_pb2, governor_pb2
-from tai_client import CoordinatorClient, GovernorClient, SchedulerClient
+from tai_client import CoordinatorClient, GovernorClient, SchedulerClient, Stream, TaiError
 
 # One target service per StreamActions client, so each client's liveness can be checked (the
 # actions of one service go to whichever of its streams a replica picks).
@@ -191,8 +191,8 @@ class Workload:
         """Awaits `call`, logs its outcome, and returns its result (None when it failed)."""
         try:
             result = await call
-        except grpc.aio.AioRpcError as error:
-            self.outcomes.append(CallOutcome(time.monotonic(), method, error.code().name))
+        except TaiError as error:
+            self.outcomes.append(CallOutcome(time.monotonic(), method, error.code.name))
             return None
         self.outcomes.append(CallOutcome(time.monotonic(), method, "OK"))
         return result
@@ -295,7 +295,7 @@ class Workload:
     async def _follow(
         self,
         name: str,
-        open_stream: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]],
+        open_stream: Callable[[], Stream[Any]],
         received: Callable[[Any], None],
     ) -> None:
         """Reads a stream, and opens it again whenever it ends, as a client would."""
@@ -311,8 +311,8 @@ class Workload:
                     stream.last_received_at = time.monotonic()
                     received(message)
                 stream.breaks.append("OK")  # the server ended it (a graceful shutdown)
-            except grpc.aio.AioRpcError as error:
-                stream.breaks.append(error.code().name)
+            except TaiError as error:
+                stream.breaks.append(error.code.name)
             finally:
                 call.cancel()
             await asyncio.sleep(delay)

@@ -9,14 +9,25 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from tai_client.errors import TaiError, error_class_for
 
 
 async def expect_error(awaitable: Awaitable[Any], code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    """Awaits a call that must fail with `code`; returns its error."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
+    """Awaits a call that must fail with `code`; returns its gRPC error.
+
+    A `tai_client` call must raise the typed error for `code` (`tai_client.errors`), made from
+    the gRPC error (its `__cause__`); a raw stub's call raises the gRPC error itself.
+    """
+    with pytest.raises((grpc.aio.AioRpcError, TaiError)) as caught:
         await awaitable
-    assert caught.value.code() == code, caught.value.details()
-    return caught.value
+    error = caught.value
+    if isinstance(error, TaiError):
+        assert type(error) is error_class_for(code), repr(error)
+        assert error.code == code, error.message
+        assert isinstance(error.__cause__, grpc.aio.AioRpcError)
+        error = error.__cause__
+    assert error.code() == code, error.details()
+    return error
 
 
 def field_violations(error: grpc.aio.AioRpcError) -> list[str]:

@@ -76,9 +76,11 @@ _FAILURE_CODES = frozenset(
 
 
 def is_target_failure(error: BaseException) -> bool:
-    """True when `error` suggests the target is unhealthy (what a breaker counts)."""
-    if isinstance(error, grpc.aio.AioRpcError):
-        return error.code() in _FAILURE_CODES
+    """True when `error` suggests the target is unhealthy (what a breaker counts). An error
+    raised from a gRPC error (the client SDK's typed errors) counts as that gRPC error."""
+    rpc_error = error if isinstance(error, grpc.aio.AioRpcError) else error.__cause__
+    if isinstance(rpc_error, grpc.aio.AioRpcError):
+        return rpc_error.code() in _FAILURE_CODES
     return isinstance(error, TimeoutError | ConnectionError | OSError)
 
 

@@ -9,9 +9,15 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import grpc
 from tai.v1 import events_pb2, governor_pb2
-from tai_client import ChannelOptions, GovernorClient, open_channel
+from tai_client import (
+    ChannelOptions,
+    GovernorClient,
+    PermissionDenied,
+    TaiError,
+    Unauthenticated,
+    open_channel,
+)
 from tai_common.bus import events
 
 from tai_coordinator.policy_book import LIVE_STATES, PolicyBook
@@ -52,15 +58,15 @@ class PolicySync:
                 log.info("loaded %d active policies from the Governor", len(self._book))
                 self._loaded.set()
                 return
-            except grpc.aio.AioRpcError as error:
+            except TaiError as error:
                 attempt += 1
                 if attempt == 1 or attempt % 30 == 0:
                     self._log_refusal(error)
                 await asyncio.sleep(self._retry_seconds)
 
-    def _log_refusal(self, error: grpc.aio.AioRpcError) -> None:
-        code = error.code()
-        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+    def _log_refusal(self, error: TaiError) -> None:
+        code = error.code
+        if isinstance(error, Unauthenticated | PermissionDenied):
             # Not a Governor still starting: this service's credentials are refused, and
             # retrying alone will not fix it.
             log.error(
@@ -69,7 +75,7 @@ class PolicySync:
                 "a certificate (TAI_TLS_*); retrying",
                 self._target,
                 code.name,
-                error.details(),
+                error.message,
             )
             return
         log.warning(
@@ -100,8 +106,8 @@ class PolicySync:
                     await self._load_once()
                     next_full = loop.time() + self._resync_seconds
                 target = await self._governor_revision()
-            except grpc.aio.AioRpcError as error:
-                log.warning("policy resync failed (%s); keeping the current set", error.code())
+            except TaiError as error:
+                log.warning("policy resync failed (%s); keeping the current set", error.code)
 
     async def _governor_revision(self) -> int:
         async with open_channel(self._target, self._options) as channel:

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.processes import ServiceProcess, free_port
 from support.prometheus_server import PrometheusServer, promtool, running_prometheus
 from tai.v1 import coordinator_pb2, governor_pb2
-from tai_client import CoordinatorClient, GovernorClient, SchedulerClient, open_channel
+from tai_client import CoordinatorClient, GovernorClient, SchedulerClient, TaiError, open_channel
 
 ROOT = Path(__file__).resolve().parents[3]
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -444,8 +444,8 @@ async def exercise(governor: str, coordinator: str, scheduler: str) -> None:
             try:
                 await signals.status()
                 codes.append(grpc.StatusCode.OK)
-            except grpc.aio.AioRpcError as error:
-                codes.append(error.code())
+            except TaiError as error:
+                codes.append(error.code)
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
 
 

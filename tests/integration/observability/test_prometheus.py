@@ -9,12 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from support.processes import ServiceProcess, free_port
 from support.prometheus_server import PrometheusServer, running_prometheus
 from tai.v1 import governor_pb2
-from tai_client import GovernorClient, open_channel
+from tai_client import GovernorClient, InvalidRequest, open_channel
 
 pytestmark = pytest.mark.slow
 
@@ -52,9 +51,8 @@ async def test_prometheus_scrapes_the_governors_grpc_and_domain_metrics(
         await client.propose(policy_type="finance", name="budget", rules={"limit": "100"})
         await client.enforce(first.resource_id)
         await client.get(first.resource_id)
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
+        with pytest.raises(InvalidRequest):
             await client.propose(policy_type="astrology", name="bad")
-        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
         with running_prometheus(
             tmp_path / "prometheus",

@@ -13,7 +13,7 @@ import pytest
 from support import inprocess
 from support.tokens import AUDIENCE, ISSUER, TokenIssuer
 from support.vault_server import VaultServer, running_vault
-from tai_client import ChannelOptions, GovernorClient, open_channel
+from tai_client import ChannelOptions, GovernorClient, TaiError, open_channel
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +32,8 @@ async def lists(target: str, token: str) -> grpc.StatusCode:
     async with open_channel(target, ChannelOptions(bearer_token=token, max_attempts=1)) as channel:
         try:
             await GovernorClient(channel).list_page()
-        except grpc.aio.AioRpcError as error:
-            return error.code()
+        except TaiError as error:
+            return error.code
     return grpc.StatusCode.OK
 
 

@@ -15,8 +15,8 @@ import base64
 import binascii
 from collections.abc import Mapping
 
-import grpc
 from tai.v1 import common_pb2, coordinator_pb2
+from tai_client import AlreadyExists
 from tai_client.coordinator import CoordinatorClient
 from tai_common.errors import InvalidArgument
 
@@ -97,11 +97,9 @@ class RequestActionExecutor:
                     not_before_ns=0,
                     timeout=timeout,
                 )
-            except grpc.aio.AioRpcError as error:
+            except AlreadyExists:
                 # The action exists already: an earlier attempt (or the Coordinator) made it.
-                if error.code() == grpc.StatusCode.ALREADY_EXISTS:
-                    return None
-                raise
+                return None
 
         receipt = await downstream.call(self._breaker, ctx, request, max_timeout=self._max_timeout)
         if receipt is None:

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from tai_client import TaiError
 from tai_rpc.breaker import CircuitBreaker, CircuitOpenError
 
 from tai_scheduler.executors.port import PermanentTaskError, RetryableTaskError, TaskContext
@@ -39,8 +40,8 @@ async def call(
     *,
     max_timeout: float,
 ) -> T:
-    """Runs `fn(timeout)` through `breaker`, where `timeout` is the attempt's remaining time,
-    at most `max_timeout`.
+    """Runs `fn(timeout)`, a `tai_client` call, through `breaker`, where `timeout` is the
+    attempt's remaining time, at most `max_timeout`.
 
     Raises:
         PermanentTaskError: the target refused the request (a status in PERMANENT_CODES).
@@ -51,8 +52,8 @@ async def call(
         return await breaker.call(lambda: fn(timeout))
     except CircuitOpenError as error:
         raise RetryableTaskError(str(error)) from None
-    except grpc.aio.AioRpcError as error:
-        message = f"{breaker.target}: {error.code().name}: {error.details()}"
-        if error.code() in PERMANENT_CODES:
+    except TaiError as error:
+        message = f"{breaker.target}: {error.code.name}: {error.message}"
+        if error.code in PERMANENT_CODES:
             raise PermanentTaskError(message) from None
         raise RetryableTaskError(message) from None
