@@ -182,7 +182,7 @@ async def test_es256_tokens_and_a_small_clock_skew_are_accepted(secured: Secured
 async def test_a_rotated_key_is_picked_up_without_a_restart(secured: SecuredSuite) -> None:
     rotated = TokenIssuer(rsa_kid="rsa-2", ec_kid="ec-2")
     token = rotated.token(roles=["viewer"])
-    assert (await refusal(secured, token)).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (await refusal(secured, token)).code == grpc.StatusCode.UNAUTHENTICATED
     rotated.write_jwks(secured.jwks_file)
     async with secured.channel(secured.governor.target, token) as channel:
         await GovernorClient(channel).list_page()
