@@ -159,6 +159,9 @@ class Aborted(RetryableError):
 class RateLimited(TaiError):
     """A rate limit or quota was hit: wait `retry_after_seconds` (when known), then retry.
 
+    gRPC also reports a message over the size limit as RESOURCE_EXHAUSTED; that error has no
+    `rate_limit` and no `retry_after_seconds`, and waiting does not help it.
+
     Attributes:
         rate_limit: the caller's budget from the `x-ratelimit-*` trailers, when sent.
     """
