@@ -69,10 +69,10 @@ async def _until_signalled() -> None:
 
 async def serve_with_stack() -> None:
     # Imported here: the plain baseline must not even load TAI's code.
-    from tai_common.config import ServiceSettings
-    from tai_common.grpc.server import GrpcServer
+    from tai_common.core import ServiceSettings
+    from tai_common.grpc import GrpcServer
+    from tai_common.instrumentation import configure_tracing
     from tai_common.runtime import interceptor_stack
-    from tai_common.telemetry.tracing import configure_tracing
 
     settings = ServiceSettings(service_name="bench-empty")
     provider = configure_tracing(settings)

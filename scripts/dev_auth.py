@@ -20,8 +20,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from tai_common.auth.access import SERVICE_CALLS, required_role
-from tai_common.auth.principal import Role
+from tai_common.auth import SERVICE_CALLS, Role, required_role
 
 ISSUER = "tai-dev-issuer"
 AUDIENCE = "tai"

@@ -30,11 +30,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from tai_common.store.port import DOC_ID, IndexSpec
+from tai_common.ports import DOC_ID, IndexSpec
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 OUTPUT = REPOSITORY_ROOT / "deploy" / "firestore" / "firestore.indexes.json"
-# The timestamp twin of `expires_at_ns` (tai_common.store.firestore_store.EXPIRES_AT; not
+# The timestamp twin of `expires_at_ns` (tai_common.gcp.store.EXPIRES_AT; not
 # imported, so that this script does not need the Firestore client library).
 TTL_FIELD = "expires_at"
 
@@ -51,8 +51,8 @@ class Source:
 
 
 SOURCES = (
-    Source("tai_common.bus.outbox", indexes="OUTBOX_INDEXES"),
-    Source("tai_common.idempotency", ttl=("IDEMPOTENCY",)),
+    Source("tai_common.messaging.outbox", indexes="OUTBOX_INDEXES"),
+    Source("tai_common.messaging.idempotency", ttl=("IDEMPOTENCY",)),
     Source("tai_governor.repository", optional=True),
     Source("tai_coordinator.repository", ttl=("SIGNALS", "ACTIONS", "DEDUP"), optional=True),
     Source("tai_scheduler.repository", optional=True),

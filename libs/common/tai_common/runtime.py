@@ -1,6 +1,8 @@
 """A service process's lifecycle: the metrics endpoint, store, bus, outbox relay, background
 workers and the gRPC server — started in order, stopped in reverse on SIGTERM or SIGINT,
-whatever phase the process is in."""
+whatever phase the process is in. Also where the layers below are put together: the adapters
+the factory chose, wrapped in their instrumentation; the interceptors around the server; the
+channel options of the calls to the other services."""
 
 from __future__ import annotations
 
@@ -24,31 +26,33 @@ from typing import Any, NoReturn
 import grpc
 import prometheus_client
 import pydantic
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from tai.v1 import common_pb2
+from tai_rpc.channel import ChannelOptions
 
-from tai_common import audit, factory
-from tai_common.audit import AuditTrail
-from tai_common.auth.jwt_verifier import JwksLoader
-from tai_common.bus.events import EventFactory
-from tai_common.bus.outbox import OUTBOX_INDEXES, OutboxRelay
-from tai_common.bus.port import EventBus
-from tai_common.cache.port import Cache
-from tai_common.clock import Clock, IdFactory, SystemClock, UuidFactory
-from tai_common.config import ServiceSettings
-from tai_common.errors import StartupError
-from tai_common.grpc import security
-from tai_common.grpc.auth import DeniedHook
-from tai_common.grpc.server import GrpcServer, Registrar
-from tai_common.secrets.port import SecretSource
-from tai_common.store.port import DocumentStore, IndexSpec
-from tai_common.telemetry import metrics
-from tai_common.telemetry.grpc_metrics import ServerMetricsInterceptor
-from tai_common.telemetry.logging import configure_logging
-from tai_common.telemetry.traced_bus import TracedBus
-from tai_common.telemetry.traced_cache import TracedCache
-from tai_common.telemetry.traced_store import TracedStore
-from tai_common.telemetry.tracing import configure_tracing
+from tai_common import factory
+from tai_common.auth import JwksLoader
+from tai_common.core import (
+    Clock,
+    IdFactory,
+    ServiceSettings,
+    StartupError,
+    SystemClock,
+    UuidFactory,
+    metrics,
+)
+from tai_common.grpc import DeniedHook, GrpcServer, Registrar, security
+from tai_common.instrumentation import (
+    ServerMetricsInterceptor,
+    TracedBus,
+    TracedCache,
+    TracedStore,
+    client_interceptors,
+    configure_logging,
+    configure_tracing,
+)
+from tai_common.messaging import OUTBOX_INDEXES, AuditTrail, EventFactory, OutboxRelay, audit
+from tai_common.ports import Cache, DocumentStore, EventBus, IndexSpec, SecretSource
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +135,27 @@ def interceptor_stack(
     inner: list[grpc.aio.ServerInterceptor] = [
         security.authenticator(settings, on_denied, jwks_loader).interceptor()
     ]
-    limits = security.rate_limits(settings)
-    if limits is not None:
+    close: Hook | None = None
+    limiter = factory.open_rate_limiter(settings)
+    if limiter is not None:
+        limits = security.rate_limits(settings, limiter)
         inner.append(limits.interceptor())
+        close = limits.close
     return InterceptorStack(
         outer=[aio_server_interceptor(), ServerMetricsInterceptor()],  # type: ignore[no-untyped-call]
         inner=inner,
-        close=limits.close if limits is not None else None,
+        close=close,
+    )
+
+
+def internal_channel_options(settings: ServiceSettings, timeout: float = 10.0) -> ChannelOptions:
+    """How this service calls the others: mutual TLS with its own certificate when configured,
+    and its service token when it has one; every call measured (grpc_client_*) and traced."""
+    return ChannelOptions(
+        default_timeout_seconds=timeout,
+        tls=security.tls_files(settings),
+        bearer_token=security.service_token(settings),
+        interceptors=(*client_interceptors(), *aio_client_interceptors()),  # type: ignore[no-untyped-call]
     )
 
 

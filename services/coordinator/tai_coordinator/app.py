@@ -7,12 +7,10 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from tai.v1 import coordinator_pb2_grpc, events_pb2
-from tai_common.bus import events, topics
-from tai_common.bus.fanout import replica_subscription, subscribe_events
-from tai_common.bus.port import SubscriptionSpec
-from tai_common.config import ServiceSettings
-from tai_common.grpc.security import internal_channel_options
-from tai_common.runtime import Dependencies, ServiceRuntime, service_main
+from tai_common.core import ServiceSettings
+from tai_common.messaging import events, replica_subscription, subscribe_events, topics
+from tai_common.ports import SubscriptionSpec
+from tai_common.runtime import Dependencies, ServiceRuntime, internal_channel_options, service_main
 
 from tai_coordinator import metrics, repository
 from tai_coordinator.dispatcher import ActionDispatcher

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 
 from opentelemetry import trace
 from tai.v1 import events_pb2
-from tai_common.bus import events
-from tai_common.clock import Clock, wait_event
-from tai_common.store.port import DocumentStore, Transaction
-from tai_common.telemetry.tracing import continued
+from tai_common.core import Clock, continued, wait_event
+from tai_common.messaging import events
+from tai_common.ports import DocumentStore, Transaction
 
 from tai_coordinator import metrics
 from tai_coordinator.model import Action

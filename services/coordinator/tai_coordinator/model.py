@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from tai_common.errors import FailedPrecondition, InvalidArgument
+from tai_common.core import FailedPrecondition, InvalidArgument
 
 SIGNAL_TYPES = ("alert", "event", "command")
 MAX_METADATA_ENTRIES = 64

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tai.v1 import governor_pb2
-from tai_common.conditions import Bindings, Condition, compile_condition
-from tai_common.errors import InvalidArgument
+from tai_common.core import Bindings, Condition, InvalidArgument, compile_condition
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from tai_client import (
     Unauthenticated,
     open_channel,
 )
-from tai_common.bus import events
+from tai_common.messaging import events
 
 from tai_coordinator.policy_book import LIVE_STATES, PolicyBook
 

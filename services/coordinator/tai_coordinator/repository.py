@@ -9,16 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tai_common.store.port import (
-    Cursor,
-    DocumentStore,
-    Filter,
-    IndexSpec,
-    Op,
-    Order,
-    Query,
-    Transaction,
-)
+from tai_common.ports import Cursor, DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
 from tai_coordinator.model import OPEN_STATUSES, Action, ActionStatus, StoredSignal
 

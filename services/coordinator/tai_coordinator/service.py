@@ -12,16 +12,22 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tai.v1 import events_pb2
-from tai_common.audit import AuditTrail
-from tai_common.bus import events, outbox, topics
-from tai_common.cache.port import Cache
-from tai_common.cache.read_through import ReadThrough
-from tai_common.clock import Clock, IdFactory
-from tai_common.conditions import signal_variables
-from tai_common.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
-from tai_common.pagination import decode_page_token, encode_page_token, page_size
-from tai_common.store.port import DocumentStore, Transaction
-from tai_common.telemetry.tracing import current_context_carrier
+from tai_common.caching import ReadThrough
+from tai_common.core import (
+    AlreadyExists,
+    Clock,
+    IdFactory,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    current_context_carrier,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+    signal_variables,
+)
+from tai_common.messaging import AuditTrail, events, outbox, topics
+from tai_common.ports import Cache, DocumentStore, Transaction
 
 from tai_coordinator import metrics
 from tai_coordinator.convert import STATUS_TO_PROTO, action_to_proto, signal_to_proto

@@ -7,12 +7,16 @@ import asyncio
 from typing import NamedTuple
 
 from tai.v1 import common_pb2, governor_pb2_grpc
-from tai_common import idempotency
-from tai_common.audit import AuditLog
-from tai_common.bus import events, topics
-from tai_common.bus.fanout import replica_subscription, subscribe_events
-from tai_common.bus.port import Message, SubscriptionSpec
-from tai_common.config import ServiceSettings
+from tai_common.core import ServiceSettings
+from tai_common.messaging import (
+    AuditLog,
+    events,
+    idempotency,
+    replica_subscription,
+    subscribe_events,
+    topics,
+)
+from tai_common.ports import Message, SubscriptionSpec
 from tai_common.runtime import Dependencies, ServiceRuntime, service_main
 
 from tai_governor import repository

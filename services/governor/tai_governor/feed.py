@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
-from tai_common.clock import wait_event
+from tai_common.core import wait_event
 
 from tai_governor.policy import PolicyVersion
 

@@ -12,8 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from tai_common.conditions import compile_condition
-from tai_common.errors import FailedPrecondition, InvalidArgument
+from tai_common.core import FailedPrecondition, InvalidArgument, compile_condition
 
 POLICY_TYPES = ("finance", "security", "operational")
 

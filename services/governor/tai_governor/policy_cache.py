@@ -19,9 +19,8 @@ import json
 from collections.abc import Sequence
 
 from cachetools import LRUCache
-from tai_common.cache.port import Cache
-from tai_common.cache.read_through import ReadThrough
-from tai_common.store.port import Cursor
+from tai_common.caching import ReadThrough
+from tai_common.ports import Cache, Cursor
 
 from tai_governor.policy import PolicyState, PolicyVersion
 from tai_governor.repository import PolicyRepository

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from tai_common.store.port import (
+from tai_common.ports import (
     DOC_ID,
     Cursor,
     DocumentStore,

@@ -14,15 +14,26 @@ from typing import Any, TypeVar
 
 from prometheus_client import Gauge
 from tai.v1 import events_pb2
-from tai_common import idempotency
-from tai_common.audit import AuditTrail
-from tai_common.bus import events, outbox, topics
-from tai_common.bus.fanout import Broadcaster, ListenerLagged
-from tai_common.cache.port import Cache
-from tai_common.clock import Clock, IdFactory
-from tai_common.errors import Aborted, InvalidArgument, NotFound
-from tai_common.pagination import decode_page_token, encode_page_token, page_size
-from tai_common.store.port import DocumentStore, Filter, Transaction
+from tai_common.core import (
+    Aborted,
+    Clock,
+    IdFactory,
+    InvalidArgument,
+    NotFound,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+)
+from tai_common.messaging import (
+    AuditTrail,
+    Broadcaster,
+    ListenerLagged,
+    events,
+    idempotency,
+    outbox,
+    topics,
+)
+from tai_common.ports import Cache, DocumentStore, Filter, Transaction
 
 from tai_governor import metrics
 from tai_governor.convert import policy_from_proto, policy_to_proto
@@ -48,7 +59,7 @@ class Change:
 
     principal: str
     request_id: str = ""
-    # Digest of the request without its request id (see tai_common.idempotency).
+    # Digest of the request without its request id (see tai_common.messaging.idempotency).
     fingerprint: str = ""
 
 

@@ -1,5 +1,6 @@
 """The Governor's gRPC API: translates requests to the domain and results to protobuf, and
-nothing else. Errors are raised as tai_common.errors and mapped to statuses by the interceptor."""
+nothing else. Errors are raised as tai_common.core.errors and mapped to statuses by the
+interceptor."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ from typing import Any
 
 import grpc
 from tai.v1 import common_pb2, governor_pb2, governor_pb2_grpc
-from tai_common.audit import AuditLog
-from tai_common.errors import InvalidArgument
-from tai_common.grpc.context import principal_of
-from tai_common.idempotency import request_fingerprint
-from tai_common.pagination import decode_page_token, encode_page_token, page_size
+from tai_common.core import InvalidArgument, decode_page_token, encode_page_token, page_size
+from tai_common.grpc import principal_of
+from tai_common.messaging import AuditLog, request_fingerprint
 from tai_common.runtime import ServiceRuntime
 
 from tai_governor.convert import (

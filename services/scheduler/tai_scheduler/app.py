@@ -7,13 +7,11 @@ from typing import NamedTuple
 
 from pydantic import Field
 from tai.v1 import scheduler_pb2_grpc
-from tai_common.bus import events, topics
-from tai_common.bus.fanout import replica_subscription, subscribe_events
-from tai_common.bus.port import SubscriptionSpec
-from tai_common.config import ServiceSettings
-from tai_common.grpc.security import internal_channel_options
-from tai_common.runtime import Dependencies, ServiceRuntime, service_main
-from tai_common.telemetry.metrics import CIRCUIT_BREAKER_STATE
+from tai_common.core import ServiceSettings
+from tai_common.core.metrics import CIRCUIT_BREAKER_STATE
+from tai_common.messaging import events, replica_subscription, subscribe_events, topics
+from tai_common.ports import SubscriptionSpec
+from tai_common.runtime import Dependencies, ServiceRuntime, internal_channel_options, service_main
 from tai_rpc.breaker import BreakerConfig, BreakerState, CircuitBreaker, CircuitBreakers
 
 from tai_scheduler import consumers, repository

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tai.v1 import events_pb2
-from tai_common.bus import events, outbox, topics
-from tai_common.store.port import Transaction
+from tai_common.messaging import events, outbox, topics
+from tai_common.ports import Transaction
 
 from tai_scheduler.convert import task_to_proto
 from tai_scheduler.repository import TaskRepository

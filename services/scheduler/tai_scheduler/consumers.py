@@ -20,10 +20,9 @@ from typing import TypeVar
 
 from google.protobuf.message import Message as ProtoMessage
 from tai.v1 import events_pb2
-from tai_common.bus import events, topics
-from tai_common.bus.events import UndecodableEvent
-from tai_common.bus.port import EventBus, Message, Subscription, SubscriptionSpec
-from tai_common.errors import AlreadyExists, InvalidArgument
+from tai_common.core import AlreadyExists, InvalidArgument
+from tai_common.messaging import UndecodableEvent, events, topics
+from tai_common.ports import EventBus, Message, Subscription, SubscriptionSpec
 
 from tai_scheduler.executors.action import action_task_parameters
 from tai_scheduler.service import TaskService

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from tai.v1 import scheduler_pb2
-from tai_common.errors import InvalidArgument
+from tai_common.core import InvalidArgument
 
 from tai_scheduler.task import (
     NS_PER_SECOND,

@@ -12,8 +12,7 @@ import asyncio
 import logging
 
 from prometheus_client import Gauge
-from tai_common.clock import Clock
-from tai_common.errors import Aborted, Unavailable
+from tai_common.core import Aborted, Clock, Unavailable
 
 from tai_scheduler import metrics
 from tai_scheduler.repository import TaskRepository

@@ -6,16 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from tai_common.store.port import (
-    Cursor,
-    DocumentStore,
-    Filter,
-    IndexSpec,
-    Op,
-    Order,
-    Query,
-    Transaction,
-)
+from tai_common.ports import Cursor, DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
 from tai_scheduler.task import Task, TaskState
 

@@ -12,15 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from tai.v1 import events_pb2
-from tai_common.audit import AuditTrail, current_method
-from tai_common.auth.principal import Principal, Role
-from tai_common.bus import events
-from tai_common.bus.fanout import Broadcaster, ListenerLagged
-from tai_common.clock import Clock, IdFactory
-from tai_common.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-from tai_common.pagination import decode_page_token, encode_page_token, page_size
-from tai_common.store.port import DocumentStore, Transaction
-from tai_common.telemetry.tracing import current_context_carrier
+from tai_common.auth import Principal, Role
+from tai_common.core import (
+    Aborted,
+    AlreadyExists,
+    Clock,
+    IdFactory,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    current_context_carrier,
+    decode_page_token,
+    encode_page_token,
+    page_size,
+)
+from tai_common.messaging import AuditTrail, Broadcaster, ListenerLagged, current_method, events
+from tai_common.ports import DocumentStore, Transaction
 
 from tai_scheduler.changes import ChangeSet, read_family, settle_parent
 from tai_scheduler.convert import task_to_proto, update_message

@@ -1,5 +1,6 @@
 """The Scheduler's gRPC API: translates requests to the domain and results to protobuf, and
-nothing else. Errors are raised as tai_common.errors and mapped to statuses by the interceptor."""
+nothing else. Errors are raised as tai_common.core.errors and mapped to statuses by the
+interceptor."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import grpc
 from tai.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
-from tai_common.clock import IdFactory
-from tai_common.grpc.context import caller_of, principal_of
+from tai_common.core import IdFactory
+from tai_common.grpc import caller_of, principal_of
 from tai_common.runtime import ServiceRuntime
 
 from tai_scheduler.convert import submission_from_request, task_to_proto

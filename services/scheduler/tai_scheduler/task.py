@@ -27,7 +27,7 @@ from enum import StrEnum
 from typing import Any
 
 from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
-from tai_common.errors import FailedPrecondition, InvalidArgument
+from tai_common.core import FailedPrecondition, InvalidArgument
 
 NS_PER_SECOND = 1_000_000_000
 NS_PER_MS = 1_000_000
@@ -54,7 +54,7 @@ MAX_ATTEMPT_RECORDS = 200
 HELD_NS = 2**62
 
 IDEMPOTENCY_KEY_PREFIX = "tai-task:"
-# Downstream request ids are at most 128 characters (tai_common.idempotency).
+# Downstream request ids are at most 128 characters (tai_common.messaging.idempotency).
 MAX_IDEMPOTENCY_KEY_LENGTH = 128
 
 

@@ -28,11 +28,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-from tai_common.bus import events
-from tai_common.clock import Clock
-from tai_common.errors import Aborted, InvalidArgument, Unavailable
-from tai_common.store.port import DocumentStore, Transaction
-from tai_common.telemetry.tracing import continued
+from tai_common.core import Aborted, Clock, InvalidArgument, Unavailable, continued
+from tai_common.messaging import events
+from tai_common.ports import DocumentStore, Transaction
 
 from tai_scheduler import metrics
 from tai_scheduler.changes import ChangeSet, Family, read_family, settle_parent

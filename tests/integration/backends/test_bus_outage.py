@@ -17,13 +17,11 @@ from support.scenarios import MakeProcess
 from support.tcp_proxy import TcpProxy
 from tai.v1 import events_pb2
 from tai_client import GovernorClient, open_channel
-from tai_common.bus import topics
-from tai_common.bus.consumer import idempotent_handler
-from tai_common.bus.port import Message, SubscriptionSpec
-from tai_common.bus.pubsub_bus import PubSubBus
-from tai_common.clock import SystemClock
-from tai_common.store.port import Query, Transaction
-from tai_common.store.sqlite_store import SqliteStore
+from tai_common.core import SystemClock
+from tai_common.gcp import PubSubBus
+from tai_common.messaging import idempotent_handler, topics
+from tai_common.ports import Message, Query, SubscriptionSpec, Transaction
+from tai_common.sqlite import SqliteStore
 
 # Process starts and the waits for the outage, the backlog and its drain add up past the
 # default timeout on a slow machine.

@@ -27,9 +27,9 @@ from support.pubsub_emulator import PubSubEmulator
 from support.scenarios import MakeProcess
 from tai.v1 import coordinator_pb2, governor_pb2
 from tai_client import CoordinatorClient, GovernorClient, open_channel
-from tai_common.bus import topics
-from tai_common.bus.port import Message
-from tai_common.bus.pubsub_bus import PubSubBus
+from tai_common.gcp import PubSubBus
+from tai_common.messaging import topics
+from tai_common.ports import Message
 from tai_coordinator import app as coordinator_app
 from tai_governor import app as governor_app
 from tai_scheduler import app as scheduler_app
@@ -423,7 +423,7 @@ async def test_after_provisioning_the_suite_runs_without_create_missing(
 
 
 def kafka_url(broker: KafkaBroker) -> str:
-    # Tansu cannot do idempotent producers (see tai_common.bus.kafka_bus).
+    # Tansu cannot do idempotent producers (see tai_common.kafka.bus).
     return f"kafka://{broker.bootstrap}?idempotence=false"
 
 

@@ -15,12 +15,11 @@ from support.redis_server import (
     running_redis,
     running_redis_cluster,
 )
-from tai_common.cache.memory_cache import MemoryCache
-from tai_common.cache.port import Cache, CacheEntry
-from tai_common.cache.redis_cache import RedisCache
-from tai_common.config import ServiceSettings
-from tai_common.errors import StartupError
+from tai_common.core import ServiceSettings, StartupError
 from tai_common.factory import open_cache
+from tai_common.memory import MemoryCache
+from tai_common.ports import Cache, CacheEntry
+from tai_common.redis import RedisCache
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from support.firestore_emulator import FirestoreEmulator
 from support.firestore_emulator import firestore_emulator as firestore_emulator
-from tai_common.store.firestore_store import FirestoreStore
-from tai_common.store.port import DocumentStore
-from tai_common.store.sqlite_store import SqliteStore
+from tai_common.gcp import FirestoreStore
+from tai_common.ports import DocumentStore
+from tai_common.sqlite import SqliteStore
 
 
 @dataclass

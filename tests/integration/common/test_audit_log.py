@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 from tai.v1 import common_pb2
-from tai_common import audit
-from tai_common.audit import AuditLog
-from tai_common.store.sqlite_store import SqliteStore
+from tai_common.messaging import AuditLog, audit
+from tai_common.sqlite import SqliteStore
 
 
 @pytest.fixture

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from google.cloud.firestore_v1 import AsyncClient
 from support.firestore_emulator import FirestoreEmulator
-from tai_common.errors import Aborted, AlreadyExists, Unavailable
-from tai_common.store.firestore_store import FirestoreStore
-from tai_common.store.port import (
+from tai_common.core import Aborted, AlreadyExists, Unavailable
+from tai_common.gcp import FirestoreStore
+from tai_common.ports import (
     DOC_ID,
     Document,
     DocumentStore,
@@ -30,7 +30,8 @@ from tai_common.store.port import (
     Query,
     Transaction,
 )
-from tai_common.store.sqlite_store import SqliteStore, _delete_expired_sql, _expiry_index_sql
+from tai_common.sqlite import SqliteStore
+from tai_common.sqlite.sql import delete_expired_sql, expiry_index_sql
 
 COLL = "widgets"
 
@@ -780,8 +781,8 @@ def test_sqlite_expiry_uses_its_partial_index(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "plan.db")
     try:
         conn.execute("CREATE TABLE c_widgets (id TEXT PRIMARY KEY, data TEXT NOT NULL)")
-        conn.execute(_expiry_index_sql(COLL))
-        plan = conn.execute(f"EXPLAIN QUERY PLAN {_delete_expired_sql(COLL)}", (1, 1)).fetchall()
+        conn.execute(expiry_index_sql(COLL))
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {delete_expired_sql(COLL)}", (1, 1)).fetchall()
     finally:
         conn.close()
     assert "USING INDEX ix_widgets_expiry" in " | ".join(str(row[3]) for row in plan)

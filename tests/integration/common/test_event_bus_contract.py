@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from tai_common.bus.kafka_bus import KafkaBus
-from tai_common.bus.local_bus import SqliteBus
-from tai_common.bus.port import EventBus, Message, OutgoingMessage, SubscriptionSpec
-from tai_common.bus.pubsub_bus import PubSubBus
-from tai_common.errors import FailedPrecondition
+from tai_common.core import FailedPrecondition
+from tai_common.gcp import PubSubBus
+from tai_common.kafka import KafkaBus
+from tai_common.ports import EventBus, Message, OutgoingMessage, SubscriptionSpec
+from tai_common.sqlite import SqliteBus
 
 if TYPE_CHECKING:
     # Loaded by pytest as plugins (below); importing them first would skip their assert

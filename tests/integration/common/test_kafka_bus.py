@@ -27,9 +27,10 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.coordinator.protocol import ConsumerProtocol
 from support.processes import free_port
-from tai_common.bus.kafka_bus import KafkaBus, _subscribed_topics
-from tai_common.bus.port import Message, OutgoingMessage, SubscriptionSpec
-from tai_common.errors import NotFound, Unavailable
+from tai_common.core import NotFound, Unavailable
+from tai_common.kafka import KafkaBus
+from tai_common.kafka.bus import _subscribed_topics
+from tai_common.ports import Message, OutgoingMessage, SubscriptionSpec
 
 if TYPE_CHECKING:
     # Loaded by pytest as a plugin (below); importing it first would skip its assert rewriting.
@@ -223,8 +224,8 @@ async def test_partitions_moving_to_a_new_consumer_mid_stream_are_handed_over_cl
 _STUCK_CONSUMER = textwrap.dedent(
     """
     import asyncio, json, os, pathlib, sys
-    from tai_common.bus.kafka_bus import KafkaBus
-    from tai_common.bus.port import SubscriptionSpec
+    from tai_common.kafka import KafkaBus
+    from tai_common.ports import SubscriptionSpec
 
     async def main():
         bootstrap, topic, group, marker = sys.argv[1:]

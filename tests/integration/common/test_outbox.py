@@ -18,17 +18,19 @@ from typing import Any
 import pytest
 from support.firestore_emulator import FirestoreEmulator
 from tai.v1 import events_pb2, governor_pb2
-from tai_common.bus import events
-from tai_common.bus.local_bus import SqliteBus
-from tai_common.bus.outbox import OUTBOX, OUTBOX_INDEXES, OutboxRelay, add_event
-from tai_common.bus.port import EventBus, Message, OutgoingMessage, Subscription, SubscriptionSpec
-from tai_common.clock import SystemClock, UuidFactory
-from tai_common.config import ServiceSettings
-from tai_common.errors import AlreadyExists, Unavailable
+from tai_common.core import AlreadyExists, ServiceSettings, SystemClock, Unavailable, UuidFactory
 from tai_common.factory import open_store_and_bus
-from tai_common.store.firestore_store import FirestoreStore
-from tai_common.store.port import Transaction
-from tai_common.store.sqlite_store import SqliteStore
+from tai_common.gcp import FirestoreStore
+from tai_common.messaging import OUTBOX, OUTBOX_INDEXES, OutboxRelay, add_event, events
+from tai_common.ports import (
+    EventBus,
+    Message,
+    OutgoingMessage,
+    Subscription,
+    SubscriptionSpec,
+    Transaction,
+)
+from tai_common.sqlite import SqliteBus, SqliteStore
 
 
 class FlakyBus:
@@ -234,9 +236,9 @@ async def _outbox_entries(file: Path) -> int:
 _DYING_RELAY = textwrap.dedent(
     """
     import asyncio, sys
-    from tai_common.bus.outbox import OutboxRelay
-    from tai_common.clock import SystemClock
-    from tai_common.store.firestore_store import FirestoreStore
+    from tai_common.core import SystemClock
+    from tai_common.gcp import FirestoreStore
+    from tai_common.messaging import OutboxRelay
 
     class StopsAfterReads:
         def __init__(self, tx):

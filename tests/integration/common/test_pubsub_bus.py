@@ -17,10 +17,9 @@ import pytest
 from google.api_core import exceptions as gexc
 from google.pubsub_v1 import PublisherAsyncClient, SubscriberAsyncClient
 from support.processes import free_port
-from tai_common.bus.port import Message, OutgoingMessage, SubscriptionSpec
-from tai_common.bus.provisioning import MissingBusResource
-from tai_common.bus.pubsub_bus import PubSubBus
-from tai_common.errors import InvalidArgument, NotFound, StartupError, Unavailable
+from tai_common.core import InvalidArgument, NotFound, StartupError, Unavailable
+from tai_common.gcp import PubSubBus
+from tai_common.ports import Message, MissingBusResource, OutgoingMessage, SubscriptionSpec
 
 if TYPE_CHECKING:
     # Loaded by pytest as a plugin (below); importing it first would skip its assert rewriting.

@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tai_common.bus.local_bus import SqliteBus
-from tai_common.bus.port import Message, OutgoingMessage, SubscriptionSpec
-from tai_common.clock import SystemClock
-from tai_common.errors import Unavailable
+from tai_common.core import SystemClock, Unavailable
+from tai_common.ports import Message, OutgoingMessage, SubscriptionSpec
+from tai_common.sqlite import SqliteBus
 
 WAIT_SECONDS = 10.0
 

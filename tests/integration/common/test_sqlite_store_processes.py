@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tai_common.store.sqlite_store import SqliteStore
+from tai_common.sqlite import SqliteStore
 
 pytestmark = pytest.mark.slow
 
@@ -16,7 +16,7 @@ _HANG_S = 60.0
 
 _INCREMENT = """
 import asyncio, pathlib, sys
-from tai_common.store.sqlite_store import SqliteStore
+from tai_common.sqlite import SqliteStore
 
 async def increment(tx):
     doc = await tx.get("counters", "c")
@@ -36,7 +36,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])))
 
 _WRITE_UNTIL_KILLED = """
 import asyncio, itertools, sys
-from tai_common.store.sqlite_store import SqliteStore
+from tai_common.sqlite import SqliteStore
 
 async def main(path):
     store = await SqliteStore.open(path)

@@ -22,9 +22,9 @@ from support.firestore_emulator import firestore_emulator as firestore_emulator
 from support.processes import ServiceProcess, free_port
 from tai_client import open_channel
 from tai_client.scheduler import SchedulerClient
-from tai_common.store.firestore_store import FirestoreStore
-from tai_common.store.port import DocumentStore
-from tai_common.store.sqlite_store import SqliteStore
+from tai_common.gcp import FirestoreStore
+from tai_common.ports import DocumentStore
+from tai_common.sqlite import SqliteStore
 from tai_scheduler.repository import INDEXES, TASKS, TaskRepository
 from tai_scheduler.task import HELD_NS, RetryConfig, Task, TaskState
 from tai_test_executors import ledger as test_ledger

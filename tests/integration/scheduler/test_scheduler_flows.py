@@ -30,13 +30,11 @@ from tai.v1 import (
     governor_pb2,
     scheduler_pb2,
 )
-from tai_common.bus import events, topics
-from tai_common.bus.local_bus import SqliteBus
-from tai_common.bus.outbox import OUTBOX_INDEXES, OutboxRelay, add_event
-from tai_common.clock import SystemClock, UuidFactory
+from tai_common.core import SystemClock, UuidFactory
 from tai_common.factory import sqlite_path
-from tai_common.store.port import Transaction
-from tai_common.store.sqlite_store import SqliteStore
+from tai_common.messaging import OUTBOX_INDEXES, OutboxRelay, add_event, events, topics
+from tai_common.ports import Transaction
+from tai_common.sqlite import SqliteBus, SqliteStore
 
 
 class RecordingCoordinator(coordinator_pb2_grpc.CoordinatorServicer):

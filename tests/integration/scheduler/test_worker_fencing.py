@@ -17,11 +17,9 @@ from typing import Any
 
 import pytest
 from scheduler_helpers import wait_until
-from tai_common.audit import AuditTrail
-from tai_common.bus import events
-from tai_common.bus.outbox import OUTBOX_INDEXES
-from tai_common.clock import SystemClock, UuidFactory
-from tai_common.store.sqlite_store import SqliteStore
+from tai_common.core import SystemClock, UuidFactory
+from tai_common.messaging import OUTBOX_INDEXES, AuditTrail, events
+from tai_common.sqlite import SqliteStore
 from tai_scheduler import repository
 from tai_scheduler.executors import ExecutorRegistry, TaskContext
 from tai_scheduler.repository import TaskRepository

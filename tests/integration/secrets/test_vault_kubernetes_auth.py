@@ -31,10 +31,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from support.vault_server import VaultServer
-from tai_common.errors import FailedPrecondition, PermissionDenied
-from tai_common.secrets import open_vault_secrets
-from tai_common.secrets.vault_auth import KubernetesAuth
-from tai_common.secrets.vault_secrets import VaultCredentials
+from tai_common.core import FailedPrecondition, PermissionDenied
+from tai_common.vault import KubernetesAuth, VaultConfig, VaultCredentials, VaultSecrets
 from vault_kit import Kit, assert_no_leak, count_logins
 
 pytestmark = pytest.mark.slow
@@ -197,7 +195,9 @@ async def test_kubernetes_login_end_to_end_from_a_url(
         f"&auth_mount={kubernetes_mount}&prefix={kit.prefix}"
     )
 
-    source = await open_vault_secrets(url, VaultCredentials(kubernetes_token_file=token_file))
+    source = await VaultSecrets.open(
+        VaultConfig.from_url(url, VaultCredentials(kubernetes_token_file=token_file))
+    )
     kit.opened.append(source)
 
     assert (await source.get("db")).reveal("password") == "k8s-pw-1d1d"

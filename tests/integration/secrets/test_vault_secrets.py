@@ -12,10 +12,10 @@ import hvac  # type: ignore[import-untyped]
 import pytest
 from pydantic import SecretStr
 from support.processes import free_port
-from tai_common.errors import FailedPrecondition, NotFound, PermissionDenied, Unavailable
-from tai_common.secrets import Secret, WatchedSecret, open_vault_secrets
-from tai_common.secrets.vault_auth import AppRoleAuth, TokenAuth
-from tai_common.secrets.vault_secrets import VaultCredentials
+from tai_common.caching import WatchedSecret
+from tai_common.core import FailedPrecondition, NotFound, PermissionDenied, Unavailable
+from tai_common.ports import Secret
+from tai_common.vault import AppRoleAuth, TokenAuth, VaultConfig, VaultCredentials, VaultSecrets
 from vault_kit import Kit, assert_no_leak, count_logins
 
 pytestmark = pytest.mark.slow
@@ -145,8 +145,10 @@ async def test_approle_end_to_end_from_a_url(kit: Kit, approle_mount: str, tmp_p
         f"&prefix={kit.prefix}&timeout=2"
     )
 
-    source = await open_vault_secrets(
-        url, VaultCredentials(role_id=SecretStr(role_id), secret_id_file=secret_id_file)
+    source = await VaultSecrets.open(
+        VaultConfig.from_url(
+            url, VaultCredentials(role_id=SecretStr(role_id), secret_id_file=secret_id_file)
+        )
     )
     kit.opened.append(source)
 
@@ -319,7 +321,9 @@ async def test_open_fails_fast_when_nothing_listens(kit: Kit) -> None:
     url = f"vault://127.0.0.1:{free_port()}?tls=0&timeout=1"
     started = time.monotonic()
     with pytest.raises(Unavailable):
-        await open_vault_secrets(url, VaultCredentials(token=SecretStr(kit.vault.root_token)))
+        await VaultSecrets.open(
+            VaultConfig.from_url(url, VaultCredentials(token=SecretStr(kit.vault.root_token)))
+        )
     assert time.monotonic() - started < 5
 
 

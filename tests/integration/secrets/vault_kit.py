@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 from support.vault_server import VaultServer
-from tai_common.secrets.vault_auth import VaultAuth
-from tai_common.secrets.vault_secrets import VaultConfig, VaultSecrets
+from tai_common.vault import VaultAuth, VaultConfig, VaultSecrets
 
 
 def assert_no_leak(error: BaseException, sensitive: set[str]) -> None:

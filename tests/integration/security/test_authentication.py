@@ -21,8 +21,7 @@ from tai_client import (
     SchedulerClient,
     TaiError,
 )
-from tai_common.auth.access import METHOD_ROLES, OPEN_METHODS
-from tai_common.auth.principal import Role
+from tai_common.auth import METHOD_ROLES, OPEN_METHODS, Role
 
 SERVICES = {
     "tai.v1.Governor": governor_pb2,

@@ -23,11 +23,10 @@ from support.secured import auth_settings
 from support.tokens import TokenIssuer
 from tai.v1 import governor_pb2, governor_pb2_grpc
 from tai_client import ChannelOptions, open_channel
-from tai_common.cache.redis_client import RedisUrlError
-from tai_common.config import ServiceSettings
-from tai_common.grpc.security import rate_limits
-from tai_common.ratelimit.port import Bucket
-from tai_common.ratelimit.redis_limiter import RedisRateLimiter
+from tai_common.core import ServiceSettings
+from tai_common.factory import open_rate_limiter
+from tai_common.ports import Bucket
+from tai_common.redis import RedisRateLimiter, RedisUrlError
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +226,7 @@ def test_a_bad_store_url_is_refused_naming_its_setting(
 ) -> None:
     settings = ServiceSettings(rate_limit_per_second=10, rate_limit_burst=10, **overrides)
     with pytest.raises(RedisUrlError) as caught:
-        rate_limits(settings)
+        open_rate_limiter(settings)
     message = str(caught.value)
     assert message.startswith(f"{named}: ")
     assert "\n" not in message

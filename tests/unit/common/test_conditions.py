@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tai_common.conditions import Bindings, compile_condition, signal_variables
-from tai_common.errors import InvalidArgument
+from tai_common.core import Bindings, InvalidArgument, compile_condition, signal_variables
 
 
 def signal(**overrides: object) -> dict[str, object]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from tai_common.store.port import DOC_ID, IndexSpec
+from tai_common.ports import DOC_ID, IndexSpec
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = REPOSITORY_ROOT / "scripts" / "firestore_indexes.py"
@@ -85,7 +85,7 @@ def test_a_missing_optional_service_is_left_out(
     script: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
     sources = [
-        script.Source("tai_common.idempotency", ttl=("IDEMPOTENCY",)),
+        script.Source("tai_common.messaging.idempotency", ttl=("IDEMPOTENCY",)),
         script.Source("tai_no_such_service.repository", optional=True),
     ]
     specs, ttl = script.collect(sources)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tai_common.errors import InvalidArgument
-from tai_common.pagination import (
+from tai_common.core import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    InvalidArgument,
     decode_page_token,
     encode_page_token,
     page_size,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tai.v1 import governor_pb2
-from tai_common.conditions import signal_variables
+from tai_common.core import signal_variables
 from tai_coordinator.policy_book import PolicyBook
 
 ENFORCED = governor_pb2.POLICY_STATE_ENFORCED

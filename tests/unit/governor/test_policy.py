@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from tai_common.errors import FailedPrecondition, InvalidArgument
+from tai_common.core import FailedPrecondition, InvalidArgument
 from tai_governor.policy import (
     ActionTemplate,
     PolicyContent,

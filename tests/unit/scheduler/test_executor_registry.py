@@ -6,8 +6,7 @@ from __future__ import annotations
 from importlib import metadata
 
 import pytest
-from tai_common.config import ServiceSettings
-from tai_common.errors import InvalidArgument
+from tai_common.core import InvalidArgument, ServiceSettings
 from tai_scheduler.executors import ENTRY_POINT_GROUP, ExecutorEnvironment, ExecutorRegistry
 from tai_scheduler.executors.registry import DuplicateExecutor
 

@@ -7,7 +7,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
-from tai_common.errors import FailedPrecondition, InvalidArgument
+from tai_common.core import FailedPrecondition, InvalidArgument
 from tai_scheduler.task import (
     HELD_NS,
     INTERNAL_LIMITS,

@@ -7,9 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from tai_common.errors import FailedPrecondition, InvalidArgument, NotFound
-from tai_common.secrets import open_env_secrets
-from tai_common.secrets.env_secrets import EnvSecrets, env_prefix
+from tai_common.core import FailedPrecondition, InvalidArgument, NotFound
+from tai_common.env import EnvSecrets, env_prefix
 
 
 async def test_reads_a_secret_from_environment_variables() -> None:
@@ -38,7 +37,7 @@ def test_names_map_to_variable_prefixes() -> None:
 
 async def test_reads_the_process_environment_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TAI_SECRET_UNIT_TEST_ONLY__TOKEN", "from-os-environ")
-    secret = await open_env_secrets("env://").get("unit-test-only")
+    secret = await EnvSecrets.from_url("env://").get("unit-test-only")
     assert secret.reveal("token") == "from-os-environ"
 
 
@@ -46,7 +45,7 @@ async def test_reads_a_secret_from_a_mounted_directory(tmp_path: Path) -> None:
     (tmp_path / "db").mkdir()
     (tmp_path / "db" / "password").write_text("file-pw-1\n")  # as `echo` writes it
     (tmp_path / "db" / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\nMIIB\n")
-    source = open_env_secrets(f"env://?dir={tmp_path}")
+    source = EnvSecrets.from_url(f"env://?dir={tmp_path}")
 
     secret = await source.get("db")
 
@@ -152,7 +151,7 @@ async def test_a_binary_file_is_refused_without_quoting_it(tmp_path: Path) -> No
 @pytest.mark.parametrize("url", ["env:///var/secrets", "file://x", "env://host", "vault://x"])
 def test_urls_other_than_env_are_refused(url: str) -> None:
     with pytest.raises(ValueError, match="env"):
-        open_env_secrets(url)
+        EnvSecrets.from_url(url)
 
 
 def test_the_source_repr_shows_no_value() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from tai_common.errors import NotFound
-from tai_common.secrets import Secret
+from tai_common.core import NotFound
+from tai_common.ports import Secret
 
 
 def test_values_are_redacted_in_repr_str_and_formatting() -> None:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from tai_common.secrets.vault_auth import AppRoleAuth, KubernetesAuth, TokenAuth
-from tai_common.secrets.vault_secrets import VaultConfig, VaultCredentials
+from tai_common.vault import AppRoleAuth, KubernetesAuth, TokenAuth, VaultConfig, VaultCredentials
 
 TOKEN = VaultCredentials(token=SecretStr("s.plain-token-value"))
 

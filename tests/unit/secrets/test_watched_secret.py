@@ -8,8 +8,9 @@ import logging
 from collections.abc import Callable
 
 import pytest
-from tai_common.errors import FailedPrecondition, TaiError, Unavailable
-from tai_common.secrets import Secret, WatchedSecret
+from tai_common.caching import WatchedSecret
+from tai_common.core import FailedPrecondition, TaiError, Unavailable
+from tai_common.ports import Secret
 
 
 class ScriptedSource:

@@ -1,4 +1,4 @@
-{{/* A service's TAI_* settings (libs/common/tai_common/config.py). */}}
+{{/* A service's TAI_* settings (libs/common/tai_common/core/config.py). */}}
 {{- define "tai.configmap" -}}
 {{- $root := .root -}}
 {{- $config := $root.Values.config -}}

@@ -26,7 +26,7 @@ histogram_quantile(0.99, sum by (le) (rate({{ index . 1 }}_bucket{ {{- include "
 
 {{/*
 The Coordinator's bus subscriptions: one per replica and topic, named
-`<service>-<replica id>-<topic>` (tai_common.bus.fanout.subscribe_replica, called in
+`<service>-<replica id>-<topic>` (tai_common.messaging.fanout.replica_subscription, called in
 tai_coordinator.app for tai-policies and tai-actions), the replica id being the pod's name
 (TAI_REPLICA_ID). Stable pods are tai-coordinator-<template hash>-<suffix>; the canary's
 (tai-coordinator-canary-…) have one segment more and do not match.

@@ -19,7 +19,7 @@ from typing import Any
 import jwt
 
 from tai_common.auth.principal import Principal, Role
-from tai_common.errors import Unauthenticated, Unavailable
+from tai_common.core import Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 

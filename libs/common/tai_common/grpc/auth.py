@@ -12,12 +12,18 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 
-from tai_common.audit import set_current_method
-from tai_common.auth.access import is_open, required_role, service_may_call
-from tai_common.auth.jwt_verifier import JwtVerifier
-from tai_common.auth.principal import ANONYMOUS, Principal, set_current_principal
-from tai_common.errors import PermissionDenied, TaiError, Unauthenticated
+from tai_common.auth import (
+    ANONYMOUS,
+    JwtVerifier,
+    Principal,
+    is_open,
+    required_role,
+    service_may_call,
+    set_current_principal,
+)
+from tai_common.core import PermissionDenied, TaiError, Unauthenticated
 from tai_common.grpc.interceptors import Context, GuardInterceptor
+from tai_common.messaging import set_current_method
 
 log = logging.getLogger(__name__)
 

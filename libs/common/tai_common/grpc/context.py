@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 
-from tai_common.auth.principal import Principal, current_principal
+from tai_common.auth import Principal, current_principal
 
 
 def principal_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:

@@ -1,7 +1,7 @@
 """One interceptor that turns TAI's errors into gRPC statuses.
 
-Handlers raise `tai_common.errors` exceptions and never call `context.abort` themselves; this is
-the only place that knows the mapping. Anything else that escapes a handler is a bug: it is
+Handlers raise `tai_common.core.errors` exceptions and never call `context.abort` themselves;
+this is the only place that knows the mapping. Anything else that escapes a handler is a bug: it is
 logged with its traceback and reported as INTERNAL without leaking details.
 """
 
@@ -17,13 +17,8 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from tai_common import errors
-from tai_common.grpc.interceptors import (
-    BehaviorInterceptor,
-    Context,
-    StreamBehavior,
-    UnaryBehavior,
-)
+from tai_common.core import errors
+from tai_common.grpc.interceptors import BehaviorInterceptor, Context, StreamBehavior, UnaryBehavior
 
 log = logging.getLogger(__name__)
 

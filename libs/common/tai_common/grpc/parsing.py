@@ -18,7 +18,7 @@ from typing import Any, cast
 import grpc
 from google.protobuf.message import DecodeError
 
-from tai_common.errors import InvalidArgument
+from tai_common.core import InvalidArgument
 from tai_common.grpc.errors import abort_for
 from tai_common.grpc.interceptors import Context, Continuation
 from tai_common.grpc.streams import as_generator

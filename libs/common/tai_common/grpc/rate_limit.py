@@ -9,12 +9,10 @@ import math
 import time
 from collections.abc import Mapping
 
-from tai_common.auth.access import is_open
-from tai_common.auth.principal import current_principal
-from tai_common.errors import ResourceExhausted
+from tai_common.auth import current_principal, is_open
+from tai_common.core import ResourceExhausted, metrics
 from tai_common.grpc.interceptors import Context, GuardInterceptor
-from tai_common.ratelimit.port import Bucket, RateLimiter
-from tai_common.telemetry import metrics
+from tai_common.ports import Bucket, RateLimiter
 
 
 class RateLimits:

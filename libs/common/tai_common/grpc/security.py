@@ -1,5 +1,6 @@
 """Security wiring from settings: the auth and rate-limit interceptors a service's server
-runs, its TLS credentials, and the channel options for its own calls to the other services."""
+runs, its TLS credentials, and the TLS files and token of its own calls to the other services.
+The rate limiter itself is chosen by `tai_common.factory`."""
 
 from __future__ import annotations
 
@@ -9,26 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from opentelemetry.instrumentation.grpc import aio_client_interceptors
-from tai_rpc.channel import ChannelOptions, TlsFiles
+from tai_rpc.channel import TlsFiles
 
-from tai_common.auth.jwt_verifier import (
-    JwksLoader,
-    JwtVerifier,
-    VerifierConfig,
-    jwks_from_file,
-    jwks_from_url,
-)
-from tai_common.cache.redis_client import is_redis_url
-from tai_common.config import ServiceSettings
-from tai_common.errors import StartupError
+from tai_common.auth import JwksLoader, JwtVerifier, VerifierConfig, jwks_from_file, jwks_from_url
+from tai_common.core import ServiceSettings, StartupError
 from tai_common.grpc.auth import Authenticator, DeniedHook
 from tai_common.grpc.rate_limit import RateLimits
-from tai_common.ratelimit.memory_limiter import MemoryRateLimiter
-from tai_common.ratelimit.port import RateLimiter
-from tai_common.ratelimit.redis_limiter import RedisRateLimiter
-from tai_common.secrets.port import SecretSource
-from tai_common.telemetry.grpc_metrics import client_interceptors
+from tai_common.ports import RateLimiter, SecretSource
 
 log = logging.getLogger(__name__)
 
@@ -56,24 +44,15 @@ def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | No
     )
 
 
-def internal_channel_options(settings: ServiceSettings, timeout: float = 10.0) -> ChannelOptions:
-    """How this service calls the others: mutual TLS with its own certificate when configured,
-    and its service token when it has one."""
-    tls = (
-        TlsFiles(settings.tls_ca, settings.tls_cert, settings.tls_key)
-        if tls_enabled(settings)
-        else None
-    )
-    return ChannelOptions(
-        default_timeout_seconds=timeout,
-        tls=tls,
-        bearer_token=_service_token(settings),
-        # Calls to the other services are measured (grpc_client_*) and traced.
-        interceptors=(*client_interceptors(), *aio_client_interceptors()),  # type: ignore[no-untyped-call]
-    )
+def tls_files(settings: ServiceSettings) -> TlsFiles | None:
+    """The files of this service's mutual TLS for its calls to the others, when configured."""
+    if not tls_enabled(settings):
+        return None
+    return TlsFiles(settings.tls_ca, settings.tls_cert, settings.tls_key)
 
 
-def _service_token(settings: ServiceSettings) -> str:
+def service_token(settings: ServiceSettings) -> str:
+    """The token this service presents on its calls to the others ("" for none)."""
     if settings.service_token_file:
         try:
             return Path(settings.service_token_file).read_text().strip()
@@ -140,18 +119,9 @@ def _identities(settings: ServiceSettings) -> dict[str, str]:
     return dict(settings.tls_service_identities)
 
 
-def rate_limits(settings: ServiceSettings) -> RateLimits | None:
-    """The rate limits, or None when unlimited. Shared through Redis (one server or a cluster)
-    when TAI_RATE_LIMIT_STORE names it, or else the cache is Redis."""
-    if settings.rate_limit_per_second <= 0:
-        return None
-    setting, store = "TAI_RATE_LIMIT_STORE", settings.rate_limit_store
-    if not store and is_redis_url(settings.cache):
-        setting, store = "TAI_CACHE", settings.cache
-    # A URL that cannot work raises RedisUrlError (a StartupError naming the setting).
-    limiter: RateLimiter = (
-        RedisRateLimiter.from_url(store, setting) if store else MemoryRateLimiter()
-    )
+def rate_limits(settings: ServiceSettings, limiter: RateLimiter) -> RateLimits:
+    """The rate limits the settings set (per caller and method, with per-method overrides),
+    enforced by `limiter` (`tai_common.factory.open_rate_limiter`)."""
     return RateLimits(
         limiter,
         settings.rate_limit_per_second,

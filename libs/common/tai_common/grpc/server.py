@@ -12,8 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tai_common.config import ServiceSettings
-from tai_common.errors import Unavailable
+from tai_common.core import ServiceSettings, Unavailable
 from tai_common.grpc.errors import ErrorMappingInterceptor
 from tai_common.grpc.parsing import RequestParsingInterceptor
 

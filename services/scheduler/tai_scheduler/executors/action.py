@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from tai.v1 import common_pb2, coordinator_pb2
 from tai_client import AlreadyExists
 from tai_client.coordinator import CoordinatorClient
-from tai_common.errors import InvalidArgument
+from tai_common.core import InvalidArgument
 
 from tai_scheduler.executors import downstream
 from tai_scheduler.executors.port import ExecutorEnvironment, PermanentTaskError, TaskContext

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 
 from tai_client.governor import GovernorClient
-from tai_common.errors import InvalidArgument
+from tai_common.core import InvalidArgument
 
 from tai_scheduler.executors import downstream
 from tai_scheduler.executors.port import ExecutorEnvironment, PermanentTaskError, TaskContext

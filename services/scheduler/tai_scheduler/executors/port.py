@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 import grpc
-from tai_common.config import ServiceSettings
+from tai_common.core import ServiceSettings
 from tai_rpc.breaker import CircuitBreakers
 from tai_rpc.channel import ChannelOptions, open_channel
 
@@ -70,7 +70,7 @@ class ParameterValidator(Protocol):
     """Optional: checks a task's parameters when it is submitted."""
 
     def validate(self, parameters: Mapping[str, str]) -> None:
-        """Raises `tai_common.errors.InvalidArgument` naming the parameter
+        """Raises `tai_common.core.InvalidArgument` naming the parameter
         (`parameters[policy_id]`)."""
         ...
 

@@ -1,1 +1,0 @@
-"""The EventBus port, its adapters, events, the outbox and in-process fan-out."""

@@ -1,1 +1,0 @@
-"""The Cache port (version-stamped entries with TTL), its adapters and the read-through helper."""

@@ -1,0 +1,91 @@
+"""The ports: what the services need from a store, a bus, a cache, a rate limiter and a secret
+source, as Protocols and the value types they exchange. They import only `tai_common.core`; the
+adapters live in one folder per backend (`sqlite`, `gcp`, `kafka`, `redis`, `vault`, `memory`,
+`env`), and `tai_common.factory` chooses them from the settings."""
+
+from tai_common.ports.bus import (
+    DEAD_LETTER_DELIVERY_ATTEMPTS,
+    DEAD_LETTER_SOURCE_MESSAGE_ID,
+    DEAD_LETTER_SOURCE_SUBSCRIPTION,
+    EVENT_TYPE_ATTRIBUTE,
+    EventBus,
+    Handler,
+    Message,
+    Subscription,
+    SubscriptionSpec,
+)
+from tai_common.ports.cache import Cache, CacheEntry
+from tai_common.ports.message import OutgoingMessage
+from tai_common.ports.provisioning import (
+    MissingBusResource,
+    Outcome,
+    ProvisionableBus,
+    Provisioned,
+    durable,
+    needed_topics,
+)
+from tai_common.ports.ratelimit import Bucket, Decision, RateLimiter
+from tai_common.ports.secrets import Secret, SecretSource, check_name
+from tai_common.ports.store import (
+    DOC_ID,
+    Cursor,
+    Data,
+    Document,
+    DocumentStore,
+    Filter,
+    IndexSpec,
+    Op,
+    Order,
+    Page,
+    PublishingTransaction,
+    Query,
+    Transaction,
+    check_collection,
+    check_field,
+    cursor_of,
+    get_field,
+)
+
+__all__ = [
+    "DEAD_LETTER_DELIVERY_ATTEMPTS",
+    "DEAD_LETTER_SOURCE_MESSAGE_ID",
+    "DEAD_LETTER_SOURCE_SUBSCRIPTION",
+    "DOC_ID",
+    "EVENT_TYPE_ATTRIBUTE",
+    "Bucket",
+    "Cache",
+    "CacheEntry",
+    "Cursor",
+    "Data",
+    "Decision",
+    "Document",
+    "DocumentStore",
+    "EventBus",
+    "Filter",
+    "Handler",
+    "IndexSpec",
+    "Message",
+    "MissingBusResource",
+    "Op",
+    "Order",
+    "Outcome",
+    "OutgoingMessage",
+    "Page",
+    "ProvisionableBus",
+    "Provisioned",
+    "PublishingTransaction",
+    "Query",
+    "RateLimiter",
+    "Secret",
+    "SecretSource",
+    "Subscription",
+    "SubscriptionSpec",
+    "Transaction",
+    "check_collection",
+    "check_field",
+    "check_name",
+    "cursor_of",
+    "durable",
+    "get_field",
+    "needed_topics",
+]

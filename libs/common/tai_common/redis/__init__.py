@@ -1,0 +1,15 @@
+"""Redis, one server or a cluster: the shared cache (`RedisCache`) and rate limiter
+(`RedisRateLimiter`), on the client and URL rules of `client`."""
+
+from tai_common.redis.cache import RedisCache
+from tai_common.redis.client import RedisClient, RedisUrlError, is_redis_url, open_redis
+from tai_common.redis.rate_limiter import RedisRateLimiter
+
+__all__ = [
+    "RedisCache",
+    "RedisClient",
+    "RedisRateLimiter",
+    "RedisUrlError",
+    "is_redis_url",
+    "open_redis",
+]

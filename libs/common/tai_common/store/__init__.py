@@ -1,1 +1,0 @@
-"""The DocumentStore port and its adapters."""
