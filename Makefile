@@ -26,7 +26,7 @@ CHAOS_ARGS ?=
 help:
 	@echo "make run    start the whole suite on the embedded default (SQLite under ./.tai/); AUTH=1 with tokens"
 	@echo "make test   install what the tests need and run them"
-	@echo "make lint   ruff + mypy --strict + buf lint"
+	@echo "make lint   ruff + mypy --strict + buf lint + import-linter (the layers)"
 	@echo "make bench  throughput and latency beside an empty gRPC handler (BACKEND=embedded|emulators)"
 	@echo "make chaos  faults under load (kills, Redis and bus outages, restarts), then checks"
 	@echo "make provision TAI_BUS=pubsub://PROJECT  create the bus's topics and subscriptions (once per install)"
@@ -123,6 +123,7 @@ firestore-indexes: venv
 
 lint: venv buf-lint typecheck
 	$(BIN)/python scripts/firestore_indexes.py --check
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check libs services tests scripts bench chaos
 	$(BIN)/ruff format --check libs services tests scripts bench chaos
 
