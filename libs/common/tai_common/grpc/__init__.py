@@ -22,7 +22,7 @@ from tai_common.grpc.interceptors import (
 from tai_common.grpc.parsing import RequestParsingInterceptor
 from tai_common.grpc.rate_limit import RateLimits
 from tai_common.grpc.security import SecurityConfigError
-from tai_common.grpc.server import GrpcServer, Registrar, stream_cancelled
+from tai_common.grpc.server import GrpcServer, Registrar
 from tai_common.grpc.streams import as_generator
 
 __all__ = [
@@ -45,6 +45,5 @@ __all__ = [
     "caller_of",
     "principal_of",
     "status_code_for",
-    "stream_cancelled",
     "to_grpc_status",
 ]
