@@ -53,6 +53,7 @@ class Source:
 SOURCES = (
     Source("tai_common.messaging.outbox", indexes="OUTBOX_INDEXES"),
     Source("tai_common.messaging.idempotency", ttl=("IDEMPOTENCY",)),
+    Source("tai_common.messaging.audit"),
     Source("tai_governor.repository", optional=True),
     Source("tai_coordinator.repository", ttl=("SIGNALS", "ACTIONS", "DEDUP"), optional=True),
     Source("tai_scheduler.repository", optional=True),
