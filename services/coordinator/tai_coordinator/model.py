@@ -7,30 +7,35 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from tai_common.core import FailedPrecondition, InvalidArgument
+from tai_common.core.units import NS_PER_SECOND
+from tai_common.core.validation import (
+    MAX_KEY_LENGTH,
+    check_map,
+    check_not_negative,
+    check_range,
+    check_size,
+)
+from tai_common.core.validation import check_id as check_id
+from tai_common.core.validation import check_length as check_length
+from tai_common.core.validation import check_service_name as check_service_name
 
 SIGNAL_TYPES = ("alert", "event", "command")
 MAX_METADATA_ENTRIES = 64
-MAX_KEY_LENGTH = 128
 MAX_METADATA_VALUE_LENGTH = 1024
 MAX_PARAMETER_VALUE_LENGTH = 4096
 MAX_PAYLOAD_BYTES = 64 * 1024
-MAX_ID_LENGTH = 128
 MAX_MESSAGE_LENGTH = 1024
 DEFAULT_ACK_DEADLINE_SECONDS = 30
 MAX_ACK_DEADLINE_SECONDS = 24 * 3600
 DEFAULT_MAX_DELIVERIES = 5
 MAX_DELIVERIES = 100
 DEFAULT_ACTION_PRIORITY = 5
-
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
-_SERVICE_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
 
 
 class ActionStatus(StrEnum):
@@ -94,16 +99,16 @@ class SignalInput:
                 "signal_type",
                 f"must be one of {', '.join(SIGNAL_TYPES)} (got {self.signal_type[:64]!r})",
             )
-        if not 1 <= self.priority <= 10:
-            raise InvalidArgument("priority", f"must be between 1 and 10 (got {self.priority})")
-        check_map("metadata", self.metadata, MAX_METADATA_ENTRIES, MAX_METADATA_VALUE_LENGTH)
-        if len(self.payload) > MAX_PAYLOAD_BYTES:
-            raise InvalidArgument(
-                "payload", f"must be at most {MAX_PAYLOAD_BYTES} bytes (got {len(self.payload)})"
-            )
+        check_range("priority", self.priority, 1, 10)
+        check_map(
+            "metadata",
+            self.metadata,
+            max_entries=MAX_METADATA_ENTRIES,
+            max_value_length=MAX_METADATA_VALUE_LENGTH,
+        )
+        check_size("payload", self.payload, MAX_PAYLOAD_BYTES)
         check_length("source", self.source, MAX_KEY_LENGTH)
-        if self.timestamp_ns < 0:
-            raise InvalidArgument("timestamp_ns", "must not be negative")
+        check_not_negative("timestamp_ns", self.timestamp_ns)
 
     def fingerprint(self) -> str:
         """What makes two signals "identical" for cooldown dedup: everything but id and time."""
@@ -213,7 +218,7 @@ class Action:
             self,
             status=ActionStatus.DELIVERED,
             delivery_count=self.delivery_count + 1,
-            next_delivery_ns=now_ns + self.ack_deadline_seconds * 10**9,
+            next_delivery_ns=now_ns + self.ack_deadline_seconds * NS_PER_SECOND,
             updated_at_ns=now_ns,
             version=self.version + 1,
         )
@@ -347,73 +352,24 @@ class ActionRequest:
         check_length("action_type", self.action_type, MAX_KEY_LENGTH)
         check_service_name(self.target_service, "target_service")
         check_length("source_service", self.source_service, MAX_KEY_LENGTH)
-        check_map("parameters", self.parameters, MAX_METADATA_ENTRIES, MAX_PARAMETER_VALUE_LENGTH)
-        if len(self.payload) > MAX_PAYLOAD_BYTES:
-            raise InvalidArgument(
-                "payload", f"must be at most {MAX_PAYLOAD_BYTES} bytes (got {len(self.payload)})"
-            )
-        for name, value in (
-            ("timestamp_ns", self.timestamp_ns),
-            ("not_before_ns", self.not_before_ns),
-        ):
-            if value < 0:
-                raise InvalidArgument(name, "must not be negative")
+        check_map(
+            "parameters",
+            self.parameters,
+            max_entries=MAX_METADATA_ENTRIES,
+            max_value_length=MAX_PARAMETER_VALUE_LENGTH,
+        )
+        check_size("payload", self.payload, MAX_PAYLOAD_BYTES)
+        check_not_negative("timestamp_ns", self.timestamp_ns)
+        check_not_negative("not_before_ns", self.not_before_ns)
         check_delivery_settings(self.ack_deadline_seconds, self.max_deliveries)
-        if not 0 <= self.priority <= 10:
-            raise InvalidArgument("priority", f"must be between 1 and 10 (got {self.priority})")
+        # 0 means the default priority.
+        if self.priority:
+            check_range("priority", self.priority, 1, 10)
 
 
 def check_delivery_settings(ack_deadline_seconds: int, max_deliveries: int) -> None:
-    if not 0 <= ack_deadline_seconds <= MAX_ACK_DEADLINE_SECONDS:
-        raise InvalidArgument(
-            "ack_deadline_seconds", f"must be between 0 and {MAX_ACK_DEADLINE_SECONDS}"
-        )
-    if not 0 <= max_deliveries <= MAX_DELIVERIES:
-        raise InvalidArgument("max_deliveries", f"must be between 0 and {MAX_DELIVERIES}")
-
-
-def check_id(value: str, field_name: str) -> None:
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidArgument(field_name, f"must be at most {MAX_ID_LENGTH} characters")
-    if not _ID_RE.match(value):
-        raise InvalidArgument(
-            field_name,
-            "must start with a letter or digit and contain only letters, digits and . _ : -",
-        )
-
-
-def check_service_name(value: str, field_name: str) -> None:
-    if not value:
-        raise InvalidArgument(field_name, "is required")
-    if not _SERVICE_RE.match(value):
-        raise InvalidArgument(
-            field_name,
-            "must be a service name: lowercase letters, digits, '.', '_' or '-', "
-            "at most 128 characters",
-        )
-
-
-def check_length(field_name: str, value: str, limit: int) -> None:
-    if len(value) > limit:
-        raise InvalidArgument(field_name, f"must be at most {limit} characters (got {len(value)})")
-
-
-def check_map(field_name: str, values: Mapping[str, str], entries: int, value_limit: int) -> None:
-    if len(values) > entries:
-        raise InvalidArgument(
-            field_name, f"must have at most {entries} entries (got {len(values)})"
-        )
-    for key, value in values.items():
-        if not key:
-            raise InvalidArgument(field_name, "keys must not be empty")
-        if len(key) > MAX_KEY_LENGTH:
-            raise InvalidArgument(
-                f"{field_name}[{key[:32]!r}…]", f"key is longer than {MAX_KEY_LENGTH} characters"
-            )
-        if len(value) > value_limit:
-            raise InvalidArgument(
-                f"{field_name}[{key!r}]", f"value is longer than {value_limit} characters"
-            )
+    check_range("ack_deadline_seconds", ack_deadline_seconds, 0, MAX_ACK_DEADLINE_SECONDS)
+    check_range("max_deliveries", max_deliveries, 0, MAX_DELIVERIES)
 
 
 def _targets_from(status: ActionStatus) -> set[ActionStatus]:

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from tai.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from tai_common.core import InvalidArgument
+from tai_common.core.validation import check_service_name
 from tai_common.grpc import principal_of
 from tai_common.messaging import request_fingerprint
 from tai_common.runtime import ServiceRuntime
@@ -23,7 +24,6 @@ from tai_coordinator.convert import (
     signal_to_proto,
 )
 from tai_coordinator.dispatcher import ActionDispatcher
-from tai_coordinator.model import check_service_name
 from tai_coordinator.service import CoordinatorService
 
 Context = grpc.aio.ServicerContext[Any, Any]

@@ -6,27 +6,31 @@ repository persists them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
 from tai_common.core import FailedPrecondition, InvalidArgument, compile_condition
+from tai_common.core.validation import (
+    MAX_KEY_LENGTH,
+    check_id,
+    check_length,
+    check_map,
+    check_not_negative,
+    check_range,
+    check_service_name,
+)
 
 POLICY_TYPES = ("finance", "security", "operational")
 
 MAX_NAME_LENGTH = 200
 MAX_DESCRIPTION_LENGTH = 2000
 MAX_MAP_ENTRIES = 100
-MAX_KEY_LENGTH = 128
 MAX_VALUE_LENGTH = 4096
 MAX_COOLDOWN_SECONDS = 7 * 24 * 3600
 MAX_ACK_DEADLINE_SECONDS = 24 * 3600
 MAX_DELIVERIES = 100
-MAX_ID_LENGTH = 128
-_SERVICE_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,126}[a-z0-9])?$")
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 
 
 class PolicyState(StrEnum):
@@ -188,13 +192,7 @@ class PolicyVersion:
 
 def check_policy_id(policy_id: str, field_name: str = "id") -> None:
     """Ids are chosen by callers too (the seed lets them), so keep them safe to use anywhere."""
-    if len(policy_id) > MAX_ID_LENGTH:
-        raise InvalidArgument(field_name, f"must be at most {MAX_ID_LENGTH} characters")
-    if not _ID_RE.match(policy_id):
-        raise InvalidArgument(
-            field_name,
-            "must start with a letter or digit and contain only letters, digits and . _ : -",
-        )
+    check_id(policy_id, field_name)
 
 
 def validate_content(content: PolicyContent) -> None:
@@ -208,11 +206,10 @@ def validate_content(content: PolicyContent) -> None:
         )
     if not content.name.strip():
         raise InvalidArgument("policy_name", "is required")
-    _check_length("policy_name", content.name, MAX_NAME_LENGTH)
-    _check_length("description", content.description, MAX_DESCRIPTION_LENGTH)
+    check_length("policy_name", content.name, MAX_NAME_LENGTH)
+    check_length("description", content.description, MAX_DESCRIPTION_LENGTH)
     _check_map("rules", content.rules)
-    if content.effective_time_ns < 0:
-        raise InvalidArgument("effective_time_ns", "must not be negative")
+    check_not_negative("effective_time_ns", content.effective_time_ns)
     action = content.action
     if content.condition:
         compile_condition(content.condition, "condition")
@@ -221,21 +218,14 @@ def validate_content(content: PolicyContent) -> None:
     if not action.is_empty:
         if not action.action_type:
             raise InvalidArgument("action.action_type", "is required")
-        _check_length("action.action_type", action.action_type, MAX_KEY_LENGTH)
-        if not action.target_service:
-            raise InvalidArgument("action.target_service", "is required")
-        if not _SERVICE_NAME_RE.match(action.target_service):
-            raise InvalidArgument(
-                "action.target_service",
-                "must be a service name: lowercase letters, digits, '.', '_' or '-', "
-                "at most 128 characters",
-            )
+        check_length("action.action_type", action.action_type, MAX_KEY_LENGTH)
+        check_service_name(action.target_service, "action.target_service")
         _check_map("action.parameters", action.parameters)
-    _check_range("action.cooldown_seconds", action.cooldown_seconds, MAX_COOLDOWN_SECONDS)
-    _check_range(
-        "action.ack_deadline_seconds", action.ack_deadline_seconds, MAX_ACK_DEADLINE_SECONDS
+    check_range("action.cooldown_seconds", action.cooldown_seconds, 0, MAX_COOLDOWN_SECONDS)
+    check_range(
+        "action.ack_deadline_seconds", action.ack_deadline_seconds, 0, MAX_ACK_DEADLINE_SECONDS
     )
-    _check_range("action.max_deliveries", action.max_deliveries, MAX_DELIVERIES)
+    check_range("action.max_deliveries", action.max_deliveries, 0, MAX_DELIVERIES)
 
 
 def check_transition(current: PolicyVersion, target: PolicyState) -> None:
@@ -252,29 +242,5 @@ def check_transition(current: PolicyVersion, target: PolicyState) -> None:
     )
 
 
-def _check_length(field_name: str, value: str, limit: int) -> None:
-    if len(value) > limit:
-        raise InvalidArgument(field_name, f"must be at most {limit} characters (got {len(value)})")
-
-
 def _check_map(field_name: str, values: Mapping[str, str]) -> None:
-    if len(values) > MAX_MAP_ENTRIES:
-        raise InvalidArgument(
-            field_name, f"must have at most {MAX_MAP_ENTRIES} entries (got {len(values)})"
-        )
-    for key, value in values.items():
-        if not key:
-            raise InvalidArgument(field_name, "keys must not be empty")
-        if len(key) > MAX_KEY_LENGTH:
-            raise InvalidArgument(
-                f"{field_name}[{key[:32]!r}…]", f"key is longer than {MAX_KEY_LENGTH} characters"
-            )
-        if len(value) > MAX_VALUE_LENGTH:
-            raise InvalidArgument(
-                f"{field_name}[{key!r}]", f"value is longer than {MAX_VALUE_LENGTH} characters"
-            )
-
-
-def _check_range(field_name: str, value: int, limit: int) -> None:
-    if not 0 <= value <= limit:
-        raise InvalidArgument(field_name, f"must be between 0 and {limit} (got {value})")
+    check_map(field_name, values, max_entries=MAX_MAP_ENTRIES, max_value_length=MAX_VALUE_LENGTH)

@@ -20,9 +20,8 @@ from tai_common.core import (
     IdFactory,
     InvalidArgument,
     NotFound,
-    decode_page_token,
-    encode_page_token,
-    page_size,
+    PageRequest,
+    page_scope,
 )
 from tai_common.messaging import (
     AuditTrail,
@@ -30,7 +29,6 @@ from tai_common.messaging import (
     ListenerLagged,
     events,
     idempotency,
-    outbox,
     topics,
 )
 from tai_common.ports import Cache, DocumentStore, Filter, Transaction
@@ -282,7 +280,7 @@ class PolicyService:
                 ),
             ),
         )
-        outbox.add_event(tx, topics.POLICIES, event)
+        tx.publish(topics.POLICIES, event)
         outcome = Outcome(receipt_id=self._ids.new_id("rcpt"), timestamp_ns=now, policy=policy)
         if change.request_id:
             idempotency.remember(
@@ -324,31 +322,31 @@ class PolicyService:
         wanted = sorted(set(states))
         if enabled_only:
             wanted = sorted((set(wanted) or set(PolicyState)) & EVALUATED_STATES)
-        scope = f"policies|{policy_type}|{enabled_only}|{','.join(wanted)}"
-        limit = page_size(requested_page_size)
-        start_after = decode_page_token(page_token, scope)
+        page = PageRequest.parse(
+            requested_page_size,
+            page_token,
+            page_scope("policies", policy_type, enabled_only, ",".join(wanted)),
+        )
         if enabled_only and not wanted:
             return [], ""  # e.g. enabled_only with states=[PROPOSED]: nothing can match
         policies, cursor = await self.cache.list_current(
             policy_type=policy_type,
             enabled_only=enabled_only,
             states=wanted,
-            limit=limit,
-            start_after=start_after,
+            limit=page.size,
+            start_after=page.start_after,
         )
-        return policies, encode_page_token(cursor, scope)
+        return policies, page.next_token(cursor)
 
     async def list_versions(
         self, policy_id: str, *, requested_page_size: int, page_token: str
     ) -> tuple[list[PolicyVersion], str]:
         await self.get(policy_id)  # NOT_FOUND for an unknown policy, not an empty list
-        scope = f"versions|{policy_id}"
+        page = PageRequest.parse(requested_page_size, page_token, page_scope("versions", policy_id))
         versions, cursor = await self._repo.list_versions(
-            policy_id,
-            limit=page_size(requested_page_size),
-            start_after=decode_page_token(page_token, scope),
+            policy_id, limit=page.size, start_after=page.start_after
         )
-        return versions, encode_page_token(cursor, scope)
+        return versions, page.next_token(cursor)
 
     async def stream(self, *, policy_type: str, from_revision: int) -> AsyncIterator[PolicyVersion]:
         """The current policies (from_revision 0) or the changes after `from_revision`, then

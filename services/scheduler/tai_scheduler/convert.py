@@ -6,9 +6,9 @@ import datetime as dt
 
 from tai.v1 import scheduler_pb2
 from tai_common.core import InvalidArgument
+from tai_common.core.units import NS_PER_SECOND
 
 from tai_scheduler.task import (
-    NS_PER_SECOND,
     AttemptOutcome,
     OverlapPolicy,
     RetryConfig,

@@ -20,11 +20,10 @@ from tai_common.core import (
     IdFactory,
     InvalidArgument,
     NotFound,
+    PageRequest,
     PermissionDenied,
     current_context_carrier,
-    decode_page_token,
-    encode_page_token,
-    page_size,
+    page_scope,
 )
 from tai_common.messaging import AuditTrail, Broadcaster, ListenerLagged, current_method, events
 from tai_common.ports import DocumentStore, Transaction
@@ -253,15 +252,17 @@ class TaskService:
             raise InvalidArgument("task_type", f"must be at most {MAX_TASK_TYPE_LENGTH} characters")
         if parent_task_id:
             check_task_id(parent_task_id, "parent_task_id")
-        scope = f"tasks|{status}|{task_type}|{parent_task_id}"
+        page = PageRequest.parse(
+            requested_page_size, page_token, page_scope("tasks", status, task_type, parent_task_id)
+        )
         tasks, cursor = await self._repo.list(
             status=status,
             task_type=task_type,
             parent_task_id=parent_task_id,
-            limit=page_size(requested_page_size),
-            start_after=decode_page_token(page_token, scope),
+            limit=page.size,
+            start_after=page.start_after,
         )
-        return tasks, encode_page_token(cursor, scope)
+        return tasks, page.next_token(cursor)
 
     async def stream(self, task_id: str) -> AsyncIterator[TaskUpdate]:
         """With `task_id`: the task's current status, then its updates until it reaches a

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -28,9 +27,8 @@ from typing import Any
 
 from croniter import CroniterBadCronError, CroniterBadDateError, CroniterError, croniter
 from tai_common.core import FailedPrecondition, InvalidArgument
-
-NS_PER_SECOND = 1_000_000_000
-NS_PER_MS = 1_000_000
+from tai_common.core.units import NS_PER_MS, NS_PER_SECOND
+from tai_common.core.validation import MAX_ID_LENGTH, check_id, check_map, check_range, require_id
 
 DEFAULT_PRIORITY = 5
 MIN_PRIORITY, MAX_PRIORITY = 1, 10
@@ -40,9 +38,8 @@ MAX_TIMEOUT_SECONDS = 24 * 3600
 # Ids a caller chooses follow the Governor's rules (`check_policy_id`). Ids the Scheduler
 # derives from them (`<recurring id>-<fire time>`, `enforce-<policy id>-v<version>`,
 # `action-<action id>`) may be longer, so lookups accept up to MAX_TASK_ID_LENGTH.
-MAX_SUBMITTED_ID_LENGTH = 128
+MAX_SUBMITTED_ID_LENGTH = MAX_ID_LENGTH
 MAX_TASK_ID_LENGTH = 200
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 MAX_TASK_TYPE_LENGTH = 128
 MAX_REASON_LENGTH = 1000
 MAX_ERROR_LENGTH = 4096
@@ -126,10 +123,10 @@ class RetryConfig:
     max_doublings: int = 16
 
     def __post_init__(self) -> None:
-        _check_range("retry.max_attempts", self.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
-        _check_range("retry.min_backoff_ms", self.min_backoff_ms, 0, MAX_BACKOFF_LIMIT_MS)
-        _check_range("retry.max_backoff_ms", self.max_backoff_ms, 0, MAX_BACKOFF_LIMIT_MS)
-        _check_range("retry.max_doublings", self.max_doublings, 0, MAX_DOUBLINGS_LIMIT)
+        check_range("retry.max_attempts", self.max_attempts, 1, MAX_ATTEMPTS_LIMIT)
+        check_range("retry.min_backoff_ms", self.min_backoff_ms, 0, MAX_BACKOFF_LIMIT_MS)
+        check_range("retry.max_backoff_ms", self.max_backoff_ms, 0, MAX_BACKOFF_LIMIT_MS)
+        check_range("retry.max_doublings", self.max_doublings, 0, MAX_DOUBLINGS_LIMIT)
         if self.max_backoff_ms < self.min_backoff_ms:
             raise InvalidArgument(
                 "retry.max_backoff_ms",
@@ -282,20 +279,11 @@ def decide_fire(
 
 def check_task_id(task_id: str, field_name: str = "task_id", *, submitted: bool = False) -> None:
     """Raises `InvalidArgument` unless `task_id` is a well-formed id (the Governor's rules)."""
-    limit = MAX_SUBMITTED_ID_LENGTH if submitted else MAX_TASK_ID_LENGTH
-    if len(task_id) > limit:
-        raise InvalidArgument(field_name, f"must be at most {limit} characters")
-    if not _ID_RE.match(task_id):
-        raise InvalidArgument(
-            field_name,
-            "must start with a letter or digit and contain only letters, digits and . _ : -",
-        )
+    check_id(task_id, field_name, MAX_SUBMITTED_ID_LENGTH if submitted else MAX_TASK_ID_LENGTH)
 
 
 def require_task_id(task_id: str, field_name: str = "task_id") -> None:
-    if not task_id:
-        raise InvalidArgument(field_name, "is required")
-    check_task_id(task_id, field_name)
+    require_id(task_id, field_name, MAX_TASK_ID_LENGTH)
 
 
 def child_task_id(parent_id: str, fire_ns: int) -> str:
@@ -353,9 +341,9 @@ def validate_submission(
     if submission.scheduled_time_ns < 0:
         raise InvalidArgument("scheduled_time_ns", "must not be negative (0 = now)")
     if submission.priority != 0:
-        _check_range("priority", submission.priority, MIN_PRIORITY, MAX_PRIORITY)
+        check_range("priority", submission.priority, MIN_PRIORITY, MAX_PRIORITY)
     if submission.timeout_seconds != 0:
-        _check_range("timeout_seconds", submission.timeout_seconds, 1, MAX_TIMEOUT_SECONDS)
+        check_range("timeout_seconds", submission.timeout_seconds, 1, MAX_TIMEOUT_SECONDS)
     check_parameters(submission.parameters, limits)
     if not submission.cron_schedule:
         return None
@@ -370,31 +358,17 @@ def validate_submission(
 def check_parameters(
     parameters: Mapping[str, str], limits: ParameterLimits = API_LIMITS, field_name: str = ""
 ) -> None:
-    name = field_name or "parameters"
-    if len(parameters) > limits.max_entries:
-        raise InvalidArgument(
-            name, f"must have at most {limits.max_entries} entries (got {len(parameters)})"
-        )
-    for key, value in parameters.items():
-        if not key:
-            raise InvalidArgument(name, "keys must not be empty")
-        if len(key) > limits.max_key_length:
-            raise InvalidArgument(
-                f"{name}[{key[:32]!r}…]", f"key is longer than {limits.max_key_length} characters"
-            )
-        if len(value) > limits.max_value_length:
-            raise InvalidArgument(
-                f"{name}[{key!r}]", f"value is longer than {limits.max_value_length} characters"
-            )
+    check_map(
+        field_name or "parameters",
+        parameters,
+        max_entries=limits.max_entries,
+        max_value_length=limits.max_value_length,
+        max_key_length=limits.max_key_length,
+    )
 
 
 def _known(known_types: Collection[str]) -> str:
     return ", ".join(sorted(known_types)) or "(none registered)"
-
-
-def _check_range(field_name: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise InvalidArgument(field_name, f"must be between {low} and {high} (got {value})")
 
 
 # --- the task -----------------------------------------------------------------------------

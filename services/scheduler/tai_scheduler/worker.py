@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from tai_common.core import Aborted, Clock, InvalidArgument, Unavailable, continued
+from tai_common.core.units import NS_PER_SECOND
 from tai_common.messaging import events
 from tai_common.ports import DocumentStore, Transaction
 
@@ -39,7 +40,6 @@ from tai_scheduler.executors.registry import ExecutorRegistry
 from tai_scheduler.repository import TaskRepository
 from tai_scheduler.task import (
     API_LIMITS,
-    NS_PER_SECOND,
     AttemptOutcome,
     CronSchedule,
     FireDecision,

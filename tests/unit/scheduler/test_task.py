@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 from tai_common.core import FailedPrecondition, InvalidArgument
+from tai_common.core.units import NS_PER_SECOND
 from tai_scheduler.task import (
     HELD_NS,
     INTERNAL_LIMITS,
     MAX_IDEMPOTENCY_KEY_LENGTH,
-    NS_PER_SECOND,
     AttemptOutcome,
     CronSchedule,
     FireDecision,

@@ -1,5 +1,6 @@
 """What every layer may use and that uses nothing else of TAI: the error hierarchy, injectable
-time and ids, the settings, page tokens, policy conditions (CEL), the Prometheus metrics the
+time and ids, the settings, page tokens, the checks on a request's fields (`validation`),
+time units (`units`), policy conditions (CEL), the Prometheus metrics the
 library exports (`metrics`), and the current trace (`trace_context`)."""
 
 from tai_common.core.clock import Clock, IdFactory, SystemClock, UuidFactory, wait_event
@@ -28,8 +29,10 @@ from tai_common.core.errors import (
 from tai_common.core.pagination import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    PageRequest,
     decode_page_token,
     encode_page_token,
+    page_scope,
     page_size,
 )
 from tai_common.core.trace_context import continued, current_context_carrier, current_ids, tracer
@@ -48,6 +51,7 @@ __all__ = [
     "IdFactory",
     "InvalidArgument",
     "NotFound",
+    "PageRequest",
     "PermissionDenied",
     "ResourceExhausted",
     "ServiceSettings",
@@ -63,6 +67,7 @@ __all__ = [
     "current_ids",
     "decode_page_token",
     "encode_page_token",
+    "page_scope",
     "page_size",
     "signal_variables",
     "tracer",

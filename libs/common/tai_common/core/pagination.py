@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from tai_common.core.errors import InvalidArgument
@@ -46,3 +47,27 @@ def decode_page_token(token: str, scope: str, field: str = "page_token") -> tupl
     if token_scope != scope or not isinstance(cursor, list):
         raise InvalidArgument(field, "belongs to a request with different filters")
     return tuple(cursor)
+
+
+def page_scope(query: str, *filters: object) -> str:
+    """The scope of a page token: the query's name and its filters, so a token from one
+    listing is refused by another (`encode_page_token`)."""
+    return "|".join((query, *(str(f) for f in filters)))
+
+
+@dataclass(frozen=True)
+class PageRequest:
+    """One page of a listing, as a request asks for it: its size and where it starts."""
+
+    scope: str
+    size: int
+    start_after: tuple[Any, ...] | None
+
+    @classmethod
+    def parse(cls, requested_page_size: int, page_token: str, scope: str) -> PageRequest:
+        """Raises `InvalidArgument` naming `page_size` or `page_token`."""
+        return cls(scope, page_size(requested_page_size), decode_page_token(page_token, scope))
+
+    def next_token(self, cursor: tuple[Any, ...] | None) -> str:
+        """The token for the page after `cursor` ("" on the last page)."""
+        return encode_page_token(cursor, self.scope)
