@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, NoReturn
+from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
 import prometheus_client
@@ -59,11 +59,18 @@ log = logging.getLogger(__name__)
 Hook = Callable[[], Awaitable[None]]
 
 
-@dataclass
-class Dependencies:
-    """What a service's domain code is built from."""
+# A service's own settings class (covariant: the runtime reads any service's settings as the
+# base `ServiceSettings`).
+SettingsT = TypeVar("SettingsT", bound=ServiceSettings, covariant=True)
+S = TypeVar("S", bound=ServiceSettings)
 
-    settings: ServiceSettings
+
+@dataclass
+class Dependencies(Generic[SettingsT]):
+    """What a service's domain code is built from: `settings` is the service's own settings
+    class, so its `create_app` reads its fields typed."""
+
+    settings: SettingsT
     store: DocumentStore
     bus: EventBus
     cache: Cache
@@ -75,7 +82,7 @@ class Dependencies:
     publishes_in_transaction: bool = False
 
     @classmethod
-    async def open(cls, settings: ServiceSettings) -> Dependencies:
+    async def open(cls, settings: S) -> Dependencies[S]:
         """Opens the adapters the settings name."""
         clock = SystemClock()
         try:
@@ -95,7 +102,7 @@ class Dependencies:
         # Every adapter is traced (spans per store and cache operation, per message published
         # and handled): the one place they are wrapped. Not the in-process cache: a lookup
         # there takes microseconds, and a span for it cost cached reads ~5 % of their CPU.
-        return cls(
+        return Dependencies(
             settings=settings,
             store=TracedStore(store),
             bus=TracedBus(bus),
@@ -163,7 +170,9 @@ class ServiceRuntime:
     """Runs one service: call `add_startup`, `add_worker` and `add_shutdown` while wiring the
     service, `attach_server` once, then `serve()` (or `start()`/`stop()` in tests)."""
 
-    def __init__(self, deps: Dependencies, *, index_specs: Sequence[IndexSpec] = ()) -> None:
+    def __init__(
+        self, deps: Dependencies[ServiceSettings], *, index_specs: Sequence[IndexSpec] = ()
+    ) -> None:
         self.deps = deps
         self.settings = deps.settings
         self.relay = OutboxRelay(
@@ -393,9 +402,7 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-async def run_service(
-    settings: ServiceSettings, create_app: Callable[[Dependencies], ServiceRuntime]
-) -> None:
+async def run_service(settings: S, create_app: Callable[[Dependencies[S]], ServiceRuntime]) -> None:
     """Runs a service until SIGTERM or SIGINT, which are obeyed from the start (opening the
     adapters included): tracing, adapters, the app, and a flush of the last spans on the way
     out."""
@@ -424,7 +431,7 @@ async def run_service(
 
 
 def service_main(
-    settings_type: type[ServiceSettings], create_app: Callable[[Dependencies], ServiceRuntime]
+    settings_type: type[S], create_app: Callable[[Dependencies[S]], ServiceRuntime]
 ) -> None:
     """The body of each service's `main`: its settings read from the environment, logging, then
     `run_service` on a new event loop. A setting that does not validate, or a `StartupError`

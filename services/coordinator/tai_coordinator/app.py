@@ -52,7 +52,7 @@ def subscriptions(settings: ServiceSettings, replica_id: str) -> CoordinatorSubs
     )
 
 
-def create_app(deps: Dependencies) -> ServiceRuntime:
+def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
     """The Coordinator's runtime, wired but not started."""
     settings = deps.settings
     runtime = ServiceRuntime(deps, index_specs=repository.INDEXES)
@@ -61,7 +61,7 @@ def create_app(deps: Dependencies) -> ServiceRuntime:
         book,
         settings.governor_target,
         internal_channel_options(settings),
-        resync_seconds=getattr(settings, "policy_resync_seconds", 300.0),
+        resync_seconds=settings.policy_resync_seconds,
     )
     event_factory = events.EventFactory(settings.service_name, deps.clock, deps.ids)
     dispatcher = ActionDispatcher(deps.store, deps.clock, event_factory, runtime.relay.notify)

@@ -57,7 +57,7 @@ def subscriptions(settings: ServiceSettings, replica_id: str) -> GovernorSubscri
     )
 
 
-def create_app(deps: Dependencies) -> ServiceRuntime:
+def create_app(deps: Dependencies[GovernorSettings]) -> ServiceRuntime:
     """The Governor's runtime, wired but not started."""
     specs = subscriptions(deps.settings, deps.settings.replica_id)
     runtime = ServiceRuntime(deps, index_specs=[*repository.INDEXES, *idempotency.INDEXES])

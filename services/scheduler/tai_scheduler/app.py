@@ -78,13 +78,9 @@ def subscriptions(settings: ServiceSettings, replica_id: str) -> SchedulerSubscr
     )
 
 
-def create_app(deps: Dependencies) -> ServiceRuntime:
+def create_app(deps: Dependencies[SchedulerSettings]) -> ServiceRuntime:
     """The Scheduler's runtime, wired but not started."""
-    settings = (
-        deps.settings
-        if isinstance(deps.settings, SchedulerSettings)
-        else SchedulerSettings(**deps.settings.model_dump())
-    )
+    settings = deps.settings
     runtime = ServiceRuntime(deps, index_specs=repository.INDEXES)
     env = ExecutorEnvironment(
         settings,
