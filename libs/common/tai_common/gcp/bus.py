@@ -124,6 +124,7 @@ from tai_common.core import (
     Unauthenticated,
     Unavailable,
 )
+from tai_common.core.units import NS_PER_SECOND
 from tai_common.ports import (
     DEAD_LETTER_DELIVERY_ATTEMPTS,
     DEAD_LETTER_SOURCE_MESSAGE_ID,
@@ -149,7 +150,6 @@ AdminTransport = TypeVar(
     "AdminTransport", PublisherGrpcAsyncIOTransport, SubscriberGrpcAsyncIOTransport
 )
 
-_NS_PER_SECOND: Final = 1_000_000_000
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 # Pub/Sub's limits (the emulator is laxer).
@@ -244,7 +244,7 @@ def _translate_errors(what: str, kind: str, name: str) -> Iterator[None]:
 
 def _duration(seconds: float) -> duration_pb2.Duration:
     duration = duration_pb2.Duration()
-    duration.FromNanoseconds(round(seconds * _NS_PER_SECOND))
+    duration.FromNanoseconds(round(seconds * NS_PER_SECOND))
     return duration
 
 
@@ -253,7 +253,7 @@ def _seconds(value: object) -> float:
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     if isinstance(value, duration_pb2.Duration):
-        return value.ToNanoseconds() / _NS_PER_SECOND
+        return value.ToNanoseconds() / NS_PER_SECOND
     return 0.0
 
 
@@ -858,7 +858,7 @@ class PubSubBus:
                 spec.name,
             )
             return
-        target = self._clock.now_ns() - int(retention * _NS_PER_SECOND)
+        target = self._clock.now_ns() - int(retention * NS_PER_SECOND)
         request = pubsub_types.SeekRequest(
             subscription=self._subscription_path(spec.name), time=_timestamp(target)
         )

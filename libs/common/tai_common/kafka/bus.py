@@ -117,6 +117,7 @@ from tai_common.core import (
     Unauthenticated,
     Unavailable,
 )
+from tai_common.core.units import NS_PER_MS
 from tai_common.ports import (
     DEAD_LETTER_DELIVERY_ATTEMPTS,
     DEAD_LETTER_SOURCE_MESSAGE_ID,
@@ -136,7 +137,6 @@ __all__ = ["KafkaBus"]
 
 logger = logging.getLogger(__name__)
 
-_NS_PER_MS: Final = 1_000_000
 # Messages held per partition past its committed offset (running, waiting for their key,
 # backing off, or done behind an unsettled one); a partition with this many pauses fetching.
 _WINDOW: Final = 1000
@@ -485,7 +485,7 @@ class KafkaBus:
         with _translate_errors("cannot publish", messages[0].topic):
             async with asyncio.timeout(timeout):
                 await self._ensure_topics(topics)
-                timestamp_ms = self._clock.now_ns() // _NS_PER_MS
+                timestamp_ms = self._clock.now_ns() // NS_PER_MS
                 # send() only queues a record (in call order, so per key in order); the
                 # futures resolve when the broker acknowledged its batch.
                 futures = [
@@ -1032,7 +1032,7 @@ class _Consumer:
                         str(name): (value or b"").decode(errors="replace")
                         for name, value in record.headers
                     },
-                    publish_time_ns=int(record.timestamp) * _NS_PER_MS,
+                    publish_time_ns=int(record.timestamp) * NS_PER_MS,
                 )
             )
         if len(part.window) >= _WINDOW and not part.paused:

@@ -60,6 +60,7 @@ from tai_common.core import (
     UuidFactory,
     wait_event,
 )
+from tai_common.core.units import NS_PER_SECOND
 from tai_common.ports import (
     DEAD_LETTER_DELIVERY_ATTEMPTS,
     DEAD_LETTER_SOURCE_MESSAGE_ID,
@@ -80,7 +81,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-_NS_PER_SECOND: Final = 1_000_000_000
 # Unsettled messages a claim looks at past the cursor. Messages further on wait until the
 # window moves, which only matters when more than this many messages of blocked ordering keys
 # (leased or backing off) pile up ahead of them.
@@ -350,8 +350,8 @@ class SqliteBus:
         self._clock = clock
         self._ids = ids
         self._poll_interval = poll_interval
-        self._retention_ns = int(retention_seconds * _NS_PER_SECOND)
-        self._ephemeral_ttl_ns = int(ephemeral_ttl_seconds * _NS_PER_SECOND)
+        self._retention_ns = int(retention_seconds * NS_PER_SECOND)
+        self._ephemeral_ttl_ns = int(ephemeral_ttl_seconds * NS_PER_SECOND)
         self._janitor_interval = janitor_interval
         # One aiosqlite connection runs one statement at a time; the lock keeps the statements
         # of one transaction together.
@@ -872,12 +872,12 @@ class _Consumer:
                 failures += 1
                 logger.exception("event bus consumer %r failed; retrying", self._spec.name)
                 due = self._clock.now_ns() + int(
-                    min(0.05 * 2**failures, _MAX_ERROR_BACKOFF_SECONDS) * _NS_PER_SECOND
+                    min(0.05 * 2**failures, _MAX_ERROR_BACKOFF_SECONDS) * NS_PER_SECOND
                 )
             if self._closing:
                 break
             # +1 ms so the timer fires after, not just before, the lease or backoff ends.
-            timeout = max(due - self._clock.now_ns(), 0) / _NS_PER_SECOND + 0.001
+            timeout = max(due - self._clock.now_ns(), 0) / NS_PER_SECOND + 0.001
             await wait_event(self._wake, timeout)
 
     def _capacity(self) -> int:
@@ -1012,7 +1012,7 @@ class _Consumer:
                 await self._dead_letter(db, plan.dead, contents, now)
                 dead_letter_topic = self._spec.dead_letter
                 freed = True
-            lease_expiry = now + int(self._spec.ack_deadline_seconds * _NS_PER_SECOND)
+            lease_expiry = now + int(self._spec.ack_deadline_seconds * NS_PER_SECOND)
             await db.executemany(
                 _LEASE_SQL,
                 [
@@ -1065,7 +1065,7 @@ class _Consumer:
                         self._spec.min_backoff_seconds * 2 ** (s.attempt - 1),
                         self._spec.max_backoff_seconds,
                     )
-                params["visible_at"] = now + int(delay * _NS_PER_SECOND)
+                params["visible_at"] = now + int(delay * NS_PER_SECOND)
             elif s.outcome is _Outcome.RELEASE:
                 params["now"] = now
             by_outcome[s.outcome].append(params)
