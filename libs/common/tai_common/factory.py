@@ -34,15 +34,13 @@ def sqlite_path(url: str) -> Path:
 class StoreAndBus:
     store: DocumentStore
     bus: EventBus
-    # The store's transactions publish into the bus's log (`PublishingTransaction`): both are
-    # one SQLite file, so no outbox entry and no relay stand between a change and its event.
-    publishes_in_transaction: bool
 
 
 async def open_store_and_bus(settings: ServiceSettings, clock: Clock) -> StoreAndBus:
     """The DocumentStore named by `settings.store` and the EventBus named by `settings.bus`."""
-    # The bus first: when both are one SQLite file, the store appends to the bus's log, whose
-    # tables the bus creates.
+    # The bus first: when both are one SQLite file, the store's transactions publish into the
+    # bus's log (no outbox entry and no relay between a change and its event), whose tables
+    # the bus creates.
     bus = await open_bus(settings, clock)
     try:
         event_log = None
@@ -55,7 +53,7 @@ async def open_store_and_bus(settings: ServiceSettings, clock: Clock) -> StoreAn
     except BaseException:
         await bus.close()
         raise
-    return StoreAndBus(store, bus, publishes_in_transaction=event_log is not None)
+    return StoreAndBus(store, bus)
 
 
 def _one_sqlite_file(settings: ServiceSettings) -> bool:

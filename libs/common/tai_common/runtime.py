@@ -77,9 +77,6 @@ class Dependencies(Generic[SettingsT]):
     secrets: SecretSource
     clock: Clock = field(default_factory=SystemClock)
     ids: IdFactory = field(default_factory=UuidFactory)
-    # The store's transactions publish events themselves (see `factory.StoreAndBus`): the
-    # outbox relay then only looks for leftover entries.
-    publishes_in_transaction: bool = False
 
     @classmethod
     async def open(cls, settings: S) -> Dependencies[S]:
@@ -109,7 +106,6 @@ class Dependencies(Generic[SettingsT]):
             cache=cache if factory.cache_in_process(settings) else TracedCache(cache),
             secrets=secrets,
             clock=clock,
-            publishes_in_transaction=opened.publishes_in_transaction,
         )
 
     async def close(self) -> None:
@@ -180,7 +176,6 @@ class ServiceRuntime:
             deps.bus,
             deps.clock,
             owner=deps.settings.replica_id,
-            announced=not deps.publishes_in_transaction,
         )
         self.events = EventFactory(deps.settings.service_name, deps.clock, deps.ids)
         self.audit = AuditTrail(deps.store, deps.clock, deps.ids, self.events, self.relay.notify)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tai.v1 import events_pb2
-from tai_common.messaging import events, outbox, topics
+from tai_common.messaging import events, topics
 from tai_common.ports import Transaction
 
 from tai_scheduler.convert import task_to_proto
@@ -84,7 +84,7 @@ class ChangeSet:
                     previous_status=previous.status.value if previous else "",
                 ),
             )
-            outbox.add_event(tx, topics.TASKS, event)
+            tx.publish(topics.TASKS, event)
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,21 @@
 """The transactional outbox over the real SQLite store and bus: an event written with its
 change is published once the bus takes it, and a bus outage only delays it; with one file for
-both, the event is published by the transaction itself. And on the Firestore emulator: a relay
-that dies inside its claim does not block other writers."""
+both, the event is published by the transaction itself. `Transaction.publish` on every store
+(SQLite with and without the bus's log, Firestore): published once if the change commits, never
+if it does not. And on the Firestore emulator: a relay that dies inside its claim does not block
+other writers."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +25,9 @@ from tai.v1 import events_pb2, governor_pb2
 from tai_common.core import AlreadyExists, ServiceSettings, SystemClock, Unavailable, UuidFactory
 from tai_common.factory import open_store_and_bus
 from tai_common.gcp import FirestoreStore
-from tai_common.messaging import OUTBOX, OUTBOX_INDEXES, OutboxRelay, add_event, events
+from tai_common.messaging import OUTBOX, OUTBOX_INDEXES, OutboxRelay, events
 from tai_common.ports import (
+    DocumentStore,
     EventBus,
     Message,
     OutgoingMessage,
@@ -97,7 +102,7 @@ async def test_events_survive_a_bus_outage_and_are_published_once(
         event = make_event(factory, f"p{i}")
 
         async def write(tx: Transaction, event: events_pb2.Event = event) -> None:
-            add_event(tx, "t", event)
+            tx.publish("t", event)
 
         await store.run_transaction(write)
 
@@ -131,7 +136,7 @@ async def test_two_relays_do_not_publish_the_same_entry(
         event = make_event(factory, f"p{i}")
 
         async def write(tx: Transaction, event: events_pb2.Event = event) -> None:
-            add_event(tx, "t", event)
+            tx.publish("t", event)
 
         await store.run_transaction(write)
     relays = [OutboxRelay(store, bus, clock, owner=f"relay-{n}") for n in range(2)]
@@ -140,24 +145,56 @@ async def test_two_relays_do_not_publish_the_same_entry(
     assert await store.count(OUTBOX) == 0
 
 
-# --- One SQLite file for the store and the bus ----------------------------------------------
+# --- Transaction.publish, on every store ----------------------------------------------------
 #
-# The embedded default: the store's transactions append their events to the bus's log, so an
-# event is published exactly when its change commits, and never when it does not.
+# Whatever the store, an event published in a transaction goes out once if the transaction
+# commits, and never if it does not. The embedded default (one SQLite file for the store and the
+# bus) appends it to the bus's log in the commit; SQLite under another bus, and Firestore, write
+# an outbox document that the relay publishes.
 
 
 def _settings(store: Path, bus: Path) -> ServiceSettings:
     return ServiceSettings(store=f"sqlite:///{store}", bus=f"sqlite:///{bus}")
 
 
-async def test_one_sqlite_file_publishes_each_event_with_the_change_that_commits(
-    tmp_path: Path,
+@dataclass
+class Publisher:
+    store: DocumentStore
+    bus: EventBus
+    # What the store's transactions are expected to do with a published event.
+    through_outbox: bool
+
+
+@pytest.fixture(params=["sqlite-with-log", "sqlite-without-log", "firestore"])
+async def publisher(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Publisher]:
+    if request.param == "firestore":
+        emulator: FirestoreEmulator = request.getfixturevalue("firestore_emulator")
+        project = emulator.new_project()
+        with emulator.environ():
+            store: DocumentStore = await FirestoreStore.open(project)
+        bus: EventBus = await SqliteBus.open(tmp_path / "bus.db")
+        yield Publisher(store, bus, through_outbox=True)
+        await bus.close()
+        await store.close()
+        emulator.wipe(project)
+        return
+    one_file = request.param == "sqlite-with-log"
+    bus_file = tmp_path / ("tai.db" if one_file else "bus.db")
+    opened = await open_store_and_bus(_settings(tmp_path / "tai.db", bus_file), SystemClock())
+    yield Publisher(opened.store, opened.bus, through_outbox=not one_file)
+    await opened.bus.close()
+    await opened.store.close()
+
+
+async def test_an_event_is_published_once_with_the_change_that_commits(
+    publisher: Publisher,
 ) -> None:
+    store, bus = publisher.store, publisher.bus
+    assert store.publishes_through_outbox is publisher.through_outbox
+    await store.ensure_indexes(OUTBOX_INDEXES)
     clock = SystemClock()
-    opened = await open_store_and_bus(_settings(tmp_path / "tai.db", tmp_path / "tai.db"), clock)
-    store, bus = opened.store, opened.bus
-    assert opened.publishes_in_transaction
     factory = events.EventFactory("test", clock, UuidFactory())
+    relay = OutboxRelay(store, bus, clock, owner="relay-1")
     received: list[str] = []
     last_seen = asyncio.Event()
 
@@ -166,53 +203,84 @@ async def test_one_sqlite_file_publishes_each_event_with_the_change_that_commits
         if len(received) == 2:
             last_seen.set()
 
-    # One aggregate, so one ordering key: the log delivers its events in publish order.
+    # One aggregate, so one ordering key: the bus delivers its events in publish order.
     committed, raised, conflicted, last = (make_event(factory, "p") for _ in range(4))
 
     def change(
         event: events_pb2.Event, doc_id: str, *, fail: bool = False
     ) -> Callable[[Transaction], Any]:
         async def write(tx: Transaction) -> None:
-            tx.create("policies", doc_id, {"v": 1})
-            add_event(tx, "t", event)
+            tx.create("changes", doc_id, {"v": 1})
+            tx.publish("t", event)
             if fail:
-                raise RuntimeError("the change fails after adding its event")
+                raise RuntimeError("the change fails after publishing its event")
 
         return write
 
     subscription = await bus.subscribe(SubscriptionSpec(topic="t", name="consumer"), handler)
+    runner = asyncio.create_task(relay.run())
     try:
         await store.run_transaction(change(committed, "a"))
+        relay.notify()
         with pytest.raises(RuntimeError):
             await store.run_transaction(change(raised, "b", fail=True))
-        with pytest.raises(AlreadyExists):  # "policies/a" exists: the commit fails
+        with pytest.raises(AlreadyExists):  # "changes/a" exists: the commit fails
             await store.run_transaction(change(conflicted, "a"))
         await store.run_transaction(change(last, "c"))
+        relay.notify()
         await asyncio.wait_for(last_seen.wait(), 10)
+        # The relay deletes its entries once the bus has taken them, which may be after the
+        # consumer already saw them.
+        for _ in range(200):
+            if await store.count(OUTBOX) == 0:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    try:
+        assert await relay.drain() == 0  # nothing left to publish a second time
+        await asyncio.sleep(0.3)  # time for a duplicate to arrive, were there one
     finally:
         await subscription.close()
-        await bus.close()
-        await store.close()
     # The events of the failed changes would have come before the last one.
     assert received == [committed.event_id, last.event_id]
-    assert await _outbox_entries(tmp_path / "tai.db") == 0
+    assert await store.count(OUTBOX) == 0
 
 
 async def test_separate_files_publish_through_outbox_entries(tmp_path: Path) -> None:
     clock = SystemClock()
     opened = await open_store_and_bus(_settings(tmp_path / "store.db", tmp_path / "bus.db"), clock)
     try:
-        assert not opened.publishes_in_transaction
+        assert opened.store.publishes_through_outbox
         event = make_event(events.EventFactory("test", clock, UuidFactory()), "p")
 
         async def write(tx: Transaction) -> None:
-            add_event(tx, "t", event)
+            tx.publish("t", event)
 
         await opened.store.run_transaction(write)
         assert await opened.store.count(OUTBOX) == 1  # waiting for the relay
     finally:
         await opened.bus.close()
         await opened.store.close()
+
+
+async def test_one_sqlite_file_leaves_no_outbox_entry(tmp_path: Path) -> None:
+    clock = SystemClock()
+    opened = await open_store_and_bus(_settings(tmp_path / "tai.db", tmp_path / "tai.db"), clock)
+    try:
+        assert not opened.store.publishes_through_outbox
+        event = make_event(events.EventFactory("test", clock, UuidFactory()), "p")
+
+        async def write(tx: Transaction) -> None:
+            tx.publish("t", event)
+
+        await opened.store.run_transaction(write)
+    finally:
+        await opened.bus.close()
+        await opened.store.close()
+    assert await _outbox_entries(tmp_path / "tai.db") == 0
 
 
 async def _outbox_entries(file: Path) -> int:
@@ -306,7 +374,7 @@ async def _kill_a_relay_inside_its_claim_then_write(
     factory = events.EventFactory("test", SystemClock(), UuidFactory())
 
     async def write_entry(tx: Transaction) -> None:
-        add_event(tx, "tai-test", make_event(factory, "p"))
+        tx.publish("tai-test", make_event(factory, "p"))
 
     await firestore_store.run_transaction(write_entry)
     env = {**os.environ, "FIRESTORE_EMULATOR_HOST": emulator_host}

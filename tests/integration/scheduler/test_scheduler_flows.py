@@ -32,7 +32,7 @@ from tai.v1 import (
 )
 from tai_common.core import SystemClock, UuidFactory
 from tai_common.factory import sqlite_path
-from tai_common.messaging import OUTBOX_INDEXES, OutboxRelay, add_event, events, topics
+from tai_common.messaging import OUTBOX_INDEXES, OutboxRelay, events, topics
 from tai_common.ports import Transaction
 from tai_common.sqlite import SqliteBus, SqliteStore
 
@@ -140,7 +140,7 @@ async def publish_deferred(sqlite_url: str, action: coordinator_pb2.Action) -> N
         )
 
         async def write(tx: Transaction) -> None:
-            add_event(tx, topics.ACTIONS, event)
+            tx.publish(topics.ACTIONS, event)
 
         await store.run_transaction(write)
         # The store is shared: the Scheduler's relay may publish the entry first, and this one

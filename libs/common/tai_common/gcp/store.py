@@ -66,10 +66,12 @@ from google.cloud.firestore_v1.async_transaction import AsyncTransaction
 from google.cloud.firestore_v1.base_document import DocumentSnapshot
 from google.cloud.firestore_v1.base_query import BaseFilter, FieldFilter, Or
 from google.cloud.firestore_v1.field_path import FieldPath
+from tai.v1 import events_pb2
 
 from tai_common.core import Aborted, AlreadyExists, Unavailable
 from tai_common.ports import (
     DOC_ID,
+    OUTBOX,
     Data,
     Document,
     DocumentStore,
@@ -82,6 +84,7 @@ from tai_common.ports import (
     Transaction,
     check_collection,
     cursor_of,
+    outbox_document,
 )
 
 __all__ = ["FirestoreStore"]
@@ -397,6 +400,10 @@ class _FirestoreTransaction:
         self.writes.append(_Write("delete", collection, doc_id))
         self._written.discard((collection, doc_id))
 
+    def publish(self, topic: str, event: events_pb2.Event) -> None:
+        """Writes an outbox document in the transaction; the relay publishes it."""
+        self.create(OUTBOX, event.event_id, outbox_document(topic, event))
+
 
 @dataclass
 class _Attempts:
@@ -475,6 +482,11 @@ class FirestoreStore:
 
     def _ref(self, collection: str, doc_id: str) -> AsyncDocumentReference:
         return self._collection(collection).document(doc_id)
+
+    @property
+    def publishes_through_outbox(self) -> bool:
+        """Always: Firestore cannot append to a bus in its transactions."""
+        return True
 
     # --- reads ---
 

@@ -35,6 +35,10 @@ class TracedStore:
     def __init__(self, inner: DocumentStore) -> None:
         self.inner = inner
 
+    @property
+    def publishes_through_outbox(self) -> bool:
+        return self.inner.publishes_through_outbox
+
     async def get(self, collection: str, doc_id: str) -> Document | None:
         with trace.use_span(_span("get", collection), end_on_exit=True):
             return await self.inner.get(collection, doc_id)

@@ -26,7 +26,7 @@ from tai_common.messaging.fanout import (
     subscribe_events,
 )
 from tai_common.messaging.idempotency import request_fingerprint
-from tai_common.messaging.outbox import OUTBOX, OUTBOX_INDEXES, OutboxRelay, RelayConfig, add_event
+from tai_common.messaging.outbox import OUTBOX, OUTBOX_INDEXES, OutboxRelay, RelayConfig
 
 __all__ = [
     "OUTBOX",
@@ -41,7 +41,6 @@ __all__ = [
     "RelayConfig",
     "UndecodableEvent",
     "Verification",
-    "add_event",
     "current_method",
     "from_message",
     "idempotent_handler",

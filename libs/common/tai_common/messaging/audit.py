@@ -26,7 +26,7 @@ from tai.v1 import common_pb2
 
 from tai_common.auth import current_principal
 from tai_common.core import Clock, IdFactory
-from tai_common.messaging import events, outbox, topics
+from tai_common.messaging import events, topics
 from tai_common.ports import DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
 AUDIT_LOGS = "audit_logs"
@@ -121,8 +121,7 @@ class AuditTrail:
         record.record_id = self._ids.new_id("aud")
         record.time_ns = self._clock.now_ns()
         record.service = self._events.producer
-        outbox.add_event(
-            tx,
+        tx.publish(
             topics.AUDIT_EVENTS,
             self._events.build(
                 event_type=f"audit.{record.outcome.lower()}",

@@ -1,4 +1,5 @@
-"""The event envelope (`tai.v1.Event`) and how it travels as a bus message."""
+"""The event envelope (`tai.v1.Event`): how it is built, and read back from a bus message (the
+message it travels as is `tai_common.ports.publishing`'s, re-exported here as `to_message`)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,28 @@ from google.protobuf.message import Message as ProtoMessage
 from tai.v1 import events_pb2
 
 from tai_common.core import Clock, IdFactory, current_context_carrier
-from tai_common.ports import EVENT_TYPE_ATTRIBUTE, Message, OutgoingMessage
+from tai_common.ports import (
+    ATTR_AGGREGATE_ID,
+    ATTR_EVENT_ID,
+    ATTR_EVENT_TYPE,
+    ATTR_PRODUCER,
+    Message,
+)
+from tai_common.ports import event_message as to_message
+
+__all__ = [
+    "ATTR_AGGREGATE_ID",
+    "ATTR_EVENT_ID",
+    "ATTR_EVENT_TYPE",
+    "ATTR_PRODUCER",
+    "EventFactory",
+    "UndecodableEvent",
+    "from_message",
+    "to_message",
+    "unpack",
+]
 
 M = TypeVar("M", bound=ProtoMessage)
-
-# Message attributes, so consumers (and operators reading a topic) can route without decoding.
-ATTR_EVENT_ID = "event_id"
-ATTR_EVENT_TYPE = EVENT_TYPE_ATTRIBUTE
-ATTR_AGGREGATE_ID = "aggregate_id"
-ATTR_PRODUCER = "producer"
 
 
 @dataclass(frozen=True)
@@ -58,22 +72,6 @@ class EventFactory:
             payload=packed,
             producer=self.producer,
         )
-
-
-def to_message(topic: str, event: events_pb2.Event) -> OutgoingMessage:
-    """The bus message for `event`, ordered by its aggregate."""
-    return OutgoingMessage(
-        topic=topic,
-        data=event.SerializeToString(),
-        ordering_key=event.aggregate_id,
-        attributes={
-            ATTR_EVENT_ID: event.event_id,
-            ATTR_EVENT_TYPE: event.event_type,
-            ATTR_AGGREGATE_ID: event.aggregate_id,
-            ATTR_PRODUCER: event.producer,
-            **{f"trace_{k}": v for k, v in event.trace_context.items()},
-        },
-    )
 
 
 class UndecodableEvent(ValueError):

@@ -1,66 +1,45 @@
-"""The transactional outbox: an event is written in the same store transaction as the state
-change it describes, and a relay publishes it afterwards.
+"""The transactional outbox's relay: an event written with the change it describes
+(`Transaction.publish`) is published afterwards, from the outbox document the store wrote (its
+format: `tai_common.ports.publishing`).
 
 So a crash between the write and the publish loses no event, and a bus outage only delays
 delivery: the relay keeps retrying, and the outbox grows meanwhile. Delivery is at least once
 (a relay may die after publishing and before deleting); consumers are idempotent by event id.
 
-When the store holds the bus's log itself (the embedded default: one SQLite file for both),
-the transaction appends the event to the log directly (`PublishingTransaction`): the event is
-published exactly when the change commits, with no outbox document and no relay round trips.
-The relay still runs there, for entries an earlier configuration left behind.
+A store that holds the bus's log itself (the embedded default: one SQLite file for both)
+publishes in the commit and writes no outbox document (`DocumentStore.publishes_through_outbox`
+is False). The relay still runs there, polling for entries an earlier configuration left
+behind, and ignores `notify()`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import logging
 import time
 from dataclasses import dataclass
 
-from tai.v1 import events_pb2
-
 from tai_common.core import Clock, Unavailable, metrics, wait_event
-from tai_common.messaging import events
 from tai_common.ports import (
+    OUTBOX,
+    OUTBOX_INDEXES,
     DocumentStore,
     EventBus,
     Filter,
-    IndexSpec,
     Op,
     Order,
-    PublishingTransaction,
+    OutboxEntry,
     Query,
     Transaction,
+    claimed_document,
+    event_message,
+    read_outbox_entry,
 )
 
+__all__ = ["OUTBOX", "OUTBOX_INDEXES", "OutboxRelay", "RelayConfig"]
+
 log = logging.getLogger(__name__)
-
-OUTBOX = "outbox"
-OUTBOX_INDEXES = (IndexSpec(OUTBOX, ("claimed_until_ns", "created_ns")),)
-
-
-def add_event(tx: Transaction, topic: str, event: events_pb2.Event) -> None:
-    """Publishes `event` on `topic` as part of transaction `tx`: in the transaction itself
-    when the store holds the bus's log, else through an outbox entry for the relay."""
-    if isinstance(tx, PublishingTransaction):
-        tx.publish(events.to_message(topic, event))
-        return
-    tx.create(
-        OUTBOX,
-        event.event_id,
-        {
-            "topic": topic,
-            "event": base64.b64encode(event.SerializeToString()).decode(),
-            "created_ns": event.occurred_at_ns,
-            # 0 = never claimed; a relay claims entries for a while so that two relays don't
-            # publish the same entry, and a crashed relay's claims lapse.
-            "claimed_until_ns": 0,
-            "claimed_by": "",
-        },
-    )
 
 
 @dataclass(frozen=True)
@@ -79,9 +58,9 @@ class OutboxRelay:
     """Publishes outbox entries to the bus, oldest first, and deletes them once published.
 
     Writers call `notify()` after committing, so their events go out at once; otherwise the
-    relay polls every `idle_poll_seconds`. With `announced=False` (the store publishes in its
-    transactions, so writers leave no entries) `notify()` does nothing and the relay only
-    polls, for leftovers.
+    relay polls every `idle_poll_seconds`. When the store publishes in its commits (its
+    `publishes_through_outbox` is False, so writers leave no entries) `notify()` does nothing
+    and the relay only polls, for leftovers.
     """
 
     def __init__(
@@ -91,19 +70,17 @@ class OutboxRelay:
         clock: Clock,
         owner: str,
         config: RelayConfig | None = None,
-        *,
-        announced: bool = True,
     ) -> None:
         self._store = store
         self._bus = bus
         self._clock = clock
         self._owner = owner
         self._config = config or RelayConfig()
-        self._announced = announced
+        # Read once: whether writers leave entries is fixed when the store is opened.
+        self._announced = store.publishes_through_outbox
         self._wake = asyncio.Event()
-        self._held: list[tuple[str, str, events_pb2.Event]] = []
+        self._held: list[OutboxEntry] = []
         self._failures = 0
-        self.published_total = 0
 
     def notify(self) -> None:
         """Wakes the relay: an entry was just committed."""
@@ -142,19 +119,18 @@ class OutboxRelay:
                 return published
             with metrics.BUS_PUBLISH_SECONDS.time():
                 await self._bus.publish_many(
-                    [events.to_message(topic, event) for _, topic, event in self._held]
+                    [event_message(entry.topic, entry.event) for entry in self._held]
                 )
-            ids = [entry_id for entry_id, _, _ in self._held]
+            ids = [entry.id for entry in self._held]
             await self._store.run_transaction(functools.partial(_delete_all, ids=ids))
             published += len(ids)
-            self.published_total += len(ids)
             self._held = []
 
     async def backlog(self) -> int:
         """Entries not yet published."""
         return await self._store.count(OUTBOX)
 
-    async def _claim(self) -> list[tuple[str, str, events_pb2.Event]]:
+    async def _claim(self) -> list[OutboxEntry]:
         now = self._clock.now_ns()
         until = now + int(self._config.claim_seconds * 1e9)
         # Candidates come from a query outside the transaction, which then reads them by key:
@@ -173,25 +149,20 @@ class OutboxRelay:
             return []
         ids = [doc.id for doc in candidates.documents]
 
-        async def claim(tx: Transaction) -> list[tuple[str, str, events_pb2.Event]]:
+        async def claim(tx: Transaction) -> list[OutboxEntry]:
             claimed = []
             for doc in await tx.get_many(OUTBOX, ids):
+                entry = read_outbox_entry(doc)
                 # Deleted (published) or claimed by another relay since the query: skip it.
-                if int(doc.data["claimed_until_ns"]) > now:
+                if entry.claimed_until_ns > now:
                     continue
-                tx.set(
-                    OUTBOX,
-                    doc.id,
-                    {**doc.data, "claimed_until_ns": until, "claimed_by": self._owner},
-                )
-                event = events_pb2.Event()
-                event.ParseFromString(base64.b64decode(doc.data["event"]))
-                claimed.append((doc.id, str(doc.data["topic"]), event))
+                tx.set(OUTBOX, doc.id, claimed_document(doc, until, self._owner))
+                claimed.append(entry)
             return claimed
 
         entries = await self._store.run_transaction(claim)
         # Oldest first, whatever order the claims came in.
-        entries.sort(key=lambda entry: entry[2].occurred_at_ns)
+        entries.sort(key=lambda entry: entry.event.occurred_at_ns)
         return entries
 
 

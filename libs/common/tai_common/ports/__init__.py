@@ -1,7 +1,9 @@
 """The ports: what the services need from a store, a bus, a cache, a rate limiter and a secret
-source, as Protocols and the value types they exchange. They import only `tai_common.core`; the
-adapters live in one folder per backend (`sqlite`, `gcp`, `kafka`, `redis`, `vault`, `memory`,
-`env`), and `tai_common.factory` chooses them from the settings."""
+source, as Protocols and the value types they exchange, with how a transaction's event travels
+(`publishing`: its bus message and its outbox document). They import only `tai_common.core` (and
+the `tai.v1.Event` envelope); the adapters live in one folder per backend (`sqlite`, `gcp`,
+`kafka`, `redis`, `vault`, `memory`, `env`), and `tai_common.factory` chooses them from the
+settings."""
 
 from tai_common.ports.bus import (
     DEAD_LETTER_DELIVERY_ATTEMPTS,
@@ -24,6 +26,19 @@ from tai_common.ports.provisioning import (
     durable,
     needed_topics,
 )
+from tai_common.ports.publishing import (
+    ATTR_AGGREGATE_ID,
+    ATTR_EVENT_ID,
+    ATTR_EVENT_TYPE,
+    ATTR_PRODUCER,
+    OUTBOX,
+    OUTBOX_INDEXES,
+    OutboxEntry,
+    claimed_document,
+    event_message,
+    outbox_document,
+    read_outbox_entry,
+)
 from tai_common.ports.ratelimit import Bucket, Decision, RateLimiter
 from tai_common.ports.secrets import Secret, SecretSource, check_name
 from tai_common.ports.store import (
@@ -37,7 +52,6 @@ from tai_common.ports.store import (
     Op,
     Order,
     Page,
-    PublishingTransaction,
     Query,
     Transaction,
     check_collection,
@@ -47,11 +61,17 @@ from tai_common.ports.store import (
 )
 
 __all__ = [
+    "ATTR_AGGREGATE_ID",
+    "ATTR_EVENT_ID",
+    "ATTR_EVENT_TYPE",
+    "ATTR_PRODUCER",
     "DEAD_LETTER_DELIVERY_ATTEMPTS",
     "DEAD_LETTER_SOURCE_MESSAGE_ID",
     "DEAD_LETTER_SOURCE_SUBSCRIPTION",
     "DOC_ID",
     "EVENT_TYPE_ATTRIBUTE",
+    "OUTBOX",
+    "OUTBOX_INDEXES",
     "Bucket",
     "Cache",
     "CacheEntry",
@@ -68,12 +88,12 @@ __all__ = [
     "MissingBusResource",
     "Op",
     "Order",
+    "OutboxEntry",
     "Outcome",
     "OutgoingMessage",
     "Page",
     "ProvisionableBus",
     "Provisioned",
-    "PublishingTransaction",
     "Query",
     "RateLimiter",
     "Secret",
@@ -84,8 +104,12 @@ __all__ = [
     "check_collection",
     "check_field",
     "check_name",
+    "claimed_document",
     "cursor_of",
     "durable",
+    "event_message",
     "get_field",
     "needed_topics",
+    "outbox_document",
+    "read_outbox_entry",
 ]

@@ -28,9 +28,9 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar
 
-from tai_common.ports.message import OutgoingMessage
+from tai.v1 import events_pb2
 
 Data = dict[str, Any]
 T = TypeVar("T")
@@ -188,24 +188,23 @@ class Transaction(Protocol):
     def delete(self, collection: str, doc_id: str) -> None:
         """Deletes the document; no error when it does not exist."""
 
-
-@runtime_checkable
-class PublishingTransaction(Protocol):
-    """A transaction that can also append bus messages, committed atomically with its writes.
-
-    Only a store that holds the event bus's log in its own database offers it (the embedded
-    default: one SQLite file for both). The outbox then publishes in the writing transaction
-    instead of leaving an outbox document for a relay (`tai_common.messaging.outbox.add_event`).
-    """
-
-    def publish(self, message: OutgoingMessage) -> None:
-        """Buffers `message`; it is in the log once the transaction commits, and never if
-        the transaction fails."""
+    def publish(self, topic: str, event: events_pb2.Event) -> None:
+        """Publishes `event` on `topic` if, and once, the transaction commits: never when it
+        fails. A store that holds the event bus's log (the embedded default: one SQLite file
+        for both) appends the event to the log in the commit; any other store writes an
+        outbox document (`tai_common.ports.publishing`) that `OutboxRelay` publishes
+        afterwards, at least once. Counts as a write (no reads after it)."""
 
 
 class DocumentStore(Protocol):
     """Durable documents. Every method may raise `tai_common.core.Unavailable` when the
     backend cannot be reached."""
+
+    @property
+    def publishes_through_outbox(self) -> bool:
+        """Whether `Transaction.publish` leaves outbox documents for a relay to publish (False:
+        the commit itself publishes, and a relay has only other processes' leftovers to
+        look for)."""
 
     async def get(self, collection: str, doc_id: str) -> Document | None: ...
 

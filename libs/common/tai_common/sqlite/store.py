@@ -47,9 +47,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 
 import aiosqlite
+from tai.v1 import events_pb2
 
 from tai_common.core import Aborted, AlreadyExists, Clock, SystemClock, Unavailable
 from tai_common.ports import (
+    OUTBOX,
     Data,
     Document,
     DocumentStore,
@@ -57,10 +59,11 @@ from tai_common.ports import (
     IndexSpec,
     OutgoingMessage,
     Page,
-    PublishingTransaction,
     Query,
     Transaction,
     check_collection,
+    event_message,
+    outbox_document,
 )
 from tai_common.sqlite.event_log import SqliteEventLog
 from tai_common.sqlite.sql import (
@@ -155,7 +158,7 @@ class _SqliteTransaction:
         self._store = store
         self._conn = conn
         self.writes: list[_Write] = []
-        # Bus messages, for a store that holds the event log (`_PublishingSqliteTransaction`).
+        # Events for the bus's log, when the store holds it (see `publish`).
         self.messages: list[OutgoingMessage] = []
         self.finished = False
 
@@ -191,17 +194,18 @@ class _SqliteTransaction:
     def delete(self, collection: str, doc_id: str) -> None:
         self._buffer(_Write("delete", check_collection(collection), doc_id))
 
+    def publish(self, topic: str, event: events_pb2.Event) -> None:
+        """Appends `event` to the bus's log in the commit when this file holds it; else writes
+        an outbox document for the relay."""
+        if self._store._event_log is None:
+            self.create(OUTBOX, event.event_id, outbox_document(topic, event))
+            return
+        self._check_open()
+        self.messages.append(event_message(topic, event))
+
     def _buffer(self, write: _Write) -> None:
         self._check_open()
         self.writes.append(write)
-
-
-class _PublishingSqliteTransaction(_SqliteTransaction):
-    """A transaction of a store that holds the event bus's log: it can also publish."""
-
-    def publish(self, message: OutgoingMessage) -> None:
-        self._check_open()
-        self.messages.append(message)
 
 
 class SqliteStore:
@@ -227,7 +231,7 @@ class SqliteStore:
             write_lock: held by every write and transaction (this process's and the file's).
             clock: what the expiry janitor calls now; the system clock by default.
             event_log: the event bus's log in the same file, when there is one: transactions
-                can then publish (`PublishingTransaction`).
+                then publish into it (`Transaction.publish`) instead of the outbox.
         """
         self._writer: aiosqlite.Connection | None = writer
         self._reader: aiosqlite.Connection | None = reader
@@ -336,6 +340,11 @@ class SqliteStore:
             timeout=busy_timeout_ms / 1000,
             cached_statements=_CACHED_STATEMENTS,
         )
+
+    @property
+    def publishes_through_outbox(self) -> bool:
+        """False when this file holds the bus's log: transactions publish into it."""
+        return self._event_log is None
 
     # --- reads ---
 
@@ -507,9 +516,7 @@ class SqliteStore:
                 _resolve(member.done)
             raise
         conn = self._writer_conn()
-        tx = (_SqliteTransaction if self._event_log is None else _PublishingSqliteTransaction)(
-            self, conn
-        )
+        tx = _SqliteTransaction(self, conn)
         token = _ACTIVE.set((*_ACTIVE.get(), self))
         try:
             result = await fn(tx)
@@ -874,4 +881,3 @@ if TYPE_CHECKING:
     # Keeps the adapter honest about implementing the port (checked by mypy only).
     _store_conforms: type[DocumentStore] = SqliteStore
     _tx_conforms: type[Transaction] = _SqliteTransaction
-    _publishing_tx_conforms: type[PublishingTransaction] = _PublishingSqliteTransaction
