@@ -5,11 +5,12 @@ actions (a store transaction per action, so replicas compete safely: each delive
 stream somewhere), hands them to the least busy local stream, and sleeps until the next action
 falls due — an action's ack deadline passing makes it due again, until it runs out of
 deliveries and expires. Loops wake at once when this replica creates an action, and on the
-`action.created` events other replicas publish.
+`action.created` and `action.released` events replicas publish.
 
 An action this replica creates for a service with a stream here is written already DELIVERED
 by the transaction that creates it, and handed out as soon as that commits (`hand_out`): the
 claim transaction, the wake-up and the query are skipped on the path whose latency users see.
+Either way the DELIVERED transition is written by `deliver_in`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from tai_common.ports import DocumentStore, Transaction
 from tai_coordinator import metrics
 from tai_coordinator.model import Action
 from tai_coordinator.repository import CoordinatorRepository
-from tai_coordinator.service import emit_action_event
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,9 @@ class _ServiceLoop:
 
 
 class ActionDispatcher:
-    # The action events `on_action_event` acts on (its subscription's filter).
-    WAKING_EVENTS: tuple[str, ...] = ("action.created",)
+    # The action events `on_action_event` acts on (its subscription's filter): those that make
+    # an action due at once.
+    WAKING_EVENTS: tuple[str, ...] = ("action.created", "action.released")
     # How long that subscription lets events gather. An action for a stream on this replica
     # goes out with its own commit; these events only matter for the actions other replicas
     # create, which reach a stream here up to this much later. Taking each commit's events as
@@ -85,9 +86,8 @@ class ActionDispatcher:
     ) -> None:
         """`on_committed` wakes the outbox relay after each delivery is recorded."""
         self._store = store
-        self._repo = CoordinatorRepository(store)
+        self._repo = CoordinatorRepository(store, event_factory)
         self._clock = clock
-        self._events = event_factory
         self._on_committed = on_committed
         self._loops: dict[str, _ServiceLoop] = {}
 
@@ -115,6 +115,15 @@ class ActionDispatcher:
                 asyncio.get_running_loop().create_task(self._release(unsent))
             if not loop.sinks:
                 loop.wake.set()  # lets the loop see it has no stream left and end
+
+    def deliver_in(
+        self, tx: Transaction, action: Action, now_ns: int, *, create: bool = False
+    ) -> Action:
+        """Writes in `tx` that `action` is delivered now (with its `action.delivered` event)
+        and returns it so; `create`: the action is not stored yet (it is created delivered)."""
+        delivered = action.delivered(now_ns)
+        self._repo.write_action_in(tx, "action.delivered", delivered, action.status, create=create)
+        return delivered
 
     def has_stream_for(self, service_name: str) -> bool:
         """Whether a stream of `service_name` is connected to this replica."""
@@ -238,14 +247,10 @@ class ActionDispatcher:
                 return None
             if action.exhausted:
                 expired = action.expired(now)
-                self._repo.update_action_in(tx, expired)
-                emit_action_event(tx, self._events, "action.expired", expired, action.status)
+                self._repo.write_action_in(tx, "action.expired", expired, action.status)
                 expired_now.append(action.id)
                 return None
-            delivered = action.delivered(now)
-            self._repo.update_action_in(tx, delivered)
-            emit_action_event(tx, self._events, "action.delivered", delivered, action.status)
-            return delivered
+            return self.deliver_in(tx, action, now)
 
         claimed = await self._store.run_transaction(apply)
         self._on_committed()
@@ -256,16 +261,19 @@ class ActionDispatcher:
         return claimed
 
     async def _release(self, actions: Sequence[Action]) -> None:
-        """Makes delivered actions due again at once (their stream closed before sending)."""
+        """Makes delivered actions due again at once (their stream closed before sending),
+        with an `action.released` event that wakes the loops of their service."""
         for action in actions:
 
             async def apply(tx: Transaction, action: Action = action) -> None:
                 current = await self._repo.action_in(tx, action.id)
                 if current is not None and current.version == action.version:
-                    self._repo.update_action_in(tx, current.released(self._clock.now_ns()))
+                    released = current.released(self._clock.now_ns())
+                    self._repo.write_action_in(tx, "action.released", released, current.status)
 
             try:
                 await self._store.run_transaction(apply)
             except Exception:
                 # Not fatal: the action falls due again when its ack deadline passes.
                 log.warning("could not release action %s early", action.id, exc_info=True)
+        self._on_committed()

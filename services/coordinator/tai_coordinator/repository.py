@@ -3,14 +3,19 @@
 - `signals/{id}`: each signal with what it matched and created (TTL 7 days);
 - `actions/{id}`: each action and its delivery state (TTL 30 days);
 - `action_dedup/{policy}:{fingerprint}`: the cooldown window of a (policy, signal) pair.
+
+Every write of an action goes through `write_action_in`, which adds the change's event (on
+`tai-actions`, at the action's new version) to the same transaction: every version of an
+action has its event, and no action is stored without it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+from tai.v1 import events_pb2
+from tai_common.messaging import events, outbox, topics
 from tai_common.ports import Cursor, DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
+from tai_coordinator.convert import STATUS_TO_PROTO, action_to_proto
 from tai_coordinator.model import OPEN_STATUSES, Action, ActionStatus, StoredSignal
 
 SIGNALS = "signals"
@@ -40,8 +45,9 @@ def dedup_key(policy_id: str, fingerprint: str) -> str:
 
 
 class CoordinatorRepository:
-    def __init__(self, store: DocumentStore) -> None:
+    def __init__(self, store: DocumentStore, event_factory: events.EventFactory) -> None:
         self._store = store
+        self._events = event_factory
 
     # --- inside a transaction ---
 
@@ -60,11 +66,41 @@ class CoordinatorRepository:
     def put_signal_in(self, tx: Transaction, signal: StoredSignal) -> None:
         tx.create(SIGNALS, signal.id, signal.to_doc(signal.received_at_ns + SIGNAL_RETENTION_NS))
 
-    def create_action_in(self, tx: Transaction, action: Action) -> None:
-        tx.create(ACTIONS, action.id, action.to_doc(action.created_at_ns + ACTION_RETENTION_NS))
+    def write_action_in(
+        self,
+        tx: Transaction,
+        event_type: str,
+        action: Action,
+        previous: ActionStatus | None,
+        *,
+        create: bool = False,
+    ) -> None:
+        """Writes `action` (`create`: one not stored yet) and, in the same transaction `tx`,
+        its `event_type` event; `previous` is its status before this change (None if new)."""
+        doc = action.to_doc(action.created_at_ns + ACTION_RETENTION_NS)
+        if create:
+            tx.create(ACTIONS, action.id, doc)
+        else:
+            tx.set(ACTIONS, action.id, doc)
+        self.publish_action_event_in(tx, event_type, action, previous)
 
-    def update_action_in(self, tx: Transaction, action: Action) -> None:
-        tx.set(ACTIONS, action.id, action.to_doc(action.created_at_ns + ACTION_RETENTION_NS))
+    def publish_action_event_in(
+        self, tx: Transaction, event_type: str, action: Action, previous: ActionStatus | None
+    ) -> None:
+        """Adds the event of an action version that is not written itself to `tx`: a deferred
+        action (stored only when the Scheduler asks again), or a new action whose next version
+        the same transaction writes (one delivered with the signal's commit)."""
+        payload = events_pb2.ActionEvent(action=action_to_proto(action))
+        if previous is not None:
+            payload.previous_status = STATUS_TO_PROTO[previous]
+        event = self._events.build(
+            event_type=event_type,
+            aggregate_type="action",
+            aggregate_id=action.id,
+            aggregate_version=action.version,
+            payload=payload,
+        )
+        outbox.add_event(tx, topics.ACTIONS, event)
 
     def start_cooldown_in(
         self, tx: Transaction, policy_id: str, fingerprint: str, action_id: str, until_ns: int
@@ -156,12 +192,6 @@ class CoordinatorRepository:
             )
         )
         return [Action.from_doc(d.data) for d in page.documents], page.next_cursor
-
-    async def count_actions(self, service: str, statuses: Sequence[ActionStatus]) -> int:
-        filters = [Filter.is_in("status", list(statuses))]
-        if service:
-            filters.append(Filter.eq("target_service", service))
-        return await self._store.count(ACTIONS, filters)
 
     async def open_actions(self, service: str, limit: int) -> list[Action]:
         filters = [Filter.is_in("status", list(OPEN_STATUSES))]

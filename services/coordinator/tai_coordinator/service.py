@@ -30,7 +30,7 @@ from tai_common.messaging import AuditTrail, events, outbox, topics
 from tai_common.ports import Cache, DocumentStore, Transaction
 
 from tai_coordinator import metrics
-from tai_coordinator.convert import STATUS_TO_PROTO, action_to_proto, signal_to_proto
+from tai_coordinator.convert import signal_to_proto
 from tai_coordinator.model import (
     ACKNOWLEDGEMENTS,
     DEFAULT_ACK_DEADLINE_SECONDS,
@@ -76,6 +76,11 @@ class LocalDispatch(Protocol):
     def has_stream_for(self, service_name: str) -> bool:
         """Whether a stream of `service_name` is connected to this replica."""
 
+    def deliver_in(
+        self, tx: Transaction, action: Action, now_ns: int, *, create: bool = False
+    ) -> Action:
+        """Writes in `tx` that `action` is delivered now, with its event; returns it so."""
+
     def hand_out(self, actions: Sequence[Action]) -> None:
         """Sends actions their committed transaction already marked DELIVERED."""
 
@@ -90,8 +95,6 @@ class ActionOutcome:
     deferred_until_ns: int = 0
     # The action as written by this call (None when replayed or deferred).
     action: Action | None = None
-    # For an acknowledgement: the action before it.
-    previous: Action | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class CoordinatorService:
         """`on_committed` wakes the outbox relay; `dispatch` is told about actions this replica
         just created or changed (other replicas learn it from the bus)."""
         self._store = store
-        self._repo = CoordinatorRepository(store)
+        self._repo = CoordinatorRepository(store, event_factory)
         self._clock = clock
         self._ids = ids
         self._events = event_factory
@@ -183,19 +186,15 @@ class CoordinatorService:
                     policy, action_ids[policy.id], signal, received_at, principal, now
                 )
                 created.append(action)
-                emit_action_event(tx, self._events, "action.created", action, None)
                 if self._dispatch.has_stream_for(action.target_service):
                     # Delivered by this commit: a stream here takes it at once, with no claim
                     # transaction of its own (if that stream is gone by then, the action is
-                    # released, or falls due again at its ack deadline after a crash).
-                    delivered = action.delivered(now)
-                    self._repo.create_action_in(tx, delivered)
-                    emit_action_event(
-                        tx, self._events, "action.delivered", delivered, action.status
-                    )
-                    delivered_now.append(delivered)
+                    # released, or falls due again at its ack deadline after a crash). Stored
+                    # once, delivered; its created version has its event all the same.
+                    self._repo.publish_action_event_in(tx, "action.created", action, None)
+                    delivered_now.append(self._dispatch.deliver_in(tx, action, now, create=True))
                 else:
-                    self._repo.create_action_in(tx, action)
+                    self._repo.write_action_in(tx, "action.created", action, None, create=True)
                 cooldown = policy.policy.action.cooldown_seconds
                 if cooldown > 0:
                     self._repo.start_cooldown_in(
@@ -336,9 +335,8 @@ class CoordinatorService:
                 request_fingerprint=request_fingerprint,
                 trace_context=current_context_carrier(),
             )
-            self._repo.create_action_in(tx, action)
+            self._repo.write_action_in(tx, "action.created", action, None, create=True)
             self._audit.record_in(tx, f"action/{action.id}", None, action.to_doc(0))
-            emit_action_event(tx, self._events, "action.created", action, None)
             return ActionOutcome(action.id, action.version, action.status, created, action=action)
 
         outcome = await self._store.run_transaction(apply)
@@ -373,7 +371,7 @@ class CoordinatorService:
 
         async def apply(tx: Transaction) -> None:
             self._audit.record_in(tx, f"action/{deferred.id}", None, deferred.to_doc(0))
-            emit_action_event(tx, self._events, "action.deferred", deferred, None)
+            self._repo.publish_action_event_in(tx, "action.deferred", deferred, None)
 
         await self._store.run_transaction(apply)
         self._on_committed()
@@ -403,11 +401,9 @@ class CoordinatorService:
                 )
             now = self._clock.now_ns()
             changed = action.acknowledged(target, message, now)
-            self._repo.update_action_in(tx, changed)
+            event_type = f"action.{target.value.lower()}"
+            self._repo.write_action_in(tx, event_type, changed, action.status)
             self._audit.record_in(tx, f"action/{action.id}", action.to_doc(0), changed.to_doc(0))
-            emit_action_event(
-                tx, self._events, f"action.{target.value.lower()}", changed, action.status
-            )
             return ActionOutcome(changed.id, changed.version, changed.status, now)
 
         outcome = await self._store.run_transaction(apply)
@@ -479,30 +475,6 @@ class CoordinatorService:
             last_signal_ns=last_signal_ns,
             timestamp_ns=self._clock.now_ns(),
         )
-
-
-def emit_action_event(
-    tx: Transaction,
-    event_factory: events.EventFactory,
-    event_type: str,
-    action: Action,
-    previous: ActionStatus | None,
-) -> None:
-    """Adds the event of an action change to the outbox, in the change's transaction."""
-    payload = events_pb2.ActionEvent(action=action_to_proto(action))
-    if previous is not None:
-        payload.previous_status = STATUS_TO_PROTO[previous]
-    outbox.add_event(
-        tx,
-        topics.ACTIONS,
-        event_factory.build(
-            event_type=event_type,
-            aggregate_type="action",
-            aggregate_id=action.id,
-            aggregate_version=action.version,
-            payload=payload,
-        ),
-    )
 
 
 def _with_id(signal: SignalInput, signal_id: str) -> SignalInput:

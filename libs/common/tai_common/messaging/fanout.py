@@ -43,12 +43,6 @@ class Listener(Generic[T]):
             raise ListenerLagged()
         return await self._queue.get()
 
-    def get_nowait(self) -> T | None:
-        try:
-            return self._queue.get_nowait()
-        except asyncio.QueueEmpty:
-            return None
-
     def close(self) -> None:
         self._broadcaster.remove(self)
 
@@ -83,10 +77,6 @@ class Broadcaster(Generic[T]):
     def publish(self, item: T) -> None:
         for listener in list(self._listeners):
             listener.offer(item)
-
-    @property
-    def listener_count(self) -> int:
-        return len(self._listeners)
 
 
 def replica_subscription(
