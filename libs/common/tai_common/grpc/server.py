@@ -117,8 +117,3 @@ class GrpcServer:
             return task.result()
         task.cancel()
         raise Unavailable("the server is shutting down; reconnect")
-
-
-def stream_cancelled(context: grpc.aio.ServicerContext[Any, Any]) -> bool:
-    """True once the client of a streaming call has gone away."""
-    return bool(context.cancelled() or context.done())
