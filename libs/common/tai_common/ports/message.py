@@ -1,5 +1,5 @@
 """A message to publish: what the EventBus port publishes, and what a transaction of a store that
-holds the bus's log appends (`PublishingTransaction`). Its own module, so that neither of the two
+holds the bus's log appends (`Transaction.publish`). Its own module, so that neither of the two
 ports imports the other."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from tai_common.ports import OutgoingMessage
 class SqliteEventLog(Protocol):
     """A message log that another adapter keeps in the store's file (the embedded event bus:
     `SqliteBus.event_log`). Transactions append to it with their writes, so an event and the
-    change it describes commit together (`PublishingTransaction`)."""
+    change it describes commit together (`Transaction.publish`)."""
 
     def append_statement(
         self, messages: Sequence[OutgoingMessage]
