@@ -100,12 +100,7 @@ class SignalInput:
                 f"must be one of {', '.join(SIGNAL_TYPES)} (got {self.signal_type[:64]!r})",
             )
         check_range("priority", self.priority, 1, 10)
-        check_map(
-            "metadata",
-            self.metadata,
-            max_entries=MAX_METADATA_ENTRIES,
-            max_value_length=MAX_METADATA_VALUE_LENGTH,
-        )
+        _check_strings("metadata", self.metadata, MAX_METADATA_VALUE_LENGTH)
         check_size("payload", self.payload, MAX_PAYLOAD_BYTES)
         check_length("source", self.source, MAX_KEY_LENGTH)
         check_not_negative("timestamp_ns", self.timestamp_ns)
@@ -352,12 +347,7 @@ class ActionRequest:
         check_length("action_type", self.action_type, MAX_KEY_LENGTH)
         check_service_name(self.target_service, "target_service")
         check_length("source_service", self.source_service, MAX_KEY_LENGTH)
-        check_map(
-            "parameters",
-            self.parameters,
-            max_entries=MAX_METADATA_ENTRIES,
-            max_value_length=MAX_PARAMETER_VALUE_LENGTH,
-        )
+        _check_strings("parameters", self.parameters, MAX_PARAMETER_VALUE_LENGTH)
         check_size("payload", self.payload, MAX_PAYLOAD_BYTES)
         check_not_negative("timestamp_ns", self.timestamp_ns)
         check_not_negative("not_before_ns", self.not_before_ns)
@@ -370,6 +360,10 @@ class ActionRequest:
 def check_delivery_settings(ack_deadline_seconds: int, max_deliveries: int) -> None:
     check_range("ack_deadline_seconds", ack_deadline_seconds, 0, MAX_ACK_DEADLINE_SECONDS)
     check_range("max_deliveries", max_deliveries, 0, MAX_DELIVERIES)
+
+
+def _check_strings(field_name: str, values: Mapping[str, str], value_limit: int) -> None:
+    check_map(field_name, values, max_entries=MAX_METADATA_ENTRIES, max_value_length=value_limit)
 
 
 def _targets_from(status: ActionStatus) -> set[ActionStatus]:
