@@ -12,7 +12,7 @@ action has its event, and no action is stored without it.
 from __future__ import annotations
 
 from tai.v1 import events_pb2
-from tai_common.messaging import events, outbox, topics
+from tai_common.messaging import events, topics
 from tai_common.ports import Cursor, DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
 from tai_coordinator.convert import STATUS_TO_PROTO, action_to_proto
@@ -100,7 +100,7 @@ class CoordinatorRepository:
             aggregate_version=action.version,
             payload=payload,
         )
-        outbox.add_event(tx, topics.ACTIONS, event)
+        tx.publish(topics.ACTIONS, event)
 
     def start_cooldown_in(
         self, tx: Transaction, policy_id: str, fingerprint: str, action_id: str, until_ns: int

@@ -26,7 +26,7 @@ from tai_common.core import (
     page_size,
     signal_variables,
 )
-from tai_common.messaging import AuditTrail, events, outbox, topics
+from tai_common.messaging import AuditTrail, events, topics
 from tai_common.ports import Cache, DocumentStore, Transaction
 
 from tai_coordinator import metrics
@@ -212,8 +212,7 @@ class CoordinatorService:
             )
             self._repo.put_signal_in(tx, stored)
             self._audit.record_in(tx, f"signal/{stored.id}", None, stored.to_doc(0))
-            outbox.add_event(
-                tx,
+            tx.publish(
                 topics.SIGNALS,
                 self._events.build(
                     event_type="signal.received",
