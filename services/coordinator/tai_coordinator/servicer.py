@@ -12,7 +12,7 @@ import grpc
 from tai.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from tai_common.core import InvalidArgument
 from tai_common.core.validation import check_service_name
-from tai_common.grpc import principal_of
+from tai_common.grpc import principal_of, receipt
 from tai_common.messaging import request_fingerprint
 from tai_common.runtime import ServiceRuntime
 
@@ -28,10 +28,6 @@ from tai_coordinator.service import CoordinatorService
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
-
-
-def _elapsed_us(started: float) -> int:
-    return int((time.perf_counter() - started) * 1e6)
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -53,10 +49,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             signal_from_request(request), principal_of(context)
         )
         signal = outcome.signal
-        return common_pb2.Receipt(
-            id=f"rcpt-{signal.id}",
+        return receipt(
+            f"rcpt-{signal.id}",
             request_id=signal.id,
-            status="success",
+            started=started,
             timestamp_ns=signal.received_at_ns,
             result_data={
                 "signal_id": signal.id,
@@ -65,12 +61,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 "dry_run_policy_ids": ",".join(signal.dry_run_policy_ids),
                 "suppressed_policy_ids": ",".join(signal.suppressed_policy_ids),
             },
-            execution_time_us=_elapsed_us(started),
             resource_id=signal.id,
             resource_version=1,
             replayed=outcome.replayed,
-            matched_policy_ids=list(signal.matched_policy_ids),
-            action_ids=list(signal.action_ids),
+            matched_policy_ids=signal.matched_policy_ids,
+            action_ids=signal.action_ids,
         )
 
     async def GetSignal(
@@ -92,13 +87,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             result["status"] = outcome.status.value
         if outcome.deferred_until_ns:
             result["deferred_until_ns"] = str(outcome.deferred_until_ns)
-        return common_pb2.Receipt(
-            id=f"rcpt-{outcome.action_id}",
+        return receipt(
+            f"rcpt-{outcome.action_id}",
             request_id=request.id,
-            status="success",
+            started=started,
             timestamp_ns=outcome.timestamp_ns,
             result_data=result,
-            execution_time_us=_elapsed_us(started),
             resource_id=outcome.action_id,
             resource_version=outcome.version,
             replayed=outcome.replayed,
@@ -124,15 +118,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         outcome = await self._service.acknowledge(
             request.action_id, request.status, request.message, principal_of(context)
         )
-        return common_pb2.Receipt(
-            id=f"rcpt-{outcome.action_id}-v{outcome.version}",
-            status="success",
+        return receipt(
+            f"rcpt-{outcome.action_id}-v{outcome.version}",
+            started=started,
             timestamp_ns=outcome.timestamp_ns,
             result_data={
                 "action_id": outcome.action_id,
                 "status": outcome.status.value if outcome.status else "",
             },
-            execution_time_us=_elapsed_us(started),
             resource_id=outcome.action_id,
             resource_version=outcome.version,
             replayed=outcome.replayed,

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from tai.v1 import common_pb2, governor_pb2, governor_pb2_grpc
 from tai_common.core import InvalidArgument, decode_page_token, encode_page_token, page_size
-from tai_common.grpc import principal_of
+from tai_common.grpc import principal_of, receipt
 from tai_common.messaging import AuditLog, request_fingerprint
 from tai_common.runtime import ServiceRuntime
 
@@ -28,10 +28,10 @@ SERVICE_NAME = governor_pb2.DESCRIPTOR.services_by_name["Governor"].full_name
 
 def _receipt(outcome: Outcome, request_id: str, started: float) -> common_pb2.Receipt:
     policy = outcome.policy
-    return common_pb2.Receipt(
-        id=outcome.receipt_id,
+    return receipt(
+        outcome.receipt_id,
         request_id=request_id,
-        status="success",
+        started=started,
         timestamp_ns=outcome.timestamp_ns,
         result_data={
             "policy_id": policy.id,
@@ -39,7 +39,6 @@ def _receipt(outcome: Outcome, request_id: str, started: float) -> common_pb2.Re
             "state": policy.state.value,
             "revision": str(policy.revision),
         },
-        execution_time_us=int((time.perf_counter() - started) * 1e6),
         resource_id=policy.id,
         resource_version=policy.version,
         replayed=outcome.replayed,

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from tai.v1 import common_pb2, scheduler_pb2, scheduler_pb2_grpc
 from tai_common.core import IdFactory
-from tai_common.grpc import caller_of, principal_of
+from tai_common.grpc import caller_of, principal_of, receipt
 from tai_common.runtime import ServiceRuntime
 
 from tai_scheduler.convert import submission_from_request, task_to_proto
@@ -23,16 +23,15 @@ SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
 
 def _receipt(task: Task, ids: IdFactory, started: float) -> common_pb2.Receipt:
-    return common_pb2.Receipt(
-        id=ids.new_id("rcpt"),
-        status="success",
+    return receipt(
+        ids.new_id("rcpt"),
+        started=started,
         timestamp_ns=task.updated_at_ns,
         result_data={
             "task_id": task.id,
             "status": task.status.value,
             "next_run_ns": str(task.next_run_ns),
         },
-        execution_time_us=int((time.perf_counter() - started) * 1e6),
         resource_id=task.id,
         resource_version=task.version,
     )

@@ -21,6 +21,7 @@ from tai_common.grpc.interceptors import (
 )
 from tai_common.grpc.parsing import RequestParsingInterceptor
 from tai_common.grpc.rate_limit import RateLimits
+from tai_common.grpc.receipts import receipt
 from tai_common.grpc.security import SecurityConfigError
 from tai_common.grpc.server import GrpcServer, Registrar
 from tai_common.grpc.streams import as_generator
@@ -44,6 +45,7 @@ __all__ = [
     "as_generator",
     "caller_of",
     "principal_of",
+    "receipt",
     "status_code_for",
     "to_grpc_status",
 ]
