@@ -10,7 +10,6 @@ from tai_common.messaging.audit import (
     current_method,
     set_current_method,
 )
-from tai_common.messaging.consumer import idempotent_handler
 from tai_common.messaging.events import (
     EventFactory,
     UndecodableEvent,
@@ -43,7 +42,6 @@ __all__ = [
     "Verification",
     "current_method",
     "from_message",
-    "idempotent_handler",
     "replica_subscription",
     "request_fingerprint",
     "set_current_method",
