@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from tai.v1 import events_pb2
 from tai_common.core import Clock, continued, wait_event
+from tai_common.core.units import ns_to_seconds
 from tai_common.messaging import events
 from tai_common.ports import DocumentStore, Transaction
 
@@ -205,7 +206,7 @@ class ActionDispatcher:
         following = await self._repo.next_delivery_ns(service_name)
         if following is None:
             return MAX_SLEEP_SECONDS
-        return max(0.0, min(MAX_SLEEP_SECONDS, (following - self._clock.now_ns()) / 1e9))
+        return max(0.0, min(MAX_SLEEP_SECONDS, ns_to_seconds(following - self._clock.now_ns())))
 
     async def _claim_traced(self, service_name: str, action: Action) -> Action | None:
         with self._delivery_span(action):
@@ -226,7 +227,7 @@ class ActionDispatcher:
         metrics.ACTION_TRANSITIONS.labels(status="DELIVERED").inc()
         if delivered.delivery_count == 1:
             metrics.ACTION_DELIVERY.labels(stage="created_to_delivered").observe(
-                max(0, delivered.updated_at_ns - delivered.created_at_ns) / 1e9
+                ns_to_seconds(max(0, delivered.updated_at_ns - delivered.created_at_ns))
             )
 
     @staticmethod

@@ -12,6 +12,7 @@ action has its event, and no action is stored without it.
 from __future__ import annotations
 
 from tai.v1 import events_pb2
+from tai_common.core.units import seconds_to_ns
 from tai_common.messaging import events, topics
 from tai_common.ports import Cursor, DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
@@ -22,8 +23,8 @@ SIGNALS = "signals"
 ACTIONS = "actions"
 DEDUP = "action_dedup"
 
-SIGNAL_RETENTION_NS = 7 * 24 * 3600 * 10**9
-ACTION_RETENTION_NS = 30 * 24 * 3600 * 10**9
+SIGNAL_RETENTION_NS = seconds_to_ns(7 * 24 * 3600)
+ACTION_RETENTION_NS = seconds_to_ns(30 * 24 * 3600)
 
 INDEXES = (
     # Delivery: a service's due actions, earliest first.

@@ -26,6 +26,7 @@ from tai_common.core import (
     page_size,
     signal_variables,
 )
+from tai_common.core.units import seconds_to_ns
 from tai_common.messaging import AuditTrail, events, topics
 from tai_common.ports import Cache, DocumentStore, Transaction
 
@@ -52,8 +53,8 @@ from tai_coordinator.repository import CoordinatorRepository
 
 # A RequestAction whose not-before time is further away than this is handed to the Scheduler
 # (an `action.deferred` event) instead of being stored now.
-DEFER_THRESHOLD_NS = 1_000_000_000
-HISTORY_WINDOW_NS = 3600 * 10**9
+DEFER_THRESHOLD_NS = seconds_to_ns(1)
+HISTORY_WINDOW_NS = seconds_to_ns(3600)
 SIGNAL_TTL_SECONDS = 60.0
 
 
@@ -198,7 +199,7 @@ class CoordinatorService:
                 cooldown = policy.policy.action.cooldown_seconds
                 if cooldown > 0:
                     self._repo.start_cooldown_in(
-                        tx, policy.id, fingerprint, action.id, now + cooldown * 10**9
+                        tx, policy.id, fingerprint, action.id, now + seconds_to_ns(cooldown)
                     )
             stored = StoredSignal(
                 signal=signal,

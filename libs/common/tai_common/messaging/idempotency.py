@@ -13,11 +13,12 @@ from typing import Any
 from google.protobuf.message import Message as ProtoMessage
 
 from tai_common.core import InvalidArgument
+from tai_common.core.units import seconds_to_ns
 from tai_common.ports import Data, IndexSpec, Transaction
 
 IDEMPOTENCY = "idempotency"
 # Records are kept this long (a Firestore TTL policy on `expires_at_ns` removes them).
-RETENTION_NS = 24 * 3600 * 10**9
+RETENTION_NS = seconds_to_ns(24 * 3600)
 MAX_REQUEST_ID_LENGTH = 128
 
 INDEXES = (IndexSpec(IDEMPOTENCY, ("expires_at_ns",)),)

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 
 from tai_common.core import Clock, Unavailable, metrics, wait_event
+from tai_common.core.units import seconds_to_ns
 from tai_common.ports import (
     OUTBOX,
     OUTBOX_INDEXES,
@@ -132,7 +133,7 @@ class OutboxRelay:
 
     async def _claim(self) -> list[OutboxEntry]:
         now = self._clock.now_ns()
-        until = now + int(self._config.claim_seconds * 1e9)
+        until = now + seconds_to_ns(self._config.claim_seconds)
         # Candidates come from a query outside the transaction, which then reads them by key:
         # on Firestore a query inside a transaction locks the whole collection, so every
         # writer's outbox entry would wait for the claim, and for a minute when the claiming
