@@ -32,7 +32,9 @@ async def governor(
 ) -> AsyncIterator[RunningGovernor]:
     runtime = create_governor(
         await Dependencies.open(
-            GovernorSettings(store=url, bus=url, replica_id=replica, **{**COMMON, **settings})
+            GovernorSettings(
+                **{"store": url, "bus": url, "replica_id": replica, **COMMON, **settings}
+            )
         )
     )
     port = await runtime.start()

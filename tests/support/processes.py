@@ -52,6 +52,18 @@ async def wait_serving(target: str, timeout: float = 30.0, service: str = "") ->
             await asyncio.sleep(0.05)
 
 
+async def health_status(target: str) -> int | None:
+    """The overall health status at `target`, or None while the port does not answer."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+        except grpc.aio.AioRpcError:
+            return None
+        return int(reply.status)
+
+
 class ServiceProcess:
     """`python -m <module>` with TAI_* settings, logging to a file."""
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.processes import free_port
+from support.processes import free_port, health_status
 from support.tokens import ISSUER, TokenIssuer
 
 GRACE_SECONDS = 3.0
@@ -81,18 +81,6 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Started]]:
                 os.killpg(each.process.pid, signal.SIGKILL)
             each.process.wait(10)
         print(f"--- {each.log_path.name} ---\n{each.log()[-3000:]}", file=sys.stderr)
-
-
-async def health_status(target: str) -> int | None:
-    """The overall health status, or None while the port does not answer."""
-    async with grpc.aio.insecure_channel(target) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.aio.AioRpcError:
-            return None
-        return int(reply.status)
 
 
 async def wait_health(started: Started, wanted: int, timeout: float = 30.0) -> None:

@@ -10,9 +10,6 @@ from support import inprocess
 from support.firestore_emulator import FirestoreEmulator
 from support.firestore_emulator import firestore_emulator as firestore_emulator
 from support.running import RunningGovernor
-from tai_client import GovernorClient, open_channel
-from tai_common.runtime import Dependencies
-from tai_governor.app import GovernorSettings, create_app
 
 
 @pytest.fixture
@@ -34,20 +31,11 @@ async def governor_on_each_store(
     # Looked up here, so that a run without Firestore tests never starts the JVM.
     emulator: FirestoreEmulator = request.getfixturevalue("firestore_emulator")
     project = emulator.new_project()
-    settings = GovernorSettings(
-        store=f"firestore://{project}",
-        bus=f"sqlite:///{tmp_path}/bus.db",
-        replica_id="test-governor",
-        **inprocess.COMMON,
-    )
-    with emulator.environ():
-        runtime = create_app(await Dependencies.open(settings))
-        port = await runtime.start()
-    target = f"127.0.0.1:{port}"
-    channel = open_channel(target)
     try:
-        yield RunningGovernor(runtime, channel, GovernorClient(channel), target)
+        with emulator.environ():
+            async with inprocess.governor(
+                f"firestore://{project}", bus=f"sqlite:///{tmp_path}/bus.db"
+            ) as running:
+                yield running
     finally:
-        await channel.close()
-        await runtime.stop()
         emulator.wipe(project)

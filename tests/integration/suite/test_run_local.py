@@ -19,10 +19,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from support.processes import free_port
+from grpc_health.v1 import health_pb2
+from support.processes import free_port, health_status
 from tai.v1 import coordinator_pb2, governor_pb2
 from tai_client import (
     ChannelOptions,
@@ -280,17 +279,6 @@ async def test_make_run_with_auth_prints_tokens_that_drive_the_loop(
     async with open_channel(again.target("governor"), viewer) as governor_as_viewer:
         policy = await GovernorClient(governor_as_viewer).get(policy_id)
     assert policy.state == governor_pb2.POLICY_STATE_ENFORCED
-
-
-async def health_status(target: str) -> int | None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
-        except grpc.aio.AioRpcError:
-            return None
-        return int(reply.status)
 
 
 async def test_ctrl_c_while_a_service_waits_to_start_stops_everything_in_the_grace_period(
