@@ -106,7 +106,12 @@ async def open_bus(
 
         path = sqlite_path(settings.bus)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return await SqliteBus.open(path, clock=clock, synchronous=settings.sqlite_synchronous)
+        return await SqliteBus.open(
+            path,
+            clock=clock,
+            synchronous=settings.sqlite_synchronous,
+            single_process=settings.sqlite_single_process,
+        )
     if scheme == "pubsub":
         from tai_common.gcp import PubSubBus
 

@@ -64,6 +64,9 @@ BackendOpener = Callable[[pytest.FixtureRequest, Path], AbstractAsyncContextMana
 class Backend:
     open: BackendOpener
     timing: Timing
+    # One process owns the file (`tai-server`): every "bus" the factory makes is that process's
+    # one bus, and a subscription has one consumer there.
+    single_process: bool = False
 
 
 @asynccontextmanager
@@ -82,6 +85,22 @@ async def _sqlite_backend(_: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     finally:
         for bus in buses:
             await bus.close()
+
+
+@asynccontextmanager
+async def _sqlite_single_process_backend(
+    _: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[BusFactory]:
+    """The one bus of the process that owns a SQLite file (consumers in memory)."""
+    bus = await SqliteBus.open(tmp_path / "tai.db", single_process=True)
+
+    async def make() -> EventBus:
+        return bus
+
+    try:
+        yield make
+    finally:
+        await bus.close()
 
 
 @asynccontextmanager
@@ -126,6 +145,9 @@ async def _kafka_backend(request: pytest.FixtureRequest, _: Path) -> AsyncIterat
 
 _BACKENDS: dict[str, Backend] = {
     "sqlite": Backend(_sqlite_backend, Timing(0.5, 1.5, WAIT_SECONDS, 0.2)),
+    "sqlite-single-process": Backend(
+        _sqlite_single_process_backend, Timing(0.5, 1.5, WAIT_SECONDS, 0.2), single_process=True
+    ),
     "pubsub": Backend(_pubsub_backend, Timing(10.0, 21.0, 45.0, 1.0)),
     # Kafka has no leases: the adapter cancels a handler at its ack deadline and delivers the
     # message again after the backoff. A consumer's first join takes about a second on Tansu.
@@ -366,13 +388,23 @@ def test_batch_delay_must_be_shorter_than_the_ack_deadline() -> None:
         SubscriptionSpec("topic", "sub", batch_delay_seconds=-1)
 
 
-async def test_consumers_of_one_subscription_share_its_messages(bus_factory: BusFactory) -> None:
+async def test_consumers_of_one_subscription_share_its_messages(
+    bus_factory: BusFactory, bus_backend: Backend
+) -> None:
     topic, name = unique("topic"), unique("sub")
     rng = random.Random(7)
 
     async def work(_: Message) -> None:
         await asyncio.sleep(rng.uniform(0, 0.005))
 
+    if bus_backend.single_process:
+        # One process, one consumer per subscription: a second is refused, never given copies.
+        bus = await bus_factory()
+        spec = SubscriptionSpec(topic, name)
+        await bus.subscribe(spec, Recorder())
+        with pytest.raises(FailedPrecondition, match="already has a consumer"):
+            await bus.subscribe(spec, Recorder())
+        return
     consumers = [Recorder(work), Recorder(work)]
     for recorder in consumers:
         bus = await bus_factory()

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tai_common.core import SystemClock, Unavailable
+from tai_common.core import StartupError, SystemClock, Unavailable
 from tai_common.ports import Message, OutgoingMessage, SubscriptionSpec
 from tai_common.sqlite import SqliteBus
 
@@ -41,7 +41,10 @@ def _emit(**event: Any) -> None:
 
 async def _child_consume(args: argparse.Namespace) -> None:
     bus = await SqliteBus.open(
-        args.db, poll_interval=0.005, ephemeral_ttl_seconds=args.ephemeral_ttl
+        args.db,
+        poll_interval=0.005,
+        ephemeral_ttl_seconds=args.ephemeral_ttl,
+        single_process=args.single_process,
     )
 
     async def handler(message: Message) -> None:
@@ -54,6 +57,7 @@ async def _child_consume(args: argparse.Namespace) -> None:
         if args.hold:
             # Never ack: the parent kills this process while it holds the leases.
             await asyncio.Event().wait()
+        await asyncio.sleep(args.work)
 
     spec = SubscriptionSpec(
         args.topic,
@@ -70,7 +74,11 @@ async def _child_consume(args: argparse.Namespace) -> None:
 
 
 async def _child_publish(args: argparse.Namespace) -> None:
-    bus = await SqliteBus.open(args.db)
+    try:
+        bus = await SqliteBus.open(args.db)
+    except StartupError as error:
+        _emit(event="refused", error=str(error))
+        return
     ids = await bus.publish_many(
         [OutgoingMessage(args.topic, f"child-{i}".encode()) for i in range(args.count)]
     )
@@ -90,6 +98,8 @@ def _child_main(argv: list[str]) -> None:
     parser.add_argument("--ephemeral-ttl", type=float, default=180.0)
     parser.add_argument("--ack-deadline", type=float, default=30.0)
     parser.add_argument("--max-concurrency", type=int, default=8)
+    parser.add_argument("--single-process", action="store_true")
+    parser.add_argument("--work", type=float, default=0.0, help="seconds each handler takes")
     args = parser.parse_args(argv)
     asyncio.run(_child_consume(args) if args.mode == "consume" else _child_publish(args))
 
@@ -246,6 +256,58 @@ async def test_messages_held_by_a_killed_consumer_go_to_a_survivor(
     await wait_until(lambda: survivor.ids() == set(ids), timeout=20)
     assert {m.delivery_attempt for m in survivor.messages if m.message_id in held} == {2}
     assert len(survivor.messages) == len(ids)
+
+
+async def test_a_single_process_owner_killed_midway_resumes_from_its_written_cursor(
+    db_path: Path, spawn: Callable[..., Any]
+) -> None:
+    topic, name = unique("topic"), unique("sub")
+    publisher = await SqliteBus.open(db_path)
+    ids = await publisher.publish_many(
+        [OutgoingMessage(topic, f"m{i}".encode()) for i in range(200)]
+    )
+    await publisher.close()
+    args = ["consume", str(db_path), topic, "--subscription", name, "--single-process"]
+    slow = ["--max-concurrency", "1", "--work", "0.005"]
+
+    first = await spawn(*args, *slow)
+    await first.wait_for("ready")
+    # Long enough for several cursor writes (every 0.1 s), then a crash.
+    handled_first = {e["id"] for e in await first.wait_for("message", 80)}
+    assert await first.kill() == -signal.SIGKILL
+
+    second = await spawn(*args)
+    await second.wait_for("ready")
+    await second.wait_for("message", 1)
+    while {e["id"] for e in second.events if e["event"] == "message"} | handled_first != set(ids):
+        await second.next_event()
+    handled_second = [e["id"] for e in second.events if e["event"] == "message"]
+    # Nothing accepted is lost; what was settled before the last written cursor is not
+    # delivered again (a restart is not a replay of the whole log).
+    assert len(handled_second) < len(ids)
+    assert set(handled_second) >= set(ids) - handled_first
+    assert await second.stop() == 0
+
+
+async def test_a_single_process_owner_and_processes_sharing_the_file_exclude_each_other(
+    db_path: Path, spawn: Callable[..., Any]
+) -> None:
+    owner = await SqliteBus.open(db_path, single_process=True)
+    try:
+        child = await spawn("publish", str(db_path), unique("topic"), "--count", "1")
+        (refused,) = await child.wait_for("refused")
+        assert "owned by a single-process TAI server" in refused["error"]
+    finally:
+        await owner.close()
+
+    sharing = await SqliteBus.open(db_path)
+    try:
+        with pytest.raises(StartupError, match="in use by other TAI processes"):
+            await SqliteBus.open(db_path, single_process=True)
+    finally:
+        await sharing.close()
+    # Once every sharing bus is closed, the file may be owned again.
+    await (await SqliteBus.open(db_path, single_process=True)).close()
 
 
 async def test_ephemeral_subscription_of_a_killed_process_is_removed_by_a_janitor(

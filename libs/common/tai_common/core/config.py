@@ -52,6 +52,9 @@ class ServiceSettings(BaseSettings):
     # SQLite durability: FULL syncs every commit to disk; NORMAL survives process crashes but
     # may lose the last commits on power loss.
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # This process is the only one on the SQLite file (`tai-server` sets it): the embedded bus
+    # delivers to its consumers from memory, with no claim or acknowledgement transactions.
+    sqlite_single_process: bool = False
 
     # --- authentication and authorisation (see tai_common.auth) ---
     # "jwt": every call carries a bearer token (or comes from a trusted service over mTLS).

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import fcntl
 import json
 import logging
 import os
@@ -55,6 +56,7 @@ from tai_common.core import (
     FailedPrecondition,
     IdFactory,
     InvalidArgument,
+    StartupError,
     SystemClock,
     Unavailable,
     UuidFactory,
@@ -72,6 +74,7 @@ from tai_common.ports import (
     SubscriptionSpec,
 )
 from tai_common.sqlite.event_log import SqliteEventLog
+from tai_common.sqlite.local_consumer import READ_SQL, LocalConsumer, Row
 from tai_common.sqlite.write_lock import SqliteWriteLock
 
 __all__ = ["SqliteBus", "Synchronous"]
@@ -339,6 +342,8 @@ class SqliteBus:
         ephemeral_ttl_seconds: float,
         janitor_interval: float,
         write_lock: SqliteWriteLock | None = None,
+        single_process: bool = False,
+        cursor_flush_interval: float = 0.1,
     ) -> None:
         """Wraps an open connection; use `SqliteBus.open`, which also prepares the file.
 
@@ -367,6 +372,15 @@ class SqliteBus:
         # The watcher's connection (None for an in-memory database, which no other connection
         # can change): used from the event loop only, never waits for a lock (timeout 0).
         self._watch_db: sqlite3.Connection | None = None
+        # One process owns the file: consumers run in memory (`LocalConsumer`), by name.
+        self._single_process = single_process
+        self._local: dict[str, LocalConsumer] = {}
+        # Closed consumers whose last cursor is not written yet.
+        self._closed_local: list[LocalConsumer] = []
+        self._cursor_flush_interval = cursor_flush_interval
+        # The flock on `<database>-owners` that keeps a single-process owner and the processes
+        # sharing the file apart (`_claim_ownership`).
+        self._owners_fd: int | None = None
 
     @classmethod
     async def open(
@@ -381,6 +395,7 @@ class SqliteBus:
         retention_seconds: float = 7 * 24 * 3600,
         ephemeral_ttl_seconds: float = 180.0,
         janitor_interval: float = 5.0,
+        single_process: bool = False,
     ) -> SqliteBus:
         """Opens (creating if needed) the bus tables in a SQLite file and starts the watcher.
 
@@ -397,12 +412,18 @@ class SqliteBus:
             ephemeral_ttl_seconds: An ephemeral subscription not refreshed for this long
                 (its process died) is deleted by any bus's janitor.
             janitor_interval: Seconds between janitor passes (stale subscriptions, retention).
+            single_process: This process is the only one that will open the file (`tai-server`):
+                consumers deliver from memory (`LocalConsumer`) with no claim or
+                acknowledgement transactions. Refused while another process has the file open
+                through a bus, and other processes' buses are refused while it is.
 
         Returns:
             The open bus.
 
         Raises:
             Unavailable: The file cannot be opened or prepared.
+            StartupError: Another process owns the file, or shares it while this one would own
+                it.
             ValueError: A setting is out of range.
         """
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
@@ -432,8 +453,11 @@ class SqliteBus:
             write_lock=(
                 None if os.fspath(path) in ("", ":memory:") else SqliteWriteLock(Path(path))
             ),
+            single_process=single_process,
         )
         try:
+            if bus._write_lock is not None:
+                bus._claim_ownership(Path(path))
             with _unavailable_on_sqlite_error("cannot prepare event bus"):
                 await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
                 mode = await bus._run(
@@ -444,7 +468,7 @@ class SqliteBus:
                     logger.warning("event bus %s is not in WAL mode (%s)", path, mode)
                 await db.execute(f"PRAGMA synchronous = {synchronous}")
                 await bus._run(_create_schema, write=True)
-                if bus._write_lock is not None:
+                if bus._write_lock is not None and not single_process:
                     bus._watch_db = sqlite3.connect(
                         os.fspath(path), timeout=0, isolation_level=None
                     )
@@ -453,6 +477,7 @@ class SqliteBus:
             await db.close()
             if bus._watch_db is not None:
                 bus._watch_db.close()
+            bus._release_ownership()
             raise
         bus._watcher = asyncio.create_task(bus._watch(), name="sqlite-bus-watcher")
         return bus
@@ -533,12 +558,136 @@ class SqliteBus:
             raise InvalidArgument("dead_letter_topic", "must differ from the topic")
         if self._closing:
             raise Unavailable("the event bus is closed")
+        if self._single_process:
+            return await self._subscribe_local(spec, handler)
         consumer = _Consumer(self, spec, handler, self._ids.new_id("consumer"))
         with _unavailable_on_sqlite_error(f"cannot subscribe {spec.name!r}"):
             registered_at = await self._run(consumer.register, write=True)
         self._consumers.add(consumer)
         consumer.start(registered_at)
         return consumer
+
+    async def _subscribe_local(self, spec: SubscriptionSpec, handler: Handler) -> LocalConsumer:
+        """`subscribe` when this process owns the file: the cursor is read (a durable
+        subscription's row created if new), and the consumer runs in memory."""
+        if spec.name in self._local:
+            # Two consumers sharing a subscription in one process would be one consumer with
+            # more concurrency: say so rather than deliver each message to both.
+            raise FailedPrecondition(f"subscription {spec.name!r} already has a consumer here")
+
+        async def register(db: aiosqlite.Connection) -> int:
+            row = await _fetch_one(
+                db, "SELECT topic, cursor FROM bus_subscriptions WHERE name = ?", (spec.name,)
+            )
+            if row is not None:
+                if row[0] != spec.topic:
+                    raise FailedPrecondition(
+                        f"subscription {spec.name!r} exists for topic {row[0]!r}, "
+                        f"not {spec.topic!r}"
+                    )
+                return int(row[1])
+            start = 0
+            if spec.start_at_latest:
+                end = await _fetch_one(db, "SELECT coalesce(max(seq), 0) FROM bus_messages")
+                start = int(end[0])
+            if not spec.ephemeral:
+                now = self._clock.now_ns()
+                await db.execute(
+                    """
+                    INSERT INTO bus_subscriptions
+                        (name, topic, cursor, ephemeral, ttl_ns, last_seen_ns, created_ns)
+                    VALUES (?, ?, ?, 0, ?, ?, ?)
+                    """,
+                    (spec.name, spec.topic, start, self._ephemeral_ttl_ns, now, now),
+                )
+            return start
+
+        with _unavailable_on_sqlite_error(f"cannot subscribe {spec.name!r}"):
+            cursor = await self._run(register, write=not spec.ephemeral)
+        consumer = LocalConsumer(
+            spec,
+            handler,
+            cursor=cursor,
+            clock=self._clock,
+            read=self._read_messages,
+            publish=self.publish_many,
+            on_closed=self._local_closed,
+        )
+        self._local[spec.name] = consumer
+        consumer.start()
+        return consumer
+
+    async def _read_messages(self, topic: str, after: int, limit: int) -> list[Row]:
+        rows = await self._run(
+            lambda db: db.execute_fetchall(READ_SQL, (topic, after, limit)), write=False
+        )
+        return [(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+    async def _local_closed(self, consumer: LocalConsumer) -> None:
+        # Its cursor is written before it is forgotten, so a consumer opened next on the same
+        # subscription starts where this one stopped.
+        self._closed_local.append(consumer)
+        if self._local.get(consumer.name) is consumer:
+            del self._local[consumer.name]
+        if self._closing:
+            return  # the bus's close writes every cursor once
+        try:
+            await self.flush_cursors()
+        except Exception:
+            logger.exception(
+                "could not write the cursor of %r; written at the next flush", consumer.name
+            )
+
+    async def flush_cursors(self) -> None:
+        """Writes the cursors of this process's consumers that moved, in one transaction
+        (single-process mode; a no-op otherwise)."""
+        consumers = [*self._local.values(), *self._closed_local]
+        moved = [(c, c.cursor) for c in consumers if c.durable and c.cursor > c.persisted]
+        self._closed_local.clear()
+        if not moved:
+            return
+        now = self._clock.now_ns()
+
+        async def write(db: aiosqlite.Connection) -> None:
+            await db.executemany(
+                "UPDATE bus_subscriptions SET cursor = max(cursor, ?), last_seen_ns = ?"
+                " WHERE name = ?",
+                [(cursor, now, c.name) for c, cursor in moved],
+            )
+
+        try:
+            await self._run(write, write=True)
+        except BaseException:
+            self._closed_local.extend(c for c, _ in moved if c.name not in self._local)
+            raise
+        for consumer, cursor in moved:
+            consumer.persisted = max(consumer.persisted, cursor)
+
+    def _claim_ownership(self, database: Path) -> None:
+        """Takes `<database>-owners`: exclusively in single-process mode, shared otherwise,
+        so that a single-process owner and processes sharing the file never run together."""
+        fd = os.open(f"{database}-owners", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            mode = fcntl.LOCK_EX if self._single_process else fcntl.LOCK_SH
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if self._single_process:
+                raise StartupError(
+                    f"{database} is in use by other TAI processes; stop them before starting "
+                    "the single-process server on it"
+                ) from None
+            raise StartupError(
+                f"{database} is owned by a single-process TAI server (tai-server); stop it, or "
+                "use another file"
+            ) from None
+        self._owners_fd = fd
+
+    def _release_ownership(self) -> None:
+        if self._owners_fd is not None:
+            with suppress(OSError):
+                os.close(self._owners_fd)
+            self._owners_fd = None
 
     async def close(self) -> None:
         """Closes every consumer of this bus (letting in-flight handlers finish, and publish),
@@ -549,17 +698,26 @@ class SqliteBus:
         await asyncio.shield(self._close_task)
 
     async def _shutdown(self) -> None:
-        await asyncio.gather(*(c.close() for c in list(self._consumers)))
+        await asyncio.gather(
+            *(c.close() for c in list(self._consumers)),
+            *(c.close() for c in list(self._local.values())),
+        )
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
         if self._watch_db is not None:
             self._watch_db.close()
+        try:
+            await self.flush_cursors()
+        except Exception:
+            # Those messages are delivered again at the next start.
+            logger.exception("could not write the consumers' cursors on close")
         async with self._lock:
             self._db_closed = True
             await self._db.close()
             if self._write_lock is not None:
                 self._write_lock.close()
+            self._release_ownership()
 
     def _wake_consumers(
         self, topics: Iterable[str] | None = None, *, exclude: _Consumer | None = None
@@ -567,7 +725,8 @@ class SqliteBus:
         """Wakes local consumers after a local commit, which `data_version` does not report to
         the committing connection."""
         wanted = None if topics is None else set(topics)
-        for consumer in self._consumers:
+        consumers: list[_Consumer | LocalConsumer] = [*self._consumers, *self._local.values()]
+        for consumer in consumers:
             if consumer is not exclude and (wanted is None or consumer.topic in wanted):
                 consumer.wake()
 
@@ -614,10 +773,16 @@ class SqliteBus:
         """Wakes consumers when another connection commits, and runs the janitor."""
         last_version: int | None = None
         next_janitor = self._clock.monotonic() + self._janitor_interval
+        next_flush = self._clock.monotonic() + self._cursor_flush_interval
         failures = 0
+        # Nothing to poll for in single-process mode: only the flushes and the janitor.
+        interval = self._cursor_flush_interval if self._single_process else self._poll_interval
         while True:
-            await asyncio.sleep(self._poll_interval)
+            await asyncio.sleep(interval)
             try:
+                if self._single_process and self._clock.monotonic() >= next_flush:
+                    await self.flush_cursors()
+                    next_flush = self._clock.monotonic() + self._cursor_flush_interval
                 if self._consumers and self._watch_db is not None:
                     # Cheap: WAL keeps the change counter in shared memory.
                     version = self._data_version(self._watch_db)
