@@ -77,6 +77,9 @@ class Dependencies(Generic[SettingsT]):
     secrets: SecretSource
     clock: Clock = field(default_factory=SystemClock)
     ids: IdFactory = field(default_factory=UuidFactory)
+    # False for a view that shares another's adapters (`shared_with`): the owner closes them.
+    owns_adapters: bool = True
+    _closed: bool = field(default=False, init=False, repr=False)
 
     @classmethod
     async def open(cls, settings: S) -> Dependencies[S]:
@@ -108,8 +111,25 @@ class Dependencies(Generic[SettingsT]):
             clock=clock,
         )
 
+    def shared_with(self, settings: S) -> Dependencies[S]:
+        """The same adapters for another service of this process (`tai-server`), under its own
+        settings; closing the view leaves them open."""
+        return Dependencies(
+            settings=settings,
+            store=self.store,
+            bus=self.bus,
+            cache=self.cache,
+            secrets=self.secrets,
+            clock=self.clock,
+            ids=self.ids,
+            owns_adapters=False,
+        )
+
     async def close(self) -> None:
         """Closes the adapters (their threads and connections would keep the process alive)."""
+        if not self.owns_adapters or self._closed:
+            return
+        self._closed = True
         await self.bus.close()
         await self.cache.close()
         await self.secrets.close()
@@ -301,24 +321,7 @@ class ServiceRuntime:
         waiting for a dependency) and undoes what had started."""
         if stop_requested is None:
             stop_requested = StopSignals(self.settings).install()
-        starting = asyncio.create_task(self.start(), name="start")
-        asked = asyncio.create_task(stop_requested.wait(), name="stop-requested")
-        try:
-            await asyncio.wait({starting, asked}, return_when=asyncio.FIRST_COMPLETED)
-            if not starting.done():
-                log.info("%s: stop requested while starting", self.settings.service_name)
-                starting.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await starting
-                return
-            starting.result()  # a start that failed raises here
-            settle_garbage_collection()
-            await asked
-            log.info("%s: stop requested, draining", self.settings.service_name)
-        finally:
-            starting.cancel()
-            asked.cancel()
-            await self.stop()
+        await serve_together([self], stop_requested, self.settings.service_name)
 
     def health_status(self, service_name: str) -> common_pb2.HealthStatus:
         """The seed's HealthCheck answer."""
@@ -349,6 +352,42 @@ class ServiceRuntime:
                 failures += 1
                 log.exception("worker %s failed; restarting", name)
                 await asyncio.sleep(min(30.0, 0.1 * 2**failures))
+
+
+async def serve_together(
+    runtimes: Sequence[ServiceRuntime], stop_requested: asyncio.Event, name: str
+) -> None:
+    """Starts `runtimes` in order, runs until `stop_requested` is set, then stops them in
+    reverse. A stop asked for while starting cancels the start (which may be waiting for a
+    dependency) and undoes what had started; each runtime is stopped even if another's stop
+    fails."""
+
+    async def start_all() -> None:
+        for runtime in runtimes:
+            await runtime.start()
+
+    starting = asyncio.create_task(start_all(), name="start")
+    asked = asyncio.create_task(stop_requested.wait(), name="stop-requested")
+    try:
+        await asyncio.wait({starting, asked}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            log.info("%s: stop requested while starting", name)
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            return
+        starting.result()  # a start that failed raises here
+        settle_garbage_collection()
+        await asked
+        log.info("%s: stop requested, draining", name)
+    finally:
+        starting.cancel()
+        asked.cancel()
+        for runtime in reversed(runtimes):
+            try:
+                await runtime.stop()
+            except Exception:
+                log.exception("%s: stopping %s failed", name, runtime.settings.service_name)
 
 
 # Time a stopping process gets beyond its grace period (which in-flight calls and running
@@ -397,10 +436,13 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
-async def run_service(settings: S, create_app: Callable[[Dependencies[S]], ServiceRuntime]) -> None:
-    """Runs a service until SIGTERM or SIGINT, which are obeyed from the start (opening the
-    adapters included): tracing, adapters, the app, and a flush of the last spans on the way
-    out."""
+async def run_services(
+    settings: S, create_apps: Callable[[Dependencies[S]], Sequence[ServiceRuntime]]
+) -> None:
+    """Runs the services `create_apps` wires on one set of adapters until SIGTERM or SIGINT,
+    which are obeyed from the start (opening the adapters included): tracing, adapters, the
+    apps, and a flush of the last spans on the way out. Several services (`tai-server`) share
+    `settings`' adapters through `Dependencies.shared_with`, and its metrics endpoint."""
     stop_requested = StopSignals(settings).install()
     provider = configure_tracing(settings)
     try:
@@ -415,31 +457,45 @@ async def run_service(settings: S, create_app: Callable[[Dependencies[S]], Servi
                 await opening
             return
         deps = opening.result()
+        metrics_server = None
         try:
-            runtime = create_app(deps)
-        except BaseException:
+            runtimes = create_apps(deps)
+            if not any(r.deps is deps for r in runtimes) and settings.metrics_port:
+                # The services share the process's registry: one endpoint serves them all.
+                metrics_server = _start_metrics_server(settings)
+            await serve_together(runtimes, stop_requested, settings.service_name)
+        finally:
+            if metrics_server is not None:
+                metrics_server[0].shutdown()
+                metrics_server[0].server_close()
             await deps.close()
-            raise
-        await runtime.serve(stop_requested)
     finally:
         provider.shutdown()
 
 
 def service_main(
-    settings_type: type[S], create_app: Callable[[Dependencies[S]], ServiceRuntime]
+    settings_type: type[S],
+    create_app: Callable[[Dependencies[S]], ServiceRuntime | Sequence[ServiceRuntime]],
+    **overrides: Any,
 ) -> None:
-    """The body of each service's `main`: its settings read from the environment, logging, then
-    `run_service` on a new event loop. A setting that does not validate, or a `StartupError`
-    (something the operator must fix), ends the process with one line on stderr naming what to
-    fix, and exit status 2, without a traceback."""
+    """The body of each service's `main` (and `tai-server`'s, whose `create_app` wires several):
+    its settings read from the environment (`overrides` win, e.g. from the command line),
+    logging, then `run_services` on a new event loop. A setting that does not validate, or a
+    `StartupError` (something the operator must fix), ends the process with one line on stderr
+    naming what to fix, and exit status 2, without a traceback."""
     name = str(settings_type.model_fields["service_name"].default)
     try:
-        settings = settings_type()
+        settings = settings_type(**overrides)
     except pydantic.ValidationError as error:
         _exit_with(name, settings_problems(error))
     configure_logging(settings.service_name, settings.log_level, settings.log_format)
+
+    def create_apps(deps: Dependencies[S]) -> Sequence[ServiceRuntime]:
+        apps = create_app(deps)
+        return [apps] if isinstance(apps, ServiceRuntime) else apps
+
     try:
-        asyncio.run(run_service(settings, create_app))
+        asyncio.run(run_services(settings, create_apps))
     except StartupError as error:
         _exit_with(settings.service_name, str(error))
 

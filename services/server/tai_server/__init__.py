@@ -1,0 +1,1 @@
+"""TAI in one process: the services of the suite on one set of adapters (`tai-server`)."""
