@@ -1,6 +1,7 @@
 """`make run`: the whole suite on the embedded default — SQLite store and bus under ./.tai/,
-no cloud account, no Docker. Starts each service as its own process and the Envoy gateway,
-waits until each is ready, prints how to reach them, and stops everything on Ctrl-C.
+no cloud account, no Docker. Starts the services in one process (`tai-server`, each on its own
+port) and the Envoy gateway, waits until each is ready, prints how to reach them, and stops
+everything on Ctrl-C.
 
     python scripts/run_local.py [--auth]
 
@@ -12,8 +13,8 @@ TAI_SHUTDOWN_GRACE_SECONDS (default 10) and is then killed; a second Ctrl-C kill
 The processes die with this one even if it is killed (SIGKILL): none is left holding a port.
 
 Overrides, for running beside another copy (the tests do): TAI_RUN_STATE_DIR (default ./.tai),
-TAI_RUN_<SERVICE>_PORT and TAI_RUN_<SERVICE>_METRICS_PORT (SERVICE: GOVERNOR, COORDINATOR,
-SCHEDULER), TAI_RUN_GATEWAY_PORT and TAI_RUN_GATEWAY_ADMIN_PORT.
+TAI_RUN_<SERVICE>_PORT (SERVICE: GOVERNOR, COORDINATOR, SCHEDULER), TAI_RUN_METRICS_PORT (the
+server's /metrics, default 9100), TAI_RUN_GATEWAY_PORT and TAI_RUN_GATEWAY_ADMIN_PORT.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import ctypes
 import importlib.util
+import json
 import os
 import signal
 import sys
@@ -54,7 +56,6 @@ class Service:
     name: str
     module: str
     grpc_port: int
-    metrics_port: int
 
 
 class SettingError(Exception):
@@ -84,18 +85,13 @@ def _seconds(variable: str, default: float) -> float:
 def configured_services() -> list[Service]:
     """The three services, on their default ports unless TAI_RUN_* says otherwise."""
     defaults = [
-        ("governor", "tai_governor", 50051, 9101),
-        ("coordinator", "tai_coordinator", 50052, 9102),
-        ("scheduler", "tai_scheduler", 50053, 9103),
+        ("governor", "tai_governor", 50051),
+        ("coordinator", "tai_coordinator", 50052),
+        ("scheduler", "tai_scheduler", 50053),
     ]
     return [
-        Service(
-            name,
-            module,
-            _port(f"TAI_RUN_{name.upper()}_PORT", grpc_port),
-            _port(f"TAI_RUN_{name.upper()}_METRICS_PORT", metrics_port),
-        )
-        for name, module, grpc_port, metrics_port in defaults
+        Service(name, module, _port(f"TAI_RUN_{name.upper()}_PORT", grpc_port))
+        for name, module, grpc_port in defaults
     ]
 
 
@@ -211,21 +207,22 @@ def choose_auth(requested: bool, state_dir: Path, services: list[Service]) -> Au
     return Auth(enabled=True, dev=dev, jwks_file=str(dev.jwks_file), issuer=dev.issuer)
 
 
-def service_env(
-    service: Service, services: list[Service], db_url: str, auth: Auth
+def server_env(
+    services: list[Service], metrics_port: int, db_url: str, auth: Auth
 ) -> dict[str, str]:
+    """The environment of the `tai-server` process that runs `services`."""
     env = {
         **os.environ,
         "TAI_STORE": os.environ.get("TAI_STORE", db_url),
         "TAI_BUS": os.environ.get("TAI_BUS", db_url),
-        "TAI_GRPC_PORT": str(service.grpc_port),
-        "TAI_METRICS_PORT": str(service.metrics_port),
+        "TAI_SERVICES": ",".join(s.name for s in services),
+        "TAI_METRICS_PORT": str(metrics_port),
         "TAI_LOG_FORMAT": os.environ.get("TAI_LOG_FORMAT", "text"),
         # Without authentication the services log it loudly; --auth turns it on.
         "TAI_AUTH": "jwt" if auth.enabled else "off",
     }
-    for other in services:
-        env.setdefault(f"TAI_{other.name.upper()}_TARGET", f"127.0.0.1:{other.grpc_port}")
+    for service in services:
+        env[f"TAI_{service.name.upper()}_GRPC_PORT"] = str(service.grpc_port)
     if auth.dev is not None:
         env |= {
             "TAI_JWT_JWKS_FILE": str(auth.dev.jwks_file),
@@ -236,9 +233,10 @@ def service_env(
         env.pop("TAI_JWT_JWKS_SECRET", None)
         env.pop("TAI_SERVICE_TOKEN", None)
         env.pop("TAI_SERVICE_TOKEN_FILE", None)
-        token_file = auth.dev.service_token_files.get(service.name)
-        if token_file is not None:
-            env["TAI_SERVICE_TOKEN_FILE"] = str(token_file)
+        # Each service presents its own token on the calls it makes to the others.
+        env["TAI_SERVICE_TOKEN_FILES"] = json.dumps(
+            {name: str(path) for name, path in auth.dev.service_token_files.items()}
+        )
     return env
 
 
@@ -247,6 +245,7 @@ class Plan:
     """What to run, from the command line and the environment."""
 
     services: list[Service]
+    metrics_port: int
     gateway: Gateway
     grace: float
     db_url: str
@@ -287,7 +286,8 @@ def make_plan(argv: list[str] | None) -> Plan:
         )
     )
     db_url = f"sqlite:///{state_dir / 'tai.db'}"
-    return Plan(services, gateway, grace, db_url, auth, envoy_config)
+    metrics_port = _port("TAI_RUN_METRICS_PORT", 9100)
+    return Plan(services, metrics_port, gateway, grace, db_url, auth, envoy_config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,12 +342,11 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal)
-        for service in self.services:
-            await self._spawn(
-                service.name,
-                [sys.executable, "-m", service.module],
-                service_env(service, self.services, self.plan.db_url, self.plan.auth),
-            )
+        await self._spawn(
+            "tai-server",
+            [sys.executable, "-m", "tai_server"],
+            server_env(self.services, self.plan.metrics_port, self.plan.db_url, self.plan.auth),
+        )
         await self._spawn(
             "gateway",
             [
@@ -378,22 +377,23 @@ class Supervisor:
         if failure:
             print(f"\n{failure}", file=sys.stderr)
             return 1
-        print_banner(self.services, self.gateway, self.plan.db_url, self.plan.auth)
+        print_banner(self.plan)
         return 0
 
     async def _wait_ready(self) -> str:
         """ "" once every process is ready, else which one failed and why."""
         deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_SECONDS
-        ports = {s.name: s.grpc_port for s in self.services}
-        for name, process in self.processes:
-            try:
-                if name == "gateway":
-                    admin = f"http://127.0.0.1:{self.gateway.admin_port}/ready"
-                    await wait_http(admin, process, deadline)
-                else:
-                    await wait_serving(f"127.0.0.1:{ports[name]}", process, deadline)
-            except RuntimeError as error:
-                return f"{name} failed to start: {error}"
+        processes = dict(self.processes)
+        try:
+            for service in self.services:
+                name = service.name
+                target = f"127.0.0.1:{service.grpc_port}"
+                await wait_serving(target, processes["tai-server"], deadline)
+            name = "gateway"
+            admin = f"http://127.0.0.1:{self.gateway.admin_port}/ready"
+            await wait_http(admin, processes["gateway"], deadline)
+        except RuntimeError as error:
+            return f"{name} failed to start: {error}"
         return ""
 
     async def _until_stopped_or_exited(self) -> int:
@@ -430,15 +430,19 @@ class Supervisor:
         print(f"stopped ({time.monotonic() - started:.1f}s).", file=sys.stderr)
 
 
-def print_banner(services: list[Service], gateway: Gateway, db_url: str, auth: Auth) -> None:
+def print_banner(plan: Plan) -> None:
+    gateway, auth = plan.gateway, plan.auth
     bearer = ' -H "Authorization: Bearer $TAICTL_TOKEN"' if auth.enabled else ""
-    lines = ["", "TAI is running on the embedded default (store and bus: " + db_url + ")", ""]
-    for service in services:
-        lines.append(
-            f"  {service.name:<12} gRPC 127.0.0.1:{service.grpc_port}   "
-            f"metrics http://127.0.0.1:{service.metrics_port}/metrics"
-        )
+    lines = [
+        "",
+        f"TAI is running on the embedded default (store and bus: {plan.db_url}),",
+        "its services in one process (tai-server):",
+        "",
+    ]
+    for service in plan.services:
+        lines.append(f"  {service.name:<12} gRPC 127.0.0.1:{service.grpc_port}")
     lines += [
+        f"  {'metrics':<12} http://127.0.0.1:{plan.metrics_port}/metrics   (every service)",
         f"  {'gateway':<12} gRPC and JSON http://127.0.0.1:{gateway.port}   "
         f"(Envoy admin http://127.0.0.1:{gateway.admin_port})",
         "",

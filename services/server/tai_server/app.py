@@ -44,6 +44,9 @@ class ServerSettings(ServiceSettings):
     # Only this process opens the embedded SQLite file: its bus delivers from memory. Off
     # when other processes share the file (`--services governor` here, the rest elsewhere).
     sqlite_single_process: bool = True
+    # The token each service presents on its calls to the others (service name -> file), in
+    # place of the one TAI_SERVICE_TOKEN(_FILE) would give them all.
+    service_token_files: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("services")
     @classmethod
@@ -85,6 +88,8 @@ def service_overrides(settings: ServerSettings, name: str, ports: dict[str, int]
         "metrics_port": 0,
         "sqlite_single_process": settings.sqlite_single_process,
     }
+    if name in settings.service_token_files:
+        overrides["service_token_file"] = settings.service_token_files[name]
     for other in settings.chosen():
         field = f"{other}_target"
         if field not in settings.model_fields_set:

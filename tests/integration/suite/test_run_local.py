@@ -45,7 +45,7 @@ class RunLocal:
     """scripts/run_local.py on free ports, its output in a file."""
 
     ports: dict[str, int]
-    metrics_ports: dict[str, int]
+    metrics_port: int
     gateway_port: int
     gateway_admin_port: int
 
@@ -54,12 +54,12 @@ class RunLocal:
     ) -> None:
         if same_ports_as is not None:
             self.ports = same_ports_as.ports
-            self.metrics_ports = same_ports_as.metrics_ports
+            self.metrics_port = same_ports_as.metrics_port
             self.gateway_port = same_ports_as.gateway_port
             self.gateway_admin_port = same_ports_as.gateway_admin_port
         else:
             self.ports = {name: free_port() for name in SERVICES}
-            self.metrics_ports = {name: free_port() for name in SERVICES}
+            self.metrics_port = free_port()
             self.gateway_port, self.gateway_admin_port = free_port(), free_port()
         self.output_path = directory / f"run_local-{time.monotonic_ns()}.out"
         self.seen_children: set[int] = set()
@@ -69,7 +69,7 @@ class RunLocal:
             "TAI_RUN_GATEWAY_ADMIN_PORT": str(self.gateway_admin_port),
             "TAI_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
             **{f"TAI_RUN_{n.upper()}_PORT": str(p) for n, p in self.ports.items()},
-            **{f"TAI_RUN_{n.upper()}_METRICS_PORT": str(p) for n, p in self.metrics_ports.items()},
+            "TAI_RUN_METRICS_PORT": str(self.metrics_port),
             **env,
         }
         # The user's shell may carry settings of its own; these runs start from the defaults.
@@ -93,7 +93,7 @@ class RunLocal:
     def all_ports(self) -> list[int]:
         return [
             *self.ports.values(),
-            *self.metrics_ports.values(),
+            self.metrics_port,
             self.gateway_port,
             self.gateway_admin_port,
         ]
@@ -107,7 +107,7 @@ class RunLocal:
         return output
 
     def children(self) -> list[int]:
-        """The processes it started (services and gateway)."""
+        """The processes it started (the server and the gateway)."""
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and _stat(int(entry.name))[1] == self.process.pid:
@@ -295,7 +295,7 @@ async def test_ctrl_c_while_a_service_waits_to_start_stops_everything_in_the_gra
         assert time.monotonic() < deadline, suite.output()
         await asyncio.sleep(0.1)
     children = suite.children()
-    assert len(children) == 4  # three services and the gateway
+    assert len(children) == 2  # the server (every service) and the gateway
 
     took = await suite.exit_time_after(signal.SIGINT)
 
@@ -310,7 +310,7 @@ async def test_killing_make_run_leaves_no_process_holding_its_ports(
     suite = run_local(tmp_path)
     await suite.wait_banner()
     children = suite.children()
-    assert len(children) == 4
+    assert len(children) == 2
 
     suite.process.kill()
     suite.process.wait(10)
