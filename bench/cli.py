@@ -20,7 +20,7 @@ from bench.cpu import IDLE_CORES, CpuSampler, wait_until_idle
 from bench.latency import LATENCY, LatencyOptions, LatencyResult
 from bench.load import CallSpec, LoadConfig, LoadResult, run_load
 from bench.scenarios import EMPTY, THROUGHPUT, Context, Throughput, check_once, request_factory
-from bench.suite import BACKENDS, Suite, make_suite, tai_overrides
+from bench.suite import BACKENDS, TOPOLOGIES, Suite, make_suite, tai_overrides
 
 ALL = [s.name for s in THROUGHPUT] + list(LATENCY)
 DEFAULTS: dict[str, Any] = {
@@ -46,6 +46,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "beside an empty unary gRPC handler loaded the same way.",
     )
     parser.add_argument("--backend", choices=BACKENDS, default="embedded")
+    parser.add_argument(
+        "--topology",
+        choices=TOPOLOGIES,
+        default="single",
+        help="single: every service in one tai-server process (as make run); "
+        "services: a process each",
+    )
     parser.add_argument(
         "--scenarios",
         default="all",
@@ -190,7 +197,7 @@ def _half_load(scenario: Throughput, result: LoadResult) -> LatencyResult:
 async def run(
     args: argparse.Namespace, suite: Suite
 ) -> tuple[LoadResult | None, list[report.ThroughputRow], list[LatencyResult]]:
-    _log(f"starting the suite ({args.backend}) in {suite.workdir}")
+    _log(f"starting the suite ({args.backend}, {args.topology}) in {suite.workdir}")
     await suite.start(args.start_timeout)
     ctx = Context(
         run_id=uuid.uuid4().hex[:6],
@@ -265,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine = report.machine_info()
     config: dict[str, Any] = {
         "scenarios": args.names,
+        "topology": args.topology,
         "processes": args.processes,
         "concurrency": args.concurrency,
         "warmup_s": args.warmup,
@@ -282,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         suite: Suite | None = None
         try:
-            suite = make_suite(args.backend, workdir)
+            suite = make_suite(args.backend, workdir, args.topology)
             baseline, rows, latency = asyncio.run(run(args, suite))
         except BaseException as error:
             tails = suite.log_tails() if suite is not None else ""

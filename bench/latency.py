@@ -351,10 +351,11 @@ async def policy_propagation(
     ctx: Context, suite: Suite, opts: LatencyOptions
 ) -> list[LatencyResult]:
     extra_replicas = []
-    while len(suite.coordinators) < 2:
+    # A second replica where one may join (not beside a single process on its SQLite file).
+    while suite.can_add_coordinator and len(suite.coordinator_targets()) < 2:
         extra_replicas.append(await suite.add_coordinator(opts.start_timeout_s))
     try:
-        return await _propagation(ctx, [c.target for c in suite.coordinators], opts)
+        return await _propagation(ctx, suite.coordinator_targets(), opts)
     finally:
         for replica in extra_replicas:
             suite.stop_coordinator(replica)

@@ -1,5 +1,7 @@
-"""The system under test: the three services as separate processes on free loopback ports, and
-the empty-handler baseline server, started with the tests' `ServiceProcess` (tests/support).
+"""The system under test: the three services on free loopback ports, by default in one
+`tai-server` process (`single`, what `make run` starts) or each in a process of its own
+(`services`), and the empty-handler baseline server, started with the tests' `ServiceProcess`
+(tests/support).
 
 - `embedded`: the embedded default `make run` uses — one SQLite file for store and bus, in a
   temporary directory; in-process cache.
@@ -30,8 +32,16 @@ if str(ROOT / "tests") not in sys.path:
 from support.processes import ServiceProcess, free_port  # noqa: E402
 
 BACKENDS = ("embedded", "emulators", "mixed")
+TOPOLOGIES = ("single", "services")
+SERVICES = ("governor", "coordinator", "scheduler")
 # Variables the harness sets per process; the environment cannot override them.
-_FIXED = {"TAI_GRPC_PORT", "TAI_REPLICA_ID", "TAI_GOVERNOR_TARGET", "TAI_COORDINATOR_TARGET"}
+_FIXED = {
+    "TAI_GRPC_PORT",
+    "TAI_REPLICA_ID",
+    "TAI_GOVERNOR_TARGET",
+    "TAI_COORDINATOR_TARGET",
+    *(f"TAI_{name.upper()}_GRPC_PORT" for name in SERVICES),
+}
 
 
 def tai_overrides() -> dict[str, str]:
@@ -45,9 +55,15 @@ class Suite:
     workdir: Path
     base_env: dict[str, str]
     ledger_path: Path
+    topology: str = "single"
+    # `single`: the one process every service runs in.
+    server: ServiceProcess | None = None
+    # `services`: a process each (and, on any topology, Coordinator replicas added later).
     governor: ServiceProcess | None = None
     coordinators: list[ServiceProcess] = field(default_factory=list)
     scheduler: ServiceProcess | None = None
+    # Each service's address (the first Coordinator's, for the Coordinator).
+    targets: dict[str, str] = field(default_factory=dict)
     empty: ServiceProcess | None = None
     # The empty handler inside the services' server and interceptors.
     empty_stack: ServiceProcess | None = None
@@ -58,17 +74,30 @@ class Suite:
 
     @property
     def governor_target(self) -> str:
-        assert self.governor is not None
-        return self.governor.target
+        return self.targets["governor"]
 
     @property
     def coordinator_target(self) -> str:
-        return self.coordinators[0].target
+        return self.targets["coordinator"]
 
     @property
     def scheduler_target(self) -> str:
-        assert self.scheduler is not None
-        return self.scheduler.target
+        return self.targets["scheduler"]
+
+    def coordinator_targets(self) -> list[str]:
+        """Every Coordinator replica's address, the first one's first."""
+        return [self.coordinator_target, *(c.target for c in self.coordinators[self._own :])]
+
+    @property
+    def _own(self) -> int:
+        # In `services`, the first Coordinator process is the suite's own.
+        return 1 if self.topology == "services" else 0
+
+    @property
+    def can_add_coordinator(self) -> bool:
+        """Whether another Coordinator process may join: not beside a single process that
+        owns the embedded SQLite file."""
+        return not (self.topology == "single" and self.backend == "embedded")
 
     @property
     def empty_target(self) -> str:
@@ -82,7 +111,14 @@ class Suite:
 
     def processes(self) -> list[ServiceProcess]:
         """The server processes, in the order they start."""
-        started = [self.empty, self.empty_stack, self.governor, *self.coordinators, self.scheduler]
+        started = [
+            self.empty,
+            self.empty_stack,
+            self.server,
+            self.governor,
+            *self.coordinators,
+            self.scheduler,
+        ]
         return [p for p in started if p is not None]
 
     def pids(self) -> list[int]:
@@ -101,7 +137,7 @@ class Suite:
         return ServiceProcess(module, settings, self.workdir / f"{self._count:02d}-{module}.log")
 
     async def start(self, timeout: float) -> None:
-        """The empty-handler server, the Governor, one Coordinator, the Scheduler."""
+        """The empty-handler servers, then the services (`topology`)."""
         self.empty = await self.process(
             "bench.empty_server", PYTHONPATH=_pythonpath(), TAI_REPLICA_ID="empty"
         ).start(timeout)
@@ -111,22 +147,36 @@ class Suite:
             TAI_REPLICA_ID="empty-stack",
             BENCH_EMPTY_STACK="1",
         ).start(timeout)
+        if self.topology == "single":
+            ports = {name: free_port() for name in SERVICES}
+            # Ready once the Scheduler, started last, is.
+            self.server = await self.process(
+                "tai_server",
+                TAI_REPLICA_ID="server-0",
+                TAI_GRPC_PORT=str(ports["scheduler"]),
+                **{f"TAI_{name.upper()}_GRPC_PORT": str(port) for name, port in ports.items()},
+            ).start(timeout)
+            self.targets = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+            return
         self.governor = await self.process("tai_governor", TAI_REPLICA_ID="governor-0").start(
             timeout
         )
-        await self.add_coordinator(timeout)
+        self.targets["governor"] = self.governor.target
+        self.targets["coordinator"] = (await self.add_coordinator(timeout)).target
         self.scheduler = await self.process(
             "tai_scheduler",
             TAI_REPLICA_ID="scheduler-0",
             TAI_GOVERNOR_TARGET=self.governor_target,
             TAI_COORDINATOR_TARGET=self.coordinator_target,
         ).start(timeout)
+        self.targets["scheduler"] = self.scheduler.target
 
     async def add_coordinator(self, timeout: float) -> ServiceProcess:
-        """Another Coordinator replica (the first is the one the scenarios load)."""
+        """Another Coordinator replica, a process of its own (the suite's first Coordinator
+        is the one the scenarios load)."""
         process = await self.process(
             "tai_coordinator",
-            TAI_REPLICA_ID=f"coordinator-{len(self.coordinators)}",
+            TAI_REPLICA_ID=f"coordinator-{len(self.coordinators) + 1}",
             TAI_GOVERNOR_TARGET=self.governor_target,
         ).start(timeout)
         self.coordinators.append(process)
@@ -157,8 +207,10 @@ def _pythonpath() -> str:
     return f"{ROOT}{os.pathsep}{existing}" if existing else str(ROOT)
 
 
-def make_suite(backend: str, workdir: Path) -> Suite:
+def make_suite(backend: str, workdir: Path, topology: str = "single") -> Suite:
     """The suite's settings (emulators are started here, the services by `Suite.start`)."""
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"topology must be one of {TOPOLOGIES}")
     ledger = workdir / "ledger.db"
     common = {
         "TAI_AUTH": "off",  # as `make run`
@@ -170,7 +222,7 @@ def make_suite(backend: str, workdir: Path) -> Suite:
     }
     if backend == "embedded":
         db = f"sqlite:///{workdir / 'tai.db'}"
-        return Suite(backend, workdir, {**common, "TAI_STORE": db, "TAI_BUS": db}, ledger)
+        return Suite(backend, workdir, {**common, "TAI_STORE": db, "TAI_BUS": db}, ledger, topology)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}")
 
@@ -178,7 +230,7 @@ def make_suite(backend: str, workdir: Path) -> Suite:
     from support.pubsub_emulator import EMULATOR_BINARY, PubSubEmulator
     from support.redis_server import RedisServer
 
-    suite = Suite(backend, workdir, {}, ledger)
+    suite = Suite(backend, workdir, {}, ledger, topology)
     project = f"tai-bench-{uuid.uuid4().hex[:12]}"
     try:
         if backend == "emulators":
