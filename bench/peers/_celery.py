@@ -24,7 +24,15 @@ import redis
 
 from bench.load import NS_PER_S
 from bench.peers._celery_app import CONCURRENCY, PARKED_QUEUE, QUEUE, TASK, make_app
-from bench.peers._common import PARK_AHEAD_NS, ROOT, PeerResult, Processes, Workload, measure
+from bench.peers._common import (
+    PARK_AHEAD_NS,
+    ROOT,
+    PeerResult,
+    Processes,
+    Workload,
+    group_cpu_s,
+    measure,
+)
 
 if str(ROOT / "tests") not in sys.path:
     sys.path.append(str(ROOT / "tests"))
@@ -81,21 +89,30 @@ async def run_celery(workdir: Path, workload: Workload, result: PeerResult) -> N
     executor = ThreadPoolExecutor(max_workers=workload.concurrency, thread_name_prefix="celery")
     app = None
     try:
-        await asyncio.to_thread(server.start)
+        # Not in a thread: a cancellation mid-start must not leave a server behind it.
+        server.start()
         assert server.process is not None
-        result.extra["process_groups"] = [server.process.pid]
+        redis_pid = server.process.pid
         redis_version = await asyncio.to_thread(_durable, server, workdir)
         result.version = f"{celery.__version__} (redis-server {redis_version})"
         processes.python("celery-worker", "bench.peers._celery_app", server.url, str(ledger_path))
-        result.extra["process_groups"] = [server.process.pid, *processes.pgids]
         result.extra["ledger"] = str(ledger_path)
         result.extra["setup"] = (
             f"redis-server (appendonly, appendfsync always); 1 worker, prefork, concurrency "
             f"{CONCURRENCY}; apply_async(eta=T) from {workload.concurrency} threads"
         )
         app = make_app(server.url, str(ledger_path))
-        await processes.watch(measure(CeleryPeer(app, executor), ledger_path, workload, result))
+
+        def cpu_s() -> dict[str, float]:
+            return {"redis-server": group_cpu_s(redis_pid), **processes.cpu_s()}
+
+        peer = CeleryPeer(app, executor)
+        await processes.watch(measure(peer, ledger_path, workload, result, cpu_s))
     finally:
+        result.extra["process_groups"] = [
+            *([server.process.pid] if server.process is not None else []),
+            *processes.pgids,
+        ]
         processes.stop()
         executor.shutdown(wait=False, cancel_futures=True)
         if app is not None:

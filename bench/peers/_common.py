@@ -4,13 +4,13 @@ the workers record their starts in, and the processes a peer starts, always stop
 The workload, for a system reached through a `Peer` (submit a task due at a time, or one parked a
 day ahead):
 
-1. submit throughput: `concurrency` callers in this process, back to back, each submit durable
+1. a first task due now, waited for: the worker is up and polling.
+2. submit throughput: `concurrency` callers in this process, back to back, each submit durable
    when it returns, for a warm-up then `submit_seconds`; per second = submits started in the
    measured window that succeeded ÷ the window (as bench/load.py counts TAI's SubmitTask). The
    tasks are due a day ahead, so none runs during the benchmark.
-2. a first task due now, waited for: the worker is up and polling.
 3. burst: N tasks due at one instant T, submitted by 32 concurrent callers, T far enough ahead
-   that submission ends before it (2 s + 1.5 × N ÷ the submit rate of step 1, as TAI's
+   that submission ends before it (2 s + 1.5 × N ÷ the submit rate of step 2, as TAI's
    `dispatch_lag`); figures: T → the last start, and lag = start − T (p50, p99).
 4. steady: N tasks due one after another at `steady_rate` per second from T on; lag = start −
    the task's own due time (p50, p99).
@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tai_test_executors import ledger
 
@@ -46,6 +47,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = ("temporal", "celery")
 # How far ahead a parked task is due (never during a benchmark), as TAI's SubmitTask scenario.
 PARK_AHEAD_NS = 86_400 * NS_PER_S
+T = TypeVar("T")
+_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 # Submits in flight during the burst and steady phases, as TAI's `dispatch_lag`.
 SUBMITTERS = 32
 
@@ -210,11 +213,38 @@ async def _submit_all(peer: Peer, due: Mapping[str, int]) -> None:
     await asyncio.gather(*(one(task_id, at) for task_id, at in due.items()))
 
 
-async def measure(peer: Peer, ledger_path: Path, workload: Workload, result: PeerResult) -> None:
+async def measure(
+    peer: Peer,
+    ledger_path: Path,
+    workload: Workload,
+    result: PeerResult,
+    cpu: Callable[[], dict[str, float]],
+) -> dict[str, dict[str, int]]:
     """Runs the workload against `peer`, filling `result` as figures come (a failure part-way
-    leaves the figures measured so far)."""
+    leaves the figures measured so far); returns each phase's due times by task id.
+
+    `cpu()` gives the CPU seconds each of the system's processes used so far: each phase's
+    share goes into `result.extra["cpu_s"]` (with this process's, "harness")."""
     n = workload.tasks
     run = uuid.uuid4().hex[:8]
+    cpu_s: dict[str, dict[str, float]] = {}
+    result.extra["cpu_s"] = cpu_s
+    # The system's processes counted from their start, this one from here.
+    last = {"harness": _cpu_now(cpu)["harness"]}
+
+    def cpu_phase(name: str) -> None:
+        nonlocal last
+        now = _cpu_now(cpu)
+        cpu_s[name] = {k: round(v - last.get(k, 0.0), 2) for k, v in now.items()}
+        last = now
+
+    # The worker up and polling (its start-up off the figures' CPU).
+    hello = f"{run}-hello"
+    began = time.monotonic()
+    await peer.submit(hello, time.time_ns())
+    await wait_for_starts(ledger_path, hello, 1, workload.ready_timeout_s)
+    result.extra["first_task_s"] = round(time.monotonic() - began, 3)
+    cpu_phase("start-up")
 
     stats = await submit_throughput(
         peer.submit_parked,
@@ -230,14 +260,9 @@ async def measure(peer: Peer, ledger_path: Path, workload: Workload, result: Pee
         "latency": stats.latency.as_dict(),
         "errors": stats.errors,
     }
+    cpu_phase("submit")
     if not stats.latency.count:
         raise RuntimeError(f"no submit succeeded: {stats.errors}")
-
-    hello = f"{run}-hello"
-    began = time.monotonic()
-    await peer.submit(hello, time.time_ns())
-    await wait_for_starts(ledger_path, hello, 1, workload.ready_timeout_s)
-    result.extra["first_task_s"] = round(time.monotonic() - began, 3)
 
     lead_s = 2.0 + 1.5 * n / stats.per_s
     result.extra["lead_s"] = round(lead_s, 2)
@@ -253,10 +278,11 @@ async def measure(peer: Peer, ledger_path: Path, workload: Workload, result: Pee
         found = await wait_for_starts(ledger_path, prefix, n, lead_s + span_s + 60.0 + n / 10)
         return due, found, slack
 
-    due, found, slack = await phase(f"{run}-burst-", 0)
-    lags = [found[task_id] - at for task_id, at in due.items()]
-    t = next(iter(due.values()))
+    burst_due, found, slack = await phase(f"{run}-burst-", 0)
+    lags = [found[task_id] - at for task_id, at in burst_due.items()]
+    t = next(iter(burst_due.values()))
     burst = Summary.of(lags)
+    cpu_phase("burst")
     result.burst_all_started_s = (max(found.values()) - t) / NS_PER_S
     result.burst_lag_p50_ms = burst.p50_ms
     result.burst_lag_p99_ms = burst.p99_ms
@@ -267,6 +293,7 @@ async def measure(peer: Peer, ledger_path: Path, workload: Workload, result: Pee
     }
 
     due, found, slack = await phase(f"{run}-steady-", int(NS_PER_S / workload.steady_rate))
+    cpu_phase("steady")
     steady = Summary.of([found[task_id] - at for task_id, at in due.items()])
     result.steady_lag_p50_ms = steady.p50_ms
     result.steady_lag_p99_ms = steady.p99_ms
@@ -285,6 +312,12 @@ async def measure(peer: Peer, ledger_path: Path, workload: Workload, result: Pee
     ]
     if late:
         result.note = f"submission ended after T ({', '.join(late)}): lags include it"
+    return {"burst": burst_due, "steady": due}
+
+
+def _cpu_now(cpu: Callable[[], dict[str, float]]) -> dict[str, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {**cpu(), "harness": usage.ru_utime + usage.ru_stime}
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -328,6 +361,10 @@ class Processes:
             name, [sys.executable, "-m", module, *args], {"PYTHONPATH": path, **(env or {})}
         )
 
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds (user + system) so far of each process, with its group's live members."""
+        return {name: group_cpu_s(process.pid) for name, process in self._started}
+
     def check_running(self) -> None:
         """Raises if a process exited (with the end of its log)."""
         for name, process in self._started:
@@ -336,7 +373,7 @@ class Processes:
                     f"{name} exited with {process.returncode}:\n{self.log_tail(name)}"
                 )
 
-    async def watch(self, work: Coroutine[Any, Any, None]) -> None:
+    async def watch(self, work: Coroutine[Any, Any, T]) -> T:
         """Awaits `work`, failing it at once if one of these processes exits."""
         task = asyncio.ensure_future(work)
         try:
@@ -348,7 +385,7 @@ class Processes:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
-        task.result()
+        return task.result()
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         with contextlib.suppress(FileNotFoundError):
@@ -378,15 +415,32 @@ def _signal_group(pgid: int, signum: signal.Signals) -> None:
         os.killpg(pgid, signum)
 
 
+def _stat_fields(entry: Path) -> list[str]:
+    """/proc/<pid>/stat's fields after the command (which may hold spaces, in parentheses):
+    [0] state, [2] process group, [11] utime, [12] stime."""
+    stat = (entry / "stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def group_cpu_s(pgid: int) -> float:
+    """User + system CPU seconds of the live processes of group `pgid`."""
+    ticks = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, ValueError):
+                fields = _stat_fields(entry)
+                if int(fields[2]) == pgid:
+                    ticks += int(fields[11]) + int(fields[12])
+    return ticks / _TICKS_PER_S
+
+
 def group_alive(pgid: int) -> bool:
     """Whether any process of group `pgid` still exists (zombies aside)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        with contextlib.suppress(OSError):
-            stat = (entry / "stat").read_text()
-            # Fields after the command (which may hold spaces) in parentheses.
-            fields = stat[stat.rindex(")") + 2 :].split()
+        with contextlib.suppress(OSError, ValueError):
+            fields = _stat_fields(entry)
             if fields[0] != "Z" and int(fields[2]) == pgid:
                 return True
     return False

@@ -5,10 +5,12 @@ the call returns), headless (no Web UI), on free loopback ports; a worker proces
 (`_temporal_worker`); the harness's client on the `temporalio` SDK, connected to that server
 only (nothing is downloaded: the SDK's own dev-server download is not used).
 
-A task is a `RecordWorkflow` started with `start_delay` = its due time − now (Temporal takes a
-delay, not an instant: the request's own transit is counted in the lag); its one activity
+A task is a `RecordWorkflow` started with `start_delay` = its due time − now; its one activity
 records its start. So "start" here is the activity's start, after the workflow's first
-workflow task, where TAI's is its executor's start after one claim.
+workflow task, where TAI's is its executor's start after one claim. Temporal takes a delay, not
+an instant: the server counts it from when it handles the start request, so the request's
+transit and queueing are in the lag; `extra["fire_time_minus_due"]` shows how much (the
+workflows' `execution_time`, the server's planned start, − their due time).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from bench.load import Summary
 from bench.peers._common import (
     PARK_AHEAD_NS,
     ROOT,
@@ -88,6 +92,22 @@ async def _connect(address: str, processes: Processes) -> Client:
             await asyncio.sleep(0.2)
 
 
+async def _fire_offsets(client: Client, due: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Per phase, when the server planned to start each workflow (its `execution_time`: when
+    the start request was handled + `start_delay`) − the task's due time: the part of the lag
+    that comes from Temporal taking a delay rather than an instant."""
+    planned: dict[str, int] = {}
+    async for execution in client.list_workflows(f'WorkflowType = "{WORKFLOW}"'):
+        if execution.execution_time is not None:
+            planned[execution.id] = int(execution.execution_time.timestamp() * 1e6) * 1000
+    return {
+        phase: Summary.of(
+            [planned[task_id] - at for task_id, at in tasks.items() if task_id in planned]
+        ).as_dict()
+        for phase, tasks in due.items()
+    }
+
+
 async def run_temporal(workdir: Path, workload: Workload, result: PeerResult) -> None:
     """Starts the dev server and a worker in `workdir`, runs the workload, stops both."""
     binary = temporal_binary()
@@ -106,7 +126,6 @@ async def run_temporal(workdir: Path, workload: Workload, result: PeerResult) ->
     ledger_path = workdir / "ledger.db"
     task_queue = "peers"
     processes = Processes(workdir)
-    result.extra["process_groups"] = processes.pgids
     try:
         # fmt: off
         processes.start("temporal-server", [
@@ -124,7 +143,6 @@ async def run_temporal(workdir: Path, workload: Workload, result: PeerResult) ->
             "--disable-config-file", "--disable-config-env",
         ])
         # fmt: on
-        result.extra["process_groups"] = processes.pgids
         client = await _connect(address, processes)
         processes.python(
             "temporal-worker",
@@ -133,14 +151,17 @@ async def run_temporal(workdir: Path, workload: Workload, result: PeerResult) ->
             task_queue,
             str(ledger_path),
         )
-        result.extra["process_groups"] = processes.pgids
         result.extra["ledger"] = str(ledger_path)
         result.extra["setup"] = (
             "temporal server start-dev, SQLite file (WAL, synchronous=FULL), headless; "
             "1 worker process (temporalio SDK defaults, sandboxed workflows)"
         )
-        await processes.watch(
-            measure(TemporalPeer(client, task_queue), ledger_path, workload, result)
+        due = await processes.watch(
+            measure(
+                TemporalPeer(client, task_queue), ledger_path, workload, result, processes.cpu_s
+            )
         )
+        result.extra["fire_time_minus_due"] = await _fire_offsets(client, due)
     finally:
+        result.extra["process_groups"] = processes.pgids
         processes.stop()
