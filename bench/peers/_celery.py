@@ -32,6 +32,8 @@ from bench.peers._common import (
     Workload,
     group_cpu_s,
     measure,
+    track_group,
+    untrack_group,
 )
 
 if str(ROOT / "tests") not in sys.path:
@@ -93,6 +95,7 @@ async def run_celery(workdir: Path, workload: Workload, result: PeerResult) -> N
         server.start()
         assert server.process is not None
         redis_pid = server.process.pid
+        track_group(redis_pid)
         redis_version = await asyncio.to_thread(_durable, server, workdir)
         result.version = f"{celery.__version__} (redis-server {redis_version})"
         processes.python("celery-worker", "bench.peers._celery_app", server.url, str(ledger_path))
@@ -118,3 +121,5 @@ async def run_celery(workdir: Path, workload: Workload, result: PeerResult) -> N
         if app is not None:
             app.close()
         server.stop()
+        if server.process is not None:
+            untrack_group(server.process.pid)

@@ -350,6 +350,7 @@ class Processes:
                 start_new_session=True,
             )
         self._started.append((name, process))
+        _live_groups.add(process.pid)
         return process
 
     def python(
@@ -407,7 +408,29 @@ class Processes:
                 process.wait(10)
         # A pool child may outlive its leader for a moment after SIGKILL.
         for pgid in self.pgids:
-            wait_group_gone(pgid, 10.0)
+            if wait_group_gone(pgid, 10.0):
+                _live_groups.discard(pgid)
+
+
+# Every process group started and not yet seen gone: `kill_leftovers` ends them when a stop
+# was itself interrupted (a second Ctrl-C).
+_live_groups: set[int] = set()
+
+
+def track_group(pgid: int) -> None:
+    """A process group started outside `Processes` (tests/support's redis-server)."""
+    _live_groups.add(pgid)
+
+
+def untrack_group(pgid: int) -> None:
+    _live_groups.discard(pgid)
+
+
+def kill_leftovers() -> None:
+    """SIGKILL to every process group started here and not yet seen gone."""
+    for pgid in list(_live_groups):
+        _signal_group(pgid, signal.SIGKILL)
+        _live_groups.discard(pgid)
 
 
 def _signal_group(pgid: int, signum: signal.Signals) -> None:

@@ -8,7 +8,7 @@ import shutil
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from bench.peers._common import SYSTEMS, PeerResult, Workload
+from bench.peers._common import SYSTEMS, PeerResult, Workload, kill_leftovers
 
 Runner = Callable[[Path, Workload, PeerResult], Awaitable[None]]
 
@@ -60,17 +60,26 @@ async def run_peers(
         concurrency=concurrency,
     )
     results = []
-    for system in systems:
-        folder = workdir / system
-        shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        result = PeerResult(system=system, version="", tasks=tasks, steady_rate=steady_rate)
-        try:
-            await _runner(system)(folder, workload, result)
-        except Exception as error:  # one system's failure is its row's note, not the end
-            result.note = f"failed: {error}".strip()[:2000]
-        results.append(result)
+    try:
+        for system in systems:
+            results.append(await _run_one(system, workdir, workload))
+    finally:
+        kill_leftovers()  # only where a stop was itself cut short
     return results
+
+
+async def _run_one(system: str, workdir: Path, workload: Workload) -> PeerResult:
+    folder = workdir / system
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    result = PeerResult(
+        system=system, version="", tasks=workload.tasks, steady_rate=workload.steady_rate
+    )
+    try:
+        await _runner(system)(folder, workload, result)
+    except Exception as error:  # one system's failure is its row's note, not the end
+        result.note = f"failed: {error}".strip()[:2000]
+    return result
 
 
 def _ms(value: float | None) -> str:
