@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from tai.v1 import scheduler_pb2_grpc
 from tai_common.core import ServiceSettings
 from tai_common.core.metrics import CIRCUIT_BREAKER_STATE
@@ -37,6 +37,11 @@ class SchedulerSettings(ServiceSettings):
     fallback_poll_seconds: float = Field(default=1.0, gt=0)
     # Due tasks read per claim; the highest priorities among them are claimed first.
     claim_scan: int = Field(default=64, ge=1, le=1000)
+    # Tasks falling due within this horizon are claimed ahead, held in memory and started at
+    # their due time (0: claimed once due). At most half of lease_seconds.
+    claim_ahead_seconds: float = Field(default=1.0, ge=0)
+    # Claimed tasks one replica holds waiting at most (for their due time, or a free slot).
+    claim_ahead_limit: int = Field(default=1024, ge=0, le=100_000)
     # How often tai_scheduler_due_tasks is counted in the store (two count queries).
     due_tasks_count_seconds: float = Field(default=5.0, gt=0)
     # Deadline of an executor's call when the attempt has more time than this.
@@ -45,6 +50,17 @@ class SchedulerSettings(ServiceSettings):
     breaker_failure_threshold: int = Field(default=5, ge=1)
     breaker_reset_seconds: float = Field(default=30.0, ge=0)
     breaker_success_threshold: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _claim_ahead_within_the_lease(self) -> SchedulerSettings:
+        # A claim ahead outlives its horizon under its lease; a horizon near the lease would
+        # leave a dead replica's tasks unclaimed long after their due time.
+        if self.claim_ahead_seconds > self.lease_seconds / 2:
+            raise ValueError(
+                f"claim_ahead_seconds ({self.claim_ahead_seconds:g}) must be at most half of "
+                f"lease_seconds ({self.lease_seconds:g})"
+            )
+        return self
 
 
 _BREAKER_STATE_VALUES = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
@@ -126,11 +142,13 @@ def create_app(deps: Dependencies[SchedulerSettings]) -> ServiceRuntime:
             lease_seconds=settings.lease_seconds,
             fallback_poll_seconds=settings.fallback_poll_seconds,
             claim_scan=settings.claim_scan,
+            claim_ahead_seconds=settings.claim_ahead_seconds,
+            claim_ahead_limit=settings.claim_ahead_limit,
         ),
         on_committed=runtime.relay.notify,
         stopping=server.stopping,
     )
-    wakeup.subscribe(worker.wake)
+    wakeup.subscribe(worker.wake, ended=worker.task_ended)
     runtime.add_worker("task-worker", worker.run)
     runtime.add_worker("task-lease-renewer", worker.renew_leases)
     due_tasks = DueTasksGauge(

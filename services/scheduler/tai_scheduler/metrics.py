@@ -6,8 +6,23 @@ from prometheus_client import Counter, Gauge, Histogram
 
 DISPATCH_LAG = Histogram(
     "tai_scheduler_dispatch_lag_seconds",
-    "Time from a task attempt's due time to its claim by a replica.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    "Time from a task attempt's due time to the start of its executor on a replica.",
+    buckets=(
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        30.0,
+    ),
 )
 ATTEMPTS = Counter(
     "tai_scheduler_attempts_total",
@@ -15,6 +30,10 @@ ATTEMPTS = Counter(
     ["task_type", "outcome"],
 )
 RUNNING = Gauge("tai_scheduler_running_attempts", "Attempts running on this replica.")
+CLAIMED_AHEAD = Gauge(
+    "tai_scheduler_claimed_waiting_tasks",
+    "Tasks this replica claimed and holds until their due time, or until a slot frees once due.",
+)
 LEASE_STEALS = Counter(
     "tai_scheduler_lease_steals_total",
     "Tasks taken over by a replica because another replica's lease on them lapsed.",

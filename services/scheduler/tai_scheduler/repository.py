@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from tai_common.ports import Cursor, DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
@@ -38,6 +39,15 @@ INDEXES = (
 _LIST_ORDER = (Order("created_at_ns", descending=True),)
 
 
+@dataclass(frozen=True)
+class Lease:
+    """Who holds a task, as stored: enough to tell whether a claim still stands."""
+
+    status: TaskState
+    owner: str
+    fencing_token: int
+
+
 class TaskRepository:
     def __init__(self, store: DocumentStore) -> None:
         self._store = store
@@ -52,14 +62,17 @@ class TaskRepository:
         """The tasks that exist among `task_ids`, by id, in one read."""
         return {doc.id: Task.from_doc(doc.data) for doc in await tx.get_many(TASKS, task_ids)}
 
-    async def due(self, now_ns: int, limit: int) -> list[Task]:
-        """Pending tasks due at `now_ns`, earliest first (a plain read: no locks)."""
+    async def due(self, by_ns: int, limit: int, *, after_ns: int | None = None) -> list[Task]:
+        """Pending tasks due by `by_ns` (and after `after_ns`, if given), earliest first (a
+        plain read: no locks)."""
+        after = () if after_ns is None else (Filter("next_run_ns", Op.GT, after_ns),)
         page = await self._store.query(
             Query(
                 TASKS,
                 filters=(
                     Filter.eq("status", TaskState.PENDING.value),
-                    Filter("next_run_ns", Op.LE, now_ns),
+                    *after,
+                    Filter("next_run_ns", Op.LE, by_ns),
                 ),
                 order_by=(Order("next_run_ns"),),
                 limit=limit,
@@ -107,6 +120,18 @@ class TaskRepository:
         doc = await self._store.get(TASKS, task_id)
         return Task.from_doc(doc.data) if doc else None
 
+    async def leases(self, task_ids: Sequence[str]) -> dict[str, Lease]:
+        """The lease of each task that exists among `task_ids`, in one plain read (no locks),
+        without decoding the rest of the task."""
+        return {
+            doc.id: Lease(
+                TaskState(doc.data["status"]),
+                str(doc.data.get("lease_owner", "")),
+                int(doc.data.get("fencing_token", 0)),
+            )
+            for doc in await self._store.get_many(TASKS, task_ids)
+        }
+
     async def count_due(self, now_ns: int) -> int:
         """Tasks that a replica with a free slot would claim at `now_ns`: pending and due, or
         running with a lapsed lease. Two count queries on the claims' own indexes; held runs
@@ -124,12 +149,14 @@ class TaskRepository:
         )
         return pending + lapsed
 
-    async def earliest_due_ns(self) -> int | None:
-        """The next_run_ns of the earliest pending task (held runs included, far ahead)."""
+    async def earliest_due_ns(self, *, after_ns: int | None = None) -> int | None:
+        """The next_run_ns of the earliest pending task (held runs included, far ahead), or
+        of the earliest due after `after_ns`."""
+        after = () if after_ns is None else (Filter("next_run_ns", Op.GT, after_ns),)
         page = await self._store.query(
             Query(
                 TASKS,
-                filters=(Filter.eq("status", TaskState.PENDING.value),),
+                filters=(Filter.eq("status", TaskState.PENDING.value), *after),
                 order_by=(Order("next_run_ns"),),
                 limit=1,
             )

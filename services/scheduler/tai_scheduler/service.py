@@ -78,17 +78,29 @@ class TaskUpdate:
 
 
 class Wakeup:
-    """Tells the worker that the set of due tasks may have changed."""
+    """Tells the worker that the set of due tasks may have changed (calling it), or that a task
+    ended (`ended`: cancelled, here or on another replica)."""
 
     def __init__(self) -> None:
         self._listeners: list[Callable[[], None]] = []
+        self._ended: list[Callable[[str], None]] = []
 
-    def subscribe(self, listener: Callable[[], None]) -> None:
+    def subscribe(
+        self, listener: Callable[[], None], ended: Callable[[str], None] | None = None
+    ) -> None:
+        """`listener` is called when due tasks may have changed; `ended` with the id of each
+        task that reached a final state."""
         self._listeners.append(listener)
+        if ended is not None:
+            self._ended.append(ended)
 
     def __call__(self) -> None:
         for listener in self._listeners:
             listener()
+
+    def ended(self, task_id: str) -> None:
+        for listener in self._ended:
+            listener(task_id)
 
 
 class TaskService:
@@ -220,6 +232,9 @@ class TaskService:
 
         task = await self._store.run_transaction(apply)
         self._committed()
+        # A replica holding it (this one: at once; others: through the task's event) gives up
+        # its claim, so that an attempt claimed ahead never starts.
+        self._wakeup.ended(task.id)
         return task
 
     def _committed(self) -> None:
@@ -312,5 +327,7 @@ class TaskService:
                 task_type=task.task_type,
             )
         )
+        if TaskState(task.status) in FINAL_STATES:
+            self._wakeup.ended(task.task_id)
         if event.event_type != "task.running":
             self._wakeup()

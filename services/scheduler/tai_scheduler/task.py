@@ -11,6 +11,9 @@ Lifecycle::
        └── released ──────┘      (lease lapsed: claimed again by another replica)
     pending | running ──cancel──▶ cancelled
 
+A replica may claim a task shortly before it falls due (claim ahead): the task is `running`
+from its claim, its attempt planned to start at `next_run_ns`, when the replica starts it.
+
 A recurring task (`cron_schedule` set) never runs itself: it stays `pending` with `next_run_ns`
 at its next fire time, and each fire creates a child task (one run) whose `parent_task_id`
 names it.
@@ -379,6 +382,8 @@ class Attempt:
     """One try at running a task."""
 
     attempt: int
+    # When it started: planned by the claim (the task's due time, or the claim's time when it
+    # was already due), then set to when its replica started it once the attempt ends.
     started_at_ns: int
     worker: str
     idempotency_key: str
@@ -388,6 +393,8 @@ class Attempt:
     error_message: str = ""
     # False for an attempt released on shutdown: it does not use up one of max_attempts.
     counts: bool = True
+    # When its replica claimed it: before started_at_ns when claimed ahead of its due time.
+    claimed_at_ns: int = 0
 
     def ended(self, now_ns: int, outcome: AttemptOutcome, error: str = "") -> Attempt:
         return replace(
@@ -404,6 +411,7 @@ class Attempt:
             "worker": self.worker,
             "idempotency_key": self.idempotency_key,
             "counts": self.counts,
+            "claimed_at_ns": self.claimed_at_ns,
         }
 
     @classmethod
@@ -417,6 +425,7 @@ class Attempt:
             worker=str(data.get("worker", "")),
             idempotency_key=str(data.get("idempotency_key", "")),
             counts=bool(data.get("counts", True)),
+            claimed_at_ns=int(data.get("claimed_at_ns", 0)),
         )
 
 
@@ -495,21 +504,25 @@ class Task:
         return replace(self, version=self.version + 1, updated_at_ns=now_ns, **changes)
 
     def claimed(self, now_ns: int, worker: str, lease_ns: int) -> Task:
-        """pending → running on `worker`, with a new attempt and a new fencing token."""
+        """pending → running on `worker`, with a new attempt and a new fencing token. A task
+        claimed ahead of its due time (`next_run_ns` after `now_ns`) keeps it: its attempt is
+        planned to start then, and the replica holds it until then."""
         if self.status is not TaskState.PENDING or self.is_recurring:
             raise FailedPrecondition(f"task {self.id!r} is {self.status.value}, not claimable")
         number = (self.attempts[-1].attempt if self.attempts else 0) + 1
+        start_ns = max(now_ns, self.next_run_ns)
         attempt = Attempt(
             attempt=number,
-            started_at_ns=now_ns,
+            started_at_ns=start_ns,
             worker=worker,
             idempotency_key=self.idempotency_key,
+            claimed_at_ns=now_ns,
         )
         return self._next(
             now_ns,
             status=TaskState.RUNNING,
             attempts=_bounded((*self.attempts, attempt)),
-            started_at_ns=self.started_at_ns or now_ns,
+            started_at_ns=self.started_at_ns or start_ns,
             lease_owner=worker,
             lease_until_ns=now_ns + lease_ns,
             fencing_token=self.fencing_token + 1,
@@ -536,6 +549,20 @@ class Task:
             error_message=error,
             lease_owner="",
             lease_until_ns=0,
+        )
+
+    def started(self, started_at_ns: int) -> Task:
+        """The running attempt as its replica started it, at `started_at_ns` (the claim planned
+        its start; a replica with no free slot at the due time starts it later). Not a change
+        anyone watches: no new version."""
+        current = self.current_attempt
+        if current is None or current.started_at_ns == started_at_ns:
+            return self
+        first = self.started_at_ns == current.started_at_ns
+        return replace(
+            self,
+            attempts=(*self.attempts[:-1], replace(current, started_at_ns=started_at_ns)),
+            started_at_ns=started_at_ns if first else self.started_at_ns,
         )
 
     def renewed(self, now_ns: int, lease_ns: int) -> Task:
@@ -567,15 +594,16 @@ class Task:
             lease_until_ns=0,
         )
 
-    def released(self, now_ns: int, reason: str) -> Task:
-        """running → pending, due now, without using up an attempt (a graceful shutdown)."""
+    def released(self, now_ns: int, reason: str, *, started: bool = True) -> Task:
+        """running → pending without using up an attempt (a graceful shutdown): due now, or,
+        for an attempt claimed ahead that had not `started`, due when it was."""
         attempts = self._end_current(now_ns, AttemptOutcome.LEASE_LOST, reason)
         if attempts:
             attempts = (*attempts[:-1], replace(attempts[-1], counts=False))
         return self._next(
             now_ns,
             status=TaskState.PENDING,
-            next_run_ns=now_ns,
+            next_run_ns=now_ns if started else self.next_run_ns,
             attempts=attempts,
             lease_owner="",
             lease_until_ns=0,

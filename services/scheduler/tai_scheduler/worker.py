@@ -1,32 +1,45 @@
-"""The worker: claims due tasks with a lease, runs them, renews the leases while they run, and
-records each attempt's outcome — fenced, so a replica whose lease lapsed cannot overwrite the
-result of the replica that took the task over.
+"""The worker: claims tasks with a lease, starts each at its due time, renews the leases while
+it holds them, and records each attempt's outcome — fenced, so a replica whose lease lapsed
+cannot overwrite the result of the replica that took the task over.
 
-One loop per replica:
+One claim loop per replica:
 
-1. Claim (one store transaction): read the due pending tasks (earliest first) and the running
-   tasks whose lease lapsed; record each lapsed attempt as `lease_lost`; fire the due recurring
-   tasks (creating their runs); then claim the runnable tasks with the highest priority first,
-   up to the free slots. Each claim bumps the task's fencing token.
-2. Sleep until the earliest due time or lease end, or until woken: by a submission on this
-   replica, an event of another replica, or a finished execution freeing a slot — with a
-   fallback poll.
+1. Claim (one store transaction, at most `_BATCH` tasks): read the pending tasks due within
+   the claim-ahead horizon (earliest first) and the running tasks whose lease lapsed; record
+   each lapsed attempt as `lease_lost`; fire the due recurring tasks (creating their runs);
+   then claim the tasks already due, highest priority first, up to the free slots, and the
+   tasks falling due within the horizon, earliest first, up to `claim_ahead_limit` held.
+   Each claim bumps the task's fencing token.
+2. Sleep until the earliest pending task enters the horizon or the earliest lease ends, or
+   until woken: by a submission on this replica, an event of another replica, or a started or
+   finished attempt making room — with a fallback poll.
 
-Running attempts are renewed together, every third of the lease. Any write about an attempt
-first checks that the task is still running under the token its claim set.
+Claimed tasks wait in memory, and a timer (`loop.call_at`) starts each at its due time, the
+highest priority first among those due at once, as slots free up. A task claimed before its
+due time is started only after one read at or after that time finds it still this claim's:
+a task cancelled before it fell due never runs. Outcomes are written by one transaction per
+batch of attempts that ended together.
+
+Every claim held (waiting, running, or its outcome not yet written) is renewed together,
+every third of the lease. Any write about an attempt first checks that the task is still
+running under the token its claim set.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
+import heapq
 import itertools
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import Enum
+from typing import TypeVar
 
 from tai_common.core import Aborted, Clock, InvalidArgument, Unavailable, continued
 from tai_common.core.units import NS_PER_SECOND
@@ -37,7 +50,7 @@ from tai_scheduler import metrics
 from tai_scheduler.changes import ChangeSet, Family, read_family, settle_parent
 from tai_scheduler.executors.port import PermanentTaskError, TaskContext
 from tai_scheduler.executors.registry import ExecutorRegistry
-from tai_scheduler.repository import TaskRepository
+from tai_scheduler.repository import Lease, TaskRepository
 from tai_scheduler.task import (
     API_LIMITS,
     AttemptOutcome,
@@ -52,8 +65,18 @@ from tai_scheduler.task import (
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Store errors a loop rides out by backing off (the store's own retries already happened).
 _TRANSIENT = (Unavailable, Aborted)
+# Tasks one transaction claims, finishes or releases at most: each writes the task and its
+# event (and a run's parent), within Firestore's 500 writes per commit.
+_BATCH = 100
+# Leases one renewal transaction renews at most (one write each).
+_RENEW_BATCH = 400
+_TAKEN = "cancelled or taken over before it was due"
+# How soon a start whose lease check could not be read is tried again.
+_START_RETRY_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,11 @@ class WorkerConfig:
     fallback_poll_seconds: float = 1.0
     # Due tasks read per claim (the highest priorities among them are claimed first).
     claim_scan: int = 64
+    # Tasks falling due within this horizon are claimed ahead and started at their due time
+    # (0: claim tasks only once due). At most half the lease.
+    claim_ahead_seconds: float = 1.0
+    # Claimed tasks held waiting at most (for their due time, or for a slot once due).
+    claim_ahead_limit: int = 1024
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -79,29 +107,81 @@ class WorkerConfig:
             raise ValueError("fallback_poll_seconds must be positive")
         if self.claim_scan < 1:
             raise ValueError("claim_scan must be at least 1")
+        if not 0 <= self.claim_ahead_seconds <= self.lease_seconds / 2:
+            raise ValueError(
+                f"claim_ahead_seconds must be between 0 and half of lease_seconds "
+                f"({self.lease_seconds / 2:g}); got {self.claim_ahead_seconds:g}"
+            )
+        if self.claim_ahead_limit < 0:
+            raise ValueError("claim_ahead_limit must not be negative")
 
     @property
     def lease_ns(self) -> int:
         return int(self.lease_seconds * NS_PER_SECOND)
 
+    @property
+    def horizon_ns(self) -> int:
+        return int(self.claim_ahead_seconds * NS_PER_SECOND) if self.claim_ahead_limit else 0
 
-@dataclass
+
+class _Phase(Enum):
+    # Claimed, held in memory until its due time and a free slot.
+    WAITING = "waiting"
+    # Given a slot; its lease is being checked before the executor starts.
+    STARTING = "starting"
+    RUNNING = "running"
+    # The executor returned; the outcome waits for its transaction.
+    FINISHING = "finishing"
+
+
+@dataclass(eq=False)
 class _Claim:
-    """An attempt this replica runs."""
+    """A task this replica holds under a lease."""
 
     task: Task
     token: int
     # When the lease ends unless renewed, on the monotonic clock.
     lease_deadline: float
+    # When it is due (the wall clock's ns): it starts then, not before.
+    due_ns: int
+    # Known to be this claim's at or after `due_ns` (claimed when due, or read since): it may
+    # start without another read.
+    checked: bool
+    phase: _Phase = _Phase.WAITING
+    # When its executor started (wall clock ns).
+    started_ns: int = 0
     execution: asyncio.Task[None] | None = None
-    # Set when the attempt is abandoned (lease lost, task cancelled): its outcome is not written.
+    # Set when the claim is given up (lease lost, task cancelled): no outcome is written.
     abandoned: bool = False
+
+    @property
+    def live(self) -> bool:
+        return not self.abandoned and self.phase is _Phase.WAITING
+
+
+@dataclass(frozen=True)
+class _Look:
+    """What a claim pass looks for, as the loop's reads found it at `now`."""
+
+    now: int
+    # Pending tasks already due; pending tasks falling due within the horizon; running tasks
+    # whose lease lapsed.
+    overdue: bool
+    ahead: bool
+    lapsed: bool
 
 
 @dataclass(frozen=True)
 class _ClaimPass:
     claims: list[Task]
     changed: bool
+    # A recurring task within the horizon fires at its due time: look again then.
+    next_fire_ns: int | None = None
+    # Tasks were picked, and none could be claimed: another replica took them first.
+    contended: bool = False
+
+
+Outcome = Callable[[Task, int], Task]
 
 
 class Worker:
@@ -131,14 +211,41 @@ class Worker:
         self._claims: dict[str, _Claim] = {}
         self._unknown_types_logged: set[str] = set()
         self._random = random.Random()
+        # Waiting claims: not yet due, by due time; due, by priority then due time.
+        self._ahead: list[tuple[int, int, _Claim]] = []
+        self._ready: list[tuple[int, int, int, _Claim]] = []
+        self._order = itertools.count()
+        self._waiting = 0
+        # Slots taken: attempts starting or running.
+        self._busy = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_ns = 0
+        self._retry_start: asyncio.TimerHandle | None = None
+        self._starting: set[asyncio.Task[None]] = set()
+        self._outcomes: collections.deque[tuple[_Claim, Outcome]] = collections.deque()
+        self._finisher: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Look at the store now (due tasks may have changed)."""
         self._wake.set()
 
+    def task_ended(self, task_id: str) -> None:
+        """`task_id` reached a final state elsewhere (cancelled, here or on another replica):
+        a claim this replica holds on it is given up at once (an attempt running is
+        cancelled; one not started never starts)."""
+        claim = self._claims.get(task_id)
+        if claim is not None and claim.phase is not _Phase.FINISHING:
+            self._abandon(claim)
+
     @property
     def running(self) -> int:
-        return len(self._claims)
+        """Attempts starting or running on this replica."""
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        """Claimed tasks held until their due time or a free slot."""
+        return self._waiting
 
     # --- the claim loop ---
 
@@ -159,25 +266,55 @@ class Worker:
                 await self._wait(delay)
 
     async def _step(self) -> float:
-        """One look at the store, claiming what is due; returns how long to sleep: until the
-        earliest due time or lease end, at most the fallback poll."""
+        """One look at the store, claiming what is due or falls due within the horizon;
+        returns how long to sleep: until the earliest pending task enters the horizon or the
+        earliest lease end, at most the fallback poll."""
         fallback = self._config.fallback_poll_seconds
-        if self._config.concurrency - len(self._claims) <= 0:
-            return fallback  # a finishing attempt wakes the loop
+        due_room, ahead_room = self._room()
+        if due_room + ahead_room <= 0:
+            return fallback  # a start or a finishing attempt wakes the loop
+        horizon = self._config.horizon_ns if ahead_room > 0 else 0
         # Reads first, outside any transaction (no write lock): most wake-ups find that
-        # nothing is due yet.
-        due = await self._repo.earliest_due_ns()
-        lease_end = await self._repo.earliest_lease_end_ns()
-        earliest = min((t for t in (due, lease_end) if t is not None), default=None)
-        if earliest is None:
+        # nothing is due yet. With no free slot, tasks already due (and lapsed leases) are
+        # left to other replicas: only those still ahead count.
+        now = self._clock.now_ns()
+        earliest = await self._repo.earliest_due_ns(after_ns=None if due_room else now)
+        lease_end = await self._repo.earliest_lease_end_ns() if due_room else None
+        look = _Look(
+            now=now,
+            overdue=earliest is not None and earliest <= now,
+            ahead=horizon > 0 and earliest is not None and earliest <= now + horizon,
+            lapsed=lease_end is not None and lease_end <= now,
+        )
+        if look.overdue or look.ahead or look.lapsed:
+            claim_pass = await self._claim_pass(look)
+            if claim_pass.changed or claim_pass.contended:
+                # Look again at once: more may be due (what another replica took meanwhile
+                # is no longer pending, so the next look finds the rest).
+                return 0.0
+            if claim_pass.next_fire_ns is not None:
+                wait = (claim_pass.next_fire_ns - self._clock.now_ns()) / NS_PER_SECOND
+                return min(fallback, max(0.0, wait))
+            # Due, yet nothing was claimable (e.g. only types this replica has no executor for).
             return fallback
-        wait = (earliest - self._clock.now_ns()) / NS_PER_SECOND
-        if wait > 0:
-            return min(wait, fallback)
-        if (await self._claim_pass()).changed:
-            return 0.0  # look again at once: more may be due
-        # Due, yet nothing was claimable (e.g. only types this replica has no executor for).
-        return fallback
+        claimable_at = [t for t in (earliest, lease_end) if t is not None]
+        if earliest is not None:
+            claimable_at[0] -= horizon
+        if not claimable_at:
+            return fallback
+        wait = (min(claimable_at) - self._clock.now_ns()) / NS_PER_SECOND
+        return min(max(wait, 0.0), fallback)
+
+    def _room(self) -> tuple[int, int]:
+        """How many tasks this replica may claim now: already due (only as many as it can
+        start at once, so that a busy replica leaves them to others), and falling due within
+        the horizon (held until then)."""
+        free = self._config.concurrency - self._busy
+        due_room = free - sum(1 for entry in self._ready if entry[-1].live)
+        ahead_room = self._config.claim_ahead_limit - self._waiting
+        # Outcomes not yet written hold leases too: a store that falls behind slows claims.
+        total = self._config.concurrency + self._config.claim_ahead_limit - len(self._claims)
+        return max(0, min(due_room, total)), max(0, min(ahead_room, total))
 
     def _is_stopping(self) -> bool:
         if self._server_stopping is not None and self._server_stopping.is_set():
@@ -194,75 +331,110 @@ class Worker:
             for waiting in waits:
                 waiting.cancel()
 
-    async def _claim_pass(self) -> _ClaimPass:
-        free = self._config.concurrency - len(self._claims)
-        if free <= 0:
-            return _ClaimPass([], changed=False)
+    async def _claim_pass(self, look: _Look) -> _ClaimPass:
+        due_room, ahead_room = self._room()
         # Candidates are found with plain reads; the transaction then reads only the ones this
         # replica goes for, by id. A query inside the transaction would lock every task it
         # returns (Firestore locks what a transaction reads), so replicas would queue behind
         # each other's claims and renewals.
-        now = self._clock.now_ns()
-        scan = max(self._config.claim_scan, free * 2)
-        due = await self._repo.due(now, scan)
-        lapsed = await self._repo.lapsed(now, scan)
-        due_ids = [t.id for t in due if t.is_recurring] + self._pick(
-            [t for t in due if not t.is_recurring], free
+        now, horizon = look.now, self._config.horizon_ns
+
+        def scan(want: int) -> int:
+            return max(self._config.claim_scan, min(2 * want, 2 * _BATCH))
+
+        due = await self._repo.due(now, scan(due_room)) if look.overdue and due_room else []
+        ahead = (
+            await self._repo.due(now + horizon, scan(ahead_room), after_ns=now)
+            if look.ahead and ahead_room
+            else []
         )
-        lapsed_ids = [t.id for t in lapsed]
+        lapsed = await self._repo.lapsed(now, scan(due_room)) if look.lapsed and due_room else []
+        fired = [t.id for t in due if t.is_recurring]
+        next_fire = min((t.next_run_ns for t in ahead if t.is_recurring), default=None)
+        self._log_unknown_types(t for t in (*due, *ahead) if not t.is_recurring)
+        known = self._executors.task_types
+        due_ids = self._pick(
+            [t for t in due if not t.is_recurring and t.task_type in known], due_room, now
+        )
+        ahead_ids = self._pick(
+            [t for t in ahead if not t.is_recurring and t.task_type in known],
+            min(ahead_room, _BATCH - len(due_ids)),
+            now,
+        )
+        lapsed_ids = [t.id for t in lapsed][:_BATCH]
+        if not (fired or due_ids or ahead_ids or lapsed_ids):
+            return _ClaimPass([], changed=False, next_fire_ns=next_fire)
         claim_pass = await self._store.run_transaction(
-            lambda tx: self._claim_in(tx, free, due_ids, lapsed_ids)
+            lambda tx: self._claim_in(
+                tx, (due_room, ahead_room), fired, due_ids, ahead_ids, lapsed_ids
+            )
         )
         if claim_pass.changed:
             self._on_committed()
-        lease_deadline = time.monotonic() + self._config.lease_seconds
-        for task in claim_pass.claims:
-            # A claim keeps the task's due time: the lag is from then to the attempt's start.
-            lag_ns = task.attempts[-1].started_at_ns - task.next_run_ns
-            metrics.DISPATCH_LAG.observe(max(0, lag_ns) / NS_PER_SECOND)
-            previous = self._claims.get(task.id)
-            if previous is not None:
-                # This replica's own lease on it lapsed (renewals failed) and it took the task
-                # again: the earlier attempt's outcome could no longer be written anyway.
-                self._abandon(previous)
-            claim = _Claim(task, task.fencing_token, lease_deadline)
-            self._claims[task.id] = claim
-            claim.execution = asyncio.create_task(self._execute(claim), name=f"task-{task.id}")
-        metrics.RUNNING.set(len(self._claims))
-        return claim_pass
+        self._hold(claim_pass.claims)
+        return _ClaimPass(
+            claim_pass.claims, claim_pass.changed, next_fire, contended=not claim_pass.changed
+        )
 
-    def _pick(self, due: list[Task], free: int) -> list[str]:
-        """The due tasks to go for: the highest priorities first; among equal priorities a
-        random sample of the earliest, so that replicas claiming at once mostly pick
-        different tasks."""
-        by_priority = sorted(due, key=lambda t: (-t.priority, t.next_run_ns, t.id))
+    def _pick(self, tasks: list[Task], want: int, now: int) -> list[str]:
+        """The tasks to go for, `want` at most: the earliest due first (all those already due
+        count as due now), the highest priority first among them; among equals a random
+        sample of the first, so that replicas claiming at once mostly pick different tasks."""
+        if want <= 0:
+            return []
+
+        def band(task: Task) -> tuple[int, int]:
+            return max(task.next_run_ns, now), -task.priority
+
+        ordered = sorted(tasks, key=lambda t: (*band(t), t.next_run_ns, t.id))
         picked: list[str] = []
-        for _, group in itertools.groupby(by_priority, key=lambda t: t.priority):
-            band = list(group)[: 2 * free]
-            want = min(free - len(picked), len(band))
-            picked.extend(t.id for t in self._random.sample(band, want))
-            if len(picked) >= free:
+        for _, group in itertools.groupby(ordered, key=band):
+            need = want - len(picked)
+            candidates = list(group)[: 2 * need]
+            picked.extend(t.id for t in self._random.sample(candidates, min(need, len(candidates))))
+            if len(picked) >= want:
                 break
         return picked
 
+    def _log_unknown_types(self, tasks: Iterable[Task]) -> None:
+        known = self._executors.task_types
+        for task in tasks:
+            if task.task_type not in known and task.id not in self._unknown_types_logged:
+                self._unknown_types_logged.add(task.id)
+                log.warning("task %s: no executor for type %r here", task.id, task.task_type)
+
     async def _claim_in(
-        self, tx: Transaction, free: int, due_ids: list[str], lapsed_ids: list[str]
+        self,
+        tx: Transaction,
+        room: tuple[int, int],
+        fired_ids: list[str],
+        due_ids: list[str],
+        ahead_ids: list[str],
+        lapsed_ids: list[str],
     ) -> _ClaimPass:
         """The claim transaction (reads first, then writes; may run more than once): re-reads
         the picked tasks and claims those still claimable."""
+        due_room, ahead_room = room
         now = self._clock.now_ns()
-        picked = await self._repo.get_many_in(tx, [*due_ids, *lapsed_ids])
-        due = [
-            t
-            for t in (picked.get(task_id) for task_id in due_ids)
-            if t is not None and t.status is TaskState.PENDING and t.next_run_ns <= now
-        ]
+        horizon = self._config.horizon_ns
+
+        def pending(ids: list[str], by_ns: int) -> list[Task]:
+            found = (picked.get(task_id) for task_id in ids)
+            return [
+                t
+                for t in found
+                if t is not None and t.status is TaskState.PENDING and t.next_run_ns <= by_ns
+            ]
+
+        picked = await self._repo.get_many_in(tx, [*fired_ids, *due_ids, *ahead_ids, *lapsed_ids])
+        recurring = pending(fired_ids, now)
+        due = pending(due_ids, now)
+        ahead = pending(ahead_ids, now + horizon)
         lapsed = [
             t
             for t in (picked.get(task_id) for task_id in lapsed_ids)
             if t is not None and t.status is TaskState.RUNNING and t.lease_until_ns <= now
         ]
-        recurring = [t for t in due if t.is_recurring]
         related: dict[str, Task | None] = {}
         for parent in recurring:
             for task_id in (
@@ -275,7 +447,7 @@ class Worker:
         families = {t.id: await read_family(tx, self._repo, t) for t in lapsed if t.parent_task_id}
 
         changes = ChangeSet()
-        candidates = [t for t in due if not t.is_recurring]
+        candidates = list(due)
         for task in lapsed:
             after = changes.add(task.lease_lapsed(now), task)
             metrics.LEASE_STEALS.inc()
@@ -293,19 +465,14 @@ class Worker:
             self._fire(changes, parent, related, now, candidates)
 
         known = self._executors.task_types
-        runnable = []
-        for task in candidates:
-            if task.task_type in known:
-                runnable.append(changes.get(task.id) or task)
-            elif task.id not in self._unknown_types_logged:
-                self._unknown_types_logged.add(task.id)
-                log.warning("task %s: no executor for type %r here", task.id, task.task_type)
+        runnable = [changes.get(t.id) or t for t in candidates if t.task_type in known]
+        self._log_unknown_types(candidates)
         runnable.sort(key=lambda t: (-t.priority, t.next_run_ns, t.id))
+        ahead.sort(key=lambda t: (t.next_run_ns, -t.priority, t.id))
         claimed = []
-        for task in runnable[:free]:
-            claimed.append(
-                changes.add(task.claimed(now, self._config.replica_id, self._config.lease_ns), task)
-            )
+        lease_ns, replica = self._config.lease_ns, self._config.replica_id
+        for task in [*runnable[:due_room], *ahead[:ahead_room]]:
+            claimed.append(changes.add(task.claimed(now, replica, lease_ns), task))
         if changes:
             changes.write(tx, self._repo, self._events)
         return _ClaimPass(claimed, changed=bool(changes))
@@ -369,10 +536,181 @@ class Worker:
         else:
             changes.add(parent.skipped(now, next_fire), parent)
 
+    # --- holding claims until their due time and a free slot ---
+
+    def _hold(self, tasks: list[Task]) -> None:
+        """Holds freshly claimed tasks and starts those that are due and have a slot."""
+        if not tasks:
+            return
+        lease_deadline = time.monotonic() + self._config.lease_seconds
+        for task in tasks:
+            previous = self._claims.get(task.id)
+            if previous is not None:
+                # This replica's own lease on it lapsed (renewals failed) and it took the task
+                # again: the earlier attempt's outcome could no longer be written anyway.
+                self._abandon(previous)
+            attempt = task.attempts[-1]
+            claim = _Claim(
+                task,
+                task.fencing_token,
+                lease_deadline,
+                due_ns=task.next_run_ns,
+                checked=task.next_run_ns <= attempt.claimed_at_ns,
+            )
+            self._claims[task.id] = claim
+            self._waiting += 1
+            heapq.heappush(self._ahead, (claim.due_ns, next(self._order), claim))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Moves the claims that fell due to the ready queue, starts as many as there are
+        free slots (highest priority first), and sets the timer for the next due time."""
+        now = self._clock.now_ns()
+        while self._ahead and self._ahead[0][0] <= now:
+            due_ns, order, claim = heapq.heappop(self._ahead)
+            if claim.live:
+                heapq.heappush(self._ready, (-claim.task.priority, due_ns, order, claim))
+        self._set_timer(now)
+        if self._stopping:
+            return
+        batch: list[_Claim] = []
+        while self._ready and self._busy + len(batch) < self._config.concurrency:
+            claim = heapq.heappop(self._ready)[-1]
+            if claim.live:
+                batch.append(claim)
+        if not batch:
+            return
+        for claim in batch:
+            claim.phase = _Phase.STARTING
+            self._waiting -= 1
+            self._busy += 1
+        unchecked = [c for c in batch if not c.checked]
+        for claim in batch:
+            if claim.checked:
+                self._start(claim)
+        if unchecked:
+            # The read covers the other due claims not checked yet, so that they start
+            # without one when a slot frees.
+            also = [e[-1] for e in self._ready if e[-1].live and not e[-1].checked]
+            starting = asyncio.create_task(
+                self._check_and_start(unchecked, also[: _BATCH - len(unchecked)])
+            )
+            self._starting.add(starting)
+            starting.add_done_callback(self._starting.discard)
+        self._wake.set()  # room to claim more
+
+    def _set_timer(self, now: int) -> None:
+        while self._ahead and not self._ahead[0][-1].live:
+            heapq.heappop(self._ahead)
+        if not self._ahead or self._stopping:
+            self._cancel_timer()
+            return
+        due_ns = self._ahead[0][0]
+        if self._timer is not None and self._timer_ns == due_ns:
+            return
+        self._cancel_timer()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(loop.time() + (due_ns - now) / NS_PER_SECOND, self._on_timer)
+        self._timer_ns = due_ns
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    async def _check_and_start(self, batch: list[_Claim], also: list[_Claim]) -> None:
+        """Starts `batch` (slots taken) once one read, at or after their due time, finds each
+        still this replica's claim: a task cancelled (or taken over) before it fell due is
+        given up instead. `also` (due, waiting for a slot) are checked by the same read."""
+        try:
+            leases = await self._repo.leases([c.task.id for c in (*batch, *also)])
+        except (*_TRANSIENT, asyncio.CancelledError) as error:
+            # Not started: back to the ready queue (renewals give the claims up if the store
+            # stays unreachable past their lease).
+            for claim in batch:
+                claim.phase = _Phase.WAITING
+                self._waiting += 1
+                self._busy -= 1
+                if not claim.abandoned:
+                    heapq.heappush(
+                        self._ready,
+                        (-claim.task.priority, claim.due_ns, next(self._order), claim),
+                    )
+            if isinstance(error, asyncio.CancelledError):
+                raise
+            log.warning("cannot check claimed tasks before starting them (%s)", error)
+            self._retry_dispatch()
+            return
+        for claim in also:
+            if claim.live and not claim.checked:
+                if self._holds(claim, leases.get(claim.task.id)):
+                    claim.checked = True
+                else:
+                    self._give_up_unstarted(claim, _TAKEN)
+        now = time.monotonic()
+        for claim in batch:
+            if claim.abandoned:
+                self._busy -= 1
+                self._forget(claim)
+            elif self._holds(claim, leases.get(claim.task.id)) and claim.lease_deadline > now:
+                claim.checked = True
+                self._start(claim)
+            else:
+                self._busy -= 1
+                self._give_up_unstarted(claim, _TAKEN)
+        self._dispatch()
+
+    def _holds(self, claim: _Claim, lease: Lease | None) -> bool:
+        return (
+            lease is not None
+            and lease.status is TaskState.RUNNING
+            and lease.owner == self._config.replica_id
+            and lease.fencing_token == claim.token
+        )
+
+    def _give_up_unstarted(self, claim: _Claim, why: str) -> None:
+        log.info("task %s: %s; not started", claim.task.id, why)
+        if claim.phase is _Phase.WAITING:
+            self._waiting -= 1
+        claim.abandoned = True
+        self._forget(claim)
+
+    def _retry_dispatch(self) -> None:
+        if self._retry_start is None or self._retry_start.cancelled():
+            loop = asyncio.get_running_loop()
+
+            def retry() -> None:
+                self._retry_start = None
+                self._dispatch()
+
+            self._retry_start = loop.call_later(_START_RETRY_SECONDS, retry)
+
+    def _start(self, claim: _Claim) -> None:
+        claim.phase = _Phase.RUNNING
+        claim.execution = asyncio.create_task(self._execute(claim), name=f"task-{claim.task.id}")
+        claim.execution.add_done_callback(lambda _: self._ended(claim))
+        metrics.RUNNING.set(self._busy)
+        metrics.CLAIMED_AHEAD.set(self._waiting)
+
+    def _ended(self, claim: _Claim) -> None:
+        """An execution ended (its outcome queued, or cancelled): its slot is free."""
+        self._busy -= 1
+        metrics.RUNNING.set(self._busy)
+        if claim.phase is _Phase.RUNNING and claim.abandoned:
+            self._forget(claim)
+        # Else cancelled by a shutdown: stop() releases the lease.
+        self._dispatch()
+
     # --- executions ---
 
     async def _execute(self, claim: _Claim) -> None:
         task = claim.task
+        claim.started_ns = self._clock.now_ns()
+        metrics.DISPATCH_LAG.observe(max(0, claim.started_ns - claim.due_ns) / NS_PER_SECOND)
         attempt = task.attempts[-1]
         executor = self._executors.get(task.task_type)
         ctx = TaskContext(
@@ -385,7 +723,7 @@ class Worker:
             deadline=time.monotonic() + task.timeout_seconds,
             worker=self._config.replica_id,
         )
-        outcome: Callable[[Task, int], Task]
+        outcome: Outcome
         label: AttemptOutcome
         try:
             if executor is None:
@@ -405,64 +743,96 @@ class Worker:
             outcome, label = _failure(
                 f"attempt timed out after {task.timeout_seconds}s", permanent=False
             )
-        except asyncio.CancelledError:
-            if claim.abandoned:
-                self._forget(claim)
-                return
-            raise  # a shutdown: stop() releases the lease
         except Exception as error:
             # The plug-in boundary: whatever an executor raises fails this attempt, and the
-            # task's retry config decides what happens next.
+            # task's retry config decides what happens next. (A cancellation, not caught
+            # here, is an abandoned attempt or a shutdown: see `_ended`.)
             outcome, label = _failure(f"{type(error).__name__}: {error}", permanent=False)
         else:
-            outcome, label = (lambda t, now: t.succeeded(now, result)), AttemptOutcome.COMPLETED
+            outcome, label = _success(result), AttemptOutcome.COMPLETED
         metrics.ATTEMPTS.labels(task.task_type, label.value).inc()
-        try:
-            await self._finish(claim, outcome)
-        finally:
-            self._forget(claim)
+        self._finish_later(claim, outcome)
 
     def _forget(self, claim: _Claim) -> None:
         if self._claims.get(claim.task.id) is claim:
             del self._claims[claim.task.id]
-        metrics.RUNNING.set(len(self._claims))
-        self._wake.set()  # a slot is free
+        metrics.CLAIMED_AHEAD.set(self._waiting)
+        self._wake.set()  # room to claim
 
-    async def _finish(self, claim: _Claim, outcome: Callable[[Task, int], Task]) -> None:
-        """Writes the attempt's outcome, if the task is still this claim's."""
+    # --- outcomes ---
 
-        async def apply(tx: Transaction) -> bool:
-            task = await self._repo.get_in(tx, claim.task.id)
-            if not _still_ours(task, claim):
-                return False
-            assert task is not None
-            now = self._clock.now_ns()
-            after = outcome(task, now)
+    def _finish_later(self, claim: _Claim, outcome: Outcome) -> None:
+        """Queues the attempt's outcome for the next finishing transaction."""
+        claim.phase = _Phase.FINISHING
+        self._outcomes.append((claim, outcome))
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.create_task(self._finish_queued(), name="task-outcomes")
+
+    async def _finish_queued(self) -> None:
+        """Writes the queued outcomes, one transaction per batch of those that ended together
+        (the attempts that end while one commits make the next batch)."""
+        while self._outcomes:
+            batch: list[tuple[_Claim, Outcome]] = []
+            deferred: list[tuple[_Claim, Outcome]] = []
+            parents: set[str] = set()
+            while self._outcomes and len(batch) < _BATCH:
+                item = self._outcomes.popleft()
+                parent = item[0].task.parent_task_id
+                if parent and parent in parents:
+                    deferred.append(item)  # settles the same parent: the next transaction
+                    continue
+                parents.add(parent)
+                batch.append(item)
+            self._outcomes.extendleft(reversed(deferred))
+            try:
+                await self._finish(batch)
+            finally:
+                for claim, _ in batch:
+                    self._forget(claim)
+
+    async def _finish(self, batch: Sequence[tuple[_Claim, Outcome]]) -> None:
+        """Writes the outcomes of `batch` whose task is still its claim's."""
+        applied = await self._with_retries(
+            f"finish {len(batch)} tasks", lambda tx: self._finish_in(tx, batch)
+        )
+        if applied is None:
+            return  # the store stayed unreachable; the leases lapse and the tasks are re-run
+        if applied:
+            self._on_committed()
+        for claim, _ in batch:
+            if claim.task.id not in applied and not claim.abandoned:
+                log.warning(
+                    "task %s: outcome of attempt %d discarded: the task was cancelled or taken "
+                    "over (fencing token %d is stale)",
+                    claim.task.id,
+                    claim.task.attempts[-1].attempt,
+                    claim.token,
+                )
+
+    async def _finish_in(
+        self, tx: Transaction, batch: Sequence[tuple[_Claim, Outcome]]
+    ) -> set[str]:
+        tasks = await self._repo.get_many_in(tx, [claim.task.id for claim, _ in batch])
+        now = self._clock.now_ns()
+        changes = ChangeSet()
+        applied = set()
+        for claim, outcome in batch:
+            task = tasks.get(claim.task.id)
+            if task is None or not _still_ours(task, claim):
+                continue
+            after = outcome(task.started(claim.started_ns), now)
             family = await read_family(tx, self._repo, task) if after.is_final else Family()
-            changes = ChangeSet()
             changes.add(after, task)
             if after.is_final:
                 settle_parent(changes, family, after, now)
+            applied.add(task.id)
+        if changes:
             changes.write(tx, self._repo, self._events)
-            return True
-
-        applied = await self._with_retries(f"finish task {claim.task.id}", apply)
-        if applied is None:
-            return  # the store stayed unreachable; the lease lapses and the task is re-run
-        if applied:
-            self._on_committed()
-        elif not claim.abandoned:
-            log.warning(
-                "task %s: outcome of attempt %d discarded: the task was cancelled or taken "
-                "over (fencing token %d is stale)",
-                claim.task.id,
-                claim.task.attempts[-1].attempt,
-                claim.token,
-            )
+        return applied
 
     async def _with_retries(
-        self, what: str, fn: Callable[[Transaction], Awaitable[bool]], attempts: int = 6
-    ) -> bool | None:
+        self, what: str, fn: Callable[[Transaction], Awaitable[T]], attempts: int = 6
+    ) -> T | None:
         """Runs a transaction, riding out a store outage for a while; None if it never
         committed."""
         for attempt in range(1, attempts + 1):
@@ -478,37 +848,38 @@ class Worker:
     # --- leases ---
 
     async def renew_leases(self) -> None:
-        """Renews every running attempt's lease, every third of the lease, until cancelled;
-        abandons the attempts whose task was cancelled or taken over, or whose lease could
-        not be renewed in time."""
+        """Renews the lease of every claim held (waiting, running, or its outcome not yet
+        written), every third of the lease, until cancelled; gives up the claims whose task
+        was cancelled or taken over, or whose lease could not be renewed in time."""
         interval = self._config.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
             claims = [c for c in self._claims.values() if not c.abandoned]
-            if not claims:
-                continue
-            started = time.monotonic()
-            try:
-                lost = await self._store.run_transaction(
-                    functools.partial(self._renew_in, claims=claims)
-                )
-            except _TRANSIENT as error:
-                log.warning("cannot renew task leases (%s)", error)
-                lost = set()
-            else:
-                for claim in claims:
-                    if claim.task.id not in lost:
-                        claim.lease_deadline = started + self._config.lease_seconds
-            now = time.monotonic()
-            for claim in claims:
-                if claim.task.id in lost or claim.lease_deadline <= now:
-                    self._abandon(claim)
+            for chunk in _chunks(claims, _RENEW_BATCH):
+                await self._renew(chunk)
 
-    async def _renew_in(self, tx: Transaction, *, claims: list[_Claim]) -> set[str]:
-        tasks = [await self._repo.get_in(tx, c.task.id) for c in claims]
+    async def _renew(self, claims: list[_Claim]) -> None:
+        started = time.monotonic()
+        try:
+            lost = await self._store.run_transaction(lambda tx: self._renew_in(tx, claims))
+        except _TRANSIENT as error:
+            log.warning("cannot renew task leases (%s)", error)
+            lost = set()
+        else:
+            for claim in claims:
+                if claim.task.id not in lost:
+                    claim.lease_deadline = started + self._config.lease_seconds
+        now = time.monotonic()
+        for claim in claims:
+            if claim.task.id in lost or claim.lease_deadline <= now:
+                self._abandon(claim)
+
+    async def _renew_in(self, tx: Transaction, claims: list[_Claim]) -> set[str]:
+        tasks = await self._repo.get_many_in(tx, [c.task.id for c in claims])
         now = self._clock.now_ns()
         lost = set()
-        for claim, task in zip(claims, tasks, strict=True):
+        for claim in claims:
+            task = tasks.get(claim.task.id)
             if task is not None and _still_ours(task, claim):
                 self._repo.write_in(tx, task.renewed(now, self._config.lease_ns))
             else:
@@ -516,56 +887,87 @@ class Worker:
         return lost
 
     def _abandon(self, claim: _Claim) -> None:
-        """Stops an attempt whose outcome may no longer be written."""
+        """Gives up a claim whose outcome may no longer be written: one not started never
+        starts; a running attempt is cancelled."""
         if claim.abandoned:
+            return
+        if claim.phase is _Phase.WAITING:
+            self._give_up_unstarted(claim, "cancelled, or lease lost, before it started")
+            self._dispatch()
             return
         claim.abandoned = True
         log.warning("task %s: abandoning attempt (cancelled, or lease lost)", claim.task.id)
-        if claim.execution is not None:
+        if claim.phase is _Phase.RUNNING and claim.execution is not None:
             claim.execution.cancel()
 
     # --- shutdown ---
 
     async def stop(self, grace_seconds: float) -> None:
-        """Stops claiming, gives running attempts `grace_seconds` to finish, then cancels the
-        rest and releases their leases so another replica takes them at once."""
+        """Stops claiming and releases the claims not started, so that other replicas take
+        them at their due time; gives running attempts `grace_seconds` to finish, writes the
+        outcomes, then cancels the rest and releases their leases too."""
         self._stopping = True
         self._wake.set()
-        running = [c.execution for c in self._claims.values() if c.execution is not None]
+        self._cancel_timer()
+        if self._retry_start is not None:
+            self._retry_start.cancel()
+        for starting in list(self._starting):
+            starting.cancel()
+        await asyncio.gather(*self._starting, return_exceptions=True)
+        waiting = [c for c in self._claims.values() if c.live]
+        if waiting:
+            await self._release(waiting, started=False)
+            for claim in waiting:
+                self._give_up_unstarted(claim, "released at shutdown")
+        running = [
+            c.execution
+            for c in self._claims.values()
+            if c.phase is _Phase.RUNNING and c.execution is not None
+        ]
         if running:
             log.info("waiting up to %.1fs for %d running attempts", grace_seconds, len(running))
             await asyncio.wait(running, timeout=grace_seconds)
-        leftover = [c for c in self._claims.values() if not c.abandoned]
+        leftover = [
+            c for c in self._claims.values() if c.phase is _Phase.RUNNING and not c.abandoned
+        ]
         for claim in leftover:
             if claim.execution is not None:
                 claim.execution.cancel()
         await asyncio.gather(
             *(c.execution for c in leftover if c.execution is not None), return_exceptions=True
         )
+        if self._finisher is not None:
+            await asyncio.gather(self._finisher, return_exceptions=True)
         if leftover:
-            await self._release(leftover)
+            await self._release(leftover, started=True)
         self._claims.clear()
 
-    async def _release(self, claims: list[_Claim]) -> None:
-        async def apply(tx: Transaction) -> bool:
-            tasks = [await self._repo.get_in(tx, c.task.id) for c in claims]
+    async def _release(self, claims: list[_Claim], *, started: bool) -> None:
+        how = "" if started else " before it started"
+        reason = f"released{how} by replica {self._config.replica_id} shutting down"
+
+        async def apply(tx: Transaction, chunk: Sequence[_Claim]) -> bool:
+            tasks = await self._repo.get_many_in(tx, [c.task.id for c in chunk])
             now = self._clock.now_ns()
             changes = ChangeSet()
-            for claim, task in zip(claims, tasks, strict=True):
+            for claim in chunk:
+                task = tasks.get(claim.task.id)
                 if task is not None and _still_ours(task, claim):
-                    changes.add(
-                        task.released(
-                            now, f"released by replica {self._config.replica_id} shutting down"
-                        ),
-                        task,
-                    )
+                    changes.add(task.released(now, reason, started=started), task)
             changes.write(tx, self._repo, self._events)
             return bool(changes)
 
-        with contextlib.suppress(*_TRANSIENT):
-            if await self._store.run_transaction(apply):
-                self._on_committed()
-                log.info("released %d task leases", len(claims))
+        released = False
+        for chunk in _chunks(claims, _BATCH):
+            with contextlib.suppress(*_TRANSIENT):
+                released |= await self._store.run_transaction(functools.partial(apply, chunk=chunk))
+        if released:
+            self._on_committed()
+            log.info("released %d task leases", len(claims))
+
+
+def _chunks(items: Sequence[_Claim], size: int) -> list[list[_Claim]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
 def _still_ours(task: Task | None, claim: _Claim) -> bool:
@@ -577,9 +979,14 @@ def _still_ours(task: Task | None, claim: _Claim) -> bool:
     )
 
 
-def _failure(
-    message: str, *, permanent: bool
-) -> tuple[Callable[[Task, int], Task], AttemptOutcome]:
+def _success(result: Mapping[str, str]) -> Outcome:
+    def succeed(task: Task, now: int) -> Task:
+        return task.succeeded(now, result)
+
+    return succeed
+
+
+def _failure(message: str, *, permanent: bool) -> tuple[Outcome, AttemptOutcome]:
     def fail(task: Task, now: int) -> Task:
         return task.attempt_failed(now, message, permanent=permanent)
 

@@ -325,6 +325,48 @@ def test_a_released_attempt_does_not_use_up_an_attempt() -> None:
     assert released.claimed(3_000, "b", lease_ns=S).attempts[-1].attempt == 2
 
 
+def test_a_task_claimed_ahead_plans_its_attempt_at_its_due_time() -> None:
+    task = make_task(next_run_ns=5 * S)
+    claimed = task.claimed(4 * S, "a", lease_ns=10 * S)
+    assert claimed.status is TaskState.RUNNING
+    assert claimed.next_run_ns == 5 * S
+    assert claimed.lease_until_ns == 14 * S
+    attempt = claimed.attempts[-1]
+    assert (attempt.claimed_at_ns, attempt.started_at_ns) == (4 * S, 5 * S)
+    assert claimed.started_at_ns == 5 * S
+    # Claimed once due, it starts at the claim.
+    late = task.claimed(6 * S, "a", lease_ns=S).attempts[-1]
+    assert (late.claimed_at_ns, late.started_at_ns) == (6 * S, 6 * S)
+
+
+def test_an_attempt_records_when_its_replica_started_it() -> None:
+    claimed = make_task(next_run_ns=5 * S).claimed(4 * S, "a", lease_ns=10 * S)
+    started = claimed.started(5 * S + 7)
+    assert started.attempts[-1].started_at_ns == 5 * S + 7
+    assert started.started_at_ns == 5 * S + 7
+    assert started.version == claimed.version
+    done = started.succeeded(6 * S, {})
+    assert done.attempts[-1].started_at_ns == 5 * S + 7
+    # A later attempt's start leaves the task's first start alone.
+    retry = claimed.attempt_failed(5 * S, "boom", permanent=False)
+    second = retry.claimed(retry.next_run_ns, "b", lease_ns=S).started(retry.next_run_ns + 3)
+    assert second.started_at_ns == 5 * S
+    assert second.attempts[-1].started_at_ns == retry.next_run_ns + 3
+    assert done.started(1) == done  # no attempt running: nothing to record
+
+
+def test_a_claim_released_before_it_started_keeps_the_due_time() -> None:
+    claimed = make_task(next_run_ns=5 * S).claimed(4 * S, "a", lease_ns=10 * S)
+    released = claimed.released(4 * S + 1, "shutting down", started=False)
+    assert released.status is TaskState.PENDING
+    assert released.next_run_ns == 5 * S
+    assert released.attempts_used == 0
+    assert (released.lease_owner, released.lease_until_ns) == ("", 0)
+    assert released.fencing_token == claimed.fencing_token
+    # One that started is due again at once.
+    assert claimed.released(6 * S, "shutting down").next_run_ns == 6 * S
+
+
 def test_cancel_fences_off_the_running_attempt_and_finished_tasks_refuse() -> None:
     running = make_task().claimed(1_000, "a", lease_ns=S)
     cancelled = running.cancelled(2_000, "not needed")
@@ -353,3 +395,5 @@ def test_documents_round_trip() -> None:
     task = make_task(parameters={"a": "b"}).claimed(1_000, "a", lease_ns=S)
     task = task.attempt_failed(2_000, "boom", permanent=False)
     assert Task.from_doc(task.to_doc()) == task
+    ahead = make_task(next_run_ns=5 * S).claimed(4 * S, "a", lease_ns=S)
+    assert Task.from_doc(ahead.to_doc()).attempts[-1].claimed_at_ns == 4 * S
