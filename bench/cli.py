@@ -125,6 +125,7 @@ def _target(ctx: Context, service: str) -> str:
         "scheduler": ctx.scheduler,
         "empty": ctx.empty,
         "empty_stack": ctx.empty_stack,
+        "empty_stack_traced": ctx.empty_stack_traced,
     }[service]
 
 
@@ -206,6 +207,7 @@ async def run(
         scheduler=suite.scheduler_target,
         empty=suite.empty_target,
         empty_stack=suite.empty_stack_target,
+        empty_stack_traced=suite.empty_stack_traced_target,
         server_pids=suite.pids(),
         ledger=suite.ledger_path,
     )

@@ -75,6 +75,12 @@ async def serve_with_stack() -> None:
     from tai_common.runtime import interceptor_stack
 
     settings = ServiceSettings(service_name="bench-empty")
+    if os.environ.get("BENCH_EMPTY_STACK") == "traced":
+        # Tracing on and every call sampled out: the cost of the tracing code itself (nothing
+        # listens at the endpoint; a sampled-out span is never exported).
+        settings = ServiceSettings(
+            service_name="bench-empty", otlp_endpoint="127.0.0.1:9", trace_sample_ratio=0.0
+        )
     provider = configure_tracing(settings)
     stack = interceptor_stack(settings, None, None)
     server = GrpcServer(
@@ -91,11 +97,12 @@ async def serve_with_stack() -> None:
     await server.stop(1.0)
     if stack.close is not None:
         await stack.close()
-    provider.shutdown()
+    if provider is not None:
+        provider.shutdown()
 
 
 def main() -> None:
-    if os.environ.get("BENCH_EMPTY_STACK") == "1":
+    if os.environ.get("BENCH_EMPTY_STACK") in ("1", "traced"):
         asyncio.run(serve_with_stack())
         return
     asyncio.run(

@@ -38,8 +38,10 @@ class Context:
     coordinator: str
     scheduler: str
     empty: str
-    # The empty handler inside the services' server and interceptor stack.
+    # The empty handler inside the services' server and interceptor stack; the same with
+    # tracing on and every call sampled out.
     empty_stack: str
+    empty_stack_traced: str
     ledger: Path
     # Every server process of the suite (empty handlers included): their CPU per call.
     server_pids: list[int] = field(default_factory=list)
@@ -55,7 +57,8 @@ class Context:
 class Throughput:
     name: str
     title: str
-    # "governor" | "coordinator" | "scheduler" | "empty" | "empty_stack": whose target is loaded.
+    # "governor" | "coordinator" | "scheduler" | "empty" | "empty_stack[_traced]": whose target
+    # is loaded.
     service: str
     method: str
     setup: Callable[[Context], Awaitable[dict[str, str]]]
@@ -209,6 +212,13 @@ THROUGHPUT: list[Throughput] = [
         _no_setup,
     ),
     Throughput(
+        "empty_stack_traced",
+        "empty handler + TAI's interceptors, tracing on, sampled out",
+        "empty_stack_traced",
+        empty_server.METHOD,
+        _no_setup,
+    ),
+    Throughput(
         "get_policies",
         "GetPolicies (cached, 10 policies)",
         "governor",
@@ -251,7 +261,7 @@ RequestFactory = Callable[[int], bytes]
 def request_factory(name: str, params: Mapping[str, str], worker: int) -> RequestFactory:
     """The i-th request of `worker` for scenario `name`, serialized. Requests that create
     something differ per call (so no dedup or idempotency shortcut serves them)."""
-    if name in ("empty", "empty_stack"):
+    if name in ("empty", "empty_stack", "empty_stack_traced"):
         return lambda i: b""
     if name == "get_policies":
         body = governor_pb2.GetPoliciesRequest(policy_type="finance").SerializeToString()

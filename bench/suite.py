@@ -67,6 +67,7 @@ class Suite:
     empty: ServiceProcess | None = None
     # The empty handler inside the services' server and interceptors.
     empty_stack: ServiceProcess | None = None
+    empty_stack_traced: ServiceProcess | None = None
     # The emulators backend's redis-server (chaos stops and restarts it).
     redis: Any = None
     _emulators: list[Any] = field(default_factory=list)
@@ -109,11 +110,17 @@ class Suite:
         assert self.empty_stack is not None
         return self.empty_stack.target
 
+    @property
+    def empty_stack_traced_target(self) -> str:
+        assert self.empty_stack_traced is not None
+        return self.empty_stack_traced.target
+
     def processes(self) -> list[ServiceProcess]:
         """The server processes, in the order they start."""
         started = [
             self.empty,
             self.empty_stack,
+            self.empty_stack_traced,
             self.server,
             self.governor,
             *self.coordinators,
@@ -146,6 +153,12 @@ class Suite:
             PYTHONPATH=_pythonpath(),
             TAI_REPLICA_ID="empty-stack",
             BENCH_EMPTY_STACK="1",
+        ).start(timeout)
+        self.empty_stack_traced = await self.process(
+            "bench.empty_server",
+            PYTHONPATH=_pythonpath(),
+            TAI_REPLICA_ID="empty-stack-traced",
+            BENCH_EMPTY_STACK="traced",
         ).start(timeout)
         if self.topology == "single":
             ports = {name: free_port() for name in SERVICES}

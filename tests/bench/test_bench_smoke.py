@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 THROUGHPUT = [
     "empty_stack",
+    "empty_stack_traced",
     "get_policies",
     "get_policy",
     "propose_policy",

@@ -50,6 +50,7 @@ from tai_common.instrumentation import (
     client_interceptors,
     configure_logging,
     configure_tracing,
+    tracing_enabled,
 )
 from tai_common.messaging import OUTBOX_INDEXES, AuditTrail, EventFactory, OutboxRelay, audit
 from tai_common.ports import Cache, DocumentStore, EventBus, IndexSpec, SecretSource
@@ -99,6 +100,8 @@ class Dependencies(Generic[SettingsT]):
             if isinstance(error, factory.UnsupportedUrl):
                 raise StartupError(str(error)) from None
             raise
+        if not tracing_enabled(settings):
+            return Dependencies(settings, store, bus, cache, secrets, clock=clock)
         # Every adapter is traced (spans per store and cache operation, per message published
         # and handled): the one place they are wrapped. Not the in-process cache: a lookup
         # there takes microseconds, and a span for it cost cached reads ~5 % of their CPU.
@@ -164,21 +167,22 @@ def interceptor_stack(
         limits = security.rate_limits(settings, limiter)
         inner.append(limits.interceptor())
         close = limits.close
-    return InterceptorStack(
-        outer=[aio_server_interceptor(), ServerMetricsInterceptor()],  # type: ignore[no-untyped-call]
-        inner=inner,
-        close=close,
-    )
+    outer: list[grpc.aio.ServerInterceptor] = [ServerMetricsInterceptor()]
+    if tracing_enabled(settings):
+        outer.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
+    return InterceptorStack(outer=outer, inner=inner, close=close)
 
 
 def internal_channel_options(settings: ServiceSettings, timeout: float = 10.0) -> ChannelOptions:
     """How this service calls the others: mutual TLS with its own certificate when configured,
-    and its service token when it has one; every call measured (grpc_client_*) and traced."""
+    and its service token when it has one; every call measured (grpc_client_*) and, when
+    tracing is enabled, traced."""
+    tracing = aio_client_interceptors() if tracing_enabled(settings) else ()  # type: ignore[no-untyped-call]
     return ChannelOptions(
         default_timeout_seconds=timeout,
         tls=security.tls_files(settings),
         bearer_token=security.service_token(settings),
-        interceptors=(*client_interceptors(), *aio_client_interceptors()),  # type: ignore[no-untyped-call]
+        interceptors=(*client_interceptors(), *tracing),
     )
 
 
@@ -470,7 +474,8 @@ async def run_services(
                 metrics_server[0].server_close()
             await deps.close()
     finally:
-        provider.shutdown()
+        if provider is not None:
+            provider.shutdown()
 
 
 def service_main(

@@ -111,8 +111,8 @@ class ServiceSettings(BaseSettings):
     vault_kubernetes_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
     # --- tracing (OpenTelemetry) ---
-    # OTLP collector (Jaeger ingests OTLP): host:port for gRPC, a URL for HTTP. Empty = spans
-    # are not exported (trace ids still appear in the logs).
+    # OTLP collector (Jaeger ingests OTLP): host:port for gRPC, a URL for HTTP. Empty = no
+    # spans are made at all: no tracing code runs per call, and the logs carry no trace ids.
     otlp_endpoint: str = ""
     otlp_protocol: Literal["grpc", "http"] = "grpc"
     # Parent-based sampling of new traces; unset = 1.0 in development, 0.1 in production.

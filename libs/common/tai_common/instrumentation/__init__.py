@@ -6,7 +6,7 @@ from tai_common.instrumentation.logging import configure_logging
 from tai_common.instrumentation.traced_bus import TracedBus
 from tai_common.instrumentation.traced_cache import TracedCache
 from tai_common.instrumentation.traced_store import TracedStore
-from tai_common.instrumentation.tracing import configure_tracing
+from tai_common.instrumentation.tracing import configure_tracing, tracing_enabled
 
 __all__ = [
     "ServerMetricsInterceptor",
@@ -16,4 +16,5 @@ __all__ = [
     "client_interceptors",
     "configure_logging",
     "configure_tracing",
+    "tracing_enabled",
 ]

@@ -12,29 +12,32 @@ from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from tai_common.core import ServiceSettings
 
 
-def configure_tracing(settings: ServiceSettings) -> TracerProvider:
-    """Installs this process's tracer provider. Without an OTLP endpoint nothing is sampled,
-    so spans cost little, but every request still has trace and span ids for the logs."""
-    if settings.otlp_endpoint:
-        ratio = settings.trace_sample_ratio
-        if ratio is None:
-            ratio = 1.0 if settings.environment == "development" else 0.1
-    else:
-        ratio = 0.0
+def tracing_enabled(settings: ServiceSettings) -> bool:
+    """Whether spans are made at all: only with an OTLP endpoint to send them to. Without one,
+    no tracing code runs per call (no server or client interceptor, no traced adapters), and
+    the logs carry no trace ids."""
+    return bool(settings.otlp_endpoint)
+
+
+def configure_tracing(settings: ServiceSettings) -> TracerProvider | None:
+    """Installs this process's tracer provider when tracing is enabled (`tracing_enabled`);
+    otherwise OpenTelemetry's default no-op tracer stays, and None is returned."""
+    if not tracing_enabled(settings):
+        return None
+    ratio = settings.trace_sample_ratio
+    if ratio is None:
+        ratio = 1.0 if settings.environment == "development" else 0.1
     provider = TracerProvider(
         resource=Resource.create(
             {
-                "service.name": f"tai-{settings.service_name}",
+                "service.name": _resource_name(settings.service_name),
                 "service.namespace": "tai",
                 "service.instance.id": settings.replica_id,
             }
         ),
         sampler=ParentBased(TraceIdRatioBased(ratio)),
     )
-    if settings.otlp_endpoint:
-        provider.add_span_processor(
-            BatchSpanProcessor(_exporter(settings), schedule_delay_millis=500)
-        )
+    provider.add_span_processor(BatchSpanProcessor(_exporter(settings), schedule_delay_millis=500))
     trace.set_tracer_provider(provider)
     return provider
 
@@ -52,3 +55,8 @@ def _exporter(settings: ServiceSettings) -> SpanExporter:
     )
 
     return GrpcSpanExporter(endpoint=settings.otlp_endpoint, insecure=True)
+
+
+def _resource_name(service_name: str) -> str:
+    """tai-governor, …, and tai-server for the single process (not tai-tai-server)."""
+    return service_name if service_name.startswith("tai-") else f"tai-{service_name}"
