@@ -21,7 +21,7 @@ CONFIGURATIONS = values_files()
 
 
 def test_every_ci_values_file_is_exercised() -> None:
-    assert {"production", "dev", "istio", "minimal", "keda"} <= set(CONFIGURATIONS)
+    assert {"production", "dev", "istio", "minimal", "keda", "small"} <= set(CONFIGURATIONS)
 
 
 @pytest.mark.parametrize("configuration", CONFIGURATIONS)

@@ -18,6 +18,8 @@ PORTS = {"governor": (50051, 9101), "coordinator": (50052, 9102), "scheduler": (
 REPLICAS = {"governor": (3, 50), "coordinator": (2, 100), "scheduler": (2, 50)}
 PRODUCTION = (CI_VALUES / "production-values.yaml",)
 DEV = (CI_VALUES / "dev-values.yaml",)
+# The dev values choose mode single (test_helm_single.py); with this, one Deployment per service.
+AS_SERVICES = ("--set", "mode=services")
 
 
 def container(deployment: Doc) -> dict[str, Any]:
@@ -186,13 +188,20 @@ def settings_from(configmap: Doc, monkeypatch: pytest.MonkeyPatch) -> ServiceSet
     return ServiceSettings()
 
 
-@pytest.mark.parametrize("values", [(), PRODUCTION, DEV], ids=["default", "production", "dev"])
+@pytest.mark.parametrize(
+    ("values", "extra"),
+    [((), ()), (PRODUCTION, ()), (DEV, AS_SERVICES)],
+    ids=["default", "production", "dev"],
+)
 @pytest.mark.parametrize("service", SERVICES)
 def test_settings_are_real_settings(
-    service: str, values: tuple[Path, ...], monkeypatch: pytest.MonkeyPatch
+    service: str,
+    values: tuple[Path, ...],
+    extra: tuple[str, ...],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every TAI_* key of the ConfigMap is a field of ServiceSettings, and they parse."""
-    configmap = one(render(values), "ConfigMap", f"tai-{service}-config")
+    configmap = one(render(values, extra), "ConfigMap", f"tai-{service}-config")
     fields = set(ServiceSettings.model_fields)
     unknown = [
         key
@@ -258,7 +267,7 @@ def test_production_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_dev_cluster_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    docs = render(DEV)
+    docs = render(DEV, AS_SERVICES)
     assert find(docs, "NetworkPolicy") == []
     assert find(docs, "HorizontalPodAutoscaler") == []
     settings = settings_from(one(docs, "ConfigMap", "tai-scheduler-config"), monkeypatch)

@@ -150,7 +150,7 @@ def test_a_service_without_autoscaling_gets_neither() -> None:
     assert find(docs, "ScaledObject", "tai-scheduler") == []
     assert find(docs, "HorizontalPodAutoscaler") == []
     assert one(docs, "Deployment", "tai-scheduler")["spec"]["replicas"] == 2
-    dev = render((CI_VALUES / "dev-values.yaml",), KEDA_ON)
+    dev = render((CI_VALUES / "dev-values.yaml",), (*KEDA_ON, "--set", "mode=services"))
     assert find(dev, "ScaledObject") == []
     assert find(dev, "TriggerAuthentication") == []
 

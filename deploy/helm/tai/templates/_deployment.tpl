@@ -1,12 +1,23 @@
-{{/* A service's Deployment; ctx.track is "stable" or "canary" (another tag, fixed replicas). */}}
+{{/*
+A service's Deployment; ctx.track is "stable" or "canary" (another tag, fixed replicas). In mode
+single, the tai-server Deployment (ctx.name "server"): its three gRPC ports, its service tokens,
+and with config.backend=sqlite the volume of the SQLite file.
+*/}}
 {{- define "tai.deployment" -}}
 {{- $root := .root -}}
 {{- $svc := .svc -}}
 {{- $canary := eq .track "canary" -}}
-{{- $port := int64 $svc.grpcPort -}}
-{{- $vaultAgent := and (include "tai.needsServiceToken" .) (eq $root.Values.serviceToken.source "vault-agent") -}}
-{{- $tokenSecret := and (include "tai.needsServiceToken" .) (eq $root.Values.serviceToken.source "secret") -}}
+{{- $server := eq .name "server" -}}
+{{- $grpcPorts := include "tai.grpcPorts" . | fromJsonArray -}}
+{{- /* One port for the probes: the single process's Scheduler starts last and stops first
+(tai_server.app.SERVICES), so its SERVING means all three serve, and its NOT_SERVING is the
+first sign of a stop; the three share the one process that liveness checks. */ -}}
+{{- $port := int64 (last $grpcPorts).port -}}
+{{- $tokens := include "tai.serviceTokens" . | fromJsonArray -}}
+{{- $vaultAgent := and $tokens (eq $root.Values.serviceToken.source "vault-agent") -}}
+{{- $tokenSecret := and $tokens (eq $root.Values.serviceToken.source "secret") -}}
 {{- $vaultLogin := or $root.Values.config.vault.address $vaultAgent -}}
+{{- $sqlite := and $server (eq $root.Values.config.backend "sqlite") -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -18,7 +29,7 @@ metadata:
 spec:
   {{- if $canary }}
   replicas: {{ int64 $svc.canary.replicas }}
-  {{- else if not $svc.autoscaling.enabled }}
+  {{- else if or $server (not $svc.autoscaling.enabled) }}
   replicas: {{ int64 $svc.replicas }}
   {{- end }}
   revisionHistoryLimit: 10
@@ -27,10 +38,16 @@ spec:
       {{- include "tai.selectorLabels" . | nindent 6 }}
       tai.dev/track: {{ .track }}
   strategy:
+    {{- if $sqlite }}
+    # The old pod stops before the new one starts: the SQLite file has one owner process (a
+    # second one refuses to start), on a ReadWriteOnce volume.
+    type: Recreate
+    {{- else }}
     type: RollingUpdate
     rollingUpdate:
       maxSurge: 25%
       maxUnavailable: 0
+    {{- end }}
   template:
     metadata:
       labels:
@@ -58,8 +75,10 @@ spec:
         {{- if $vaultAgent }}
         vault.hashicorp.com/agent-inject: "true"
         vault.hashicorp.com/role: {{ include "tai.vaultRole" . | quote }}
-        vault.hashicorp.com/agent-inject-secret-service-token: {{ $root.Values.serviceToken.vaultPath | quote }}
-        vault.hashicorp.com/agent-inject-template-service-token: {{ printf "{{- with secret %q -}}{{ .Data.data.%s }}{{- end -}}" $root.Values.serviceToken.vaultPath .name | quote }}
+        {{- range $tokens }}
+        vault.hashicorp.com/agent-inject-secret-{{ .name }}: {{ $root.Values.serviceToken.vaultPath | quote }}
+        vault.hashicorp.com/agent-inject-template-{{ .name }}: {{ printf "{{- with secret %q -}}{{ .Data.data.%s }}{{- end -}}" $root.Values.serviceToken.vaultPath .service | quote }}
+        {{- end }}
         vault.hashicorp.com/agent-run-as-user: "10001"
         vault.hashicorp.com/agent-run-as-group: "10001"
         {{- with $root.Values.vaultAgent.annotations }}
@@ -126,9 +145,11 @@ spec:
           image: {{ include "tai.image" (list . (ternary $svc.canary.tag "" $canary)) | quote }}
           imagePullPolicy: {{ $svc.image.pullPolicy }}
           ports:
-            - name: grpc
-              containerPort: {{ $port }}
+            {{- range $grpcPorts }}
+            - name: {{ .name }}
+              containerPort: {{ int64 .port }}
               protocol: TCP
+            {{- end }}
             - name: metrics
               containerPort: {{ int64 $svc.metricsPort }}
               protocol: TCP
@@ -156,6 +177,9 @@ spec:
             {{- end }}
           # Native gRPC probes against the standard health service ("" = the whole server):
           # SERVING once the dependencies are reachable, NOT_SERVING from SIGTERM on.
+          {{- if $server }}
+          # On the Scheduler's port: the last of the three to start, the first to stop.
+          {{- end }}
           startupProbe:
             grpc:
               port: {{ $port }}
@@ -195,9 +219,13 @@ spec:
             - name: tmp
               mountPath: /tmp
             {{- if $tokenSecret }}
-            - name: service-token
+            - name: service-token{{ if $server }}s{{ end }}
               mountPath: /var/run/secrets/tai
               readOnly: true
+            {{- end }}
+            {{- if $sqlite }}
+            - name: data
+              mountPath: {{ include "tai.dataDir" $root }}
             {{- end }}
             {{- if and $root.Values.config.vault.address $root.Values.config.vault.caSecret.name }}
             - name: vault-ca
@@ -208,7 +236,21 @@ spec:
         - name: tmp
           emptyDir:
             sizeLimit: 64Mi
-        {{- if $tokenSecret }}
+        {{- if and $tokenSecret $server }}
+        # The Secrets of the services the process calls as (tai-<service>-token, as in mode
+        # services), one file each.
+        - name: service-tokens
+          projected:
+            defaultMode: 0440
+            sources:
+              {{- range $tokens }}
+              - secret:
+                  name: tai-{{ .service }}-token
+                  items:
+                    - key: token
+                      path: {{ .name }}
+              {{- end }}
+        {{- else if $tokenSecret }}
         - name: service-token
           secret:
             secretName: tai-{{ .name }}-token
@@ -216,6 +258,11 @@ spec:
             items:
               - key: token
                 path: service-token
+        {{- end }}
+        {{- if $sqlite }}
+        - name: data
+          persistentVolumeClaim:
+            claimName: {{ include "tai.dataClaim" $root }}
         {{- end }}
         {{- with $root.Values.config.vault.caSecret }}
         {{- if and $root.Values.config.vault.address .name }}

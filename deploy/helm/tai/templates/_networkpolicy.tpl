@@ -2,7 +2,9 @@
 What a service's pods may send and receive, on top of the release's default deny
 (networkpolicy-deny.yaml): its gRPC port from the ingress gateway, the other TAI services and
 networkPolicy.extraIngress; its metrics port from Prometheus; out: DNS, the other services'
-gRPC ports, and each configured dependency on its ports.
+gRPC ports, and each configured dependency on its ports. In mode single, the tai-server pods:
+the three gRPC ports and the one metrics port (the services' calls to each other stay on the
+pod's loopback, which no NetworkPolicy filters).
 */}}
 {{- define "tai.networkpolicy" -}}
 {{- $root := .root -}}
@@ -34,8 +36,10 @@ spec:
         {{- toYaml . | nindent 8 }}
         {{- end }}
       ports:
-        - port: {{ int64 .svc.grpcPort }}
+        {{- range include "tai.grpcPorts" . | fromJsonArray }}
+        - port: {{ int64 .port }}
           protocol: TCP
+        {{- end }}
     - from:
         - namespaceSelector:
             {{- toYaml $np.prometheus.namespaceSelector | nindent 12 }}
@@ -64,7 +68,9 @@ spec:
         - port: {{ int64 (index $root.Values.services $other).grpcPort }}
           protocol: TCP
         {{- end }}
+    {{- if eq $config.backend "firestore" }}
     {{- include "tai.egressRule" $egress.googleApis }}
+    {{- end }}
     {{- if or $config.redis.url $config.redis.urlSecret.name }}
     {{- include "tai.egressRule" $egress.redis }}
     {{- end }}
