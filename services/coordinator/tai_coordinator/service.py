@@ -96,6 +96,8 @@ class ActionOutcome:
     deferred_until_ns: int = 0
     # The action as written by this call (None when replayed or deferred).
     action: Action | None = None
+    # The same, delivered by the commit to a stream on this replica (`_create_action_in`).
+    delivered_now: Action | None = None
 
 
 @dataclass(frozen=True)
@@ -187,15 +189,9 @@ class CoordinatorService:
                     policy, action_ids[policy.id], signal, received_at, principal, now
                 )
                 created.append(action)
-                if self._dispatch.has_stream_for(action.target_service):
-                    # Delivered by this commit: a stream here takes it at once, with no claim
-                    # transaction of its own (if that stream is gone by then, the action is
-                    # released, or falls due again at its ack deadline after a crash). Stored
-                    # once, delivered; its created version has its event all the same.
-                    self._repo.publish_action_event_in(tx, "action.created", action, None)
-                    delivered_now.append(self._dispatch.deliver_in(tx, action, now, create=True))
-                else:
-                    self._repo.write_action_in(tx, "action.created", action, None, create=True)
+                delivered = self._create_action_in(tx, action, now)
+                if delivered is not None:
+                    delivered_now.append(delivered)
                 cooldown = policy.policy.action.cooldown_seconds
                 if cooldown > 0:
                     self._repo.start_cooldown_in(
@@ -239,6 +235,19 @@ class CoordinatorService:
             metrics.MATCHES.labels(mode="suppressed").inc(len(stored.suppressed_policy_ids))
             metrics.ACTION_TRANSITIONS.labels(status="PENDING").inc(len(outcome.created))
         return outcome
+
+    def _create_action_in(self, tx: Transaction, action: Action, now: int) -> Action | None:
+        """Writes a new action in `tx`. When a stream of its target is connected here and the
+        action is due, it is created delivered and returned, to be handed to that stream once
+        `tx` commits (`dispatch.hand_out`), with no claim transaction of its own (if that
+        stream is gone by then, the action is released, or falls due again at its ack deadline
+        after a crash). Stored once, delivered; its created version has its event all the
+        same."""
+        if action.next_delivery_ns <= now and self._dispatch.has_stream_for(action.target_service):
+            self._repo.publish_action_event_in(tx, "action.created", action, None)
+            return self._dispatch.deliver_in(tx, action, now, create=True)
+        self._repo.write_action_in(tx, "action.created", action, None, create=True)
+        return None
 
     def _action_from_policy(
         self,
@@ -335,14 +344,24 @@ class CoordinatorService:
                 request_fingerprint=request_fingerprint,
                 trace_context=current_context_carrier(),
             )
-            self._repo.write_action_in(tx, "action.created", action, None, create=True)
+            delivered = self._create_action_in(tx, action, created)
             self._audit.record_in(tx, f"action/{action.id}", None, action.to_doc(0))
-            return ActionOutcome(action.id, action.version, action.status, created, action=action)
+            return ActionOutcome(
+                action.id,
+                action.version,
+                action.status,
+                created,
+                action=action,
+                delivered_now=delivered,
+            )
 
         outcome = await self._store.run_transaction(apply)
         if outcome.action is not None:
             self._on_committed()
-            self._dispatch.notify([outcome.action])
+            if outcome.delivered_now is not None:
+                self._dispatch.hand_out([outcome.delivered_now])
+            else:
+                self._dispatch.notify([outcome.action])
             metrics.ACTION_TRANSITIONS.labels(status="PENDING").inc()
         return outcome
 
