@@ -207,8 +207,9 @@ class CoordinatorService:
                 suppressed_policy_ids=tuple(suppressed),
                 created_by=principal,
             )
+            # No audit record: signals are data, and this document is their record (see
+            # docs/security.md, "Signals are not audited one by one").
             self._repo.put_signal_in(tx, stored)
-            self._audit.record_in(tx, f"signal/{stored.id}", None, stored.to_doc(0))
             tx.publish(
                 topics.SIGNALS,
                 self._events.build(

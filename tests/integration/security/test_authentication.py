@@ -254,6 +254,9 @@ async def test_changes_and_refused_calls_are_audited(secured: SecuredSuite) -> N
     operator = issuer.token("olga", ["operator"])
     async with secured.channel(secured.coordinator.target, operator) as c:
         signal = await CoordinatorClient(c).submit_signal(signal_type="event", priority=3)
+        action = await CoordinatorClient(c).request_action(
+            action_type="restart", target_service="api"
+        )
     async with secured.channel(secured.scheduler.target, operator) as c:
         task = await SchedulerClient(c).submit(
             task_type="revoke_policy", parameters={"policy_id": "p"}, scheduled_time_ns=2**62
@@ -265,7 +268,9 @@ async def test_changes_and_refused_calls_are_audited(secured: SecuredSuite) -> N
             await asyncio.sleep(0.05)
             records = await _records(secured)
     resources = {(r.service, r.resource, r.principal) for r in records}
-    assert ("coordinator", f"signal/{signal.resource_id}", "olga") in resources
+    assert ("coordinator", f"action/{action.resource_id}", "olga") in resources
+    # Signals are data, not changes: their own documents are their record.
+    assert not [r for r in records if r.resource == f"signal/{signal.resource_id}"]
     assert ("scheduler", f"task/{task.resource_id}", "olga") in resources
     by_outcome = {r.outcome: r for r in records if r.service == "governor"}
     change = by_outcome["ok"]
