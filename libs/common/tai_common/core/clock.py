@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
-import uuid
 from typing import Protocol
 
 
@@ -33,10 +33,12 @@ class IdFactory(Protocol):
 
 
 class UuidFactory:
-    """Random ids: `<prefix>-<32 hex digits>`."""
+    """Random ids: `<prefix>-<32 hex digits>` (128 random bits, as a version-4 UUID has 122)."""
 
     def new_id(self, prefix: str) -> str:
-        return f"{prefix}-{uuid.uuid4().hex}"
+        # os.urandom directly: a signal takes several ids, and building a uuid.UUID for each
+        # cost three times as much for the same hex digits.
+        return f"{prefix}-{os.urandom(16).hex()}"
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
