@@ -1,6 +1,11 @@
 """What chaos checks once the load has stopped: every accepted write exists, every task ran
 to completion exactly once, every event reached its consumers, every stream client resumed.
 
+The audit trail is the one consumer of a durable subscription whose every event can be
+checked from outside: each accepted write published its audit record in its own transaction,
+and the Governor's audit-log subscription appends it to the chain. A record missing there is
+an event the bus (or the outbox relay) lost across a fault.
+
 The checks that wait on asynchronous work (deliveries, task runs, catch-up) poll until they
 pass or the drain time is up; the report shows what was still missing then.
 """
@@ -27,6 +32,7 @@ T = TypeVar("T")
 # Concurrent reads while checking (the emulators answer slower than the embedded store).
 READ_CONCURRENCY = 16
 POLL_INTERVAL_S = 1.0
+AUDIT_PAGE = 1000
 
 
 @dataclass
@@ -59,6 +65,9 @@ class Checker:
         self.expected_actions: set[str] = set()
         self._completed_actions: set[str] = set()
         self._completed_tasks: set[str] = set()
+        # The audit trail read so far: records per resource ("signal/<id>"), the last seq.
+        self._audited: collections.Counter[str] = collections.Counter()
+        self._audit_seq = 0
 
     async def writes_exist(self) -> Check:
         """Every receipt's object can be read back."""
@@ -161,6 +170,39 @@ class Checker:
             f"{redelivered} received more than once (redelivered after a broken stream)",
         )
 
+    async def writes_audited(self) -> Check:
+        """Every accepted signal and task has its audit record, every accepted policy version
+        one (a policy at version n has had n changes, each recorded), and the chain is
+        intact."""
+        w = self.workload
+        while True:
+            page = await w.governor.audit_page(after_seq=self._audit_seq, page_size=AUDIT_PAGE)
+            for record in page.records:
+                self._audited[record.resource] += 1
+                self._audit_seq = record.seq
+            if len(page.records) < AUDIT_PAGE:
+                break
+        versions: dict[str, int] = {}
+        for p in w.policies:
+            versions[p.policy_id] = max(versions.get(p.policy_id, 0), p.version)
+        signals = [s for s in w.signals if not self._audited[f"signal/{s}"]]
+        tasks = [t for t in w.tasks if not self._audited[f"task/{t}"]]
+        policies = [p for p, v in versions.items() if self._audited[f"policy/{p}"] < v]
+        verified = await w.governor.verify_audit()
+        missing = signals + tasks + policies
+        return Check(
+            "every accepted write is in the audit trail",
+            not missing and verified.intact and bool(w.signals),
+            f"{self._audit_seq} records; missing: {len(signals)} signals, {len(tasks)} tasks, "
+            f"{len(policies)} policies' versions"
+            + (f" (e.g. {missing[0]})" if missing else "")
+            + (
+                f"; chain intact ({verified.checked} checked)"
+                if verified.intact
+                else f"; chain BROKEN at {verified.first_broken_seq}: {verified.reason}"
+            ),
+        )
+
     def policy_changes_streamed(self) -> Check:
         # The changes after the stream clients began.
         revisions = {
@@ -182,8 +224,8 @@ class Checker:
     async def coordinators_caught_up(self) -> Check:
         latest = max(p.revision for p in self.workload.policies)
         reached = []
-        for process in self.cluster.coordinators:
-            async with open_channel(process.target) as channel:
+        for target in self.cluster.targets["coordinator"]:
+            async with open_channel(target) as channel:
                 try:
                     status = await CoordinatorClient(channel).health()
                     reached.append(int(health_detail(status, "policy_revision")))
@@ -220,6 +262,7 @@ class Checker:
             waiting = [
                 await self.tasks_completed(),
                 await self.actions_delivered(),
+                await self.writes_audited(),
                 self.policy_changes_streamed(),
                 await self.coordinators_caught_up(),
             ]

@@ -3,6 +3,11 @@ injects each fault in turn (the fault, its outage, then a settling time with the
 on), stops the load, checks, and prints what was injected, the error rate in each fault's
 window, and what was checked. Exits 1 when a check fails.
 
+By default it does so twice: on the single process (`--topology single`, what `make run`
+starts) on the embedded backend, then on the services as separate processes
+(`--topology services`) on the mixed backend. `--topology` runs one of them, `--backend` puts
+each run on that backend.
+
 `--short` is the form CI runs (tests/chaos): the same faults and checks, 3 s outages.
 """
 
@@ -24,10 +29,10 @@ from typing import Any
 from tai_client import CoordinatorClient, TaiError, open_channel
 
 from bench.scenarios import wait_policy_revision
-from bench.suite import BACKENDS
+from bench.suite import BACKENDS, TOPOLOGIES
 from chaos.checks import Check, Checker
 from chaos.cluster import Cluster, balanced_channel
-from chaos.faults import FAULTS
+from chaos.faults import faults_for
 from chaos.workload import Rates, Workload, close_quietly
 
 
@@ -41,6 +46,10 @@ class Timing:
 
 FULL = Timing(steady_s=10, outage_s=10, settle_s=10, drain_s=180)
 SHORT = Timing(steady_s=3, outage_s=3, settle_s=5, drain_s=120)
+# Each topology's backend unless --backend names one: the single process on the embedded
+# default it is made for (one SQLite file it owns, its bus consumers in memory); the separate
+# processes on the production bus and cache, where every fault applies.
+DEFAULT_BACKENDS = {"single": "embedded", "services": "mixed"}
 
 
 @dataclass
@@ -66,46 +75,84 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "stream resumes.",
     )
     parser.add_argument(
+        "--topology",
+        choices=(*TOPOLOGIES, "both"),
+        default="both",
+        help="single (the suite in one tai-server process, killed and restarted whole), "
+        "services (a process per replica: a Governor, two Coordinators, two Schedulers) or "
+        "both (default: single, then services)",
+    )
+    parser.add_argument(
         "--backend",
         choices=BACKENDS,
-        default="mixed",
-        help="mixed (default: SQLite store, Pub/Sub emulator, Redis; every fault), emulators "
-        "(Firestore too) or embedded (no Redis or bus faults)",
+        help="mixed (SQLite store, Pub/Sub emulator, Redis; every fault), emulators "
+        "(Firestore too) or embedded (no Redis or bus faults); default: embedded for single, "
+        "mixed for services",
     )
     parser.add_argument("--short", action="store_true", help="3 s outages (CI's form)")
-    parser.add_argument("--json", type=Path, help="also write the report here")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="also write the report here: {passed, runs: [one report per topology]}",
+    )
     parser.add_argument("--signals", type=float, default=Rates.signals, help="signals/s (10)")
     parser.add_argument("--tasks", type=float, default=Rates.tasks, help="tasks/s (5)")
     return parser.parse_args(argv)
 
 
+def runs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(topology, backend) of each run, in order."""
+    topologies = TOPOLOGIES if args.topology == "both" else (args.topology,)
+    return [(t, args.backend or DEFAULT_BACKENDS[t]) for t in topologies]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    report = asyncio.run(run(args))
-    print(render(report))
+    reports = asyncio.run(run_all(args))
+    passed = all(r["passed"] for r in reports)
+    if len(reports) > 1:
+        print("\n" + "\n".join(_summary(r) for r in reports))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-    return 0 if report["passed"] else 1
+        args.json.write_text(json.dumps({"passed": passed, "runs": reports}, indent=2))
+    return 0 if passed else 1
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+async def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each run in turn (one event loop for all, as gRPC's asyncio support prefers)."""
+    reports = []
+    for topology, backend in runs(args):
+        report = await run(args, topology, backend)
+        print(render(report), flush=True)
+        reports.append(report)
+    return reports
+
+
+def _summary(report: dict[str, Any]) -> str:
+    outcome = "all checks passed" if report["passed"] else "SOME CHECKS FAILED"
+    return f"{report['topology']} on {report['backend']}: {outcome} ({report['seconds']:.0f} s)"
+
+
+async def run(args: argparse.Namespace, topology: str, backend: str) -> dict[str, Any]:
     timing = SHORT if args.short else FULL
     rates = Rates(signals=args.signals, tasks=args.tasks)
     run_id = uuid.uuid4().hex[:8]
-    workdir = Path(tempfile.mkdtemp(prefix="tai-chaos-"))
-    print(f"chaos: backend {args.backend}, logs in {workdir}", flush=True)
-    cluster = await Cluster.start(args.backend, workdir)
+    workdir = Path(tempfile.mkdtemp(prefix=f"tai-chaos-{topology}-"))
+    print(f"chaos: topology {topology}, backend {backend}, logs in {workdir}", flush=True)
+    began = time.monotonic()
+    cluster = await Cluster.start(backend, workdir, topology)
+    targets = cluster.targets
     channels = (
-        balanced_channel([cluster.governor]),
-        balanced_channel(cluster.coordinators),
-        balanced_channel(cluster.schedulers),
+        balanced_channel(targets["governor"]),
+        balanced_channel(targets["coordinator"]),
+        balanced_channel(targets["scheduler"]),
     )
-    # Each StreamActions client starts on its own Coordinator replica (so killing one breaks
-    # a stream) and moves to the other when that one is down.
+    # Each StreamActions client starts on its own Coordinator replica when there are two (so
+    # killing one breaks a stream) and moves to the other when that one is down.
+    coordinators = targets["coordinator"]
     stream_channels = [
-        balanced_channel([cluster.coordinators[i], cluster.coordinators[1 - i]], "pick_first")
-        for i in range(2)
+        balanced_channel(coordinators[i:] + coordinators[:i], "pick_first")
+        for i in (0, 1 % len(coordinators))
     ]
     workload = Workload(run_id, *channels, rates, stream_channels)
     try:
@@ -133,8 +180,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not passed:
         print(cluster.log_tails(), file=sys.stderr)
     return {
-        "backend": args.backend,
+        "topology": topology,
+        "backend": backend,
         "short": args.short,
+        "seconds": time.monotonic() - began,
         "timing": asdict(timing),
         "rates": asdict(rates),
         "workdir": str(workdir),
@@ -153,8 +202,8 @@ async def _inject_under_load(
 ) -> tuple[list[Phase], float]:
     await workload.setup()
     revision = workload.setup_revision
-    for process in cluster.coordinators:
-        async with open_channel(process.target) as channel:
+    for target in cluster.targets["coordinator"]:
+        async with open_channel(target) as channel:
             await wait_policy_revision(CoordinatorClient(channel), revision)
     workload.start_streams()
     workload.start_load()
@@ -163,7 +212,7 @@ async def _inject_under_load(
     await asyncio.sleep(timing.steady_s)
     phases[-1].ended_at = loop_time()
     last_heal_at = loop_time()
-    for fault in FAULTS:
+    for fault in faults_for(cluster.topology):
         phase = Phase(fault.name, loop_time())
         phases.append(phase)
         if not fault.applies(cluster):
@@ -207,7 +256,11 @@ def _count_calls(workload: Workload, phases: list[Phase]) -> None:
 
 def render(report: dict[str, Any]) -> str:
     form = "short" if report["short"] else "full"
-    lines = [f"chaos report (backend {report['backend']}, {form})", ""]
+    lines = [
+        f"chaos report ({report['topology']} on backend {report['backend']}, {form}, "
+        f"{report['seconds']:.0f} s)",
+        "",
+    ]
     lines.append(f"{'fault':<22} {'window':>7} {'calls':>6} {'errors':>7}  injected / healed")
     for p in report["phases"]:
         errors = sum(p["errors"].values())

@@ -1,5 +1,8 @@
-"""The faults chaos injects, in order. Each has an `inject` and a `heal` (a restarted process,
-a server back, a link restored), and says what it did, for the report.
+"""The faults chaos injects, in order, for each topology (`faults_for`). Each has an `inject`
+and a `heal` (a restarted process, a server back, a link restored), and says what it did, for
+the report.
+
+`services` (a process per replica):
 
 The outbox relay runs inside every service process (there is no separate relay process to
 kill), so "SIGKILL the relay" kills the Governor's process the moment a policy change is
@@ -7,6 +10,13 @@ committed, while its relay has that change's event to publish: the event must st
 every subscriber once the Governor is back. (So on the default and emulators backends, whose
 bus is Pub/Sub; with `--backend embedded` the commit itself appends the event to the bus's log,
 and the fault checks that an event committed just before a kill is delivered.)
+
+`single` (one `tai-server` process): there is no other replica to take over, so every kill is
+a crash of the whole suite, restarted on the same file and ports after the outage. It is
+killed while it runs tasks (their leases must lapse and the tasks run again, once), then the
+moment a policy change commits while a burst of signals and tasks is in flight (on the
+embedded backend its bus consumers had those events in memory and had not written their
+cursors: they must resume from the last written cursor and miss nothing).
 """
 
 from __future__ import annotations
@@ -17,12 +27,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from support.processes import ServiceProcess
-from tai.v1 import governor_pb2
+from tai.v1 import common_pb2, governor_pb2
 
 from chaos.cluster import Cluster
 from chaos.workload import Workload
 
 Step = Callable[[Cluster, Workload], Awaitable[str]]
+# The signals and the tasks in flight when `kill-server-writes` kills the server, and how long
+# it waits for the burst's first answer.
+BURST = 20
+BURST_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -36,18 +50,28 @@ class Fault:
     applies: Callable[[Cluster], bool] = lambda cluster: True
 
 
-async def _kill_scheduler(cluster: Cluster, workload: Workload) -> str:
-    victim = _scheduler_1(cluster)
-    replica = victim.env["TAI_REPLICA_ID"]
-    # Kill it while it runs something, so the kill tests the lease takeover.
+async def _running_attempts(workload: Workload, worker: str | None) -> int:
+    """Waits up to 5 s for a running task attempt (on `worker`, or any) and counts them."""
     running = 0
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         page = await workload.scheduler.list_page(status="running")
-        running = sum(1 for t in page.tasks if t.attempts and t.attempts[-1].worker == replica)
+        running = sum(
+            1
+            for t in page.tasks
+            if t.attempts and (worker is None or t.attempts[-1].worker == worker)
+        )
         if running:
             break
         await asyncio.sleep(0.05)
+    return running
+
+
+async def _kill_scheduler(cluster: Cluster, workload: Workload) -> str:
+    victim = _scheduler_1(cluster)
+    replica = victim.replica_id
+    # Kill it while it runs something, so the kill tests the lease takeover.
+    running = await _running_attempts(workload, replica)
     pid = _pid(victim)
     victim.kill()
     return f"SIGKILL {replica} (pid {pid}) while it ran {running} task attempt(s)"
@@ -62,14 +86,21 @@ def _scheduler_1(cluster: Cluster) -> ServiceProcess:
 
 
 def _governor(cluster: Cluster) -> ServiceProcess:
+    assert cluster.governor is not None
     return cluster.governor
+
+
+def _server(cluster: Cluster) -> ServiceProcess:
+    assert cluster.server is not None
+    return cluster.server
 
 
 def _restart(victim: Callable[[Cluster], ServiceProcess]) -> Step:
     async def restart(cluster: Cluster, workload: Workload) -> str:
         process = victim(cluster)
+        started = time.monotonic()
         await process.start()
-        return f"restarted {process.env['TAI_REPLICA_ID']}"
+        return f"restarted {process.replica_id} ({time.monotonic() - started:.1f} s to SERVING)"
 
     return restart
 
@@ -78,20 +109,26 @@ async def _kill_coordinator(cluster: Cluster, workload: Workload) -> str:
     victim = _coordinator_1(cluster)
     pid = _pid(victim)
     victim.kill()
-    return f"SIGKILL {victim.env['TAI_REPLICA_ID']} (pid {pid})"
+    return f"SIGKILL {victim.replica_id} (pid {pid})"
 
 
-async def _kill_relay(cluster: Cluster, workload: Workload) -> str:
-    name = f"chaos-{workload.run_id}-relay-kill"
-    receipt = await workload.governor.propose(
+async def _propose_marker(workload: Workload, suffix: str) -> common_pb2.Receipt:
+    """A policy change the load does not make (its name says which fault made it)."""
+    name = f"chaos-{workload.run_id}-{suffix}"
+    return await workload.governor.propose(
         policy_type="operational",
         name=name,
         condition=f'signal.metadata["service"] == "{name}"',
         action=governor_pb2.ActionTemplate(action_type="notify", target_service=name),
         request_id=name,
     )
-    pid = _pid(cluster.governor)
-    cluster.governor.kill()
+
+
+async def _kill_relay(cluster: Cluster, workload: Workload) -> str:
+    receipt = await _propose_marker(workload, "relay-kill")
+    governor = _governor(cluster)
+    pid = _pid(governor)
+    governor.kill()
     workload.record_policy(receipt)
     publisher = (
         " (its commit had published the event: store and bus are one SQLite file)"
@@ -101,6 +138,33 @@ async def _kill_relay(cluster: Cluster, workload: Workload) -> str:
     return (
         f"SIGKILL governor-0 (pid {pid}) as ProposePolicy returned revision "
         f"{receipt.result_data['revision']}{publisher}"
+    )
+
+
+async def _kill_server_running_tasks(cluster: Cluster, workload: Workload) -> str:
+    server = _server(cluster)
+    running = await _running_attempts(workload, None)
+    pid = _pid(server)
+    server.kill()
+    return f"SIGKILL {server.replica_id} (pid {pid}) while it ran {running} task attempt(s)"
+
+
+async def _kill_server_writing(cluster: Cluster, workload: Workload) -> str:
+    server = _server(cluster)
+    burst = workload.burst(signals=BURST, tasks=BURST)
+    receipt = await _propose_marker(workload, "server-kill")
+    # The first answers of the burst too, so that some of it was accepted before the kill
+    # while the rest is still in flight.
+    await asyncio.wait(burst, timeout=BURST_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
+    pid = _pid(server)
+    server.kill()
+    accepted = sum(1 for call in burst if call.done() and call.result())
+    in_flight = sum(1 for call in burst if not call.done())
+    workload.record_policy(receipt)
+    return (
+        f"SIGKILL {server.replica_id} (pid {pid}) once ProposePolicy returned revision "
+        f"{receipt.result_data['revision']} and a burst of {BURST} SubmitSignal and {BURST} "
+        f"SubmitTask calls began to answer: {accepted} accepted, {in_flight} still in flight"
     )
 
 
@@ -126,10 +190,14 @@ async def _restore_bus(cluster: Cluster, workload: Workload) -> str:
     return "restored the link to the Pub/Sub emulator"
 
 
-async def _terminate_governor(cluster: Cluster, workload: Workload) -> str:
-    pid = _pid(cluster.governor)
-    code = await asyncio.to_thread(cluster.governor.terminate)
-    return f"SIGTERM governor-0 (pid {pid}), exited with {code}"
+def _terminate(victim: Callable[[Cluster], ServiceProcess]) -> Step:
+    async def terminate(cluster: Cluster, workload: Workload) -> str:
+        process = victim(cluster)
+        pid = _pid(process)
+        code = await asyncio.to_thread(process.terminate)
+        return f"SIGTERM {process.replica_id} (pid {pid}), exited with {code}"
+
+    return terminate
 
 
 def _pid(process: ServiceProcess) -> int:
@@ -137,11 +205,28 @@ def _pid(process: ServiceProcess) -> int:
     return process.process.pid
 
 
-FAULTS = [
-    Fault("kill-scheduler", _kill_scheduler, _restart(_scheduler_1)),
-    Fault("kill-coordinator", _kill_coordinator, _restart(_coordinator_1)),
-    Fault("kill-relay", _kill_relay, _restart(_governor)),
-    Fault("stop-redis", _stop_redis, _start_redis, applies=Cluster.has_redis),
-    Fault("cut-bus", _cut_bus, _restore_bus, applies=Cluster.has_networked_bus),
-    Fault("restart-governor", _terminate_governor, _restart(_governor), lasts=False),
-]
+STOP_REDIS = Fault("stop-redis", _stop_redis, _start_redis, applies=Cluster.has_redis)
+CUT_BUS = Fault("cut-bus", _cut_bus, _restore_bus, applies=Cluster.has_networked_bus)
+
+FAULTS = {
+    "services": [
+        Fault("kill-scheduler", _kill_scheduler, _restart(_scheduler_1)),
+        Fault("kill-coordinator", _kill_coordinator, _restart(_coordinator_1)),
+        Fault("kill-relay", _kill_relay, _restart(_governor)),
+        STOP_REDIS,
+        CUT_BUS,
+        Fault("restart-governor", _terminate(_governor), _restart(_governor), lasts=False),
+    ],
+    "single": [
+        Fault("kill-server-tasks", _kill_server_running_tasks, _restart(_server)),
+        Fault("kill-server-writes", _kill_server_writing, _restart(_server)),
+        STOP_REDIS,
+        CUT_BUS,
+        Fault("restart-server", _terminate(_server), _restart(_server), lasts=False),
+    ],
+}
+
+
+def faults_for(topology: str) -> list[Fault]:
+    """The faults injected into a cluster of `topology`, in order."""
+    return FAULTS[topology]

@@ -18,14 +18,15 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from tai.v1 import common_pb2, coordinator_pb2, governor_pb2
 from tai_client import CoordinatorClient, GovernorClient, SchedulerClient, Stream, TaiError
 
+T = TypeVar("T")
 # One target service per StreamActions client, so each client's liveness can be checked (the
 # actions of one service go to whichever of its streams a replica picks).
 TARGET_SERVICES = ("chaos-target-0", "chaos-target-1")
@@ -176,16 +177,30 @@ class Workload:
 
     # --- the load ------------------------------------------------------------------------
 
-    async def _paced(self, rate: float, call: Callable[[], Awaitable[None]]) -> None:
+    async def _paced(self, rate: float, call: Callable[[], Coroutine[Any, Any, object]]) -> None:
         loop = asyncio.get_running_loop()
         interval = 1.0 / rate
         next_at = loop.time()
         while True:
             next_at += interval
             await asyncio.sleep(max(0.0, next_at - loop.time()))
-            task = asyncio.create_task(call())
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self._spawn(call())
+
+    def _spawn(self, call: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Runs a call as one of the load's (stop_load waits for it)."""
+        task = asyncio.create_task(call)
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+        return task
+
+    def burst(self, signals: int, tasks: int) -> list[asyncio.Task[bool]]:
+        """Starts `signals` SubmitSignal and `tasks` SubmitTask calls at once, beside the
+        paced load (their outcomes and receipts are kept as the load's are); each call's
+        task returns whether it was accepted."""
+        return [
+            *(self._spawn(self._submit_signal()) for _ in range(signals)),
+            *(self._spawn(self._submit_task()) for _ in range(tasks)),
+        ]
 
     async def _outcome(self, method: str, call: Awaitable[Any]) -> Any | None:
         """Awaits `call`, logs its outcome, and returns its result (None when it failed)."""
@@ -200,7 +215,7 @@ class Workload:
     def _next_id(self, kind: str) -> str:
         return f"chaos-{self.run_id}-{kind}-{next(self._sequence):06d}"
 
-    async def _submit_signal(self) -> None:
+    async def _submit_signal(self) -> bool:
         signal_id = self._next_id("signal")
         target = TARGET_SERVICES[next(self._signal_count) % len(TARGET_SERVICES)]
         receipt = await self._outcome(
@@ -214,10 +229,12 @@ class Workload:
                 timeout=CALL_TIMEOUT_S,
             ),
         )
-        if receipt is not None:
-            self.signals[signal_id] = receipt
+        if receipt is None:
+            return False
+        self.signals[signal_id] = receipt
+        return True
 
-    async def _submit_task(self) -> None:
+    async def _submit_task(self) -> bool:
         task_id = self._next_id("task")
         receipt = await self._outcome(
             "SubmitTask",
@@ -229,8 +246,10 @@ class Workload:
                 timeout=CALL_TIMEOUT_S,
             ),
         )
-        if receipt is not None:
-            self.tasks[task_id] = receipt
+        if receipt is None:
+            return False
+        self.tasks[task_id] = receipt
+        return True
 
     async def _propose(self) -> None:
         name = self._next_id("policy")
@@ -267,9 +286,7 @@ class Workload:
     async def _follow_actions(self, name: str, target: str, client: CoordinatorClient) -> None:
         def received(action: coordinator_pb2.Action) -> None:
             self.actions_received[action.id] = self.actions_received.get(action.id, 0) + 1
-            task = asyncio.create_task(self._acknowledge(action.id))
-            self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            self._spawn(self._acknowledge(action.id))
 
         await self._follow(name, lambda: client.stream_actions(target), received)
 
