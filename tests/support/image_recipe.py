@@ -4,7 +4,13 @@ No Docker engine runs on the machines that test TAI, so this plays the engine's 
 instructions the recipe uses: each stage gets a folder for its file system and a fresh venv for
 the base image's Python (`/usr/local` in the `python:*-slim` images); COPY takes files from the
 build context as filtered by `.dockerignore`, or from an earlier stage; RUN runs the command with
-bash in the stage's working directory, its absolute paths mapped into the stage's folder.
+bash in the stage's working directory, its absolute paths mapped into the stage's folder. A
+stage built FROM an earlier one (`FROM install AS tai-server`, and the last FROM naming one of
+those through a build argument) takes over its files and settings; it may add settings (ENV,
+EXPOSE, ENTRYPOINT…) but not change files, since it shares the earlier stage's folder here where
+Docker would give it a layer of its own. As BuildKit does before building anything, every FROM
+is resolved first: one that names neither a stage nor a `python:*` image (the only base images
+emulated here) stops the build, as the failed pull would.
 
 What it cannot do on the host is left out and recorded: `useradd` (a user on this machine) and
 USER (the tests run as whoever runs them). `--no-cache-dir` is dropped from pip commands so the
@@ -33,6 +39,20 @@ import dockerfile
 
 class RecipeError(RuntimeError):
     """A step of the recipe failed; the message names the Dockerfile line and the output."""
+
+
+# What the recipe's FROM may name besides its own stages: the images whose Python is emulated.
+EMULATED_BASE = re.compile(r"python:[\w.-]+$")
+
+
+def expand(text: str, variables: dict[str, str]) -> str:
+    """`$NAME` and `${NAME}` replaced by their values ("" when unset), as Docker expands the
+    instructions that take variables (FROM with the global ARGs, EXPOSE, ENV…)."""
+    return re.sub(
+        r"\$(?:\{(\w+)\}|(\w+))",
+        lambda m: variables.get(m.group(1) or m.group(2), ""),
+        text,
+    )
 
 
 def dockerignore_patterns(context: Path) -> list[tuple[re.Pattern[str], bool]]:
@@ -92,7 +112,10 @@ class Stage:
     env: dict[str, str] = field(default_factory=dict)
     user: str = ""
     entrypoint: list[str] = field(default_factory=list)
+    exposed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    # The earlier stage whose folder this one shares (FROM <stage>), if any.
+    base_stage: str = ""
 
     def host_path(self, container_path: str) -> Path:
         """Where a path of the stage's file system lives on the host."""
@@ -135,17 +158,20 @@ class RecipeRunner:
         """Runs every stage; returns the last (the image). A named stage found in `built` (a
         runner's `stages` for other build args) is taken as it is, as Docker's cache would,
         when none of its instructions reads a build argument."""
-        global_args: dict[str, str] = {}
+        global_args = self._resolve_bases()
         stage: Stage | None = None
         reused = False
         for command in self.commands:
             if command.cmd == "ARG" and stage is None:
-                global_args.update(self._arg(command.value[0], global_args))
+                continue  # read by _resolve_bases
             elif command.cmd == "FROM":
                 name = self._stage_name(command)
+                base = expand(command.value[0], global_args).lower()
                 reused = built is not None and name in built
                 if reused and built is not None:
                     stage = self.stages[name] = built[name]
+                elif base in self.stages:
+                    stage = self.stages[name] = self._derive(self.stages[base], name)
                 else:
                     stage = self._from(command, global_args)
             elif stage is None:
@@ -158,6 +184,24 @@ class RecipeRunner:
         if stage is None:
             raise RecipeError("the Dockerfile has no FROM")
         return stage
+
+    def _resolve_bases(self) -> dict[str, str]:
+        """The global ARGs (those before the first FROM), after checking that every FROM
+        names an earlier stage or an emulated image."""
+        global_args: dict[str, str] = {}
+        names: set[str] = set()
+        for command in self.commands:
+            if command.cmd == "ARG" and not names:
+                global_args.update(self._arg(command.value[0], global_args))
+            elif command.cmd == "FROM":
+                base = expand(command.value[0], global_args).lower()
+                if base not in names and not EMULATED_BASE.match(base):
+                    raise RecipeError(
+                        f"line {command.start_line}: FROM {base}: not a stage of the recipe, "
+                        "and not an image this runner emulates (python:*)"
+                    )
+                names.add(self._stage_name(command).lower())
+        return global_args
 
     def _arg(self, declaration: str, known: dict[str, str]) -> dict[str, str]:
         name, _, default = declaration.partition("=")
@@ -181,7 +225,27 @@ class RecipeRunner:
         self.stages[name] = stage
         return stage
 
+    def _derive(self, base: Stage, name: str) -> Stage:
+        """A stage FROM an earlier one: its files (shared) and its settings (copied)."""
+        return Stage(
+            name=name,
+            root=base.root,
+            python_prefix=base.python_prefix,
+            workdir=base.workdir,
+            env=dict(base.env),
+            user=base.user,
+            entrypoint=list(base.entrypoint),
+            exposed=list(base.exposed),
+            skipped=list(base.skipped),
+            base_stage=base.name,
+        )
+
     def _step(self, stage: Stage, command: dockerfile.Command, global_args: dict[str, str]) -> None:
+        if stage.base_stage and command.cmd in ("COPY", "RUN", "WORKDIR"):
+            raise RecipeError(
+                f"line {command.start_line}: {command.cmd} in stage {stage.name}, which shares "
+                f"stage {stage.base_stage}'s files here: only settings can be added to it"
+            )
         if command.cmd == "ARG":
             name = command.value[0].partition("=")[0]
             stage.env.update(self._arg(command.value[0], {name: global_args.get(name, "")}))
@@ -201,7 +265,9 @@ class RecipeRunner:
             if not command.json:
                 raise RecipeError(f"line {command.start_line}: ENTRYPOINT must be in exec form")
             stage.entrypoint = list(command.value)
-        elif command.cmd in ("EXPOSE", "LABEL", "CMD"):
+        elif command.cmd == "EXPOSE":
+            stage.exposed += [expand(port, stage.env) for port in command.value]
+        elif command.cmd in ("LABEL", "CMD"):
             pass
         else:
             raise RecipeError(f"line {command.start_line}: {command.cmd} is not supported here")
@@ -287,6 +353,7 @@ def describe(stage: Stage) -> str:
     return json.dumps(
         {
             "entrypoint": stage.entrypoint,
+            "exposed": stage.exposed,
             "user": stage.user,
             "skipped": stage.skipped,
             "python": sys.version.split()[0],
