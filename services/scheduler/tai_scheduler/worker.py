@@ -224,6 +224,9 @@ class Worker:
         self._starting: set[asyncio.Task[None]] = set()
         self._outcomes: collections.deque[tuple[_Claim, Outcome]] = collections.deque()
         self._finisher: asyncio.Task[None] | None = None
+        # Writes about this replica's claims (outcomes, renewals, releases) take turns: run
+        # at once they would lock the same documents, and Firestore makes one wait seconds.
+        self._claim_writes = asyncio.Lock()
 
     def wake(self) -> None:
         """Look at the store now (due tasks may have changed)."""
@@ -837,7 +840,8 @@ class Worker:
         committed."""
         for attempt in range(1, attempts + 1):
             try:
-                return await self._store.run_transaction(fn)
+                async with self._claim_writes:
+                    return await self._store.run_transaction(fn)
             except _TRANSIENT as error:
                 if attempt == attempts:
                     log.error("%s: giving up after %d tries (%s)", what, attempts, error)
@@ -861,7 +865,8 @@ class Worker:
     async def _renew(self, claims: list[_Claim]) -> None:
         started = time.monotonic()
         try:
-            lost = await self._store.run_transaction(lambda tx: self._renew_in(tx, claims))
+            async with self._claim_writes:
+                lost = await self._store.run_transaction(lambda tx: self._renew_in(tx, claims))
         except _TRANSIENT as error:
             log.warning("cannot renew task leases (%s)", error)
             lost = set()
@@ -960,7 +965,9 @@ class Worker:
         released = False
         for chunk in _chunks(claims, _BATCH):
             with contextlib.suppress(*_TRANSIENT):
-                released |= await self._store.run_transaction(functools.partial(apply, chunk=chunk))
+                async with self._claim_writes:
+                    transaction = functools.partial(apply, chunk=chunk)
+                    released |= await self._store.run_transaction(transaction)
         if released:
             self._on_committed()
             log.info("released %d task leases", len(claims))
