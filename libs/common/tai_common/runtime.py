@@ -26,7 +26,6 @@ from typing import Any, Generic, NoReturn, TypeVar
 import grpc
 import prometheus_client
 import pydantic
-from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 from tai.v1 import common_pb2
 from tai_rpc.channel import ChannelOptions
 
@@ -169,6 +168,9 @@ def interceptor_stack(
         close = limits.close
     outer: list[grpc.aio.ServerInterceptor] = [ServerMetricsInterceptor()]
     if tracing_enabled(settings):
+        # Imported only then: a process that does not trace does not load it.
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
         outer.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
     return InterceptorStack(outer=outer, inner=inner, close=close)
 
@@ -177,7 +179,11 @@ def internal_channel_options(settings: ServiceSettings, timeout: float = 10.0) -
     """How this service calls the others: mutual TLS with its own certificate when configured,
     and its service token when it has one; every call measured (grpc_client_*) and, when
     tracing is enabled, traced."""
-    tracing = aio_client_interceptors() if tracing_enabled(settings) else ()  # type: ignore[no-untyped-call]
+    tracing: tuple[grpc.aio.ClientInterceptor, ...] = ()
+    if tracing_enabled(settings):
+        from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+        tracing = tuple(aio_client_interceptors())  # type: ignore[no-untyped-call]
     return ChannelOptions(
         default_timeout_seconds=timeout,
         tls=security.tls_files(settings),

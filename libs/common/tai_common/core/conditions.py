@@ -12,13 +12,19 @@ condition evaluated over the result, instead of converting it again per policy.
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import cel
+# The package's __init__ imports its command-line REPL (`cel.cli`, prompt_toolkit), which a
+# server never runs: 22 MiB of a process's 38 MiB after `import cel` (ru_maxrss, 0.10.0). A
+# placeholder stands in for it unless something imported the real one first.
+sys.modules.setdefault("cel.cli", types.ModuleType("cel.cli"))
+import cel  # noqa: E402
 
-from tai_common.core.errors import InvalidArgument
+from tai_common.core.errors import InvalidArgument  # noqa: E402
 
 MAX_CONDITION_LENGTH = 4096
 

@@ -3,13 +3,15 @@ The spans themselves come from `tai_common.core.trace_context`."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from tai_common.core import ServiceSettings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 
 def tracing_enabled(settings: ServiceSettings) -> bool:
@@ -24,6 +26,12 @@ def configure_tracing(settings: ServiceSettings) -> TracerProvider | None:
     otherwise OpenTelemetry's default no-op tracer stays, and None is returned."""
     if not tracing_enabled(settings):
         return None
+    # The SDK is imported only then: a process that does not trace does not load it.
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
     ratio = settings.trace_sample_ratio
     if ratio is None:
         ratio = 1.0 if settings.environment == "development" else 0.1
