@@ -32,15 +32,16 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import dev_auth  # noqa: E402  (a sibling script, found through the path above)
-from render_envoy import GatewayConfig, render  # noqa: E402
+from render_envoy import GatewayConfig, render  # noqa: E402  (a sibling, found through the path)
+
+if TYPE_CHECKING:
+    # Imported when authentication is asked for (it loads the JWT and settings libraries).
+    import dev_auth  # type: ignore[import-not-found]
 
 READY_TIMEOUT_SECONDS = 60.0
 # Beyond the grace period, what a service takes to exit by itself (its STOP_RESERVE_SECONDS,
@@ -59,7 +60,8 @@ class Service:
 
 
 class SettingError(Exception):
-    """A TAI_RUN_* override that cannot work: one line to print."""
+    """A TAI_RUN_* override (or the development issuer's folder) that cannot work: one line to
+    print."""
 
 
 def _port(variable: str, default: int) -> int:
@@ -138,21 +140,37 @@ def die_with_supervisor() -> Callable[[], None] | None:
     return in_child
 
 
-async def wait_serving(target: str, process: asyncio.subprocess.Process, deadline: float) -> None:
+async def wait_serving(
+    targets: list[str],
+    process: asyncio.subprocess.Process,
+    deadline: float,
+    preexec_fn: Callable[[], None] | None = None,
+) -> None:
+    """Until every target is SERVING (checked by scripts/wait_serving.py in a child process,
+    so this one never loads gRPC), or `process` exits, or the deadline."""
     loop = asyncio.get_running_loop()
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while loop.time() < deadline:
-            if process.returncode is not None:
-                raise RuntimeError(f"exited with status {process.returncode}")
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"not SERVING after {READY_TIMEOUT_SECONDS:.0f}s")
+    checker = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "scripts" / "wait_serving.py"),
+        *targets,
+        "--timeout",
+        str(max(0.0, deadline - loop.time())),
+        stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec_fn,  # dies with this supervisor, as the others do
+    )
+    checked = asyncio.create_task(checker.communicate())
+    exited = asyncio.create_task(process.wait())
+    try:
+        await asyncio.wait({checked, exited}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        exited.cancel()
+        if checker.returncode is None:
+            checker.kill()
+        _, stderr = await checked
+    if process.returncode is not None:
+        raise RuntimeError(f"exited with status {process.returncode}")
+    if checker.returncode != 0:
+        raise RuntimeError(stderr.decode(errors="replace").strip() or "not SERVING")
 
 
 def _http_ok(url: str) -> bool:
@@ -203,7 +221,12 @@ def choose_auth(requested: bool, state_dir: Path, services: list[Service]) -> Au
             jwks_file=os.environ.get("TAI_JWT_JWKS_FILE", ""),
             issuer=os.environ.get("TAI_JWT_ISSUER", ""),
         )
-    dev = dev_auth.prepare(state_dir / "dev-auth", [s.name for s in services])
+    import dev_auth
+
+    try:
+        dev = dev_auth.prepare(state_dir / "dev-auth", [s.name for s in services])
+    except dev_auth.DevAuthError as error:
+        raise SettingError(str(error)) from None
     return Auth(enabled=True, dev=dev, jwks_file=str(dev.jwks_file), issuer=dev.issuer)
 
 
@@ -293,7 +316,7 @@ def make_plan(argv: list[str] | None) -> Plan:
 def main(argv: list[str] | None = None) -> int:
     try:
         plan = make_plan(argv)
-    except (SettingError, dev_auth.DevAuthError) as error:
+    except SettingError as error:
         print(f"run_local: {error}", file=sys.stderr)
         return 2
     return asyncio.run(Supervisor(plan).run())
@@ -354,6 +377,9 @@ class Supervisor:
                 "-c",
                 str(self.plan.envoy_config),
                 "--use-dynamic-base-id",  # another Envoy on the machine must not clash
+                # One worker thread: plenty for one machine's calls, and less memory.
+                "--concurrency",
+                "1",
                 "--log-level",
                 "warn",
             ],
@@ -384,11 +410,10 @@ class Supervisor:
         """ "" once every process is ready, else which one failed and why."""
         deadline = asyncio.get_running_loop().time() + READY_TIMEOUT_SECONDS
         processes = dict(self.processes)
+        name = "tai-server"
         try:
-            for service in self.services:
-                name = service.name
-                target = f"127.0.0.1:{service.grpc_port}"
-                await wait_serving(target, processes["tai-server"], deadline)
+            targets = [f"127.0.0.1:{service.grpc_port}" for service in self.services]
+            await wait_serving(targets, processes["tai-server"], deadline, self._die_with_us)
             name = "gateway"
             admin = f"http://127.0.0.1:{self.gateway.admin_port}/ready"
             await wait_http(admin, processes["gateway"], deadline)

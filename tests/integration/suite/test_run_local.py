@@ -295,7 +295,8 @@ async def test_ctrl_c_while_a_service_waits_to_start_stops_everything_in_the_gra
         assert time.monotonic() < deadline, suite.output()
         await asyncio.sleep(0.1)
     children = suite.children()
-    assert len(children) == 2  # the server (every service) and the gateway
+    # The server (every service), the gateway, and the health check waiting for them.
+    assert len(children) == 3
 
     took = await suite.exit_time_after(signal.SIGINT)
 
