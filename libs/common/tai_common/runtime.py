@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
 import grpc
 import prometheus_client
@@ -30,7 +30,6 @@ from tai.v1 import common_pb2
 from tai_rpc.channel import ChannelOptions
 
 from tai_common import factory
-from tai_common.auth import JwksLoader
 from tai_common.core import (
     Clock,
     IdFactory,
@@ -53,6 +52,9 @@ from tai_common.instrumentation import (
 )
 from tai_common.messaging import OUTBOX_INDEXES, AuditTrail, EventFactory, OutboxRelay, audit
 from tai_common.ports import Cache, DocumentStore, EventBus, IndexSpec, SecretSource
+
+if TYPE_CHECKING:
+    from tai_common.auth.jwt_verifier import JwksLoader
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,7 @@
 """Who is calling and what they may do: principals, roles, the method-to-role table, and JWT
-verification. The gRPC interceptor that enforces it is `tai_common.grpc.auth`."""
+verification (`tai_common.auth.jwt_verifier`, imported by who verifies tokens: it loads PyJWT
+and cryptography, 9 MiB a process without authentication does without). The gRPC interceptor
+that enforces it is `tai_common.grpc.auth`."""
 
 from tai_common.auth.access import (
     METHOD_ROLES,
@@ -9,13 +11,6 @@ from tai_common.auth.access import (
     is_open,
     required_role,
     service_may_call,
-)
-from tai_common.auth.jwt_verifier import (
-    JwksLoader,
-    JwtVerifier,
-    VerifierConfig,
-    jwks_from_file,
-    jwks_from_url,
 )
 from tai_common.auth.principal import (
     ANONYMOUS,
@@ -31,15 +26,10 @@ __all__ = [
     "OPEN_METHODS",
     "OPEN_PREFIXES",
     "SERVICE_CALLS",
-    "JwksLoader",
-    "JwtVerifier",
     "Principal",
     "Role",
-    "VerifierConfig",
     "current_principal",
     "is_open",
-    "jwks_from_file",
-    "jwks_from_url",
     "required_role",
     "service_may_call",
     "set_current_principal",

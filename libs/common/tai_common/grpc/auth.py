@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING
 
 from tai_common.auth import (
     ANONYMOUS,
-    JwtVerifier,
     Principal,
     is_open,
     required_role,
@@ -24,6 +24,9 @@ from tai_common.auth import (
 from tai_common.core import PermissionDenied, TaiError, Unauthenticated
 from tai_common.grpc.interceptors import Context, GuardInterceptor
 from tai_common.messaging import set_current_method
+
+if TYPE_CHECKING:
+    from tai_common.auth.jwt_verifier import JwtVerifier
 
 log = logging.getLogger(__name__)
 

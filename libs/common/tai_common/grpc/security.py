@@ -7,16 +7,18 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from tai_rpc.channel import TlsFiles
 
-from tai_common.auth import JwksLoader, JwtVerifier, VerifierConfig, jwks_from_file, jwks_from_url
 from tai_common.core import ServiceSettings, StartupError
 from tai_common.grpc.auth import Authenticator, DeniedHook
 from tai_common.grpc.rate_limit import RateLimits
 from tai_common.ports import RateLimiter, SecretSource
+
+if TYPE_CHECKING:
+    from tai_common.auth.jwt_verifier import JwksLoader
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,9 @@ def authenticator(
             "This is for local development and tests only; never run production like this."
         )
         return Authenticator(None)
+    # Only here: PyJWT and cryptography are loaded by a process that verifies tokens.
+    from tai_common.auth.jwt_verifier import JwtVerifier, VerifierConfig
+
     loader = jwks_loader or _jwks_loader(settings)
     verifier = JwtVerifier(
         VerifierConfig(
@@ -105,6 +110,8 @@ def jwks_from_secret(source: SecretSource, name: str, key: str = "jwks") -> Jwks
 
 
 def _jwks_loader(settings: ServiceSettings) -> JwksLoader:
+    from tai_common.auth.jwt_verifier import jwks_from_file, jwks_from_url
+
     if settings.jwt_jwks_url:
         return jwks_from_url(settings.jwt_jwks_url)
     if settings.jwt_jwks_file:
