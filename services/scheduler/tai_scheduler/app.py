@@ -125,6 +125,7 @@ def create_app(deps: Dependencies[SchedulerSettings]) -> ServiceRuntime:
         wakeup=wakeup,
         until_stopping=lambda awaitable: runtime.server.until_stopping(awaitable),
         audit=runtime.audit,
+        replica_id=settings.replica_id,
     )
     servicer = SchedulerServicer(service, runtime)
     server = runtime.attach_server(

@@ -37,6 +37,7 @@ from tai_scheduler.task import (
     FINAL_STATES,
     MAX_REASON_LENGTH,
     MAX_TASK_TYPE_LENGTH,
+    AttemptOutcome,
     ParameterLimits,
     Submission,
     Task,
@@ -116,10 +117,12 @@ class TaskService:
         wakeup: Wakeup,
         until_stopping: Callable[[Awaitable[Any]], Awaitable[Any]],
         audit: AuditTrail,
+        replica_id: str = "",
     ) -> None:
         """`on_committed` is called after every committed change (it wakes the outbox relay);
         `wakeup` tells the worker that due tasks may have changed; `until_stopping` wraps
-        every wait of a stream so streams end on shutdown."""
+        every wait of a stream so streams end on shutdown; `replica_id` names this replica's
+        worker, whose own attempts' ends need no wake-up."""
         self._store = store
         self._repo = TaskRepository(store)
         self._clock = clock
@@ -130,6 +133,7 @@ class TaskService:
         self._wakeup = wakeup
         self._until_stopping = until_stopping
         self._audit = audit
+        self._replica_id = replica_id
         self.updates: Broadcaster[TaskUpdate] = Broadcaster()
 
     # --- changes ---
@@ -329,5 +333,13 @@ class TaskService:
         )
         if TaskState(task.status) in FINAL_STATES:
             self._wakeup.ended(task.task_id)
-        if event.event_type != "task.running":
+        last = task.attempts[-1] if task.attempts else None
+        # This replica's worker wrote the end of its own attempt (and looks again itself if
+        # the task is due again): nothing new for it.
+        own_end = (
+            last is not None
+            and last.worker == self._replica_id
+            and last.outcome in (AttemptOutcome.COMPLETED, AttemptOutcome.FAILED)
+        )
+        if event.event_type != "task.running" and not own_end:
             self._wakeup()

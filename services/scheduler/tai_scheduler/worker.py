@@ -148,6 +148,8 @@ class _Claim:
     # start without another read.
     checked: bool
     phase: _Phase = _Phase.WAITING
+    # Waiting in the ready queue (due, for a slot), rather than for its due time.
+    ready: bool = False
     # When its executor started (wall clock ns).
     started_ns: int = 0
     execution: asyncio.Task[None] | None = None
@@ -216,6 +218,11 @@ class Worker:
         self._ready: list[tuple[int, int, int, _Claim]] = []
         self._order = itertools.count()
         self._waiting = 0
+        # Live claims in the ready queue (it also holds given-up ones until popped).
+        self._ready_count = 0
+        # What the claim loop could not look for, for lack of room, when it last looked: it
+        # is woken when room frees up for it (tasks already due; tasks falling due ahead).
+        self._starved = (False, False)
         # Slots taken: attempts starting or running.
         self._busy = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -274,8 +281,9 @@ class Worker:
         earliest lease end, at most the fallback poll."""
         fallback = self._config.fallback_poll_seconds
         due_room, ahead_room = self._room()
+        self._starved = (due_room <= 0, ahead_room <= 0 and self._config.horizon_ns > 0)
         if due_room + ahead_room <= 0:
-            return fallback  # a start or a finishing attempt wakes the loop
+            return fallback  # woken when an attempt starts or ends (`_room_freed`)
         horizon = self._config.horizon_ns if ahead_room > 0 else 0
         # Reads first, outside any transaction (no write lock): most wake-ups find that
         # nothing is due yet. With no free slot, tasks already due (and lapsed leases) are
@@ -313,11 +321,22 @@ class Worker:
         start at once, so that a busy replica leaves them to others), and falling due within
         the horizon (held until then)."""
         free = self._config.concurrency - self._busy
-        due_room = free - sum(1 for entry in self._ready if entry[-1].live)
+        due_room = free - self._ready_count
         ahead_room = self._config.claim_ahead_limit - self._waiting
         # Outcomes not yet written hold leases too: a store that falls behind slows claims.
         total = self._config.concurrency + self._config.claim_ahead_limit - len(self._claims)
         return max(0, min(due_room, total)), max(0, min(ahead_room, total))
+
+    def _room_freed(self) -> None:
+        """Wakes the claim loop if it stopped looking for something for lack of room and now
+        has some (not at every start and end: most leave it without room all the same)."""
+        due_starved, ahead_starved = self._starved
+        if not (due_starved or ahead_starved):
+            return
+        due_room, ahead_room = self._room()
+        if (due_starved and due_room > 0) or (ahead_starved and ahead_room > 0):
+            self._starved = (False, False)
+            self._wake.set()
 
     def _is_stopping(self) -> bool:
         if self._server_stopping is not None and self._server_stopping.is_set():
@@ -570,9 +589,9 @@ class Worker:
         free slots (highest priority first), and sets the timer for the next due time."""
         now = self._clock.now_ns()
         while self._ahead and self._ahead[0][0] <= now:
-            due_ns, order, claim = heapq.heappop(self._ahead)
+            _, order, claim = heapq.heappop(self._ahead)
             if claim.live:
-                heapq.heappush(self._ready, (-claim.task.priority, due_ns, order, claim))
+                self._push_ready(claim, order)
         self._set_timer(now)
         if self._stopping:
             return
@@ -585,6 +604,8 @@ class Worker:
             return
         for claim in batch:
             claim.phase = _Phase.STARTING
+            claim.ready = False
+            self._ready_count -= 1
             self._waiting -= 1
             self._busy += 1
         unchecked = [c for c in batch if not c.checked]
@@ -600,7 +621,12 @@ class Worker:
             )
             self._starting.add(starting)
             starting.add_done_callback(self._starting.discard)
-        self._wake.set()  # room to claim more
+        self._room_freed()
+
+    def _push_ready(self, claim: _Claim, order: int) -> None:
+        claim.ready = True
+        self._ready_count += 1
+        heapq.heappush(self._ready, (-claim.task.priority, claim.due_ns, order, claim))
 
     def _set_timer(self, now: int) -> None:
         while self._ahead and not self._ahead[0][-1].live:
@@ -638,11 +664,11 @@ class Worker:
                 claim.phase = _Phase.WAITING
                 self._waiting += 1
                 self._busy -= 1
-                if not claim.abandoned:
-                    heapq.heappush(
-                        self._ready,
-                        (-claim.task.priority, claim.due_ns, next(self._order), claim),
-                    )
+                if claim.abandoned:
+                    self._waiting -= 1
+                    self._forget(claim)
+                else:
+                    self._push_ready(claim, next(self._order))
             if isinstance(error, asyncio.CancelledError):
                 raise
             log.warning("cannot check claimed tasks before starting them (%s)", error)
@@ -679,6 +705,9 @@ class Worker:
         log.info("task %s: %s; not started", claim.task.id, why)
         if claim.phase is _Phase.WAITING:
             self._waiting -= 1
+            if claim.ready:
+                claim.ready = False
+                self._ready_count -= 1
         claim.abandoned = True
         self._forget(claim)
 
@@ -707,6 +736,7 @@ class Worker:
             self._forget(claim)
         # Else cancelled by a shutdown: stop() releases the lease.
         self._dispatch()
+        self._room_freed()
 
     # --- executions ---
 
@@ -760,7 +790,7 @@ class Worker:
         if self._claims.get(claim.task.id) is claim:
             del self._claims[claim.task.id]
         metrics.CLAIMED_AHEAD.set(self._waiting)
-        self._wake.set()  # room to claim
+        self._room_freed()
 
     # --- outcomes ---
 
@@ -795,13 +825,16 @@ class Worker:
 
     async def _finish(self, batch: Sequence[tuple[_Claim, Outcome]]) -> None:
         """Writes the outcomes of `batch` whose task is still its claim's."""
-        applied = await self._with_retries(
+        written = await self._with_retries(
             f"finish {len(batch)} tasks", lambda tx: self._finish_in(tx, batch)
         )
-        if applied is None:
+        if written is None:
             return  # the store stayed unreachable; the leases lapse and the tasks are re-run
+        applied, pending_again = written
         if applied:
             self._on_committed()
+        if pending_again:
+            self._wake.set()  # a retry (or a run released behind a finished one) falls due
         for claim, _ in batch:
             if claim.task.id not in applied and not claim.abandoned:
                 log.warning(
@@ -814,24 +847,29 @@ class Worker:
 
     async def _finish_in(
         self, tx: Transaction, batch: Sequence[tuple[_Claim, Outcome]]
-    ) -> set[str]:
+    ) -> tuple[set[str], bool]:
+        """Writes the outcomes; returns the tasks written, and whether any task (one retried,
+        or a run released behind one that ended) is pending again."""
         tasks = await self._repo.get_many_in(tx, [claim.task.id for claim, _ in batch])
         now = self._clock.now_ns()
         changes = ChangeSet()
         applied = set()
+        pending_again = False
         for claim, outcome in batch:
             task = tasks.get(claim.task.id)
             if task is None or not _still_ours(task, claim):
                 continue
-            after = outcome(task.started(claim.started_ns), now)
-            family = await read_family(tx, self._repo, task) if after.is_final else Family()
-            changes.add(after, task)
-            if after.is_final:
-                settle_parent(changes, family, after, now)
+            after = changes.add(outcome(task.started(claim.started_ns), now), task)
             applied.add(task.id)
+            pending_again |= after.status is TaskState.PENDING
+            if after.is_final:
+                family = await read_family(tx, self._repo, task)
+                settle_parent(changes, family, after, now)
+                released = changes.get(family.buffered.id) if family.buffered else None
+                pending_again |= released is not None and not released.held
         if changes:
             changes.write(tx, self._repo, self._events)
-        return applied
+        return applied, pending_again
 
     async def _with_retries(
         self, what: str, fn: Callable[[Transaction], Awaitable[T]], attempts: int = 6
@@ -853,12 +891,17 @@ class Worker:
 
     async def renew_leases(self) -> None:
         """Renews the lease of every claim held (waiting, running, or its outcome not yet
-        written), every third of the lease, until cancelled; gives up the claims whose task
+        written) every third of the lease, until cancelled; gives up the claims whose task
         was cancelled or taken over, or whose lease could not be renewed in time."""
         interval = self._config.lease_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            claims = [c for c in self._claims.values() if not c.abandoned]
+            # Those claimed or renewed within the last third of a lease have two thirds left:
+            # renewed at the next turn, still a third ahead of their end.
+            renew_by = time.monotonic() + 2 * interval
+            claims = [
+                c for c in self._claims.values() if not c.abandoned and c.lease_deadline <= renew_by
+            ]
             for chunk in _chunks(claims, _RENEW_BATCH):
                 await self._renew(chunk)
 
