@@ -15,6 +15,8 @@ HELM := build/tools/helm
 # `make bench BACKEND=emulators` benchmarks on the Firestore and Pub/Sub emulators and Redis.
 BACKEND ?= embedded
 BENCH_ARGS ?=
+# `make bench PEERS=1` also runs the same task workload on Temporal's dev server and Celery.
+PEERS ?=
 # `make run AUTH=1`: authentication on, with development tokens the banner prints.
 AUTH ?=
 # `make chaos CHAOS_ARGS="--short"`: the resilience suite's short form (what CI runs).
@@ -27,7 +29,7 @@ help:
 	@echo "make run    start the whole suite on the embedded default (SQLite under ./.tai/); AUTH=1 with tokens"
 	@echo "make test   install what the tests need and run them"
 	@echo "make lint   ruff + mypy --strict + buf lint + import-linter (the layers)"
-	@echo "make bench  throughput and latency beside an empty gRPC handler (BACKEND=embedded|emulators)"
+	@echo "make bench  throughput and latency beside an empty gRPC handler (BACKEND=embedded|emulators; PEERS=1: beside Temporal and Celery)"
 	@echo "make chaos  faults under load (kills, Redis and bus outages, restarts), then checks"
 	@echo "make provision TAI_BUS=pubsub://PROJECT  create the bus's topics and subscriptions (once per install)"
 
@@ -94,7 +96,8 @@ istio-manifests: deploy-tools
 
 # Throughput and latency of the suite beside an empty gRPC handler (bench/README.md).
 bench: prerequisites-bench$(if $(filter emulators,$(BACKEND)),-emulators) venv
-	$(BIN)/python -m bench --backend $(BACKEND) $(BENCH_ARGS)
+	$(BIN)/python -m bench --backend $(BACKEND) $(if $(filter-out 0 no false off,$(PEERS)),--peers) \
+		$(BENCH_ARGS)
 
 # The Pub/Sub or Kafka topics and subscriptions of the bus TAI_BUS names, made once per install
 # (scripts/provision_bus.py); sqlite:// needs none.

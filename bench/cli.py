@@ -15,14 +15,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import report, targets
 from bench.cpu import IDLE_CORES, CpuSampler, wait_until_idle
 from bench.latency import LATENCY, LatencyOptions, LatencyResult
 from bench.load import CallSpec, LoadConfig, LoadResult, run_load
+from bench.memory import MemoryResult, measure_make_run
 from bench.scenarios import EMPTY, THROUGHPUT, Context, Throughput, check_once, request_factory
 from bench.suite import BACKENDS, TOPOLOGIES, Suite, make_suite, tai_overrides
 
-ALL = [s.name for s in THROUGHPUT] + list(LATENCY)
+# `memory` measures `make run` itself, before the suite starts.
+ALL = [s.name for s in THROUGHPUT] + list(LATENCY) + ["memory"]
 DEFAULTS: dict[str, Any] = {
     "duration": 10.0,
     "warmup": 5.0,
@@ -78,6 +80,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subscribers", type=int, default=50, help="fan-out subscribers (50)")
     parser.add_argument(
         "--policy-subscribers", type=int, default=20, help="StreamPolicies subscribers (20)"
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="then the same task workload on Temporal's dev server and Celery (make bench "
+        "PEERS=1), at the steady rate TAI's dispatch_lag offered",
     )
     parser.add_argument(
         "--smoke",
@@ -268,6 +276,70 @@ async def run(
     return baseline, rows, latency
 
 
+def _steady_rate(args: argparse.Namespace, latency: Sequence[LatencyResult]) -> float:
+    """The rate TAI's steady dispatch phase offered (the peers get the same), else --rate."""
+    for result in latency:
+        if result.name == "dispatch_lag_steady_executor":
+            return float(result.extra["offered_rate_per_s"])
+    return args.rate or 190.0
+
+
+async def _run_peers(
+    args: argparse.Namespace, workdir: Path, latency: Sequence[LatencyResult]
+) -> list[Any]:
+    from bench.peers import run_peers  # their SDKs are loaded only when asked for
+
+    rate = _steady_rate(args, latency)
+    _log(f"peers: Temporal and Celery, {args.tasks} tasks, steady {rate:.0f}/s …")
+    return await run_peers(
+        workdir, tasks=args.tasks, steady_rate=rate, submit_seconds=args.duration
+    )
+
+
+def _peers_section(
+    args: argparse.Namespace,
+    peers: Sequence[Any],
+    throughput: dict[str, LoadResult],
+    latency: Sequence[LatencyResult],
+    duplicates: int | None,
+) -> tuple[str, str]:
+    """The peers' table, with TAI's row from this run's own figures first."""
+    from bench.peers import PeerResult, format_table
+
+    by_name = {result.name: result for result in latency}
+    tai = PeerResult(
+        system="tai (this run)",
+        version="",
+        tasks=args.tasks,
+        steady_rate=_steady_rate(args, latency),
+    )
+    burst = by_name.get("dispatch_lag_executor")
+    if burst is not None:
+        tai.burst_all_started_s = burst.latency.max_ms / 1000
+        tai.burst_lag_p50_ms = burst.latency.p50_ms
+        tai.burst_lag_p99_ms = burst.latency.p99_ms
+    steady = by_name.get("dispatch_lag_steady_executor")
+    if steady is not None:
+        tai.steady_lag_p50_ms = steady.latency.p50_ms
+        tai.steady_lag_p99_ms = steady.latency.p99_ms
+    if "submit_task" in throughput:
+        tai.submit_per_s = throughput["submit_task"].rps
+    tai.duplicate_starts = duplicates
+    return (
+        "Beside the peers — the same task workload (bench/peers; times in ms, but T→all in s)",
+        format_table([tai, *peers]),
+    )
+
+
+def _duplicate_starts(ledger: Path) -> int | None:
+    """Executor starts beyond one per task in TAI's ledger (as the peers count theirs)."""
+    if not ledger.exists():
+        return None
+    from bench.peers import executions_per_task
+
+    return sum(count - 1 for count in executions_per_task(ledger).values())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     started = datetime.now(UTC)
@@ -287,11 +359,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "smoke": args.smoke,
         "call_timeout_s": LoadConfig().call_timeout_s,
     }
+    memory: MemoryResult | None = None
+    peers: list[Any] = []
+    duplicates: int | None = None
     with tempfile.TemporaryDirectory(prefix="tai-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         suite: Suite | None = None
         try:
+            if "memory" in args.names:
+                # First, with nothing else of the benchmark running.
+                _log("memory of make run …")
+                memory = asyncio.run(measure_make_run(workdir))
+                _log(f"memory of make run: {memory.total_mib:.0f} MiB {memory.processes}")
             suite = make_suite(args.backend, workdir, args.topology)
             baseline, rows, latency = asyncio.run(run(args, suite))
         except BaseException as error:
@@ -301,6 +381,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             if suite is not None:
                 suite.stop()
+        if args.peers:
+            # After TAI's suite has stopped: one system on the machine at a time.
+            peers = asyncio.run(_run_peers(args, workdir / "peers", latency))
+            if suite is not None:
+                duplicates = _duplicate_starts(suite.ledger_path)
+    results = {row.name: row.result for row in rows}
+    checked = targets.check(baseline, results, latency, memory)
+    sections: list[tuple[str, str]] = []
+    if args.peers:
+        sections.append(_peers_section(args, peers, results, latency, duplicates))
+    if checked:
+        sections.append(
+            (
+                "Targets — this run's figures against the performance targets",
+                report.table(
+                    ["figure", "measured", "target", "met"],
+                    [[t.figure, t.measured, t.target, "yes" if t.met else "NO"] for t in checked],
+                ),
+            )
+        )
     table = report.render(
         backend=args.backend,
         machine=machine,
@@ -308,6 +408,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline=baseline,
         throughput=rows,
         latency=latency,
+        sections=sections,
     )
     print(table, flush=True)
     path = report.write_json(
@@ -321,6 +422,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         throughput=rows,
         latency=latency,
         table=table,
+        extra={
+            "memory": memory.as_dict() if memory is not None else None,
+            "peers": [p.as_dict() for p in peers],
+            "targets": [t.as_dict() for t in checked],
+        },
     )
     print(f"results: {path}", flush=True)
     return 0

@@ -138,6 +138,11 @@ def _errors(errors: dict[str, int]) -> str:
     return str(sum(errors.values())) if errors else "0"
 
 
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Rows under a header, columns aligned (the format of the report's own tables)."""
+    return "\n".join(_table(list(header), [list(r) for r in rows]))
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
@@ -158,7 +163,10 @@ def render(
     baseline: LoadResult | None,
     throughput: Sequence[ThroughputRow],
     latency: Sequence[LatencyResult],
+    sections: Sequence[tuple[str, str]] = (),
 ) -> str:
+    """The printed report; `sections` are (heading, text) blocks after the tables (the peers,
+    the targets)."""
     memory_gib = machine["memory_bytes"] / 2**30
     out = [
         "",
@@ -250,6 +258,8 @@ def render(
                 ]
             )
         out += _table(header, rows)
+    for heading, text in sections:
+        out += ["", heading, "", text]
     out.append("")
     return "\n".join(out)
 
@@ -288,7 +298,9 @@ def write_json(
     throughput: Sequence[ThroughputRow],
     latency: Sequence[LatencyResult],
     table: str,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
+    """Writes the run's JSON; `extra` adds top-level entries (memory, peers, targets)."""
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / f"{started.strftime('%Y%m%dT%H%M%SZ')}-{backend}.json"
     document = {
@@ -304,6 +316,7 @@ def write_json(
         "scenarios": [row.as_dict(baseline) for row in throughput]
         + [result.as_dict() for result in latency],
         "table": table,
+        **(extra or {}),
     }
     path.write_text(json.dumps(_no_nan(document), indent=2, allow_nan=False) + "\n")
     return path
