@@ -22,6 +22,7 @@ from bench.load import CallSpec, LoadConfig, LoadResult, run_load
 from bench.memory import MemoryResult, measure_make_run
 from bench.scenarios import EMPTY, THROUGHPUT, Context, Throughput, check_once, request_factory
 from bench.suite import BACKENDS, TOPOLOGIES, Suite, make_suite, tai_overrides
+from bench.task_starts import executions_per_task
 
 # `memory` measures `make run` itself, before the suite starts.
 ALL = [s.name for s in THROUGHPUT] + list(LATENCY) + ["memory"]
@@ -335,8 +336,6 @@ def _duplicate_starts(ledger: Path) -> int | None:
     """Executor starts beyond one per task in TAI's ledger (as the peers count theirs)."""
     if not ledger.exists():
         return None
-    from bench.peers import executions_per_task
-
     return sum(count - 1 for count in executions_per_task(ledger).values())
 
 

@@ -29,7 +29,6 @@ import functools
 import itertools
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +41,6 @@ from tai_client import (
     TaiError,
     open_channel,
 )
-from tai_test_executors import ledger as test_ledger
 
 from bench.load import NS_PER_S, Summary
 from bench.scenarios import (
@@ -55,6 +53,7 @@ from bench.scenarios import (
     wait_policy_revision,
 )
 from bench.suite import Suite
+from bench.task_starts import wait_for_starts
 
 _DEFAULT_RATE = 20.0  # when the throughput scenario of the same call did not run
 _GRACE_S = 10.0  # how long, at least, to wait for deliveries after the last send
@@ -469,28 +468,6 @@ async def _propagation(
     ]
 
 
-def _ledger_starts(path: str, prefix: str) -> dict[str, int]:
-    """task id → the executor's start of its first attempt, from the test executors' ledger."""
-    with closing(test_ledger.connect(path)) as conn:
-        rows = conn.execute(
-            "SELECT task_id, MIN(started_ns) FROM executions WHERE task_id LIKE ? GROUP BY task_id",
-            (f"{prefix}%",),
-        ).fetchall()
-    return {str(task_id): int(started) for task_id, started in rows}
-
-
-async def _wait_for_starts(path: str, prefix: str, n: int, timeout_s: float) -> dict[str, int]:
-    """Polls the ledger until the executor started all `n` tasks of `prefix`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        starts = await asyncio.to_thread(_ledger_starts, path, prefix)
-        if len(starts) >= n:
-            return starts
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(starts)} of {n} tasks started")
-        await asyncio.sleep(0.2)
-
-
 async def _claim_lags(scheduler: SchedulerClient, prefix: str) -> dict[str, int]:
     """task id → its first attempt's start (the claim) − its scheduled time, from ListTasks."""
     claims: dict[str, int] = {}
@@ -545,7 +522,7 @@ async def dispatch_lag(ctx: Context, suite: Suite, opts: LatencyOptions) -> list
             due = {f"{prefix}{i:05d}": first_ns + i * spacing_ns for i in range(n)}
             await asyncio.gather(*(submit(task_id, at) for task_id, at in due.items()))
             span_s = (n - 1) * spacing_ns / NS_PER_S
-            starts = await _wait_for_starts(path, prefix, n, lead_s + span_s + 60.0 + n / 10)
+            starts = await wait_for_starts(path, prefix, n, lead_s + span_s + 60.0 + n / 10)
             executor = {task_id: started - due[task_id] for task_id, started in starts.items()}
             return executor, await _claim_lags(scheduler, prefix)
 

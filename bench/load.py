@@ -289,7 +289,7 @@ async def _worker(
             interval_ns = int(NS_PER_S / rate_per_s)
             # Processes start a fraction of an interval apart, so their sends interleave.
             next_ns = begin_ns + interval_ns * index // config.processes
-            in_flight: set[asyncio.Task[None]] = set()
+            in_flight: set[asyncio.Task[Any]] = set()
             while next_ns < measure_to:
                 await asyncio.sleep(max(0.0, (next_ns - time.perf_counter_ns()) / NS_PER_S))
                 if len(in_flight) >= config.max_in_flight:

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tests") not in sys.path:
     sys.path.append(str(ROOT / "tests"))
 
-from support.processes import ServiceProcess, free_port  # noqa: E402
+from support.processes import ServiceProcess  # noqa: E402
+from support.processes import free_port as free_port  # noqa: E402  (used by bench.memory too)
 
 BACKENDS = ("embedded", "emulators", "mixed")
 TOPOLOGIES = ("single", "services")

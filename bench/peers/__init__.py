@@ -6,7 +6,7 @@ figures differ from TAI's).
 `python -m bench.peers --tasks 1000 --rate 190` runs them on their own and prints the table.
 """
 
-from bench.peers._common import SYSTEMS, PeerResult, executions_per_task
+from bench.peers._common import SYSTEMS, PeerResult
 from bench.peers._run import format_table, run_peers
 
-__all__ = ["SYSTEMS", "PeerResult", "executions_per_task", "format_table", "run_peers"]
+__all__ = ["SYSTEMS", "PeerResult", "format_table", "run_peers"]

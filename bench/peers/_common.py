@@ -34,7 +34,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -42,6 +41,7 @@ from typing import Any, Protocol, TypeVar
 from tai_test_executors import ledger
 
 from bench.load import NS_PER_S, Summary
+from bench.task_starts import executions_per_task, wait_for_starts
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = ("temporal", "celery")
@@ -131,35 +131,6 @@ def record_start(path: str, task_id: str, task_type: str, attempt: int, worker: 
         outcome="completed",
     )
     ledger.record(path, execution, completion)
-
-
-def starts(path: Path, prefix: str) -> dict[str, int]:
-    """task id → its first recorded start, for the tasks whose id starts with `prefix`."""
-    with closing(ledger.connect(path)) as conn:
-        rows = conn.execute(
-            "SELECT task_id, MIN(started_ns) FROM executions WHERE task_id LIKE ? GROUP BY task_id",
-            (f"{prefix}%",),
-        ).fetchall()
-    return {str(task_id): int(started) for task_id, started in rows}
-
-
-def executions_per_task(path: Path) -> dict[str, int]:
-    """task id → how many times it was recorded as started."""
-    with closing(ledger.connect(path)) as conn:
-        rows = conn.execute("SELECT task_id, COUNT(*) FROM executions GROUP BY task_id").fetchall()
-    return {str(task_id): int(count) for task_id, count in rows}
-
-
-async def wait_for_starts(path: Path, prefix: str, n: int, timeout_s: float) -> dict[str, int]:
-    """Polls the ledger until `n` tasks of `prefix` have started."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = await asyncio.to_thread(starts, path, prefix)
-        if len(found) >= n:
-            return found
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"only {len(found)} of {n} tasks ({prefix}…) started")
-        await asyncio.sleep(0.2)
 
 
 # --- the workload ---------------------------------------------------------------------------

@@ -74,7 +74,7 @@ from tai_common.ports import (
     SubscriptionSpec,
 )
 from tai_common.sqlite.event_log import SqliteEventLog
-from tai_common.sqlite.local_consumer import READ_SQL, LocalConsumer, Row
+from tai_common.sqlite.local_consumer import READ_SQL, LocalConsumer, Row, finish_or_cancel
 from tai_common.sqlite.write_lock import SqliteWriteLock
 
 __all__ = ["SqliteBus", "Synchronous"]
@@ -1360,13 +1360,7 @@ class _Consumer:
         self._wake.set()
         if self._loop_task is not None:
             await self._loop_task
-        if self._inflight:
-            _, running = await asyncio.wait(
-                list(self._inflight.values()), timeout=self._spec.ack_deadline_seconds
-            )
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+        await finish_or_cancel(self._inflight.values(), self._spec.ack_deadline_seconds)
 
         settlements, self._settlements = self._settlements, []
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -65,6 +65,17 @@ class _Unsettled:
     # Not before this: a nack's backoff, or while running the end of its lease.
     visible_at_ns: int = 0
     running: bool = False
+
+
+async def finish_or_cancel(handlers: Collection[asyncio.Task[None]], timeout: float) -> None:
+    """Lets running handlers finish for up to `timeout` seconds (a consumer's ack deadline),
+    then cancels those still running and waits for them to end."""
+    if not handlers:
+        return
+    _, running = await asyncio.wait(set(handlers), timeout=timeout)
+    for task in running:
+        task.cancel()
+    await asyncio.gather(*running, return_exceptions=True)
 
 
 class LocalConsumer:
@@ -138,13 +149,7 @@ class LocalConsumer:
         self._wake.set()
         if self._task is not None:
             await self._task
-        if self._inflight:
-            _, running = await asyncio.wait(
-                set(self._inflight), timeout=self._spec.ack_deadline_seconds
-            )
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+        await finish_or_cancel(self._inflight, self._spec.ack_deadline_seconds)
         await self._on_closed(self)
 
     async def _loop(self) -> None:
