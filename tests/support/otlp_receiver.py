@@ -4,7 +4,7 @@ keeping every span it is sent, with the name of the service that sent it."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -19,6 +19,9 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     kind: int
+    # Attribute values as strings or ints, and the status code (0 unset, 1 ok, 2 error).
+    attributes: dict[str, str | int] = field(default_factory=dict)
+    status_code: int = 0
 
 
 class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -49,6 +52,15 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                             span_id=span.span_id.hex(),
                             parent_span_id=span.parent_span_id.hex(),
                             kind=span.kind,
+                            attributes={
+                                a.key: (
+                                    a.value.int_value
+                                    if a.value.WhichOneof("value") == "int_value"
+                                    else a.value.string_value
+                                )
+                                for a in span.attributes
+                            },
+                            status_code=span.status.code,
                         )
                     )
         return trace_service_pb2.ExportTraceServiceResponse()

@@ -42,6 +42,7 @@ from tai_common.core import (
 from tai_common.grpc import DeniedHook, GrpcServer, Registrar, security
 from tai_common.instrumentation import (
     ServerMetricsInterceptor,
+    ServerTracingInterceptor,
     TracedBus,
     TracedCache,
     TracedStore,
@@ -170,10 +171,7 @@ def interceptor_stack(
         close = limits.close
     outer: list[grpc.aio.ServerInterceptor] = [ServerMetricsInterceptor()]
     if tracing_enabled(settings):
-        # Imported only then: a process that does not trace does not load it.
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor
-
-        outer.insert(0, aio_server_interceptor())  # type: ignore[no-untyped-call]
+        outer.insert(0, ServerTracingInterceptor())
     return InterceptorStack(outer=outer, inner=inner, close=close)
 
 

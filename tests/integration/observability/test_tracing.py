@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
-from support.otlp_receiver import OtlpReceiver
+from support.otlp_receiver import OtlpReceiver, ReceivedSpan
 from support.processes import ServiceProcess, free_port
-from tai.v1 import governor_pb2
+from tai.v1 import governor_pb2, governor_pb2_grpc
 from tai_client import CoordinatorClient, GovernorClient, SchedulerClient, open_channel
 
 pytestmark = pytest.mark.slow
@@ -132,3 +132,41 @@ async def test_log_lines_carry_the_trace_and_the_caller(
     assert line["trace_id"] == span.trace_id
     assert line["span_id"]
     assert "do-not-log-me" not in governor.log_path.read_text()  # no payloads in logs
+
+
+async def test_a_call_continues_its_callers_trace_and_a_sampled_out_call_exports_nothing(
+    service_processes: MakeProcess, sqlite_url: str, receiver: OtlpReceiver
+) -> None:
+    governor = await service_processes(
+        "tai_governor",
+        TAI_STORE=sqlite_url,
+        TAI_BUS=sqlite_url,
+        TAI_OTLP_ENDPOINT=receiver.endpoint,
+        TAI_TRACE_SAMPLE_RATIO="0.0",
+    ).start()
+    trace_id, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    async with open_channel(governor.target) as channel:
+        # No trace of the caller's, and the sampler keeps nothing new: no span at all.
+        await GovernorClient(channel).propose(policy_type="finance", name="budget")
+        # A sampled caller's trace is continued whatever the ratio (parent-based sampling).
+        stub = governor_pb2_grpc.GovernorStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetPolicy(
+                governor_pb2.GetPolicyRequest(id="no-such-policy"),
+                metadata=(("traceparent", f"00-{trace_id}-{parent}-01"),),
+            )
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+
+    def get_spans() -> list[ReceivedSpan]:
+        return [s for s in receiver.spans if s.name == "/tai.v1.Governor/GetPolicy"]
+
+    await receiver.wait_for(lambda: bool(get_spans()))
+    (span,) = get_spans()
+    assert (span.trace_id, span.parent_span_id) == (trace_id, parent)
+    assert span.kind == 2  # SERVER
+    assert span.attributes["rpc.service"] == "tai.v1.Governor"
+    assert span.attributes["rpc.method"] == "GetPolicy"
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.NOT_FOUND.value[0]
+    assert span.status_code != 2  # a caller's mistake is not the server's error
+    # The proposal was handled (and its batch exported, if any) before the sampled call.
+    assert not [s for s in receiver.spans if s.name == "/tai.v1.Governor/ProposePolicy"]

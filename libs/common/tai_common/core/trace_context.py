@@ -35,14 +35,21 @@ def continued(
     carrier: Mapping[str, str],
     kind: trace.SpanKind = trace.SpanKind.INTERNAL,
     attributes: Mapping[str, str] | None = None,
+    *,
+    errors_set_status: bool = True,
 ) -> Iterator[trace.Span]:
     """A span continuing the trace whose context `carrier` holds (e.g. stored with a task,
-    or carried by a bus message)."""
+    carried by a bus message, or a call's metadata). `errors_set_status=False`: an exception
+    leaving the span neither is recorded nor sets its status (the caller sets it)."""
     parent = propagate.extract(dict(carrier))
     token = otel_context.attach(parent)
     try:
         with tracer().start_as_current_span(
-            name, kind=kind, attributes=dict(attributes or {})
+            name,
+            kind=kind,
+            attributes=dict(attributes or {}),
+            record_exception=errors_set_status,
+            set_status_on_exception=errors_set_status,
         ) as span:
             yield span
     finally:
