@@ -23,7 +23,11 @@ def tracer() -> trace.Tracer:
 
 
 def current_context_carrier() -> dict[str, str]:
-    """The current trace context as W3C headers (`traceparent`, `tracestate`)."""
+    """The current trace context as W3C headers (`traceparent`, `tracestate`); empty when there
+    is no trace (tracing off), without asking the propagators, which a signal asks several
+    times."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return {}
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
