@@ -2,9 +2,10 @@
 to completion exactly once, every event reached its consumers, every stream client resumed.
 
 The audit trail is the one consumer of a durable subscription whose every event can be
-checked from outside: each accepted write published its audit record in its own transaction,
-and the Governor's audit-log subscription appends it to the chain. A record missing there is
-an event the bus (or the outbox relay) lost across a fault.
+checked from outside: each audited write (a policy change, a task, an acknowledgement; signals
+are not audited one by one) published its audit record in its own transaction, and the
+Governor's audit-log subscription appends it to the chain. A record missing there is an event
+the bus (or the outbox relay) lost across a fault.
 
 The checks that wait on asynchronous work (deliveries, task runs, catch-up) poll until they
 pass or the drain time is up; the report shows what was still missing then.
@@ -171,9 +172,9 @@ class Checker:
         )
 
     async def writes_audited(self) -> Check:
-        """Every accepted signal and task has its audit record, every accepted policy version
-        one (a policy at version n has had n changes, each recorded), and the chain is
-        intact."""
+        """Every accepted task, every acknowledged action and every accepted policy version
+        has its audit record (a policy at version n has had n changes, each recorded), and
+        the chain is intact."""
         w = self.workload
         while True:
             page = await w.governor.audit_page(after_seq=self._audit_seq, page_size=AUDIT_PAGE)
@@ -185,16 +186,19 @@ class Checker:
         versions: dict[str, int] = {}
         for p in w.policies:
             versions[p.policy_id] = max(versions.get(p.policy_id, 0), p.version)
-        signals = [s for s in w.signals if not self._audited[f"signal/{s}"]]
-        tasks = [t for t in w.tasks if not self._audited[f"task/{t}"]]
-        policies = [p for p, v in versions.items() if self._audited[f"policy/{p}"] < v]
+        tasks = sorted(t for t in w.tasks if not self._audited[f"task/{t}"])
+        # An action's acknowledgement is the workload's write (its COMPLETED status says it
+        # was accepted; actions_delivered reads it).
+        acks = sorted(a for a in self._completed_actions if not self._audited[f"action/{a}"])
+        policies = sorted(p for p, v in versions.items() if self._audited[f"policy/{p}"] < v)
         verified = await w.governor.verify_audit()
-        missing = signals + tasks + policies
+        missing = tasks + acks + policies
         return Check(
             "every accepted write is in the audit trail",
-            not missing and verified.intact and bool(w.signals),
-            f"{self._audit_seq} records; missing: {len(signals)} signals, {len(tasks)} tasks, "
-            f"{len(policies)} policies' versions"
+            not missing and verified.intact and bool(w.tasks) and bool(self._completed_actions),
+            f"{self._audit_seq} records; missing: {len(tasks)} of {len(w.tasks)} tasks, "
+            f"{len(acks)} of {len(self._completed_actions)} acknowledgements, {len(policies)} "
+            f"of {len(versions)} policies' changes"
             + (f" (e.g. {missing[0]})" if missing else "")
             + (
                 f"; chain intact ({verified.checked} checked)"

@@ -14,8 +14,8 @@ and the fault checks that an event committed just before a kill is delivered.)
 `single` (one `tai-server` process): there is no other replica to take over, so every kill is
 a crash of the whole suite, restarted on the same file and ports after the outage. It is
 killed while it runs tasks (their leases must lapse and the tasks run again, once), then the
-moment a policy change commits while a burst of signals and tasks is in flight (on the
-embedded backend its bus consumers had those events in memory and had not written their
+moment a policy change commits while signals and tasks are being written back to back (on the
+embedded backend its bus consumers had the latest events in memory and had not written their
 cursors: they must resume from the last written cursor and miss nothing).
 """
 
@@ -33,10 +33,10 @@ from chaos.cluster import Cluster
 from chaos.workload import Workload
 
 Step = Callable[[Cluster, Workload], Awaitable[str]]
-# The signals and the tasks in flight when `kill-server-writes` kills the server, and how long
-# it waits for the burst's first answer.
-BURST = 20
-BURST_WAIT_S = 2.0
+# `kill-server-writes`: how many callers keep a signal or a task in flight each, and how long
+# at most they run before the policy change that triggers the kill.
+WRITERS = 20
+WRITERS_RAMP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -151,20 +151,22 @@ async def _kill_server_running_tasks(cluster: Cluster, workload: Workload) -> st
 
 async def _kill_server_writing(cluster: Cluster, workload: Workload) -> str:
     server = _server(cluster)
-    burst = workload.burst(signals=BURST, tasks=BURST)
-    receipt = await _propose_marker(workload, "server-kill")
-    # The first answers of the burst too, so that some of it was accepted before the kill
-    # while the rest is still in flight.
-    await asyncio.wait(burst, timeout=BURST_WAIT_S, return_when=asyncio.FIRST_COMPLETED)
-    pid = _pid(server)
-    server.kill()
-    accepted = sum(1 for call in burst if call.done() and call.result())
-    in_flight = sum(1 for call in burst if not call.done())
+    writers = workload.start_writers(WRITERS)
+    try:
+        # Under way first (a round of them accepted), so that writes are in flight and others
+        # just committed when the policy change's receipt comes back.
+        await writers.wait_accepted(WRITERS, WRITERS_RAMP_S)
+        receipt = await _propose_marker(workload, "server-kill")
+        pid = _pid(server)
+        server.kill()
+        accepted, in_flight = writers.accepted, writers.in_flight
+    finally:
+        writers.stop()
     workload.record_policy(receipt)
     return (
-        f"SIGKILL {server.replica_id} (pid {pid}) once ProposePolicy returned revision "
-        f"{receipt.result_data['revision']} and a burst of {BURST} SubmitSignal and {BURST} "
-        f"SubmitTask calls began to answer: {accepted} accepted, {in_flight} still in flight"
+        f"SIGKILL {server.replica_id} (pid {pid}) as ProposePolicy returned revision "
+        f"{receipt.result_data['revision']}, with {in_flight} SubmitSignal and SubmitTask "
+        f"calls of {WRITERS} back-to-back writers in flight ({accepted} accepted before)"
     )
 
 

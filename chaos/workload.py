@@ -72,6 +72,34 @@ class StreamClient:
 
 
 @dataclass
+class Writers:
+    """Callers started by `Workload.start_writers`: how many of their writes were accepted so
+    far, how many are in flight now."""
+
+    accepted: int = 0
+    in_flight: int = 0
+    stopped: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        """Each caller ends once its call in flight does."""
+        self.stopped = True
+
+    def count_accepted(self) -> None:
+        self.accepted += 1
+        self._progress.set()
+
+    async def wait_accepted(self, count: int, timeout: float) -> None:
+        """Returns once `count` writes were accepted, or after `timeout` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.accepted < count:
+                    self._progress.clear()
+                    await self._progress.wait()
+
+
+@dataclass
 class PolicyReceipt:
     policy_id: str
     version: int
@@ -193,14 +221,25 @@ class Workload:
         task.add_done_callback(self._calls.discard)
         return task
 
-    def burst(self, signals: int, tasks: int) -> list[asyncio.Task[bool]]:
-        """Starts `signals` SubmitSignal and `tasks` SubmitTask calls at once, beside the
-        paced load (their outcomes and receipts are kept as the load's are); each call's
-        task returns whether it was accepted."""
-        return [
-            *(self._spawn(self._submit_signal()) for _ in range(signals)),
-            *(self._spawn(self._submit_task()) for _ in range(tasks)),
-        ]
+    def start_writers(self, writers: int) -> Writers:
+        """Starts `writers` callers beside the paced load that each submit a signal, then a
+        task, then a signal..., one call after the other, until stopped: `writers` writes are
+        in flight at any moment (their outcomes and receipts are kept as the load's are)."""
+        state = Writers()
+
+        async def write() -> None:
+            calls = itertools.cycle((self._submit_signal, self._submit_task))
+            while not state.stopped:
+                state.in_flight += 1
+                try:
+                    accepted = await next(calls)()
+                finally:
+                    state.in_flight -= 1
+                if accepted:
+                    state.count_accepted()
+
+        state.tasks = [self._spawn(write()) for _ in range(writers)]
+        return state
 
     async def _outcome(self, method: str, call: Awaitable[Any]) -> Any | None:
         """Awaits `call`, logs its outcome, and returns its result (None when it failed)."""

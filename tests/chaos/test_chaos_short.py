@@ -1,30 +1,33 @@
-"""`make chaos` in its short form (3 s outages), as CI runs it: every fault is injected into
-the running suite under load, and every check of the report passes. The report's figures
-(error rates) are printed, never asserted."""
+"""`make chaos` in its short form (3 s outages), as CI runs it, once per topology: every fault
+is injected into the running suite under load, and every check of the report passes. The
+report's figures (error rates) are printed, never asserted.
+
+- `services` on the mixed backend (Pub/Sub emulator, Redis, SQLite store): a process per
+  replica, one replica killed at a time.
+- `single` on the embedded backend (what `make run` starts): the one `tai-server` process that
+  owns the SQLite file, SIGKILLed while it runs tasks and as writes commit, restarted on the
+  same file and ports.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FAULTS = [
-    "kill-scheduler",
-    "kill-coordinator",
-    "kill-relay",
-    "stop-redis",
-    "cut-bus",
-    "restart-governor",
-]
 CHECKS = [
     "every accepted write exists",
     "every accepted task completed",
     "every action delivered and acknowledged",
+    "every accepted write is in the audit trail",
     "every policy change reached every StreamPolicies client",
     "every Coordinator replica caught up with the last policy change",
     "no task executed twice",
@@ -35,12 +38,13 @@ CHECKS = [
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.timeout(900)
-def test_the_suite_survives_every_fault_and_loses_nothing(tmp_path: Path) -> None:
+def run_chaos(tmp_path: Path, *args: str) -> dict[str, Any]:
+    """`python -m chaos --short ARGS`: its one run's report, once its checks all passed."""
     report_path = tmp_path / "chaos.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAI_")}
+    started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "chaos", "--short", "--json", str(report_path)],
+        [sys.executable, "-m", "chaos", "--short", "--json", str(report_path), *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -49,15 +53,50 @@ def test_the_suite_survives_every_fault_and_loses_nothing(tmp_path: Path) -> Non
         check=False,
     )
     print(done.stdout)
+    print(f"python -m chaos --short {' '.join(args)}: {time.monotonic() - started:.0f} s")
     assert report_path.exists(), f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-6000:]}"
-    report = json.loads(report_path.read_text())
+    document = json.loads(report_path.read_text())
+    (report,) = document["runs"]
+    assert isinstance(report, dict)
 
+    checks = {c["name"]: c for c in report["checks"]}
+    assert list(checks) == CHECKS
+    failed = [f"{c['name']}: {c['detail']}" for c in checks.values() if not c["passed"]]
+    assert failed == [], f"{failed}\nstderr:\n{done.stderr[-6000:]}"
+    assert document["passed"] is True
+    assert done.returncode == 0
+    assert "all checks passed" in done.stdout
+    return report
+
+
+def phases_of(report: dict[str, Any], faults: list[str], applicable: set[str]) -> dict[str, Any]:
+    """The report's phases by fault, checked: in order, each applicable fault injected and
+    healed with the load running through it, the others skipped."""
     phases = {p["name"]: p for p in report["phases"]}
-    assert list(phases)[1:] == FAULTS
-    for name in FAULTS:
-        assert phases[name]["injected"], name  # every fault applies to the default backend
-        assert phases[name]["healed"], name
-        assert phases[name]["calls"] > 0, name  # the load ran through each fault
+    assert list(phases)[1:] == faults
+    for name in faults:
+        if name in applicable:
+            assert phases[name]["injected"], name
+            assert phases[name]["healed"], name
+            assert phases[name]["calls"] > 0, name  # the load ran through each fault
+        else:
+            assert phases[name]["injected"].startswith("not applicable"), name
+    return phases
+
+
+@pytest.mark.timeout(900)
+def test_the_services_survive_every_fault_and_lose_nothing(tmp_path: Path) -> None:
+    faults = [
+        "kill-scheduler",
+        "kill-coordinator",
+        "kill-relay",
+        "stop-redis",
+        "cut-bus",
+        "restart-governor",
+    ]
+    report = run_chaos(tmp_path, "--topology", "services")
+    assert (report["topology"], report["backend"]) == ("services", "mixed")
+    phases = phases_of(report, faults, set(faults))  # every fault applies to mixed
     # The Scheduler was killed while it ran something, so the takeover was exercised.
     assert "while it ran 0 task" not in phases["kill-scheduler"]["injected"]
 
@@ -67,9 +106,32 @@ def test_the_suite_survives_every_fault_and_loses_nothing(tmp_path: Path) -> Non
     assert streams["actions-1"]["breaks"], streams["actions-1"]
     assert all(streams[f"policies-{i}"]["breaks"] for i in range(2)), streams
 
-    checks = {c["name"]: c for c in report["checks"]}
-    assert list(checks) == CHECKS
-    failed = [f"{c['name']}: {c['detail']}" for c in checks.values() if not c["passed"]]
-    assert failed == [], f"{failed}\nstderr:\n{done.stderr[-6000:]}"
-    assert done.returncode == 0
-    assert "all checks passed" in done.stdout
+
+@pytest.mark.timeout(600)
+def test_the_single_process_survives_kills_and_restarts_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    faults = ["kill-server-tasks", "kill-server-writes", "stop-redis", "cut-bus", "restart-server"]
+    report = run_chaos(tmp_path, "--topology", "single")
+    assert (report["topology"], report["backend"]) == ("single", "embedded")
+    # The embedded backend has no Redis and no networked bus to break.
+    phases = phases_of(
+        report, faults, {"kill-server-tasks", "kill-server-writes", "restart-server"}
+    )
+
+    # Killed while it ran a task (its lease had to lapse, the task run again once)...
+    assert "while it ran 0 task" not in phases["kill-server-tasks"]["injected"]
+    # ...and as a policy change committed, with writes in flight and others just accepted.
+    writes = re.search(
+        r"with (\d+) .* in flight \((\d+) accepted before\)",
+        phases["kill-server-writes"]["injected"],
+    )
+    assert writes is not None, phases["kill-server-writes"]["injected"]
+    in_flight, accepted = map(int, writes.groups())
+    assert in_flight > 0, phases["kill-server-writes"]["injected"]
+    assert accepted > 0, phases["kill-server-writes"]["injected"]
+    assert "exited with 0" in phases["restart-server"]["injected"]
+
+    # Every stream client lost its server at each restart and came back.
+    streams = report["streams"]
+    assert all(len(s["breaks"]) >= 3 for s in streams.values()), streams
