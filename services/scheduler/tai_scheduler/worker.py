@@ -10,15 +10,16 @@ One claim loop per replica:
    then claim the tasks already due, highest priority first, up to the free slots, and the
    tasks falling due within the horizon, earliest first, up to `claim_ahead_limit` held.
    Each claim bumps the task's fencing token.
-2. Sleep until the earliest pending task enters the horizon or the earliest lease ends, or
-   until woken: by a submission on this replica, an event of another replica, or a started or
-   finished attempt making room — with a fallback poll.
+2. Sleep until the earliest pending task enters the horizon (those entering it next are
+   claimed together a little later) or the earliest lease ends, or until woken: by a
+   submission on this replica, an event of another replica, or room freeing up for what the
+   loop could not claim — with a fallback poll.
 
 Claimed tasks wait in memory, and a timer (`loop.call_at`) starts each at its due time, the
 highest priority first among those due at once, as slots free up. A task claimed before its
 due time is started only after one read at or after that time finds it still this claim's:
-a task cancelled before it fell due never runs. Outcomes are written by one transaction per
-batch of attempts that ended together.
+a task cancelled before it fell due never runs. A slot frees when its executor returns; the
+outcomes are written by one transaction per batch of attempts that ended together.
 
 Every claim held (waiting, running, or its outcome not yet written) is renewed together,
 every third of the lease. Any write about an attempt first checks that the task is still
@@ -72,6 +73,9 @@ _TRANSIENT = (Unavailable, Aborted)
 # Tasks one transaction claims, finishes or releases at most: each writes the task and its
 # event (and a run's parent), within Firestore's 500 writes per commit.
 _BATCH = 100
+# Outcomes one transaction writes, and claims one read checks, at most: each is handled in one
+# stretch of the event loop, which holds up every timer and executor meanwhile.
+_STEP_BATCH = 16
 # Leases one renewal transaction renews at most (one write each).
 _RENEW_BATCH = 400
 _TAKEN = "cancelled or taken over before it was due"
@@ -179,8 +183,9 @@ class _ClaimPass:
     changed: bool
     # A recurring task within the horizon fires at its due time: look again then.
     next_fire_ns: int | None = None
-    # Tasks were picked, and none could be claimed: another replica took them first.
-    contended: bool = False
+    # Look again at once: a read or the pass hit its limit, or another replica took the
+    # picked tasks first.
+    more: bool = False
 
 
 Outcome = Callable[[Task, int], Task]
@@ -281,9 +286,9 @@ class Worker:
         earliest lease end, at most the fallback poll."""
         fallback = self._config.fallback_poll_seconds
         due_room, ahead_room = self._room()
-        self._starved = (due_room <= 0, ahead_room <= 0 and self._config.horizon_ns > 0)
         if due_room + ahead_room <= 0:
-            return fallback  # woken when an attempt starts or ends (`_room_freed`)
+            self._note_starved()
+            return fallback  # woken when room frees up (`_room_freed`)
         horizon = self._config.horizon_ns if ahead_room > 0 else 0
         # Reads first, outside any transaction (no write lock): most wake-ups find that
         # nothing is due yet. With no free slot, tasks already due (and lapsed leases) are
@@ -297,24 +302,41 @@ class Worker:
             ahead=horizon > 0 and earliest is not None and earliest <= now + horizon,
             lapsed=lease_end is not None and lease_end <= now,
         )
-        if look.overdue or look.ahead or look.lapsed:
-            claim_pass = await self._claim_pass(look)
-            if claim_pass.changed or claim_pass.contended:
-                # Look again at once: more may be due (what another replica took meanwhile
-                # is no longer pending, so the next look finds the rest).
-                return 0.0
-            if claim_pass.next_fire_ns is not None:
-                wait = (claim_pass.next_fire_ns - self._clock.now_ns()) / NS_PER_SECOND
-                return min(fallback, max(0.0, wait))
+        self._note_starved()
+        if not (look.overdue or look.ahead or look.lapsed):
+            claimable_at = None if earliest is None else earliest - horizon
+            wake_at = [t for t in (claimable_at, lease_end) if t is not None]
+            return self._sleep_until(min(wake_at, default=None))
+        claim_pass = await self._claim_pass(look)
+        self._note_starved()
+        if claim_pass.more or (claim_pass.changed and not claim_pass.claims):
+            # Look again at once: more is due than one pass takes (what another replica took
+            # meanwhile is no longer pending, so the next look finds the rest), or what
+            # changed (a lapsed lease, a fire) may have made more due.
+            return 0.0
+        if not claim_pass.claims and claim_pass.next_fire_ns is None:
             # Due, yet nothing was claimable (e.g. only types this replica has no executor for).
             return fallback
-        claimable_at = [t for t in (earliest, lease_end) if t is not None]
-        if earliest is not None:
-            claimable_at[0] -= horizon
-        if not claimable_at:
+        # Everything within reach was claimed. The tasks entering the horizon next are
+        # claimed together a little later (still well ahead of their due time), rather than
+        # one pass each.
+        wake_at = [now + self._config.horizon_ns // 50] if horizon else [now]
+        if lease_end is not None:
+            wake_at.append(lease_end)
+        if claim_pass.next_fire_ns is not None:
+            wake_at.append(claim_pass.next_fire_ns)
+        return self._sleep_until(min(wake_at))
+
+    def _sleep_until(self, wall_ns: int | None) -> float:
+        """How long to sleep until `wall_ns` (at most the fallback poll)."""
+        fallback = self._config.fallback_poll_seconds
+        if wall_ns is None:
             return fallback
-        wait = (min(claimable_at) - self._clock.now_ns()) / NS_PER_SECOND
-        return min(max(wait, 0.0), fallback)
+        return min(fallback, max(0.0, (wall_ns - self._clock.now_ns()) / NS_PER_SECOND))
+
+    def _note_starved(self) -> None:
+        due_room, ahead_room = self._room()
+        self._starved = (due_room <= 0, ahead_room <= 0 and self._config.horizon_ns > 0)
 
     def _room(self) -> tuple[int, int]:
         """How many tasks this replica may claim now: already due (only as many as it can
@@ -384,8 +406,14 @@ class Worker:
             now,
         )
         lapsed_ids = [t.id for t in lapsed][:_BATCH]
+        limited = (
+            len(due) >= scan(due_room)
+            or len(ahead) >= scan(ahead_room)
+            or len(lapsed) >= scan(due_room)
+            or len(due_ids) + len(ahead_ids) >= _BATCH
+        )
         if not (fired or due_ids or ahead_ids or lapsed_ids):
-            return _ClaimPass([], changed=False, next_fire_ns=next_fire)
+            return _ClaimPass([], changed=False, next_fire_ns=next_fire, more=limited)
         claim_pass = await self._store.run_transaction(
             lambda tx: self._claim_in(
                 tx, (due_room, ahead_room), fired, due_ids, ahead_ids, lapsed_ids
@@ -394,9 +422,8 @@ class Worker:
         if claim_pass.changed:
             self._on_committed()
         self._hold(claim_pass.claims)
-        return _ClaimPass(
-            claim_pass.claims, claim_pass.changed, next_fire, contended=not claim_pass.changed
-        )
+        contended = not claim_pass.changed
+        return _ClaimPass(claim_pass.claims, claim_pass.changed, next_fire, limited or contended)
 
     def _pick(self, tasks: list[Task], want: int, now: int) -> list[str]:
         """The tasks to go for, `want` at most: the earliest due first (all those already due
@@ -617,7 +644,7 @@ class Worker:
             # without one when a slot frees.
             also = [e[-1] for e in self._ready if e[-1].live and not e[-1].checked]
             starting = asyncio.create_task(
-                self._check_and_start(unchecked, also[: _BATCH - len(unchecked)])
+                self._check_and_start(unchecked, also[: max(0, _STEP_BATCH - len(unchecked))])
             )
             self._starting.add(starting)
             starting.add_done_callback(self._starting.discard)
@@ -808,7 +835,7 @@ class Worker:
             batch: list[tuple[_Claim, Outcome]] = []
             deferred: list[tuple[_Claim, Outcome]] = []
             parents: set[str] = set()
-            while self._outcomes and len(batch) < _BATCH:
+            while self._outcomes and len(batch) < _STEP_BATCH:
                 item = self._outcomes.popleft()
                 parent = item[0].task.parent_task_id
                 if parent and parent in parents:
