@@ -16,7 +16,8 @@ a crash of the whole suite, restarted on the same file and ports after the outag
 killed while it runs tasks (their leases must lapse and the tasks run again, once), then the
 moment a policy change commits while signals and tasks are being written back to back (on the
 embedded backend its bus consumers had the latest events in memory and had not written their
-cursors: they must resume from the last written cursor and miss nothing).
+cursors: they must resume from the last written cursor and miss nothing), then twice in a row,
+the second time half a second after it is back, while it resumes.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ Step = Callable[[Cluster, Workload], Awaitable[str]]
 # at most they run before the policy change that triggers the kill.
 WRITERS = 20
 WRITERS_RAMP_S = 5.0
+# `kill-server-twice`: how long the server is up between the two kills.
+RECOVERING_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,22 @@ async def _kill_server_writing(cluster: Cluster, workload: Workload) -> str:
     )
 
 
+async def _kill_server_twice(cluster: Cluster, workload: Workload) -> str:
+    server = _server(cluster)
+    first = _pid(server)
+    server.kill()
+    await server.start()
+    # Back, and at once killed again: while its consumers re-read what the first kill left
+    # unsettled, its restarted workers find the lapsed leases, and the load's writes resume.
+    await asyncio.sleep(RECOVERING_S)
+    second = _pid(server)
+    server.kill()
+    return (
+        f"SIGKILL {server.replica_id} (pid {first}), restarted it, SIGKILL again (pid {second}) "
+        f"{RECOVERING_S} s after it was SERVING"
+    )
+
+
 async def _stop_redis(cluster: Cluster, workload: Workload) -> str:
     cluster.suite.redis.stop()
     return f"stopped redis-server (port {cluster.suite.redis.port}; its data is gone)"
@@ -222,6 +241,7 @@ FAULTS = {
     "single": [
         Fault("kill-server-tasks", _kill_server_running_tasks, _restart(_server)),
         Fault("kill-server-writes", _kill_server_writing, _restart(_server)),
+        Fault("kill-server-twice", _kill_server_twice, _restart(_server)),
         STOP_REDIS,
         CUT_BUS,
         Fault("restart-server", _terminate(_server), _restart(_server), lasts=False),
