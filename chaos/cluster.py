@@ -61,6 +61,15 @@ class Cluster:
         return self.bus_proxy is not None
 
     @property
+    def bus_emulator(self) -> tuple[str, str] | None:
+        """The Pub/Sub emulator's own address (not the proxy's) and the bus's project, when
+        the bus is the emulator."""
+        if self.bus_proxy is None:
+            return None
+        host, port = self.bus_proxy.target
+        return f"{host}:{port}", self.suite.base_env["TAI_BUS"].removeprefix("pubsub://")
+
+    @property
     def processes(self) -> list[ServiceProcess]:
         if self.server is not None:
             return [self.server]
