@@ -38,8 +38,9 @@ class SchedulerSettings(ServiceSettings):
     # Due tasks read per claim; the highest priorities among them are claimed first.
     claim_scan: int = Field(default=64, ge=1, le=1000)
     # Tasks falling due within this horizon are claimed ahead, held in memory and started at
-    # their due time (0: claimed once due). At most half of lease_seconds.
-    claim_ahead_seconds: float = Field(default=1.0, ge=0)
+    # their due time (0: claimed once due; unset: a tenth of lease_seconds, 1 s by default).
+    # At most half of lease_seconds.
+    claim_ahead_seconds: float | None = Field(default=None, ge=0)
     # Claimed tasks one replica holds waiting at most (for their due time, or a free slot).
     claim_ahead_limit: int = Field(default=1024, ge=0, le=100_000)
     # How often tai_scheduler_due_tasks is counted in the store (two count queries).
@@ -55,7 +56,9 @@ class SchedulerSettings(ServiceSettings):
     def _claim_ahead_within_the_lease(self) -> SchedulerSettings:
         # A claim ahead outlives its horizon under its lease; a horizon near the lease would
         # leave a dead replica's tasks unclaimed long after their due time.
-        if self.claim_ahead_seconds > self.lease_seconds / 2:
+        if self.claim_ahead_seconds is not None and self.claim_ahead_seconds > (
+            self.lease_seconds / 2
+        ):
             raise ValueError(
                 f"claim_ahead_seconds ({self.claim_ahead_seconds:g}) must be at most half of "
                 f"lease_seconds ({self.lease_seconds:g})"

@@ -97,8 +97,8 @@ class WorkerConfig:
     # Due tasks read per claim (the highest priorities among them are claimed first).
     claim_scan: int = 64
     # Tasks falling due within this horizon are claimed ahead and started at their due time
-    # (0: claim tasks only once due). At most half the lease.
-    claim_ahead_seconds: float = 1.0
+    # (0: claim tasks only once due; None: a tenth of the lease). At most half the lease.
+    claim_ahead_seconds: float | None = None
     # Claimed tasks held waiting at most (for their due time, or for a slot once due).
     claim_ahead_limit: int = 1024
 
@@ -111,7 +111,9 @@ class WorkerConfig:
             raise ValueError("fallback_poll_seconds must be positive")
         if self.claim_scan < 1:
             raise ValueError("claim_scan must be at least 1")
-        if not 0 <= self.claim_ahead_seconds <= self.lease_seconds / 2:
+        if self.claim_ahead_seconds is not None and not (
+            0 <= self.claim_ahead_seconds <= self.lease_seconds / 2
+        ):
             raise ValueError(
                 f"claim_ahead_seconds must be between 0 and half of lease_seconds "
                 f"({self.lease_seconds / 2:g}); got {self.claim_ahead_seconds:g}"
@@ -125,7 +127,11 @@ class WorkerConfig:
 
     @property
     def horizon_ns(self) -> int:
-        return int(self.claim_ahead_seconds * NS_PER_SECOND) if self.claim_ahead_limit else 0
+        """How far ahead of their due time tasks are claimed (0: not at all)."""
+        if not self.claim_ahead_limit:
+            return 0
+        seconds = self.claim_ahead_seconds
+        return int((self.lease_seconds / 10 if seconds is None else seconds) * NS_PER_SECOND)
 
 
 class _Phase(Enum):
@@ -315,8 +321,12 @@ class Worker:
             # changed (a lapsed lease, a fire) may have made more due.
             return 0.0
         if not claim_pass.claims and claim_pass.next_fire_ns is None:
-            # Due, yet nothing was claimable (e.g. only types this replica has no executor for).
-            return fallback
+            # Due, yet nothing was claimable (e.g. only types this replica has no executor
+            # for): look again at the fallback poll, or when the next task enters the horizon.
+            if not horizon:
+                return fallback
+            after = await self._repo.earliest_due_ns(after_ns=now + horizon)
+            return self._sleep_until(None if after is None else after - horizon)
         # Everything within reach was claimed. The tasks entering the horizon next are
         # claimed together a little later (still well ahead of their due time), rather than
         # one pass each.
@@ -688,13 +698,12 @@ class Worker:
             # Not started: back to the ready queue (renewals give the claims up if the store
             # stays unreachable past their lease).
             for claim in batch:
-                claim.phase = _Phase.WAITING
-                self._waiting += 1
                 self._busy -= 1
                 if claim.abandoned:
-                    self._waiting -= 1
                     self._forget(claim)
                 else:
+                    claim.phase = _Phase.WAITING
+                    self._waiting += 1
                     self._push_ready(claim, next(self._order))
             if isinstance(error, asyncio.CancelledError):
                 raise
@@ -728,8 +737,9 @@ class Worker:
             and lease.fencing_token == claim.token
         )
 
-    def _give_up_unstarted(self, claim: _Claim, why: str) -> None:
-        log.info("task %s: %s; not started", claim.task.id, why)
+    def _give_up_unstarted(self, claim: _Claim, why: str = "") -> None:
+        if why:
+            log.info("task %s: %s; not started", claim.task.id, why)
         if claim.phase is _Phase.WAITING:
             self._waiting -= 1
             if claim.ready:
@@ -993,7 +1003,7 @@ class Worker:
         if waiting:
             await self._release(waiting, started=False)
             for claim in waiting:
-                self._give_up_unstarted(claim, "released at shutdown")
+                self._give_up_unstarted(claim)
         running = [
             c.execution
             for c in self._claims.values()

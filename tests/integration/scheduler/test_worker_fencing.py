@@ -61,7 +61,6 @@ def worker(store: SqliteStore, name: str, executor: Any, concurrency: int = 16) 
             concurrency=concurrency,
             lease_seconds=0.5,
             fallback_poll_seconds=0.1,
-            claim_ahead_seconds=0.1,
         ),
         on_committed=lambda: None,
     )

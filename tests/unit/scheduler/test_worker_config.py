@@ -9,11 +9,12 @@ from tai_scheduler.app import SchedulerSettings
 from tai_scheduler.worker import WorkerConfig
 
 
-def test_defaults_claim_a_second_ahead() -> None:
+def test_defaults_claim_a_tenth_of_the_lease_ahead() -> None:
     settings = SchedulerSettings()
-    assert (settings.claim_ahead_seconds, settings.claim_ahead_limit) == (1.0, 1024)
-    config = WorkerConfig(replica_id="r")
-    assert config.horizon_ns == 1_000_000_000
+    assert (settings.claim_ahead_seconds, settings.claim_ahead_limit) == (None, 1024)
+    assert WorkerConfig(replica_id="r").horizon_ns == 1_000_000_000  # the 10 s lease's tenth
+    assert WorkerConfig(replica_id="r", lease_seconds=1.5).horizon_ns == 150_000_000
+    assert WorkerConfig(replica_id="r", claim_ahead_seconds=2).horizon_ns == 2_000_000_000
 
 
 def test_a_horizon_past_half_the_lease_is_refused() -> None:
@@ -23,7 +24,7 @@ def test_a_horizon_past_half_the_lease_is_refused() -> None:
         SchedulerSettings(claim_ahead_limit=-1)
     assert SchedulerSettings(lease_seconds=4.0, claim_ahead_seconds=2.0).claim_ahead_seconds == 2
     with pytest.raises(ValueError, match="claim_ahead_seconds"):
-        WorkerConfig(replica_id="r", lease_seconds=0.5)
+        WorkerConfig(replica_id="r", lease_seconds=0.5, claim_ahead_seconds=0.3)
     with pytest.raises(ValueError, match="claim_ahead_limit"):
         WorkerConfig(replica_id="r", claim_ahead_limit=-1)
 
