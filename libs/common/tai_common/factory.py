@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlparse
 
-from tai_common.core import Clock, ServiceSettings
+from tai_common.core import Clock, IdFactory, ServiceSettings, TimeOrderedIds, UuidFactory
 from tai_common.messaging import topics
 from tai_common.ports import Cache, DocumentStore, EventBus, RateLimiter, SecretSource
 
@@ -143,6 +143,14 @@ async def open_bus(
         f"TAI_BUS: unsupported bus {settings.bus!r} "
         "(expected sqlite:///path, pubsub://PROJECT or kafka://HOST:PORT)"
     )
+
+
+def open_ids(settings: ServiceSettings) -> IdFactory:
+    """Where new ids come from: time-ordered on the embedded SQLite store (new rows go to the
+    end of its B-trees), random on Firestore (spread over its tablets)."""
+    if urlparse(settings.store).scheme == "sqlite":
+        return TimeOrderedIds()
+    return UuidFactory()
 
 
 def cache_in_process(settings: ServiceSettings) -> bool:

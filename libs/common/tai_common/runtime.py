@@ -102,8 +102,9 @@ class Dependencies(Generic[SettingsT]):
             if isinstance(error, factory.UnsupportedUrl):
                 raise StartupError(str(error)) from None
             raise
+        ids = factory.open_ids(settings)
         if not tracing_enabled(settings):
-            return Dependencies(settings, store, bus, cache, secrets, clock=clock)
+            return Dependencies(settings, store, bus, cache, secrets, clock=clock, ids=ids)
         # Every adapter is traced (spans per store and cache operation, per message published
         # and handled): the one place they are wrapped. Not the in-process cache: a lookup
         # there takes microseconds, and a span for it cost cached reads ~5 % of their CPU.
@@ -114,6 +115,7 @@ class Dependencies(Generic[SettingsT]):
             cache=cache if factory.cache_in_process(settings) else TracedCache(cache),
             secrets=secrets,
             clock=clock,
+            ids=ids,
         )
 
     def shared_with(self, settings: S) -> Dependencies[S]:

@@ -3,7 +3,14 @@ time and ids, the settings, page tokens, the checks on a request's fields (`vali
 time units (`units`), policy conditions (CEL), the Prometheus metrics the
 library exports (`metrics`), and the current trace (`trace_context`)."""
 
-from tai_common.core.clock import Clock, IdFactory, SystemClock, UuidFactory, wait_event
+from tai_common.core.clock import (
+    Clock,
+    IdFactory,
+    SystemClock,
+    TimeOrderedIds,
+    UuidFactory,
+    wait_event,
+)
 from tai_common.core.conditions import (
     MAX_CONDITION_LENGTH,
     Bindings,
@@ -58,6 +65,7 @@ __all__ = [
     "StartupError",
     "SystemClock",
     "TaiError",
+    "TimeOrderedIds",
     "Unauthenticated",
     "Unavailable",
     "UuidFactory",

@@ -41,6 +41,22 @@ class UuidFactory:
         return f"{prefix}-{os.urandom(16).hex()}"
 
 
+class TimeOrderedIds:
+    """Ids that sort by creation time: `<prefix>-<12 hex digits of Unix ms><20 random hex>`,
+    the layout of a UUIDv7 (48 bits of time, then randomness; 80 random bits per millisecond).
+
+    For the embedded SQLite store: a new document's id then lands at the right edge of its
+    table's primary-key B-tree, so a transaction dirties a few pages instead of one per
+    document, and the WAL writes that much less. Inserting into `tasks` (ten indexes, 20,000
+    rows, 30 per commit) took 272 µs per task with random ids and 41 µs with these. Not for
+    Firestore, where ids that grow together send every write to one tablet (its documentation
+    warns against them): there `UuidFactory` spreads them (`factory.open_ids`).
+    """
+
+    def new_id(self, prefix: str) -> str:
+        return f"{prefix}-{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
+
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     """Waits until `event` is set or `timeout` seconds pass (None: no limit); True if it was set.
 
