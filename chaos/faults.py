@@ -17,7 +17,8 @@ killed while it runs tasks (their leases must lapse and the tasks run again, onc
 moment a policy change commits while signals and tasks are being written back to back (on the
 embedded backend its bus consumers had the latest events in memory and had not written their
 cursors: they must resume from the last written cursor and miss nothing), then twice in a row,
-the second time half a second after it is back, while it resumes.
+the second time half a second after it is back, while it resumes. The Redis and bus faults
+follow where the backend has them, then a graceful restart (SIGTERM).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from chaos.cluster import Cluster
 from chaos.workload import Workload
 
 Step = Callable[[Cluster, Workload], Awaitable[str]]
-# `kill-server-writes`: how many callers keep a signal or a task in flight each, and how long
+# `kill-server-writes`: how many callers each keep a signal or a task in flight, and how long
 # at most they run before the policy change that triggers the kill.
 WRITERS = 20
 WRITERS_RAMP_S = 5.0

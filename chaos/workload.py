@@ -7,6 +7,8 @@ that must resume after each one.
   records each run in a ledger), `ProposePolicy` (each a new policy revision) and `GetPolicy`
   (a cached read). Every call's outcome is logged with its time, so the report can give each
   fault window's error rate; every accepted write's receipt is kept for the checks.
+- On demand (a fault's), back-to-back writers: callers that each keep a `SubmitSignal` or a
+  `SubmitTask` in flight, so that a kill lands among writes just accepted and writes under way.
 - Two `StreamActions` clients, one per target service, acknowledge every action they receive;
   two `StreamPolicies` clients record every revision. When a stream breaks, its client
   reconnects (StreamPolicies from the last revision it saw, as a real client resumes).
@@ -79,7 +81,6 @@ class Writers:
     accepted: int = 0
     in_flight: int = 0
     stopped: bool = False
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _progress: asyncio.Event = field(default_factory=asyncio.Event)
 
     def stop(self) -> None:
@@ -238,7 +239,8 @@ class Workload:
                 if accepted:
                     state.count_accepted()
 
-        state.tasks = [self._spawn(write()) for _ in range(writers)]
+        for _ in range(writers):
+            self._spawn(write())
         return state
 
     async def _outcome(self, method: str, call: Awaitable[Any]) -> Any | None:
