@@ -169,11 +169,16 @@ async def run(args: argparse.Namespace, topology: str, backend: str) -> dict[str
         await cluster.stop()
     _count_calls(workload, phases)
     not_injected = [p.name for p in phases if p.injected.startswith("NOT INJECTED")]
+    skipped = [p.name for p in phases if p.injected.startswith("not applicable")]
+    injected = len(phases) - 1 - len(not_injected) - len(skipped)
     checks.append(
         Check(
             "every fault was injected",
             not not_injected,
-            f"not injected: {not_injected}" if not_injected else f"{len(phases) - 1} faults",
+            f"not injected: {not_injected}"
+            if not_injected
+            else f"{injected} faults"
+            + (f" ({', '.join(skipped)}: not applicable to {backend})" if skipped else ""),
         )
     )
     passed = all(c.passed for c in checks)
