@@ -5,8 +5,10 @@ report's figures (error rates) are printed, never asserted.
 - `services` on the mixed backend (Pub/Sub emulator, Redis, SQLite store): a process per
   replica, one replica killed at a time.
 - `single` on the embedded backend (what `make run` starts): the one `tai-server` process that
-  owns the SQLite file, SIGKILLed while it runs tasks and as writes commit, restarted on the
-  same file and ports.
+  owns the SQLite file, SIGKILLed while it runs tasks, as writes commit, and twice in a row,
+  each time restarted on the same file and ports, then stopped gracefully and restarted.
+
+Each run takes about 40 s (single) and 2 to 3 minutes (services) on a loaded 2-core machine.
 """
 
 from __future__ import annotations
