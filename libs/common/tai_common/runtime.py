@@ -355,12 +355,16 @@ class ServiceRuntime:
     async def _supervise(self, name: str, run: Hook) -> None:
         failures = 0
         while True:
+            began = time.monotonic()
             try:
                 await run()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception:
+                # A worker that ran a good while before failing starts its backoff afresh.
+                if time.monotonic() - began > _HEALTHY_RUN_SECONDS:
+                    failures = 0
                 failures += 1
                 log.exception("worker %s failed; restarting", name)
                 await asyncio.sleep(min(30.0, 0.1 * 2**failures))
@@ -369,8 +373,8 @@ class ServiceRuntime:
 async def serve_together(
     runtimes: Sequence[ServiceRuntime], stop_requested: asyncio.Event, name: str
 ) -> None:
-    """Starts `runtimes` in order, runs until `stop_requested` is set, then stops them in
-    reverse. A stop asked for while starting cancels the start (which may be waiting for a
+    """Starts `runtimes` in order, runs until `stop_requested` is set, then stops them all at
+    once. A stop asked for while starting cancels the start (which may be waiting for a
     dependency) and undoes what had started; each runtime is stopped even if another's stop
     fails."""
 
@@ -395,12 +399,24 @@ async def serve_together(
     finally:
         starting.cancel()
         asked.cancel()
-        for runtime in reversed(runtimes):
-            try:
-                await runtime.stop()
-            except Exception:
-                log.exception("%s: stopping %s failed", name, runtime.settings.service_name)
+        # Together, as the pods of separate services stop when a release rolls: one after
+        # another they would each take their grace period, past the process's deadline.
+        stopped = await asyncio.gather(
+            *(runtime.stop() for runtime in reversed(runtimes)), return_exceptions=True
+        )
+        for runtime, outcome in zip(reversed(runtimes), stopped, strict=True):
+            if isinstance(outcome, Exception):
+                log.error(
+                    "%s: stopping %s failed",
+                    name,
+                    runtime.settings.service_name,
+                    exc_info=outcome,
+                )
 
+
+# A background worker that ran this long before it failed is restarted after the shortest
+# backoff again, not the one its earlier failures had grown to.
+_HEALTHY_RUN_SECONDS = 60.0
 
 # Time a stopping process gets beyond its grace period (which in-flight calls and running
 # tasks may use in full) to release leases and close its connections; then it exits anyway.

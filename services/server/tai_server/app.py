@@ -25,7 +25,7 @@ from tai_governor.app import create_app as create_governor
 from tai_scheduler.app import SchedulerSettings
 from tai_scheduler.app import create_app as create_scheduler
 
-# In the order they start (each one's callers after it) and stop in reverse.
+# In the order they start (each one's callers after it); they stop together.
 SERVICES = ("governor", "coordinator", "scheduler")
 
 

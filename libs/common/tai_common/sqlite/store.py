@@ -175,11 +175,11 @@ class _SqliteTransaction:
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
         self._check_read()
-        return self._store._get_inline(self._conn, collection, doc_id)
+        return self._store._get_inline(self._conn._conn, collection, doc_id)
 
     async def get_many(self, collection: str, doc_ids: Sequence[str]) -> list[Document]:
         self._check_read()
-        return self._store._get_many_inline(self._conn, collection, doc_ids)
+        return self._store._get_many_inline(self._conn._conn, collection, doc_ids)
 
     async def query(self, query: Query) -> Page:
         self._check_read()
@@ -220,8 +220,9 @@ class SqliteStore:
         write_lock: SqliteWriteLock,
         clock: Clock | None = None,
         event_log: SqliteEventLog | None = None,
+        lookup: sqlite3.Connection | None = None,
     ) -> None:
-        """Takes two open connections on the same file and its write lock; `open` makes them.
+        """Takes the open connections on the same file and its write lock; `open` makes them.
 
         Args:
             writer: the connection every write and transaction goes through.
@@ -232,7 +233,10 @@ class SqliteStore:
             clock: what the expiry janitor calls now; the system clock by default.
             event_log: the event bus's log in the same file, when there is one: transactions
                 then publish into it (`Transaction.publish`) instead of the outbox.
+            lookup: a query-only connection the event loop's own thread reads documents by
+                id through (`get`, `get_many`); without one they go through `reader`.
         """
+        self._lookup = lookup
         self._writer: aiosqlite.Connection | None = writer
         self._reader: aiosqlite.Connection | None = reader
         # Collections whose table exists. Only ever grows: a read of a collection not in it
@@ -309,6 +313,14 @@ class SqliteStore:
             # A guard: nothing may write through the connection that bypasses the write lock.
             await reader.execute_fetchall("PRAGMA query_only = ON")
             tables = await reader.execute_fetchall(TABLES_SQL)
+            lookup = sqlite3.connect(
+                file,
+                timeout=busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=_CACHED_STATEMENTS,
+            )
+            lookup.execute("PRAGMA query_only = ON")
         except sqlite3.OperationalError as error:
             await _close_all(conns)
             raise _translate(error) from error
@@ -323,6 +335,7 @@ class SqliteStore:
             SqliteWriteLock(file),
             clock,
             event_log,
+            lookup,
         )
         if expire_every_seconds is not None:
             store._janitor = asyncio.create_task(
@@ -353,11 +366,11 @@ class SqliteStore:
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
         """The document, or None when it (or its collection) does not exist."""
-        return await self._get(self._reader_conn(), collection, doc_id)
+        return self._get_inline(self._lookup_conn(), collection, doc_id)
 
     async def get_many(self, collection: str, doc_ids: Sequence[str]) -> list[Document]:
         """The documents that exist, in the order of `doc_ids`."""
-        return await self._get_many(self._reader_conn(), collection, doc_ids)
+        return self._get_many_inline(self._lookup_conn(), collection, doc_ids)
 
     async def query(self, query: Query) -> Page:
         """One page of the documents matching `query`; see the module docstring for order."""
@@ -397,20 +410,23 @@ class SqliteStore:
         rows = await self._fetch(conn, collection, get_sql(collection), (doc_id,))
         return Document(rows[0][0], decode_json(rows[0][1])) if rows else None
 
-    # Reads inside a transaction run on the event loop's thread, on the writer's sqlite3
-    # connection: while a batch member's `fn` runs, the writer's thread has nothing to do (the
-    # batch waits for the member), and a lookup by id in the page cache takes microseconds where
-    # a hop to that thread and back costs a wake-up of each thread; under load the batch
-    # members, run one after another, spent most of their time waiting for those wake-ups.
+    # Reads by id run on the event loop's thread: inside a transaction on the writer's sqlite3
+    # connection (while a batch member's `fn` runs, the writer's thread has nothing to do: the
+    # batch waits for the member), outside one on `lookup`, a connection of this thread's own.
+    # A lookup by id in the page cache takes microseconds, where a hop to a connection's thread
+    # and back costs a wake-up of each thread; under load the batch members, run one after
+    # another, spent most of their time waiting for those wake-ups, and the Scheduler's check
+    # of a claim at its due time waited ~1 ms for one. Queries, whose size has no bound, keep
+    # to their threads.
 
     def _get_inline(
-        self, conn: aiosqlite.Connection, collection: str, doc_id: str
+        self, conn: sqlite3.Connection, collection: str, doc_id: str
     ) -> Document | None:
         rows = self._fetch_inline(conn, collection, get_sql(collection), (doc_id,))
         return Document(rows[0][0], decode_json(rows[0][1])) if rows else None
 
     def _get_many_inline(
-        self, conn: aiosqlite.Connection, collection: str, doc_ids: Sequence[str]
+        self, conn: sqlite3.Connection, collection: str, doc_ids: Sequence[str]
     ) -> list[Document]:
         if not doc_ids:
             check_collection(collection)
@@ -422,11 +438,11 @@ class SqliteStore:
         return [Document(i, decode_json(found[i])) for i in doc_ids if i in found]
 
     def _fetch_inline(
-        self, conn: aiosqlite.Connection, collection: str, sql: str, parameters: Sequence[Any]
+        self, conn: sqlite3.Connection, collection: str, sql: str, parameters: Sequence[Any]
     ) -> list[Any]:
         """`_fetch` on this thread (see above)."""
         try:
-            rows = conn._conn.execute(sql, parameters).fetchall()
+            rows = conn.execute(sql, parameters).fetchall()
         except sqlite3.OperationalError as error:
             if collection not in self._tables and str(error).startswith("no such table"):
                 return []
@@ -806,6 +822,9 @@ class SqliteStore:
         async with self._write_lock:
             conns = [c for c in (self._writer, self._reader) if c is not None]
             self._writer = self._reader = None
+            lookup, self._lookup = self._lookup, None
+            if lookup is not None:
+                lookup.close()
             await _close_all(conns)
         self._write_lock.close()
 
@@ -813,6 +832,11 @@ class SqliteStore:
         if self._writer is None:
             raise Unavailable("sqlite: the store is closed")
         return self._writer
+
+    def _lookup_conn(self) -> sqlite3.Connection:
+        if self._lookup is None:
+            raise Unavailable("sqlite: the store is closed")
+        return self._lookup
 
     def _reader_conn(self) -> aiosqlite.Connection:
         if self._reader is None:
