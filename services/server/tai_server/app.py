@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 from tai_common.core import ServiceSettings
-from tai_common.runtime import Dependencies, ServiceRuntime, run_services, service_main
+from tai_common.runtime import Dependencies, ServiceRuntime, service_main
 from tai_coordinator.app import CoordinatorSettings
 from tai_coordinator.app import create_app as create_coordinator
 from tai_governor.app import GovernorSettings
@@ -107,11 +107,6 @@ def create_apps(deps: Dependencies[ServerSettings]) -> list[ServiceRuntime]:
     }
     ports = grpc_ports(settings)
     return [builders[name](service_overrides(settings, name, ports)) for name in settings.chosen()]
-
-
-async def run(settings: ServerSettings) -> None:
-    """Runs the chosen services until SIGTERM or SIGINT."""
-    await run_services(settings, create_apps)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
