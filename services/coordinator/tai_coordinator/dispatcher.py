@@ -60,6 +60,11 @@ class Sink:
         return pending
 
 
+# How many of the actions it handed out with their commit a replica remembers (`hand_out`):
+# far more than arrive within the actions subscription's batch delay at any rate.
+HANDED_OUT_REMEMBERED = 10_000
+
+
 @dataclass
 class _ServiceLoop:
     sinks: list[Sink] = field(default_factory=list)
@@ -91,6 +96,11 @@ class ActionDispatcher:
         self._clock = clock
         self._on_committed = on_committed
         self._loops: dict[str, _ServiceLoop] = {}
+        # Actions this replica created delivered and handed out (`hand_out`), oldest first:
+        # their `action.created` event, coming back over the bus, has nothing left to wake a
+        # loop for. Under a steady 500 actions/s each such wake cost a service's loop two
+        # queries, and the reader's thread fell seconds behind.
+        self._handed_out: dict[str, None] = {}
 
     @contextlib.contextmanager
     def connect(self, service_name: str) -> Iterator[Sink]:
@@ -142,6 +152,9 @@ class ActionDispatcher:
                     refused.append(action)
                     continue
             self._count_delivery(action)
+            self._handed_out[action.id] = None
+            if len(self._handed_out) > HANDED_OUT_REMEMBERED:
+                del self._handed_out[next(iter(self._handed_out))]
         if refused:
             asyncio.get_running_loop().create_task(self._release(refused))
 
@@ -157,6 +170,11 @@ class ActionDispatcher:
         if event.event_type not in self.WAKING_EVENTS:
             return
         payload = events.unpack(event, events_pb2.ActionEvent)
+        if (
+            event.event_type == "action.created"
+            and self._handed_out.pop(payload.action.id, "absent") is None
+        ):
+            return  # this replica delivered it with its commit
         loop = self._loops.get(payload.action.target_service)
         if loop is not None:
             loop.wake.set()
