@@ -83,21 +83,22 @@ class Wakeup:
     ended (`ended`: cancelled, here or on another replica)."""
 
     def __init__(self) -> None:
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[int | None], None]] = []
         self._ended: list[Callable[[str], None]] = []
 
     def subscribe(
-        self, listener: Callable[[], None], ended: Callable[[str], None] | None = None
+        self, listener: Callable[[int | None], None], ended: Callable[[str], None] | None = None
     ) -> None:
-        """`listener` is called when due tasks may have changed; `ended` with the id of each
-        task that reached a final state."""
+        """`listener` is called when due tasks may have changed (with the changed task's due
+        time, when one task changed); `ended` with the id of each task that reached a final
+        state."""
         self._listeners.append(listener)
         if ended is not None:
             self._ended.append(ended)
 
-    def __call__(self) -> None:
+    def __call__(self, due_ns: int | None = None) -> None:
         for listener in self._listeners:
-            listener()
+            listener(due_ns)
 
     def ended(self, task_id: str) -> None:
         for listener in self._ended:
@@ -193,7 +194,7 @@ class TaskService:
         except AlreadyExists as error:
             # The store's own refusal names the document; a caller knows tasks.
             raise AlreadyExists("task", task_id) from error
-        self._committed()
+        self._committed(task.next_run_ns)
         return task
 
     async def cancel(self, task_id: str, reason: str, caller: Principal) -> Task:
@@ -241,9 +242,9 @@ class TaskService:
         self._wakeup.ended(task.id)
         return task
 
-    def _committed(self) -> None:
+    def _committed(self, due_ns: int | None = None) -> None:
         self._on_committed()
-        self._wakeup()
+        self._wakeup(due_ns)
 
     # --- reads ---
 
@@ -342,4 +343,4 @@ class TaskService:
             and last.outcome in (AttemptOutcome.COMPLETED, AttemptOutcome.FAILED)
         )
         if event.event_type != "task.running" and not own_end:
-            self._wakeup()
+            self._wakeup(task.next_run_ns or None)

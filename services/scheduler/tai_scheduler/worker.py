@@ -245,9 +245,18 @@ class Worker:
         # Writes about this replica's claims (outcomes, renewals, releases) take turns: run
         # at once they would lock the same documents, and Firestore makes one wait seconds.
         self._claim_writes = asyncio.Lock()
+        # How far ahead a task may fall due without a look at once (`wake`): two fallback
+        # polls beyond the horizon.
+        self._quiet_ns = config.horizon_ns + 2 * int(config.fallback_poll_seconds * NS_PER_SECOND)
 
-    def wake(self) -> None:
-        """Look at the store now (due tasks may have changed)."""
+    def wake(self, due_ns: int | None = None) -> None:
+        """Look at the store now (due tasks may have changed); `due_ns`: the changed task falls
+        due then, and a time far enough ahead needs no look now: the worker looks at least
+        every `fallback_poll_seconds`, and each look claims what falls due within the
+        horizon. (Under a steady stream of tasks submitted a day ahead, a look per submission
+        cost SubmitTask two queries each.)"""
+        if due_ns is not None and due_ns > self._clock.now_ns() + self._quiet_ns:
+            return
         self._wake.set()
 
     def task_ended(self, task_id: str) -> None:
