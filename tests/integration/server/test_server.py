@@ -3,6 +3,7 @@ a bad `--services` refused in one line; the SQLite file it owns refused to other
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from collections.abc import Callable
@@ -59,14 +60,15 @@ async def test_it_runs_the_services_it_is_told_to_and_owns_its_file(
 
     # A service process of its own on the same file would share its bus: refused at start.
     intruder = service_processes("tai_scheduler", TAI_STORE=sqlite_url, TAI_BUS=sqlite_url)
-    done = subprocess.run(
-        [sys.executable, "-m", "tai_scheduler"],
+    refused = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tai_scheduler",
         env=intruder.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        stderr=asyncio.subprocess.PIPE,
     )
-    assert done.returncode == 2
-    assert "owned by a single-process TAI server (tai-server)" in done.stderr
-    assert server.process is not None and server.process.poll() is None
+    _, stderr = await asyncio.wait_for(refused.communicate(), 60)
+    assert refused.returncode == 2
+    assert "owned by a single-process TAI server (tai-server)" in stderr.decode()
+    assert server.process is not None
+    assert server.process.poll() is None
