@@ -333,6 +333,15 @@ class Processes:
             name, [sys.executable, "-m", module, *args], {"PYTHONPATH": path, **(env or {})}
         )
 
+    def forget(self, name: str) -> None:
+        """Stops the processes started as `name` and stops watching them (one that failed to
+        start, about to be started again); its log is kept."""
+        for entry in [e for e in self._started if e[0] == name]:
+            _signal_group(entry[1].pid, signal.SIGKILL)
+            entry[1].wait()
+            _live_groups.discard(entry[1].pid)
+            self._started.remove(entry)
+
     def cpu_s(self) -> dict[str, float]:
         """CPU seconds (user + system) so far of each process, with its group's live members."""
         return {name: group_cpu_s(process.pid) for name, process in self._started}

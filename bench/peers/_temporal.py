@@ -77,6 +77,44 @@ class TemporalPeer:
         )
 
 
+# The dev server picks free ports of its own for its internal services, and one of them may
+# take a port chosen for it here before it binds that: then it stops at once, and is started
+# again on other ports.
+_START_ATTEMPTS = 3
+
+
+async def _start_server(binary: str, workdir: Path, processes: Processes) -> tuple[str, Client]:
+    """`temporal server start-dev` on free ports, and a client connected to it."""
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        port = free_port()
+        address = f"127.0.0.1:{port}"
+        # fmt: off
+        processes.start("temporal-server", [
+            binary, "server", "start-dev",
+            "--db-filename", str(workdir / "temporal.db"),
+            "--sqlite-pragma", "journal_mode=wal",
+            "--sqlite-pragma", "synchronous=full",
+            "--ip", "127.0.0.1",
+            "--port", str(port),
+            "--http-port", str(free_port()),
+            "--metrics-port", str(free_port()),
+            "--headless",
+            "--log-level", "warn",
+            # This user's Temporal CLI settings must not change the run.
+            "--disable-config-file", "--disable-config-env",
+        ])
+        # fmt: on
+        try:
+            return address, await _connect(address, processes)
+        except RuntimeError:
+            if attempt == _START_ATTEMPTS or "address already in use" not in processes.log_tail(
+                "temporal-server", lines=400
+            ):
+                raise
+            processes.forget("temporal-server")
+    raise AssertionError("unreachable")
+
+
 async def _connect(address: str, processes: Processes) -> Client:
     deadline = time.monotonic() + _START_TIMEOUT_S
     while True:
@@ -121,29 +159,11 @@ async def run_temporal(workdir: Path, workload: Workload, result: PeerResult) ->
     )
     version = str(done.stdout).strip()
     result.version = version.removeprefix("temporal version ")
-    port = free_port()
-    address = f"127.0.0.1:{port}"
     ledger_path = workdir / "ledger.db"
     task_queue = "peers"
     processes = Processes(workdir)
     try:
-        # fmt: off
-        processes.start("temporal-server", [
-            binary, "server", "start-dev",
-            "--db-filename", str(workdir / "temporal.db"),
-            "--sqlite-pragma", "journal_mode=wal",
-            "--sqlite-pragma", "synchronous=full",
-            "--ip", "127.0.0.1",
-            "--port", str(port),
-            "--http-port", str(free_port()),
-            "--metrics-port", str(free_port()),
-            "--headless",
-            "--log-level", "warn",
-            # This user's Temporal CLI settings must not change the run.
-            "--disable-config-file", "--disable-config-env",
-        ])
-        # fmt: on
-        client = await _connect(address, processes)
+        address, client = await _start_server(binary, workdir, processes)
         processes.python(
             "temporal-worker",
             "bench.peers._temporal_worker",

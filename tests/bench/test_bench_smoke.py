@@ -71,7 +71,8 @@ def test_the_smoke_run_prints_the_table_and_writes_the_results(tmp_path: Path) -
         "StreamActions fan-out (50 subscribers)",
         "signal → action delivery",
         "all 20 StreamPolicies subscribers",
-        "all 2 Coordinator replicas",
+        # One replica: it runs inside the single process (no other may join on its file).
+        "all 1 Coordinator replicas",
         "T → claimed",
         "T → executor start",
     ):
@@ -92,6 +93,21 @@ def test_the_smoke_run_prints_the_table_and_writes_the_results(tmp_path: Path) -
     assert set(baseline["latency"]) == PERCENTILES
     assert baseline["latency"]["count"] > 0
     assert baseline["server_cpu_ms_per_call"] > 0
+
+    # make run's memory, every process it starts, and the targets table from the same run.
+    assert document["config"]["topology"] == "single"
+    assert set(document["memory"]["rss_mib"]) == {
+        "supervisor (run_local.py)",
+        "tai-server",
+        "gateway (Envoy)",
+    }
+    assert all(mib > 0 for mib in document["memory"]["rss_mib"].values())
+    assert "Targets" in out
+    assert {t["figure"] for t in document["targets"]} >= {
+        "reads: rps ÷ empty",
+        "durable writes: rps ÷ empty",
+        "memory of `make run`, every process (RSS)",
+    }
 
     scenarios = {s["name"]: s for s in document["scenarios"]}
     assert list(scenarios) == THROUGHPUT + LATENCY
