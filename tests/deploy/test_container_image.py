@@ -124,15 +124,7 @@ def running(
                 "TAI_COORDINATOR_TARGET": targets["coordinator"],
                 "TAI_SCHEDULER_TARGET": targets["scheduler"],
             }
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    entrypoint_command(image),
-                    env=env,
-                    cwd=state,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            process = start_image(image, env, state, log)
             started[service] = ImageProcess(service, process, targets[service], log)
         for item in started.values():
             try:
@@ -146,6 +138,21 @@ def running(
                 os.killpg(item.process.pid, signal.SIGTERM)
         for item in started.values():
             stop(item.process)
+
+
+def start_image(
+    image: Stage, env: dict[str, str], state: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """The image's entry point as its container would run it, its output in `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            entrypoint_command(image),
+            env=env,
+            cwd=state,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -189,15 +196,7 @@ def server(images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         "TAI_BUS": db,
         "TAI_AUTH": "off",
     }
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            entrypoint_command(image),
-            env=env,
-            cwd=state,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_image(image, env, state, log)
     targets = {service: f"127.0.0.1:{port}" for service, port in ports.items()}
     try:
         for target in targets.values():

@@ -26,6 +26,19 @@ async def receiver() -> AsyncIterator[OtlpReceiver]:
     await server.stop()
 
 
+async def traced_governor(
+    service_processes: MakeProcess, sqlite_url: str, receiver: OtlpReceiver, **env: str
+) -> ServiceProcess:
+    """A Governor on the embedded default that exports its spans to `receiver`."""
+    return await service_processes(
+        "tai_governor",
+        TAI_STORE=sqlite_url,
+        TAI_BUS=sqlite_url,
+        TAI_OTLP_ENDPOINT=receiver.endpoint,
+        **env,
+    ).start()
+
+
 async def test_one_trace_runs_through_scheduler_governor_bus_and_coordinator(
     service_processes: MakeProcess, sqlite_url: str, receiver: OtlpReceiver
 ) -> None:
@@ -107,13 +120,7 @@ async def test_one_trace_runs_through_scheduler_governor_bus_and_coordinator(
 async def test_log_lines_carry_the_trace_and_the_caller(
     service_processes: MakeProcess, sqlite_url: str, receiver: OtlpReceiver
 ) -> None:
-    governor = await service_processes(
-        "tai_governor",
-        TAI_STORE=sqlite_url,
-        TAI_BUS=sqlite_url,
-        TAI_OTLP_ENDPOINT=receiver.endpoint,
-        TAI_LOG_LEVEL="DEBUG",
-    ).start()
+    governor = await traced_governor(service_processes, sqlite_url, receiver, TAI_LOG_LEVEL="DEBUG")
     async with open_channel(governor.target) as channel:
         await GovernorClient(channel).propose(
             policy_type="finance", name="budget", description="do-not-log-me"
@@ -137,13 +144,9 @@ async def test_log_lines_carry_the_trace_and_the_caller(
 async def test_a_call_continues_its_callers_trace_and_a_sampled_out_call_exports_nothing(
     service_processes: MakeProcess, sqlite_url: str, receiver: OtlpReceiver
 ) -> None:
-    governor = await service_processes(
-        "tai_governor",
-        TAI_STORE=sqlite_url,
-        TAI_BUS=sqlite_url,
-        TAI_OTLP_ENDPOINT=receiver.endpoint,
-        TAI_TRACE_SAMPLE_RATIO="0.0",
-    ).start()
+    governor = await traced_governor(
+        service_processes, sqlite_url, receiver, TAI_TRACE_SAMPLE_RATIO="0.0"
+    )
     trace_id, parent = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
     async with open_channel(governor.target) as channel:
         # No trace of the caller's, and the sampler keeps nothing new: no span at all.
