@@ -13,8 +13,10 @@ from tai_common.core.clock import (
 )
 from tai_common.core.conditions import (
     MAX_CONDITION_LENGTH,
+    MAX_EXPLANATION_LENGTH,
     Bindings,
     Condition,
+    Evaluation,
     compile_condition,
     signal_variables,
 )
@@ -47,6 +49,7 @@ from tai_common.core.trace_context import continued, current_context_carrier, cu
 __all__ = [
     "DEFAULT_PAGE_SIZE",
     "MAX_CONDITION_LENGTH",
+    "MAX_EXPLANATION_LENGTH",
     "MAX_PAGE_SIZE",
     "Aborted",
     "AlreadyExists",
@@ -54,6 +57,7 @@ __all__ = [
     "Clock",
     "Condition",
     "DeadlineExceeded",
+    "Evaluation",
     "FailedPrecondition",
     "IdFactory",
     "InvalidArgument",
