@@ -15,6 +15,9 @@ from tai_rpc.channel import ChannelOptions
 from tai_client.errors import maps_errors
 from tai_client.stream import Stream
 
+# The server's default SimulatePolicy budget (seconds), when the caller gives none.
+SIMULATION_DEFAULT_SECONDS = 30
+
 
 class CoordinatorClient:
     """Calls the Coordinator over `channel`; each unary call gets the default deadline unless
@@ -143,6 +146,51 @@ class CoordinatorClient:
         """One signal. Raises `NotFound`."""
         return await self._stub.GetSignal(
             coordinator_pb2.GetSignalRequest(id=signal_id), timeout=timeout or self._timeout
+        )
+
+    @maps_errors
+    async def explain_signal(
+        self, signal_id: str, *, timeout: float | None = None
+    ) -> coordinator_pb2.SignalDecision:
+        """A signal's decision record: every policy evaluated against it and what each came to.
+        Raises `NotFound` (also once retention removed the signal)."""
+        return await self._stub.ExplainSignal(
+            coordinator_pb2.ExplainSignalRequest(signal_id=signal_id),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def simulate_policy(
+        self,
+        *,
+        draft: coordinator_pb2.PolicyDraft | None = None,
+        policy_id: str = "",
+        version: int = 0,
+        since_ns: int = 0,
+        until_ns: int = 0,
+        last: int = 0,
+        sample_size: int = 0,
+        max_seconds: int = 0,
+        timeout: float | None = None,
+    ) -> coordinator_pb2.SimulatePolicyResponse:
+        """Rehearses `draft`, or the stored policy `policy_id` (`version` 0: its latest), over
+        the stored signals received in [since_ns, until_ns), or the `last` N (neither: the last
+        hour). Writes nothing. The call's deadline is `max_seconds` (default 30) plus a margin,
+        unless `timeout` says otherwise."""
+        request = coordinator_pb2.SimulatePolicyRequest(
+            since_ns=since_ns,
+            until_ns=until_ns,
+            last=last,
+            sample_size=sample_size,
+            max_seconds=max_seconds,
+        )
+        if draft is not None:
+            request.draft.CopyFrom(draft)
+        else:
+            request.stored.id = policy_id
+            request.stored.version = version
+        return await self._stub.SimulatePolicy(
+            request, timeout=timeout or (max_seconds or SIMULATION_DEFAULT_SECONDS) + 10.0
         )
 
     @maps_errors

@@ -16,8 +16,11 @@ from tai_coordinator import metrics, repository
 from tai_coordinator.dispatcher import ActionDispatcher
 from tai_coordinator.policy_book import PolicyBook
 from tai_coordinator.policy_sync import PolicySync
+from tai_coordinator.repository import CoordinatorRepository
+from tai_coordinator.retention import SignalRetention
 from tai_coordinator.service import CoordinatorService
 from tai_coordinator.servicer import SERVICE_NAME, CoordinatorServicer
+from tai_coordinator.simulation import PolicySimulator
 
 
 class CoordinatorSettings(ServiceSettings):
@@ -26,6 +29,14 @@ class CoordinatorSettings(ServiceSettings):
     metrics_port: int = 9102
     # Full policy listing from the Governor, besides the events.
     policy_resync_seconds: float = 300.0
+    # How long signals, with their decision records, are kept: ExplainSignal's reach and
+    # SimulatePolicy's history.
+    signal_retention_seconds: float = 7 * 24 * 3600.0
+    # At most this many signals are kept, the oldest pruned first (0: no bound).
+    signal_retention_max_count: int = 10_000_000
+    signal_prune_every_seconds: float = 300.0
+    # SimulatePolicy calls running at once on a replica; more are refused (RESOURCE_EXHAUSTED).
+    max_concurrent_simulations: int = 2
 
 
 class CoordinatorSubscriptions(NamedTuple):
@@ -75,8 +86,16 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
         dispatch=dispatcher,
         cache=deps.cache,
         audit=runtime.audit,
+        replica_id=settings.replica_id,
+        signal_retention_seconds=settings.signal_retention_seconds,
     )
-    servicer = CoordinatorServicer(service, dispatcher, runtime)
+    simulator = PolicySimulator(
+        CoordinatorRepository(deps.store, event_factory),
+        deps.clock,
+        sync.fetch_policy,
+        settings.max_concurrent_simulations,
+    )
+    servicer = CoordinatorServicer(service, simulator, dispatcher, runtime)
     runtime.attach_server(
         [lambda server: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)],
         [SERVICE_NAME],
@@ -103,6 +122,14 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
     runtime.add_startup(start)
     runtime.add_shutdown(dispatcher.close)
     runtime.add_worker("policy-resync", sync.run)
+    retention = SignalRetention(
+        deps.store,
+        deps.clock,
+        max_age_seconds=settings.signal_retention_seconds,
+        max_count=settings.signal_retention_max_count,
+        every_seconds=settings.signal_prune_every_seconds,
+    )
+    runtime.add_worker("signal-retention", retention.run)
     return runtime
 
 

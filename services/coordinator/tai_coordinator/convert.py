@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
-from tai.v1 import coordinator_pb2
+from tai.v1 import coordinator_pb2, governor_pb2
 
+from tai_coordinator.decisions import (
+    DecisionOutcome,
+    DecisionRecord,
+    HoldReason,
+    PolicyDecision,
+    PolicyMode,
+)
 from tai_coordinator.model import Action, ActionRequest, ActionStatus, SignalInput, StoredSignal
+from tai_coordinator.simulation import SimulationReport, SimulationRequest
 
 STATUS_TO_PROTO = {
     ActionStatus.PENDING: coordinator_pb2.ACTION_STATUS_PENDING,
@@ -16,6 +24,17 @@ STATUS_TO_PROTO = {
     ActionStatus.EXPIRED: coordinator_pb2.ACTION_STATUS_EXPIRED,
 }
 STATUS_FROM_PROTO = {value: key for key, value in STATUS_TO_PROTO.items()}
+OUTCOME_TO_PROTO = {
+    DecisionOutcome.MATCHED: coordinator_pb2.DECISION_OUTCOME_MATCHED,
+    DecisionOutcome.NOT_MATCHED: coordinator_pb2.DECISION_OUTCOME_NOT_MATCHED,
+    DecisionOutcome.ERROR: coordinator_pb2.DECISION_OUTCOME_ERROR,
+    DecisionOutcome.HELD: coordinator_pb2.DECISION_OUTCOME_HELD,
+}
+HOLD_REASON_TO_PROTO = {HoldReason.COOLDOWN: coordinator_pb2.HOLD_REASON_COOLDOWN}
+MODE_TO_PROTO = {
+    PolicyMode.ENFORCED: governor_pb2.POLICY_STATE_ENFORCED,
+    PolicyMode.DRY_RUN: governor_pb2.POLICY_STATE_DRY_RUN,
+}
 
 
 def signal_from_request(request: coordinator_pb2.SubmitSignalRequest) -> SignalInput:
@@ -44,6 +63,47 @@ def signal_to_proto(stored: StoredSignal) -> coordinator_pb2.Signal:
         matched_policy_ids=list(stored.matched_policy_ids),
         action_ids=list(stored.action_ids),
         dry_run_policy_ids=list(stored.dry_run_policy_ids),
+    )
+
+
+def decision_to_proto(stored: StoredSignal) -> coordinator_pb2.SignalDecision:
+    """The signal and its decision record (only the signal when stored without one)."""
+    record = stored.decision
+    message = coordinator_pb2.SignalDecision(signal=signal_to_proto(stored))
+    if record is not None:
+        message.MergeFrom(_record_to_proto(record))
+    return message
+
+
+def _record_to_proto(record: DecisionRecord) -> coordinator_pb2.SignalDecision:
+    return coordinator_pb2.SignalDecision(
+        evaluated_at_ns=record.evaluated_at_ns,
+        policy_revision=record.policy_revision,
+        policies_evaluated=record.policies_evaluated,
+        decisions=[_policy_decision_to_proto(d) for d in record.decisions],
+        omitted_not_matched=record.omitted_not_matched,
+        replica_id=record.replica_id,
+    )
+
+
+def _policy_decision_to_proto(decision: PolicyDecision) -> coordinator_pb2.PolicyDecision:
+    return coordinator_pb2.PolicyDecision(
+        policy_id=decision.policy_id,
+        policy_version=decision.policy_version,
+        policy_name=decision.policy_name,
+        mode=MODE_TO_PROTO[decision.mode],
+        outcome=OUTCOME_TO_PROTO[decision.outcome],
+        failed_clause=decision.failed_clause,
+        error=decision.error,
+        hold_reason=(
+            HOLD_REASON_TO_PROTO[decision.hold_reason]
+            if decision.hold_reason
+            else coordinator_pb2.HOLD_REASON_UNSPECIFIED
+        ),
+        held_until_ns=decision.held_until_ns,
+        held_by=decision.held_by,
+        action_id=decision.action_id,
+        target_service=decision.target_service,
     )
 
 
@@ -84,4 +144,48 @@ def action_to_proto(action: Action) -> coordinator_pb2.Action:
         status_message=action.status_message,
         priority=action.priority,
         created_by=action.created_by,
+    )
+
+
+def simulation_request_from_proto(
+    request: coordinator_pb2.SimulatePolicyRequest,
+) -> SimulationRequest:
+    draft = None
+    if request.WhichOneof("policy") == "draft":
+        draft = governor_pb2.Policy(condition=request.draft.condition, enabled=True)
+        draft.action.CopyFrom(request.draft.action)
+    return SimulationRequest(
+        draft=draft,
+        stored_id=request.stored.id,
+        stored_version=request.stored.version,
+        since_ns=request.since_ns,
+        until_ns=request.until_ns,
+        last=request.last,
+        sample_size=request.sample_size,
+        max_seconds=request.max_seconds,
+    )
+
+
+def simulation_report_to_proto(report: SimulationReport) -> coordinator_pb2.SimulatePolicyResponse:
+    return coordinator_pb2.SimulatePolicyResponse(
+        policy_id=report.policy_id,
+        policy_version=report.policy_version,
+        signals_scanned=report.signals_scanned,
+        matched=report.matched,
+        actions=report.actions,
+        held=report.held,
+        not_matched=report.not_matched,
+        errors=report.errors,
+        actions_by_target=dict(report.actions_by_target),
+        failed_clauses=dict(report.failed_clauses),
+        sample=[signal_to_proto(s) for s in report.sample],
+        error_samples=[
+            coordinator_pb2.SimulationError(error=e.error, count=e.count, signal_id=e.signal_id)
+            for e in report.error_samples
+        ],
+        window_since_ns=report.window_since_ns,
+        window_until_ns=report.window_until_ns,
+        scanned_until_ns=report.scanned_until_ns,
+        complete=report.complete,
+        elapsed_seconds=report.elapsed_seconds,
     )

@@ -2,16 +2,36 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from tai_coordinator.decisions import PolicyDecision
 
 SIGNALS = Counter("tai_signals_total", "Signals accepted, by type.", ["signal_type"])
 EVALUATIONS = Counter(
     "tai_policy_evaluations_total", "Policy conditions evaluated against signals."
 )
-MATCHES = Counter(
-    "tai_policy_matches_total",
-    "Conditions that matched: enforced (an action, unless in cooldown), dry_run or suppressed.",
-    ["mode"],
+DECISIONS = Counter(
+    "tai_policy_decisions_total",
+    "Policy evaluations against signals, by the policy's mode (enforced, dry_run) and the "
+    "outcome (matched, not_matched, error, held).",
+    ["mode", "outcome"],
+)
+SIMULATIONS = Counter(
+    "tai_policy_simulations_total",
+    "SimulatePolicy calls answered: complete (the whole window) or partial (the deadline came "
+    "first).",
+    ["result"],
+)
+SIMULATED_SIGNALS = Counter(
+    "tai_policy_simulated_signals_total", "Stored signals evaluated by SimulatePolicy."
+)
+SIMULATION_SECONDS = Histogram(
+    "tai_policy_simulation_seconds",
+    "How long a SimulatePolicy call took.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
 )
 ACTION_TRANSITIONS = Counter(
     "tai_action_transitions_total", "Actions entering each status.", ["status"]
@@ -26,3 +46,10 @@ ACTIVE_POLICIES = Gauge(
     "tai_active_policies", "ENFORCED and DRY_RUN policies this replica evaluates."
 )
 ACTION_STREAMS = Gauge("tai_action_streams", "StreamActions streams connected to this replica.")
+
+
+def count_decisions(decisions: Iterable[PolicyDecision]) -> None:
+    """Counts each decision in `tai_policy_decisions_total`, one increment per label set."""
+    tally = Tally((d.mode.value.lower(), d.outcome.value.lower()) for d in decisions)
+    for (mode, outcome), count in tally.items():
+        DECISIONS.labels(mode=mode, outcome=outcome).inc(count)

@@ -25,6 +25,8 @@ from tai_common.core.validation import check_id as check_id
 from tai_common.core.validation import check_length as check_length
 from tai_common.core.validation import check_service_name as check_service_name
 
+from tai_coordinator.decisions import DecisionRecord
+
 SIGNAL_TYPES = ("alert", "event", "command")
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_VALUE_LENGTH = 1024
@@ -127,6 +129,8 @@ class StoredSignal:
     dry_run_policy_ids: tuple[str, ...] = ()
     suppressed_policy_ids: tuple[str, ...] = ()
     created_by: str = ""
+    # None for a signal stored before decision records were kept.
+    decision: DecisionRecord | None = None
 
     @property
     def id(self) -> str:
@@ -149,7 +153,9 @@ class StoredSignal:
             "dry_run_policy_ids": list(self.dry_run_policy_ids),
             "suppressed_policy_ids": list(self.suppressed_policy_ids),
             "created_by": self.created_by,
-            # A Firestore TTL policy on this field removes signals after 7 days.
+            "decision": self.decision.to_doc() if self.decision else None,
+            # Backends with TTL (Firestore, the SQLite janitor) remove the signal after this;
+            # `SignalRetention` also prunes by age and count.
             "expires_at_ns": expires_at_ns,
         }
 
@@ -172,6 +178,7 @@ class StoredSignal:
             dry_run_policy_ids=tuple(data.get("dry_run_policy_ids", ())),
             suppressed_policy_ids=tuple(data.get("suppressed_policy_ids", ())),
             created_by=data.get("created_by", ""),
+            decision=DecisionRecord.from_doc(data["decision"]) if data.get("decision") else None,
         )
 
 

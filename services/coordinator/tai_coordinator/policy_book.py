@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tai.v1 import governor_pb2
-from tai_common.core import Bindings, Condition, InvalidArgument, compile_condition
+from tai_common.core import Bindings, Condition, Evaluation, InvalidArgument, compile_condition
 
 log = logging.getLogger(__name__)
 
@@ -93,15 +93,11 @@ class PolicyBook:
             self.revision += 1
             self._ahead.remove(self.revision)
 
-    def evaluate(self, signal: Mapping[str, Any]) -> tuple[list[ActivePolicy], list[ActivePolicy]]:
-        """The enforced and the dry-run policies whose condition matches `signal`."""
-        enforced: list[ActivePolicy] = []
-        dry_run: list[ActivePolicy] = []
+    def evaluate(self, signal: Mapping[str, Any]) -> list[tuple[ActivePolicy, Evaluation]]:
+        """Every active policy, ENFORCED and DRY_RUN, with its condition's evaluation against
+        `signal`."""
         bindings = Bindings(signal)
-        for active in self._active.values():
-            if active.condition.matches(bindings):
-                (dry_run if active.dry_run else enforced).append(active)
-        return enforced, dry_run
+        return [(active, active.condition.evaluate(bindings)) for active in self._active.values()]
 
     def __len__(self) -> int:
         return len(self._active)

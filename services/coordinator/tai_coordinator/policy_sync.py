@@ -18,6 +18,8 @@ from tai_client import (
     Unauthenticated,
     open_channel,
 )
+from tai_client import NotFound as ClientNotFound
+from tai_common.core import NotFound, Unavailable
 from tai_common.messaging import events
 
 from tai_coordinator.policy_book import LIVE_STATES, PolicyBook
@@ -108,6 +110,19 @@ class PolicySync:
                 target = await self._governor_revision()
             except TaiError as error:
                 log.warning("policy resync failed (%s); keeping the current set", error.code)
+
+    async def fetch_policy(self, policy_id: str, version: int) -> governor_pb2.Policy:
+        """One stored policy version from the Governor (`version` 0: the latest)."""
+        try:
+            async with open_channel(self._target, self._options) as channel:
+                return await GovernorClient(channel, self._options).get(policy_id, version=version)
+        except ClientNotFound as error:
+            raise NotFound("policy", f"{policy_id} v{version}" if version else policy_id) from error
+        except TaiError as error:
+            raise Unavailable(
+                f"cannot read policy {policy_id!r} from the Governor ({error.code.name}); "
+                "retry shortly"
+            ) from error
 
     async def _governor_revision(self) -> int:
         async with open_channel(self._target, self._options) as channel:

@@ -1,6 +1,7 @@
 """Where the Coordinator keeps signals and actions in the DocumentStore.
 
-- `signals/{id}`: each signal with what it matched and created (TTL 7 days);
+- `signals/{id}`: each signal with its decision record: what every policy came to, the actions
+  created (kept `TAI_SIGNAL_RETENTION_SECONDS`, 7 days by default, and bounded in count);
 - `actions/{id}`: each action and its delivery state (TTL 30 days);
 - `action_dedup/{policy}:{fingerprint}`: the cooldown window of a (policy, signal) pair.
 
@@ -17,13 +18,14 @@ from tai_common.messaging import events, topics
 from tai_common.ports import Cursor, DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
 from tai_coordinator.convert import STATUS_TO_PROTO, action_to_proto
+from tai_coordinator.decisions import Cooldown
 from tai_coordinator.model import OPEN_STATUSES, Action, ActionStatus, StoredSignal
 
 SIGNALS = "signals"
 ACTIONS = "actions"
 DEDUP = "action_dedup"
 
-SIGNAL_RETENTION_NS = seconds_to_ns(7 * 24 * 3600)
+DEFAULT_SIGNAL_RETENTION_NS = seconds_to_ns(7 * 24 * 3600)
 ACTION_RETENTION_NS = seconds_to_ns(30 * 24 * 3600)
 
 INDEXES = (
@@ -46,9 +48,15 @@ def dedup_key(policy_id: str, fingerprint: str) -> str:
 
 
 class CoordinatorRepository:
-    def __init__(self, store: DocumentStore, event_factory: events.EventFactory) -> None:
+    def __init__(
+        self,
+        store: DocumentStore,
+        event_factory: events.EventFactory,
+        signal_retention_ns: int = DEFAULT_SIGNAL_RETENTION_NS,
+    ) -> None:
         self._store = store
         self._events = event_factory
+        self._signal_retention_ns = signal_retention_ns
 
     # --- inside a transaction ---
 
@@ -60,12 +68,17 @@ class CoordinatorRepository:
         doc = await tx.get(ACTIONS, action_id)
         return Action.from_doc(doc.data) if doc else None
 
-    async def cooldown_until_in(self, tx: Transaction, policy_id: str, fingerprint: str) -> int:
+    async def cooldown_in(
+        self, tx: Transaction, policy_id: str, fingerprint: str
+    ) -> Cooldown | None:
+        """The last cooldown the (policy, fingerprint) pair started, ended or not."""
         doc = await tx.get(DEDUP, dedup_key(policy_id, fingerprint))
-        return int(doc.data["until_ns"]) if doc else 0
+        return Cooldown(int(doc.data["until_ns"]), doc.data.get("action_id", "")) if doc else None
 
     def put_signal_in(self, tx: Transaction, signal: StoredSignal) -> None:
-        tx.create(SIGNALS, signal.id, signal.to_doc(signal.received_at_ns + SIGNAL_RETENTION_NS))
+        tx.create(
+            SIGNALS, signal.id, signal.to_doc(signal.received_at_ns + self._signal_retention_ns)
+        )
 
     def write_action_in(
         self,
@@ -212,6 +225,30 @@ class CoordinatorRepository:
             )
         )
         return Action.from_doc(page.documents[0].data) if page.documents else None
+
+    async def signals_received(
+        self,
+        *,
+        since_ns: int,
+        until_ns: int,
+        limit: int,
+        start_after: Cursor | None,
+        newest_first: bool = False,
+    ) -> tuple[list[StoredSignal], Cursor | None]:
+        """A page of the signals received in [since_ns, until_ns), in order of receipt."""
+        page = await self._store.query(
+            Query(
+                SIGNALS,
+                filters=(
+                    Filter("received_at_ns", Op.GE, since_ns),
+                    Filter("received_at_ns", Op.LT, until_ns),
+                ),
+                order_by=(Order("received_at_ns", descending=newest_first),),
+                limit=limit,
+                start_after=start_after,
+            )
+        )
+        return [StoredSignal.from_doc(d.data) for d in page.documents], page.next_cursor
 
     async def latest_signal(self) -> StoredSignal | None:
         page = await self._store.query(

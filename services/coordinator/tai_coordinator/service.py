@@ -32,6 +32,13 @@ from tai_common.ports import Cache, DocumentStore, Transaction
 
 from tai_coordinator import metrics
 from tai_coordinator.convert import signal_to_proto
+from tai_coordinator.decisions import (
+    DecisionOutcome,
+    DecisionRecord,
+    PolicyDecision,
+    PolicyMode,
+    decide,
+)
 from tai_coordinator.model import (
     ACKNOWLEDGEMENTS,
     DEFAULT_ACK_DEADLINE_SECONDS,
@@ -65,6 +72,8 @@ class SignalOutcome:
     replayed: bool = False
     # Of `created`, as written: already DELIVERED, for a stream connected to this replica.
     delivered_now: list[Action] = field(default_factory=list)
+    # Every policy's decision, unbounded (the stored record keeps a bounded copy).
+    decisions: list[PolicyDecision] = field(default_factory=list)
 
 
 class LocalDispatch(Protocol):
@@ -123,11 +132,19 @@ class CoordinatorService:
         dispatch: LocalDispatch,
         cache: Cache,
         audit: AuditTrail,
+        *,
+        replica_id: str,
+        signal_retention_seconds: float,
     ) -> None:
         """`on_committed` wakes the outbox relay; `dispatch` is told about actions this replica
-        just created or changed (other replicas learn it from the bus)."""
+        just created or changed (other replicas learn it from the bus). `replica_id` names
+        this replica in decision records; signals are stored to expire after
+        `signal_retention_seconds`."""
         self._store = store
-        self._repo = CoordinatorRepository(store, event_factory)
+        self._repo = CoordinatorRepository(
+            store, event_factory, signal_retention_ns=seconds_to_ns(signal_retention_seconds)
+        )
+        self._replica_id = replica_id
         self._clock = clock
         self._ids = ids
         self._events = event_factory
@@ -158,7 +175,9 @@ class CoordinatorService:
             timestamp_ns=signal.timestamp_ns or received_at,
         )
         # Evaluated once, outside the transaction: the transaction may run again on contention.
-        enforced, dry_run = self._book.evaluate(variables)
+        evaluations = self._book.evaluate(variables)
+        policy_revision = self._book.revision
+        enforced = [p for p, e in evaluations if e.matched and not p.dry_run]
         action_ids = {p.id: self._ids.new_id("act") for p in enforced}
 
         async def apply(tx: Transaction) -> SignalOutcome:
@@ -173,20 +192,27 @@ class CoordinatorService:
                     )
                 return SignalOutcome(existing, replayed=True)
             cooldowns = {
-                p.id: await self._repo.cooldown_until_in(tx, p.id, fingerprint)
+                p.id: await self._repo.cooldown_in(tx, p.id, fingerprint)
                 for p in enforced
                 if p.policy.action.cooldown_seconds > 0
             }
             now = self._clock.now_ns()
             created: list[Action] = []
             delivered_now: list[Action] = []
-            suppressed: list[str] = []
-            for policy in enforced:
-                if cooldowns.get(policy.id, 0) > now:
-                    suppressed.append(policy.id)
+            decisions: list[PolicyDecision] = []
+            for policy, evaluation in evaluations:
+                decision = decide(
+                    policy,
+                    evaluation,
+                    now_ns=now,
+                    cooldown=cooldowns.get(policy.id),
+                    action_id=action_ids.get(policy.id, ""),
+                )
+                decisions.append(decision)
+                if not decision.creates_action:
                     continue
                 action = self._action_from_policy(
-                    policy, action_ids[policy.id], signal, received_at, principal, now
+                    policy, decision.action_id, signal, received_at, principal, now
                 )
                 created.append(action)
                 delivered = self._create_action_in(tx, action, now)
@@ -197,15 +223,27 @@ class CoordinatorService:
                     self._repo.start_cooldown_in(
                         tx, policy.id, fingerprint, action.id, now + seconds_to_ns(cooldown)
                     )
+            held = [d.policy_id for d in decisions if d.outcome is DecisionOutcome.HELD]
+            dry_run = [
+                d.policy_id
+                for d in decisions
+                if d.mode is PolicyMode.DRY_RUN and d.outcome is DecisionOutcome.MATCHED
+            ]
             stored = StoredSignal(
                 signal=signal,
                 fingerprint=fingerprint,
                 received_at_ns=received_at,
                 matched_policy_ids=tuple(p.id for p in enforced),
                 action_ids=tuple(a.id for a in created),
-                dry_run_policy_ids=tuple(p.id for p in dry_run),
-                suppressed_policy_ids=tuple(suppressed),
+                dry_run_policy_ids=tuple(dry_run),
+                suppressed_policy_ids=tuple(held),
                 created_by=principal,
+                decision=DecisionRecord.bounded(
+                    decisions,
+                    evaluated_at_ns=now,
+                    policy_revision=policy_revision,
+                    replica_id=self._replica_id,
+                ),
             )
             # No audit record: signals are data, and this document is their record (see
             # docs/security.md, "Signals are not audited one by one").
@@ -220,7 +258,7 @@ class CoordinatorService:
                     payload=events_pb2.SignalEvent(signal=signal_to_proto(stored)),
                 ),
             )
-            return SignalOutcome(stored, created, delivered_now=delivered_now)
+            return SignalOutcome(stored, created, delivered_now=delivered_now, decisions=decisions)
 
         outcome = await self._store.run_transaction(apply)
         if not outcome.replayed:
@@ -228,12 +266,9 @@ class CoordinatorService:
             self._dispatch.hand_out(outcome.delivered_now)
             sent = {a.id for a in outcome.delivered_now}
             self._dispatch.notify([a for a in outcome.created if a.id not in sent])
-            stored = outcome.signal
             metrics.SIGNALS.labels(signal_type=signal.signal_type).inc()
-            metrics.EVALUATIONS.inc(len(self._book))
-            metrics.MATCHES.labels(mode="enforced").inc(len(outcome.created))
-            metrics.MATCHES.labels(mode="dry_run").inc(len(stored.dry_run_policy_ids))
-            metrics.MATCHES.labels(mode="suppressed").inc(len(stored.suppressed_policy_ids))
+            metrics.EVALUATIONS.inc(len(outcome.decisions))
+            metrics.count_decisions(outcome.decisions)
             metrics.ACTION_TRANSITIONS.labels(status="PENDING").inc(len(outcome.created))
         return outcome
 
@@ -296,6 +331,16 @@ class CoordinatorService:
         if raw is None:
             raise NotFound("signal", signal_id)
         return StoredSignal.from_doc(json.loads(raw))
+
+    async def explain_signal(self, signal_id: str) -> StoredSignal:
+        """The stored signal with its decision record (`NotFound` once retention removed it)."""
+        if not signal_id:
+            raise InvalidArgument("signal_id", "is required")
+        check_id(signal_id, "signal_id")
+        signal = await self._repo.signal(signal_id)
+        if signal is None:
+            raise NotFound("signal", signal_id)
+        return signal
 
     # --- actions ---
 

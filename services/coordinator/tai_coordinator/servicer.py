@@ -20,11 +20,15 @@ from tai_coordinator.convert import (
     STATUS_FROM_PROTO,
     action_request_from_proto,
     action_to_proto,
+    decision_to_proto,
     signal_from_request,
     signal_to_proto,
+    simulation_report_to_proto,
+    simulation_request_from_proto,
 )
 from tai_coordinator.dispatcher import ActionDispatcher
 from tai_coordinator.service import CoordinatorService
+from tai_coordinator.simulation import PolicySimulator
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_NAME = coordinator_pb2.DESCRIPTOR.services_by_name["Coordinator"].full_name
@@ -34,10 +38,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(
         self,
         service: CoordinatorService,
+        simulator: PolicySimulator,
         dispatcher: ActionDispatcher,
         runtime: ServiceRuntime,
     ) -> None:
         self._service = service
+        self._simulator = simulator
         self._dispatcher = dispatcher
         self._runtime = runtime
 
@@ -72,6 +78,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.GetSignalRequest, context: Context
     ) -> coordinator_pb2.Signal:
         return signal_to_proto(await self._service.get_signal(request.id))
+
+    async def ExplainSignal(
+        self, request: coordinator_pb2.ExplainSignalRequest, context: Context
+    ) -> coordinator_pb2.SignalDecision:
+        return decision_to_proto(await self._service.explain_signal(request.signal_id))
+
+    async def SimulatePolicy(
+        self, request: coordinator_pb2.SimulatePolicyRequest, context: Context
+    ) -> coordinator_pb2.SimulatePolicyResponse:
+        report = await self._simulator.simulate(
+            simulation_request_from_proto(request), context.time_remaining()
+        )
+        return simulation_report_to_proto(report)
 
     async def RequestAction(
         self, request: coordinator_pb2.RequestActionRequest, context: Context

@@ -108,7 +108,7 @@ SERVICE_CALLS in libs/common/tai_common/auth/access.py (tests/deploy checks they
 {{- define "tai.serviceCalls" -}}
 {{- dict
     "scheduler" (list "/tai.v1.Governor/EnforcePolicy" "/tai.v1.Governor/RevokePolicy" "/tai.v1.Coordinator/RequestAction")
-    "coordinator" (list "/tai.v1.Governor/GetPolicies")
+    "coordinator" (list "/tai.v1.Governor/GetPolicies" "/tai.v1.Governor/GetPolicy")
   | toJson -}}
 {{- end -}}
 
@@ -133,6 +133,7 @@ google.api.http annotations (protos/tai/v1/*.proto; tests/deploy checks every on
       (dict "prefix" "/v1/signals")
       (dict "prefix" "/v1/actions")
       (dict "prefix" "/v1/services/")
+      (dict "exact" "/v1/simulations")
       (dict "exact" "/v1/coordinator:health"))
     "scheduler" (list
       (dict "prefix" "/tai.v1.Scheduler/")

@@ -37,6 +37,9 @@ METHOD_ROLES: Mapping[str, Role] = {
     "/tai.v1.Coordinator/GetAction": Role.VIEWER,
     "/tai.v1.Coordinator/ListActions": Role.VIEWER,
     "/tai.v1.Coordinator/GetSignal": Role.VIEWER,
+    "/tai.v1.Coordinator/ExplainSignal": Role.VIEWER,
+    # A read, but one that scans up to days of signals: for those who write policies.
+    "/tai.v1.Coordinator/SimulatePolicy": Role.OPERATOR,
     # Scheduler (cancelling someone else's task also needs ADMIN: checked by the Scheduler)
     "/tai.v1.Scheduler/SubmitTask": Role.OPERATOR,
     "/tai.v1.Scheduler/CancelTask": Role.OPERATOR,
@@ -63,7 +66,8 @@ SERVICE_CALLS: Mapping[str, frozenset[str]] = {
             "/tai.v1.Coordinator/RequestAction",
         }
     ),
-    "coordinator": frozenset({"/tai.v1.Governor/GetPolicies"}),
+    # The policy listing, and SimulatePolicy's reading of a stored version.
+    "coordinator": frozenset({"/tai.v1.Governor/GetPolicies", "/tai.v1.Governor/GetPolicy"}),
 }
 
 
