@@ -6,12 +6,22 @@ from typing import Any
 
 import click
 import grpc
-from tai.v1 import common_pb2, coordinator_pb2
+from rich.markup import escape
+from tai.v1 import common_pb2, coordinator_pb2, governor_pb2
 from tai_rpc.channel import ChannelOptions
 
 from tai_client.cli import CliContext, cli, parse_pairs, pass_context
 from tai_client.coordinator import CoordinatorClient
-from tai_client.output import console, format_map, format_ns, print_fields, print_json, print_table
+from tai_client.output import (
+    console,
+    format_map,
+    format_ns,
+    plural,
+    print_fields,
+    print_json,
+    print_rows,
+    print_table,
+)
 
 ACTION_STATUSES = {
     name.removeprefix("ACTION_STATUS_"): value
@@ -42,7 +52,7 @@ ACTION_COLUMNS = ["ID", "TYPE", "TARGET", "STATUS", "DELIVERIES", "POLICY", "PAR
 
 @cli.group()
 def signal() -> None:
-    """Submit signals to the Coordinator."""
+    """Submit signals to the Coordinator, and explain what they came to."""
 
 
 @signal.command()
@@ -96,6 +106,93 @@ def submit(
         )
         + (" (replayed)" if receipt.replayed else "")
     )
+
+
+@signal.command()
+@click.argument("signal_id")
+@pass_context
+def explain(ctx: CliContext, signal_id: str) -> None:
+    """Why a signal did or did not act: every policy evaluated against it and what each came
+    to (the first false clause, the error, the cooldown holding it back, the action created)."""
+
+    async def call(
+        channel: grpc.aio.Channel, options: ChannelOptions
+    ) -> coordinator_pb2.SignalDecision:
+        return await CoordinatorClient(channel, options).explain_signal(signal_id)
+
+    record = ctx.run("coordinator", call)
+    if ctx.json_output:
+        print_json(record)
+        return
+    s = record.signal
+    print_fields(
+        [
+            ("signal", escape(s.id)),
+            ("type", escape(s.signal_type)),
+            ("priority", str(s.priority)),
+            ("source", escape(s.source) or "-"),
+            ("metadata", escape(format_map(s.metadata))),
+            ("received", format_ns(s.received_at_ns)),
+        ]
+    )
+    if not record.evaluated_at_ns:
+        # Stored before the Coordinator kept decision records: only the signal's own summary.
+        console.print(
+            "no decision record: this signal was stored before the Coordinator kept them; it "
+            f"matched {', '.join(s.matched_policy_ids) or 'no policy'} and created "
+            f"{', '.join(s.action_ids) or 'no action'}",
+            highlight=False,
+        )
+        return
+    console.print(
+        f"evaluated {format_ns(record.evaluated_at_ns)} against "
+        f"{plural(record.policies_evaluated, 'policy', 'policies')}",
+        highlight=False,
+    )
+    if record.decisions:
+        print_rows(
+            ["POLICY", "NAME", "VERSION", "MODE", "OUTCOME", "REASON"],
+            [
+                [
+                    d.policy_id,
+                    d.policy_name or "-",
+                    str(d.policy_version),
+                    governor_pb2.PolicyState.Name(d.mode).removeprefix("POLICY_STATE_"),
+                    coordinator_pb2.DecisionOutcome.Name(d.outcome).removeprefix(
+                        "DECISION_OUTCOME_"
+                    ),
+                    decision_reason(d),
+                ]
+                for d in record.decisions
+            ],
+        )
+    if record.omitted_not_matched:
+        console.print(
+            f"{plural(record.omitted_not_matched, 'more policy', 'more policies')} did not match",
+            highlight=False,
+        )
+    console.print(
+        f"policy revision {record.policy_revision}, replica {escape(record.replica_id or '-')}",
+        highlight=False,
+    )
+
+
+def decision_reason(d: coordinator_pb2.PolicyDecision) -> str:
+    """Why a policy's evaluation came to its outcome, in a phrase."""
+    if d.outcome == coordinator_pb2.DECISION_OUTCOME_MATCHED:
+        if d.mode == governor_pb2.POLICY_STATE_DRY_RUN:
+            return f"dry run: would have created an action for {d.target_service}"
+        return f"created action {d.action_id or '-'} for {d.target_service}"
+    if d.outcome == coordinator_pb2.DECISION_OUTCOME_NOT_MATCHED:
+        return f"false: {d.failed_clause}" if d.failed_clause else "the condition was false"
+    if d.outcome == coordinator_pb2.DECISION_OUTCOME_ERROR:
+        return f"error: {d.error}"
+    if d.outcome == coordinator_pb2.DECISION_OUTCOME_HELD:
+        if d.hold_reason == coordinator_pb2.HOLD_REASON_COOLDOWN:
+            started = f" (started by action {d.held_by})" if d.held_by else ""
+            return f"cooldown until {format_ns(d.held_until_ns)}{started}"
+        return f"held until {format_ns(d.held_until_ns)}"
+    return "-"
 
 
 @cli.group()

@@ -54,6 +54,21 @@ def print_table(
     console.print(table)
 
 
+def print_rows(
+    columns: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None
+) -> None:
+    """A table of plain strings (shown as written: not read as rich markup)."""
+    table = Table(*columns, title=title, show_lines=False)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table, highlight=False)
+
+
+def plural(count: int, noun: str, nouns: str = "") -> str:
+    """`1 action`, `4 actions`; `nouns` for a plural that is not noun + s."""
+    return f"{count} {noun}" if count == 1 else f"{count} {nouns or noun + 's'}"
+
+
 def print_fields(pairs: Sequence[tuple[str, str]]) -> None:
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")

@@ -1,24 +1,43 @@
-"""`taictl policy …`: the Governor's policy lifecycle."""
+"""`taictl policy …`: the Governor's policy lifecycle, and rehearsing policies on the
+Coordinator (`simulate`, and before `enforce`)."""
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+import math
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 import grpc
-from tai.v1 import common_pb2, governor_pb2
+from rich.markup import escape
+from tai.v1 import common_pb2, coordinator_pb2, governor_pb2
 from tai_rpc.channel import ChannelOptions
 
 from tai_client.cli import CliContext, cli, parse_pairs, pass_context
+from tai_client.coordinator import CoordinatorClient
+from tai_client.errors import TaiError
 from tai_client.governor import GovernorClient
 from tai_client.output import (
     console,
+    error_console,
     format_map,
     format_ns,
+    plural,
+    print_error,
     print_fields,
     print_json,
+    print_rows,
     print_table,
 )
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# The most `max_seconds` a SimulatePolicy request may ask for.
+SIMULATION_MAX_SECONDS = 600
 
 STATES = {
     name.removeprefix("POLICY_STATE_"): value
@@ -99,16 +118,47 @@ def _policy_row(p: governor_pb2.Policy) -> list[str]:
 POLICY_COLUMNS = ["ID", "NAME", "TYPE", "VERSION", "STATE", "ENABLED", "CONDITION", "ACTION"]
 
 
+# The condition and action options `propose` and `simulate` share (a draft is described as a
+# proposal would be).
+condition_option = click.option(
+    "--condition", default="", help="CEL over `signal`, e.g. signal.priority >= 8"
+)
+_ACTION_OPTIONS = (
+    click.option("--action-type", default="", help="Type of the action to emit on a match."),
+    click.option("--target-service", default="", help="Service that receives the action."),
+    click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Action parameter."),
+    click.option(
+        "--cooldown", default=0, help="Seconds during which identical signals are deduped."
+    ),
+)
+
+
+def action_options(command: F) -> F:
+    """Adds --action-type, --target-service, --param and --cooldown to `command`, in that order."""
+    for option in reversed(_ACTION_OPTIONS):
+        command = option(command)
+    return command
+
+
+def action_template(
+    action_type: str, target_service: str, params: tuple[str, ...], cooldown: int
+) -> governor_pb2.ActionTemplate:
+    """The action the options of `action_options` describe."""
+    return governor_pb2.ActionTemplate(
+        action_type=action_type,
+        target_service=target_service,
+        parameters=parse_pairs(params, "--param"),
+        cooldown_seconds=cooldown,
+    )
+
+
 @policy.command()
 @click.option(
     "--type", "policy_type", required=False, default="", help="finance | security | operational"
 )
 @click.option("--name", default="", help="Policy name.")
-@click.option("--condition", default="", help="CEL over `signal`, e.g. signal.priority >= 8")
-@click.option("--action-type", default="", help="Type of the action to emit on a match.")
-@click.option("--target-service", default="", help="Service that receives the action.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Action parameter.")
-@click.option("--cooldown", default=0, help="Seconds during which identical signals are deduped.")
+@condition_option
+@action_options
 @click.option("--rule", "rules", multiple=True, metavar="KEY=VALUE", help="Free-form rule.")
 @click.option("--description", default="")
 @click.option("--disabled", is_flag=True, help="Propose it disabled.")
@@ -135,12 +185,7 @@ def propose(
     request_id: str,
 ) -> None:
     """Propose a policy, a new version of one (--id), or a rollback (--id --rollback-to N)."""
-    action = governor_pb2.ActionTemplate(
-        action_type=action_type,
-        target_service=target_service,
-        parameters=parse_pairs(params, "--param"),
-        cooldown_seconds=cooldown,
-    )
+    action = action_template(action_type, target_service, params, cooldown)
 
     async def call(channel: grpc.aio.Channel, options: ChannelOptions) -> common_pb2.Receipt:
         return await GovernorClient(channel, options).propose(
@@ -163,6 +208,14 @@ def propose(
 @policy.command()
 @click.argument("policy_id")
 @click.option("--dry-run", is_flag=True, help="Evaluate and record matches, emit no action.")
+@click.option(
+    "--yes",
+    "-y",
+    "assume_yes",
+    is_flag=True,
+    help="Enforce without asking (the rehearsal's summary is still printed). Needed when stdin "
+    "is not a terminal.",
+)
 @click.option("--expected-version", default=0)
 @click.option("--reason", default="")
 @click.option("--request-id", default="")
@@ -171,11 +224,28 @@ def enforce(
     ctx: CliContext,
     policy_id: str,
     dry_run: bool,
+    assume_yes: bool,
     expected_version: int,
     reason: str,
     request_id: str,
 ) -> None:
-    """Enforce a policy (or put it in dry run)."""
+    """Enforce a policy (or put it in dry run).
+
+    Before enforcing, the policy's latest version is rehearsed over the signals of the last hour
+    (SimulatePolicy) and the summary printed; then taictl asks for confirmation, unless --yes.
+    A rehearsal that fails is reported and does not prevent enforcing."""
+    if not dry_run:
+        if not assume_yes and not stdin_is_terminal():
+            raise click.ClickException(
+                f"enforcing policy {policy_id} asks for confirmation, but stdin is not a "
+                "terminal: pass --yes to enforce without asking"
+            )
+        _rehearse_before_enforcing(ctx, policy_id)
+        if not assume_yes and not click.confirm(
+            f"Enforce policy {policy_id}?", default=False, err=True
+        ):
+            error_console.print(f"policy {policy_id} not enforced")
+            sys.exit(1)
 
     async def call(channel: grpc.aio.Channel, options: ChannelOptions) -> common_pb2.Receipt:
         return await GovernorClient(channel, options).enforce(
@@ -187,6 +257,50 @@ def enforce(
         )
 
     _print_receipt(ctx, ctx.run("governor", call), "dry-run" if dry_run else "enforced")
+
+
+def stdin_is_terminal() -> bool:
+    """Whether a person can answer a question on stdin."""
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def _rehearse_before_enforcing(ctx: CliContext, policy_id: str) -> None:
+    """Simulates the policy's latest version over the last hour and prints the summary (with
+    --json, the response as one line); a failed simulation is reported on stderr, as a warning:
+    enforcing does not depend on the Coordinator."""
+
+    async def call(
+        channel: grpc.aio.Channel, options: ChannelOptions
+    ) -> coordinator_pb2.SimulatePolicyResponse | TaiError:
+        try:
+            # Within the per-call deadline (--timeout): the server stops scanning in time to
+            # answer and reports how far it got.
+            return await CoordinatorClient(channel, options).simulate_policy(
+                policy_id=policy_id,
+                max_seconds=min(SIMULATION_MAX_SECONDS, max(1, math.ceil(ctx.timeout))),
+                timeout=ctx.timeout,
+            )
+        except TaiError as error:
+            return error
+
+    result = ctx.run("coordinator", call)
+    if isinstance(result, TaiError):
+        print_error(result, json_output=ctx.json_output)
+        if not ctx.json_output:
+            error_console.print(
+                f"[yellow]warning[/yellow]: could not rehearse policy {escape(policy_id)} over "
+                "the last hour (above); enforcing does not depend on it"
+            )
+        return
+    if ctx.json_output:
+        print_json(result)
+        return
+    print_simulation(
+        result,
+        last=0,
+        incomplete_hint=f"taictl policy simulate {policy_id} --max-seconds N rehearses the "
+        "whole hour",
+    )
 
 
 @policy.command()
@@ -322,3 +436,180 @@ def watch(ctx: CliContext, policy_type: str, from_revision: int) -> None:
                 )
 
     ctx.run("governor", call)
+
+
+# A duration such as 90s, 15m, 1h or 1h30m. Hand-written: no dependency of the client parses
+# durations, and the standard library has no parser for them.
+_DURATION = re.compile(r"(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?")
+_UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+
+
+def parse_moment(value: str, option: str, now_ns: int) -> int:
+    """`--since` / `--until`: a duration back from now (1h, 30m, 1h30m, 2d) or an ISO 8601
+    time (UTC unless it says otherwise), in ns since the epoch."""
+    duration = _DURATION.fullmatch(value.strip())
+    if value.strip() and duration is not None:
+        seconds = sum(
+            int(amount) * _UNIT_SECONDS[unit]
+            for unit, amount in duration.groupdict().items()
+            if amount
+        )
+        return max(0, now_ns - seconds * 1_000_000_000)
+    try:
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"expected a duration back from now (1h, 30m, 1h30m, 2d) or an ISO 8601 time "
+            f"(2026-12-06T10:00:00Z), got {value!r}",
+            param_hint=option,
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1_000_000) * 1_000
+
+
+@policy.command()
+@click.argument("policy_id", required=False, default="")
+@click.option("--version", default=0, help="With POLICY_ID: this version (default: the latest).")
+@condition_option
+@action_options
+@click.option(
+    "--since", default="", help="Signals received since: 1h, 30m, or 2026-12-06T10:00:00Z."
+)
+@click.option("--until", default="", help="…and before (default: now); same forms as --since.")
+@click.option("--last", default=0, help="The latest N signals instead of a time window.")
+@click.option("--sample", "sample_size", default=0, help="Matching signals to show (default 10).")
+@click.option("--max-seconds", default=0, help="Stop scanning after this long (default 30).")
+@pass_context
+def simulate(
+    ctx: CliContext,
+    policy_id: str,
+    version: int,
+    condition: str,
+    action_type: str,
+    target_service: str,
+    params: tuple[str, ...],
+    cooldown: int,
+    since: str,
+    until: str,
+    last: int,
+    sample_size: int,
+    max_seconds: int,
+) -> None:
+    """Rehearse a stored policy (POLICY_ID) or a draft (--condition and the action options)
+    over stored signals, as the Coordinator would have evaluated them, cooldowns included.
+    Writes nothing. The window: --since/--until, or --last N; neither: the last hour."""
+    draft_options = condition or action_type or target_service or params or cooldown
+    if policy_id and draft_options:
+        raise click.UsageError(
+            "give POLICY_ID or a draft (--condition and the action options), not both"
+        )
+    if not policy_id and not draft_options:
+        raise click.UsageError("give POLICY_ID, or a draft: --condition and the action options")
+    if version and not policy_id:
+        raise click.UsageError("--version needs POLICY_ID")
+    if last and (since or until):
+        raise click.UsageError("give --last or --since/--until, not both")
+    now_ns = time.time_ns()
+    since_ns = parse_moment(since, "--since", now_ns) if since else 0
+    until_ns = parse_moment(until, "--until", now_ns) if until else 0
+    draft = (
+        None
+        if policy_id
+        else coordinator_pb2.PolicyDraft(
+            condition=condition,
+            action=action_template(action_type, target_service, params, cooldown),
+        )
+    )
+
+    async def call(
+        channel: grpc.aio.Channel, options: ChannelOptions
+    ) -> coordinator_pb2.SimulatePolicyResponse:
+        return await CoordinatorClient(channel, options).simulate_policy(
+            draft=draft,
+            policy_id=policy_id,
+            version=version,
+            since_ns=since_ns,
+            until_ns=until_ns,
+            last=last,
+            sample_size=sample_size,
+            max_seconds=max_seconds,
+        )
+
+    result = ctx.run("coordinator", call)
+    if ctx.json_output:
+        print_json(result)
+        return
+    print_simulation(
+        result,
+        last=last,
+        incomplete_hint="narrow the window or pass --max-seconds",
+    )
+
+
+# Failed clauses shown, most frequent first.
+TOP_FAILED_CLAUSES = 5
+
+
+def print_simulation(
+    result: coordinator_pb2.SimulatePolicyResponse, *, last: int, incomplete_hint: str
+) -> None:
+    """A simulation's summary: the policy and window, what the signals came to, the first
+    false clauses, the errors, the sample of matching signals and, when the deadline stopped
+    the scan, a warning ending with `incomplete_hint`."""
+    subject = f"policy {result.policy_id} v{result.policy_version}" if result.policy_id else "draft"
+    window = f"{format_ns(result.window_since_ns)} → {format_ns(result.window_until_ns)}"
+    scope = f"the last {last} signals, " if last else ""
+    console.print(
+        f"{subject}: {plural(result.signals_scanned, 'signal')} scanned in "
+        f"{result.elapsed_seconds:.2f}s ({scope}received {window})",
+        highlight=False,
+    )
+    targets = ", ".join(
+        f"{escape(target)}: {count}"
+        for target, count in sorted(result.actions_by_target.items(), key=lambda t: (-t[1], t[0]))
+    )
+    console.print(
+        f"  {result.matched} matched: would create {plural(result.actions, 'action')}"
+        + (f" ({targets})" if targets else "")
+        + f", {result.held} held by cooldown",
+        highlight=False,
+    )
+    console.print(f"  {result.not_matched} did not match", highlight=False)
+    console.print(f"  {result.errors} failed to evaluate", highlight=False)
+    if result.failed_clauses:
+        clauses = sorted(result.failed_clauses.items(), key=lambda c: (-c[1], c[0]))
+        print_rows(
+            ["SIGNALS", "FIRST FALSE CLAUSE"],
+            [[str(count), clause] for clause, count in clauses[:TOP_FAILED_CLAUSES]],
+            title="why signals did not match",
+        )
+    if result.error_samples:
+        print_rows(
+            ["SIGNALS", "ERROR", "FIRST SIGNAL"],
+            [[str(e.count), e.error, e.signal_id] for e in result.error_samples],
+            title="evaluation errors",
+        )
+    if result.sample:
+        print_rows(
+            ["SIGNAL", "RECEIVED", "TYPE", "PRIORITY", "SOURCE", "METADATA"],
+            [
+                [
+                    s.id,
+                    format_ns(s.received_at_ns),
+                    s.signal_type,
+                    str(s.priority),
+                    s.source or "-",
+                    format_map(s.metadata),
+                ]
+                for s in result.sample
+            ],
+            title=f"first {plural(len(result.sample), 'matching signal')}",
+        )
+    if not result.complete:
+        console.print(
+            f"[bold yellow]warning[/bold yellow]: stopped at {format_ns(result.scanned_until_ns)} "
+            f"after {result.elapsed_seconds:.1f}s: the deadline came first; "
+            f"{escape(incomplete_hint)}. The counts above cover the signals up to then.",
+            highlight=False,
+        )
