@@ -4,6 +4,7 @@ unary and streaming methods, tokens checked at the gateway, and its local rate l
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import grpc
@@ -144,3 +145,61 @@ async def test_the_local_rate_limit(gateway_suite: GatewaySuite, tmp_path: Path)
         assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes_grpc
     finally:
         limited.stop()
+
+
+def test_simulate_enforce_and_explain_over_json(gateway_suite: GatewaySuite) -> None:
+    operator = bearer(gateway_suite.token("operator", "olga"))
+    viewer = bearer(gateway_suite.token("viewer"))
+    admin = bearer(gateway_suite.token("admin", "ada"))
+    with httpx.Client(base_url=gateway_suite.gateway.url, timeout=30) as http:
+        # Other tests' policies act on alerts: this one on commands only.
+        signal = {"signal_type": "command", "priority": 9, "metadata": {"service": "checkout"}}
+        submitted = http.post("/v1/signals", headers=operator, json=signal)
+        assert submitted.status_code == 200, submitted.text
+        created = http.post(
+            "/v1/policies",
+            headers=operator,
+            json={
+                "policy_type": "operational",
+                "policy_name": "rehearsed",
+                "condition": 'signal.type == "command" && signal.metadata.service == "checkout"',
+                "action": {"action_type": "restart", "target_service": "checkout"},
+            },
+        )
+        policy_id = created.json()["resource_id"]
+
+        # Rehearsed over the stored signal: the Coordinator reads the stored version from the
+        # Governor with its own credentials, the caller needs the operator role.
+        body = {"stored": {"id": policy_id}, "sample_size": 1}
+        rehearsal = http.post("/v1/simulations", headers=operator, json=body)
+        assert rehearsal.status_code == 200, rehearsal.text
+        report = rehearsal.json()
+        assert report["complete"] is True
+        assert int(report["matched"]) >= 1
+        assert report["actions_by_target"]["checkout"] == report["actions"]
+        assert http.post("/v1/simulations", headers=viewer, json=body).status_code == 403
+        bad = http.post(
+            "/v1/simulations", headers=operator, json={"draft": {"condition": "signal.type =="}}
+        )
+        assert bad.status_code == 400
+        assert "draft.condition" in bad.text
+
+        enforced = http.post(f"/v1/policies/{policy_id}:enforce", headers=admin, json={})
+        assert enforced.status_code == 200, enforced.text
+        # The Coordinator learns of the enforcement from the bus: signals until one acts.
+        for _ in range(200):
+            acted = http.post("/v1/signals", headers=operator, json=signal).json()
+            if acted.get("action_ids"):
+                break
+            time.sleep(0.05)
+        assert acted.get("action_ids"), acted
+        signal_id = acted["resource_id"]
+        explained = http.get(f"/v1/signals/{signal_id}:explain", headers=viewer)
+        assert explained.status_code == 200, explained.text
+        record = explained.json()
+        assert record["signal"]["id"] == signal_id
+        decided = {d["policy_id"]: d for d in record["decisions"]}
+        assert decided[policy_id]["outcome"] == "DECISION_OUTCOME_MATCHED"
+        assert decided[policy_id]["mode"] == "POLICY_STATE_ENFORCED"
+        assert [decided[policy_id]["action_id"]] == acted["action_ids"]
+        assert http.get("/v1/signals/sig-nope:explain", headers=viewer).status_code == 404

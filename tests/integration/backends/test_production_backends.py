@@ -76,6 +76,31 @@ async def test_the_autonomic_loop(
         assert list(repeat.action_ids) == []
         other = await CoordinatorClient(b).submit_signal(signal_type="event", priority=1)
         assert list(other.matched_policy_ids) == []
+
+        # Each signal's decision record, read from Firestore by the other replica: the repeat
+        # was held back by the cooldown the first action started; the other failed the first
+        # clause.
+        [held] = (await CoordinatorClient(a).explain_signal(repeat.resource_id)).decisions
+        assert held.outcome == coordinator_pb2.DECISION_OUTCOME_HELD
+        assert held.held_by == created[0]
+        [unmatched] = (await CoordinatorClient(a).explain_signal(other.resource_id)).decisions
+        assert unmatched.failed_clause == 'signal.type == "alert"'
+        # Rehearsals read the same signals from Firestore and write nothing: the probes and
+        # the repeat match (one fingerprint each, all but the repeat acting).
+        rehearsal = await CoordinatorClient(b).simulate_policy(policy_id=receipt.resource_id)
+        assert rehearsal.complete
+        assert rehearsal.signals_scanned == attempt + 3
+        assert (rehearsal.matched, rehearsal.held) == (attempt + 2, 1)
+        assert dict(rehearsal.actions_by_target) == {"api": attempt + 1}
+        draft = await CoordinatorClient(a).simulate_policy(
+            draft=coordinator_pb2.PolicyDraft(
+                condition='signal.metadata.service == "api"',
+                action=governor_pb2.ActionTemplate(action_type="scale", target_service="db"),
+            ),
+            last=2,
+        )
+        assert (draft.signals_scanned, draft.matched, draft.errors) == (2, 1, 1)
+        assert draft.error_samples[0].error == "no such key: 'service'"
         status = await CoordinatorClient(a).status("api")
         assert status.pending_actions == 0
         assert status.last_signal_ns > 0
