@@ -6,7 +6,8 @@ the real tools and the real services:
   dashboard query;
 - every metric name, label and label value the dashboards and rules use is exported by the
   three services, scraped live after exercising them (policy, signal, action delivered and
-  acknowledged, an action expired, a task run, a call refused by the rate limit).
+  acknowledged, an action expired, a task run, a policy condition failing to evaluate, a
+  policy simulation, a call refused by the rate limit).
 """
 
 from __future__ import annotations
@@ -437,6 +438,28 @@ async def exercise(governor: str, coordinator: str, scheduler: str) -> None:
         else:
             raise AssertionError("the unacknowledged action did not expire")
         ghost.cancel()
+
+        # An enforced policy whose condition cannot be evaluated on signals without a "team"
+        # key: an error decision, which a simulation of that policy reports too.
+        broken = await policies.propose(
+            policy_type="operational",
+            name="page-the-team",
+            condition='signal.metadata["team"] == "db"',
+            action=governor_pb2.ActionTemplate(action_type="page", target_service="oncall"),
+        )
+        await policies.enforce(broken.resource_id)
+        for _ in range(200):
+            receipt = await signals.submit_signal(signal_type="event", priority=1)
+            record = await signals.explain_signal(receipt.resource_id)
+            outcomes = {d.policy_id: d.outcome for d in record.decisions}
+            if outcomes.get(broken.resource_id) == coordinator_pb2.DECISION_OUTCOME_ERROR:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the broken policy never reached the Coordinator")
+        simulation = await signals.simulate_policy(policy_id=broken.resource_id, last=10)
+        assert simulation.complete
+        assert simulation.errors >= 1
 
         # Over the Coordinator's rate limit for GetStatus (1 a second): RESOURCE_EXHAUSTED.
         codes = []
