@@ -53,3 +53,12 @@ def count_decisions(decisions: Iterable[PolicyDecision]) -> None:
     tally = Tally((d.mode.value.lower(), d.outcome.value.lower()) for d in decisions)
     for (mode, outcome), count in tally.items():
         DECISIONS.labels(mode=mode, outcome=outcome).inc(count)
+
+
+# Every series exists from the start, at 0: a counter's first increment is otherwise lost to
+# rate(), and an alert on errors would miss the first burst.
+for _mode in ("enforced", "dry_run"):
+    for _outcome in ("matched", "not_matched", "error", "held"):
+        DECISIONS.labels(mode=_mode, outcome=_outcome)
+for _result in ("complete", "partial"):
+    SIMULATIONS.labels(result=_result)
