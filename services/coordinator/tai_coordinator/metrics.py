@@ -33,6 +33,11 @@ SIMULATION_SECONDS = Histogram(
     "How long a SimulatePolicy call took.",
     buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
 )
+SIGNALS_PRUNED = Counter(
+    "tai_signals_pruned_total",
+    "Signals this replica deleted from the store: too old (age) or beyond the kept count (count).",
+    ["reason"],
+)
 ACTION_TRANSITIONS = Counter(
     "tai_action_transitions_total", "Actions entering each status.", ["status"]
 )
@@ -62,3 +67,5 @@ for _mode in ("enforced", "dry_run"):
         DECISIONS.labels(mode=_mode, outcome=_outcome)
 for _result in ("complete", "partial"):
     SIMULATIONS.labels(result=_result)
+for _reason in ("age", "count"):
+    SIGNALS_PRUNED.labels(reason=_reason)

@@ -21,22 +21,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from prometheus_client import Counter
 from tai_common.core import Aborted, Clock, Unavailable
 from tai_common.core.units import seconds_to_ns
 from tai_common.ports import Document, DocumentStore, Filter, Op, Order, Query, Transaction
 
+from tai_coordinator import metrics
 from tai_coordinator.repository import SIGNALS
 
 log = logging.getLogger(__name__)
-
-SIGNALS_PRUNED = Counter(
-    "tai_signals_pruned_total",
-    "Signals this replica deleted from the store: too old (age) or beyond the kept count (count).",
-    ["reason"],
-)
-for _reason in ("age", "count"):
-    SIGNALS_PRUNED.labels(reason=_reason)  # both series exist (at 0) before the first prune
 
 # One batch is one commit: 500 writes is what a Firestore commit has always accepted.
 MAX_BATCH_SIZE: Final = 500
@@ -214,4 +206,4 @@ class SignalRetention:
                 tx.delete(SIGNALS, doc_id)
 
         await self._store.run_transaction(delete_all)
-        SIGNALS_PRUNED.labels(reason=reason).inc(len(ids))
+        metrics.SIGNALS_PRUNED.labels(reason=reason).inc(len(ids))
