@@ -21,17 +21,20 @@ from bench.latency import LATENCY, LatencyOptions, LatencyResult
 from bench.load import CallSpec, LoadConfig, LoadResult, run_load
 from bench.memory import MemoryResult, measure_make_run
 from bench.scenarios import EMPTY, THROUGHPUT, Context, Throughput, check_once, request_factory
+from bench.simulation import NAME as SIMULATION
+from bench.simulation import SimulationResult, run_simulation
 from bench.suite import BACKENDS, TOPOLOGIES, Suite, make_suite, tai_overrides
 from bench.task_starts import executions_per_task
 
 # `memory` measures `make run` itself, before the suite starts.
-ALL = [s.name for s in THROUGHPUT] + list(LATENCY) + ["memory"]
+ALL = [s.name for s in THROUGHPUT] + list(LATENCY) + [SIMULATION, "memory"]
 DEFAULTS: dict[str, Any] = {
     "duration": 10.0,
     "warmup": 5.0,
     "concurrency": 32,
     "tasks": 1000,
     "iterations": 20,
+    "simulation_signals": 200_000,
 }
 SMOKE: dict[str, Any] = {
     "duration": 1.0,
@@ -39,6 +42,7 @@ SMOKE: dict[str, Any] = {
     "concurrency": 4,
     "tasks": 100,
     "iterations": 3,
+    "simulation_signals": 2_000,
 }
 
 
@@ -77,6 +81,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, help="due tasks, dispatch lag (1000; smoke: 100)")
     parser.add_argument(
         "--iterations", type=int, help="enforcements, policy propagation (20; smoke: 3)"
+    )
+    parser.add_argument(
+        "--simulation-signals",
+        type=int,
+        help="stored signals SimulatePolicy scans (200000; smoke: 2000)",
     )
     parser.add_argument("--subscribers", type=int, default=50, help="fan-out subscribers (50)")
     parser.add_argument(
@@ -120,6 +129,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.names = [n for n in ALL if n in names]  # always in the documented order
     if args.duration <= 0 or args.warmup < 0 or args.concurrency < 1 or args.processes < 1:
         parser.error("--duration > 0, --warmup >= 0, --concurrency >= 1, --processes >= 1")
+    if args.simulation_signals < 1:
+        parser.error("--simulation-signals >= 1")
     return args
 
 
@@ -206,7 +217,9 @@ def _half_load(scenario: Throughput, result: LoadResult) -> LatencyResult:
 
 async def run(
     args: argparse.Namespace, suite: Suite
-) -> tuple[LoadResult | None, list[report.ThroughputRow], list[LatencyResult]]:
+) -> tuple[
+    LoadResult | None, list[report.ThroughputRow], list[LatencyResult], SimulationResult | None
+]:
     _log(f"starting the suite ({args.backend}, {args.topology}) in {suite.workdir}")
     await suite.start(args.start_timeout)
     ctx = Context(
@@ -229,7 +242,7 @@ async def run(
     selected = [s for s in THROUGHPUT if s.name in args.names]
     baseline: LoadResult | None = None
     rows: list[report.ThroughputRow] = []
-    if selected:
+    if selected or SIMULATION in args.names:
         # Right before the scenarios, with the same load: ratios hold on a noisy machine.
         baseline = await _load(ctx, EMPTY, config)
     for scenario in selected:
@@ -242,7 +255,7 @@ async def run(
         )
 
     latency: list[LatencyResult] = []
-    if baseline is not None:
+    if selected and baseline is not None:
         # The same calls at half of the peak each reached above, sent on a fixed schedule.
         peaks = [
             (EMPTY, baseline),
@@ -274,7 +287,15 @@ async def run(
                 f"p99 {item.latency.p99_ms:.2f} ms (n={item.latency.count})"
             )
         latency.extend(produced)
-    return baseline, rows, latency
+
+    simulation: SimulationResult | None = None
+    if SIMULATION in args.names:
+        # Last: its stored signals must not weigh on the other scenarios.
+        await _settle(ctx)
+        simulation = await run_simulation(
+            ctx, suite, baseline, signals=args.simulation_signals, log=_log
+        )
+    return baseline, rows, latency, simulation
 
 
 def _steady_rate(args: argparse.Namespace, latency: Sequence[LatencyResult]) -> float:
@@ -355,12 +376,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "iterations": args.iterations,
         "subscribers": args.subscribers,
         "policy_subscribers": args.policy_subscribers,
+        "simulation_signals": args.simulation_signals,
         "smoke": args.smoke,
         "call_timeout_s": LoadConfig().call_timeout_s,
     }
     memory: MemoryResult | None = None
     peers: list[Any] = []
     duplicates: int | None = None
+    simulation: SimulationResult | None = None
     with tempfile.TemporaryDirectory(prefix="tai-bench-") as tmp:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -372,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 memory = asyncio.run(measure_make_run(workdir))
                 _log(f"memory of make run: {memory.total_mib:.0f} MiB {memory.processes}")
             suite = make_suite(args.backend, workdir, args.topology)
-            baseline, rows, latency = asyncio.run(run(args, suite))
+            baseline, rows, latency, simulation = asyncio.run(run(args, suite))
         except BaseException as error:
             tails = suite.log_tails() if suite is not None else ""
             _log(f"failed: {error!r}\n{tails}")
@@ -388,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {row.name: row.result for row in rows}
     checked = targets.check(baseline, results, latency, memory)
     sections: list[tuple[str, str]] = []
+    if simulation is not None:
+        sections.append(simulation.section())
     if args.peers:
         sections.append(_peers_section(args, peers, results, latency, duplicates))
     if checked:
@@ -425,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "memory": memory.as_dict() if memory is not None else None,
             "peers": [p.as_dict() for p in peers],
             "targets": [t.as_dict() for t in checked],
+            "simulation": simulation.as_dict() if simulation is not None else None,
         },
     )
     print(f"results: {path}", flush=True)

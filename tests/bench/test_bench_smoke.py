@@ -109,6 +109,19 @@ def test_the_smoke_run_prints_the_table_and_writes_the_results(tmp_path: Path) -
         "memory of `make run`, every process (RSS)",
     }
 
+    # SimulatePolicy over the 2,000 stored signals the smoke run writes: the whole window
+    # scanned, the draft's cooldown at work, and a day extrapolated from the same rate.
+    assert "Simulation — SimulatePolicy over 2,000 stored signals" in out
+    simulation = {row["name"]: row for row in document["simulation"]["rows"]}
+    assert list(simulation) == ["simulate_policy", "simulate_policy_last"]
+    for row in simulation.values():
+        assert row["complete"] is True, row
+        assert row["signals_scanned"] == 2000, row
+        assert row["day_s"] == pytest.approx(8_640_000 / row["signals_per_s"], rel=0.01)
+    window = simulation["simulate_policy"]
+    for count in ("actions", "held", "not_matched"):
+        assert window[count] > 0, (count, window)
+
     scenarios = {s["name"]: s for s in document["scenarios"]}
     assert list(scenarios) == THROUGHPUT + LATENCY
     for name in THROUGHPUT:
