@@ -17,7 +17,7 @@ reported, but is setup, not the figure.
 
 Measured: one SimulatePolicy call over the whole window (`since_ns`/`until_ns`: one pass), a
 3-clause conjunction draft with a 60 s cooldown (decide and the cooldown bookkeeping run),
-`max_seconds=600`; then the same draft over `last=N` (two passes: the newest N are read
+`max_seconds` at its most; then the same draft over `last=N` (two passes: the newest N are read
 newest-first to find where they start, then scanned; when other scenarios stored signals
 earlier in the run, those are among the newest N). Each row: signals/s, µs per signal (wall
 and the suite's CPU), the extrapolation to a day, and both per-signal times ÷ the empty
@@ -348,7 +348,7 @@ async def _timed(
 
 def _check(name: str, response: coordinator_pb2.SimulatePolicyResponse, expected: int) -> None:
     """A figure from a scan that missed signals, or saw others, would be wrong: fail loudly.
-    A scan the 600 s deadline cut short still gives a rate (its row says partial)."""
+    A scan its deadline cut short still gives a rate (its row says partial)."""
     if response.complete and response.signals_scanned != expected:
         raise RuntimeError(
             f"{name}: scanned {response.signals_scanned} signals, expected {expected}"

@@ -89,16 +89,18 @@ class Checker:
         self._audit_seq = 0
 
     async def writes_exist(self) -> Check:
-        """Every receipt's object can be read back."""
+        """Every receipt's object can be read back (a signal with its decision record)."""
         w = self.workload
 
         async def signal(signal_id: str) -> bool:
+            """The signal exists with its decision record, whose actions are the signal's."""
             try:
-                found = await w.coordinator.get_signal(signal_id)
+                record = await w.coordinator.explain_signal(signal_id)
             except NotFound:
                 return False
-            self.expected_actions.update(found.action_ids)
-            return True
+            decided = {d.action_id for d in record.decisions if d.action_id}
+            self.expected_actions.update(record.signal.action_ids)
+            return record.evaluated_at_ns > 0 and decided == set(record.signal.action_ids)
 
         async def task(task_id: str) -> bool:
             try:

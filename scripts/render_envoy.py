@@ -40,11 +40,22 @@ class GatewayConfig:
     unary_timeout: str = "15s"
 
 
+# Unary methods that may run longer than `unary_timeout`, and how long: SimulatePolicy scans up
+# to its `max_seconds` (at most 1800 s), then answers.
+LONG_UNARY_TIMEOUTS = {"Coordinator/SimulatePolicy": "1815s"}
+
+
 def _routes(config: GatewayConfig) -> str:
     lines: list[str] = []
     for name in config.upstreams:
         service = f"tai.v1.{name.capitalize()}"
         cluster = f"tai-{name}"
+        for method, timeout in LONG_UNARY_TIMEOUTS.items():
+            if method.startswith(f"{name.capitalize()}/"):
+                lines += [
+                    f"              - match: {{path: /tai.v1.{method}}}",
+                    f"                route: {{cluster: {cluster}, timeout: {timeout}}}",
+                ]
         # Streams: no timeout, no retry once started.
         lines += [
             f"              - match: {{prefix: /{service}/Stream}}",

@@ -37,7 +37,7 @@ from tai_client.output import (
 F = TypeVar("F", bound=Callable[..., Any])
 
 # The most `max_seconds` a SimulatePolicy request may ask for.
-SIMULATION_MAX_SECONDS = 600
+SIMULATION_MAX_SECONDS = 1800
 
 STATES = {
     name.removeprefix("POLICY_STATE_"): value

@@ -227,28 +227,46 @@ class CoordinatorRepository:
         return Action.from_doc(page.documents[0].data) if page.documents else None
 
     async def signals_received(
-        self,
-        *,
+        self, *, since_ns: int, until_ns: int, limit: int, start_after: Cursor | None
+    ) -> tuple[list[StoredSignal], Cursor | None]:
+        """A page of the signals received in [since_ns, until_ns), oldest first, without their
+        decision records."""
+        page = await self._store.query(
+            self._received_between(since_ns, until_ns, limit, start_after)
+        )
+        signals = [StoredSignal.from_doc(d.data, with_decision=False) for d in page.documents]
+        return signals, page.next_cursor
+
+    async def receipts_before(
+        self, until_ns: int, limit: int, start_after: Cursor | None
+    ) -> tuple[list[tuple[int, str]], Cursor | None]:
+        """A page of (received_at_ns, id) of the signals received before `until_ns`, newest
+        first: where a window of the last N signals starts, without decoding them."""
+        page = await self._store.query(
+            self._received_between(0, until_ns, limit, start_after, newest_first=True)
+        )
+        receipts = [(int(d.data["received_at_ns"]), d.id) for d in page.documents]
+        return receipts, page.next_cursor
+
+    @staticmethod
+    def _received_between(
         since_ns: int,
         until_ns: int,
         limit: int,
         start_after: Cursor | None,
+        *,
         newest_first: bool = False,
-    ) -> tuple[list[StoredSignal], Cursor | None]:
-        """A page of the signals received in [since_ns, until_ns), in order of receipt."""
-        page = await self._store.query(
-            Query(
-                SIGNALS,
-                filters=(
-                    Filter("received_at_ns", Op.GE, since_ns),
-                    Filter("received_at_ns", Op.LT, until_ns),
-                ),
-                order_by=(Order("received_at_ns", descending=newest_first),),
-                limit=limit,
-                start_after=start_after,
-            )
+    ) -> Query:
+        return Query(
+            SIGNALS,
+            filters=(
+                Filter("received_at_ns", Op.GE, since_ns),
+                Filter("received_at_ns", Op.LT, until_ns),
+            ),
+            order_by=(Order("received_at_ns", descending=newest_first),),
+            limit=limit,
+            start_after=start_after,
         )
-        return [StoredSignal.from_doc(d.data) for d in page.documents], page.next_cursor
 
     async def latest_signal(self) -> StoredSignal | None:
         page = await self._store.query(

@@ -45,7 +45,7 @@ MAX_LAST = 1_000_000
 DEFAULT_SAMPLE_SIZE = 10
 MAX_SAMPLE_SIZE = 100
 DEFAULT_MAX_SECONDS = 30
-MAX_SECONDS = 600
+MAX_SECONDS = 1800
 # Kept back from the call's own deadline, to send the answer in time.
 DEADLINE_MARGIN_SECONDS = 0.5
 MAX_ERROR_SAMPLES = 20
@@ -204,33 +204,43 @@ class PolicySimulator:
         cooldown_ns = seconds_to_ns(active.policy.action.cooldown_seconds)
         cooldowns: dict[str, Cooldown] = {}
         errors: dict[str, ErrorTally] = {}
-        cursor: Cursor | None = None
         remaining = request.last or -1
-        while remaining != 0:
-            if time.monotonic() >= deadline:
-                break
-            signals, cursor = await self._repo.signals_received(
-                since_ns=since, until_ns=until, limit=PAGE_SIZE, start_after=cursor
+
+        def read(after: Cursor | None) -> asyncio.Task[tuple[list[StoredSignal], Cursor | None]]:
+            return asyncio.ensure_future(
+                self._repo.signals_received(
+                    since_ns=since, until_ns=until, limit=PAGE_SIZE, start_after=after
+                )
             )
-            for signal in signals:
-                if first_id and signal.received_at_ns == since and signal.id < first_id:
-                    continue  # received at the same time as the first of the last N, before it
-                self._evaluate(active, signal, report, cooldowns, cooldown_ns, errors, sample_size)
-                remaining -= 1
-                if remaining == 0:
+
+        # The next page is read (on the store's own thread, or over the network) while this
+        # one is evaluated.
+        next_page: asyncio.Task[tuple[list[StoredSignal], Cursor | None]] | None = read(None)
+        try:
+            while next_page is not None and time.monotonic() < deadline:
+                signals, cursor = await next_page
+                next_page = read(cursor) if cursor is not None else None
+                for signal in signals:
+                    if first_id and signal.received_at_ns == since and signal.id < first_id:
+                        continue  # received with the first of the last N, but before it
+                    self._evaluate(
+                        active, signal, report, cooldowns, cooldown_ns, errors, sample_size
+                    )
+                    remaining -= 1
+                    if remaining == 0:
+                        break
+                if remaining == 0 or next_page is None:
+                    report.complete = True
                     break
-            if signals:
                 report.scanned_until_ns = signals[-1].received_at_ns
                 # Cooldowns that ended before this point hold nothing back any more.
                 cooldowns = {
                     k: c for k, c in cooldowns.items() if c.until_ns > report.scanned_until_ns
                 }
-            if cursor is None:
-                report.complete = True
-                break
-            await asyncio.sleep(0)  # let live traffic through between pages
-        else:
-            report.complete = True
+                await asyncio.sleep(0)  # let live traffic through between pages
+        finally:
+            if next_page is not None:
+                next_page.cancel()
         if report.complete:
             report.scanned_until_ns = until
         report.error_samples = sorted(errors.values(), key=lambda e: -e.count)[:MAX_ERROR_SAMPLES]
@@ -294,21 +304,15 @@ class PolicySimulator:
         oldest of them (read newest first, a page at a time, keeping nothing else)."""
         cursor: Cursor | None = None
         seen = 0
-        oldest: StoredSignal | None = None
+        oldest: tuple[int, str] | None = None
         while seen < last and time.monotonic() < deadline:
-            signals, cursor = await self._repo.signals_received(
-                since_ns=0,
-                until_ns=until,
-                limit=min(PAGE_SIZE, last - seen),
-                start_after=cursor,
-                newest_first=True,
+            receipts, cursor = await self._repo.receipts_before(
+                until, min(PAGE_SIZE, last - seen), cursor
             )
-            if signals:
-                oldest = signals[-1]
-                seen += len(signals)
+            if receipts:
+                oldest = receipts[-1]
+                seen += len(receipts)
             if cursor is None:
                 break
             await asyncio.sleep(0)
-        if oldest is None:
-            return until, ""
-        return oldest.received_at_ns, oldest.id
+        return oldest if oldest is not None else (until, "")

@@ -245,7 +245,7 @@ async def test_a_stored_policy_version_is_rehearsed(suite: Suite) -> None:
         ({"draft": draft("true"), "last": 5, "since_ns": 1}, "last"),
         ({"draft": draft("true"), "last": 2_000_000}, "last"),
         ({"draft": draft("true"), "since_ns": 10, "until_ns": 5}, "until_ns"),
-        ({"draft": draft("true"), "max_seconds": 601}, "max_seconds"),
+        ({"draft": draft("true"), "max_seconds": 1801}, "max_seconds"),
         ({"draft": draft("true"), "sample_size": 101}, "sample_size"),
         ({"policy_id": "bad id"}, "stored.id"),
         ({}, "policy"),
