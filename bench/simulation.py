@@ -43,7 +43,6 @@ from tai_common.core import (
     SystemClock,
     TimeOrderedIds,
     compile_condition,
-    signal_variables,
 )
 from tai_common.factory import sqlite_path
 from tai_common.messaging.events import EventFactory
@@ -471,17 +470,7 @@ class _SignalMaker:
         key = (signal.signal_type, signal.priority, signal.metadata["service"])
         cached = self._evaluations.get(key)
         if cached is None:
-            bindings = Bindings(
-                signal_variables(
-                    signal_id=signal.signal_id,
-                    signal_type=signal.signal_type,
-                    priority=signal.priority,
-                    source=signal.source,
-                    metadata=signal.metadata,
-                    payload_size=len(signal.payload),
-                    timestamp_ns=signal.timestamp_ns,
-                )
-            )
+            bindings = Bindings(signal.variables(signal.timestamp_ns))
             cached = [p.condition.evaluate(bindings) for p in self._policies]
             self._evaluations[key] = cached
         return cached

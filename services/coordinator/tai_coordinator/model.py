@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from tai_common.core import FailedPrecondition, InvalidArgument
+from tai_common.core import FailedPrecondition, InvalidArgument, signal_variables
 from tai_common.core.units import NS_PER_SECOND
 from tai_common.core.validation import (
     MAX_KEY_LENGTH,
@@ -106,6 +106,19 @@ class SignalInput:
         check_size("payload", self.payload, MAX_PAYLOAD_BYTES)
         check_length("source", self.source, MAX_KEY_LENGTH)
         check_not_negative("timestamp_ns", self.timestamp_ns)
+
+    def variables(self, received_at_ns: int) -> dict[str, Any]:
+        """The `signal` variable a policy condition sees (its time: when it happened, or else
+        when it was received)."""
+        return signal_variables(
+            signal_id=self.signal_id,
+            signal_type=self.signal_type,
+            priority=self.priority,
+            source=self.source,
+            metadata=self.metadata,
+            payload_size=len(self.payload),
+            timestamp_ns=self.timestamp_ns or received_at_ns,
+        )
 
     def fingerprint(self) -> str:
         """What makes two signals "identical" for cooldown dedup: everything but id and time."""

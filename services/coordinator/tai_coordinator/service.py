@@ -24,7 +24,6 @@ from tai_common.core import (
     decode_page_token,
     encode_page_token,
     page_size,
-    signal_variables,
 )
 from tai_common.core.units import seconds_to_ns
 from tai_common.messaging import AuditTrail, events, topics
@@ -165,17 +164,8 @@ class CoordinatorService:
             signal = _with_id(signal, self._ids.new_id("sig"))
         fingerprint = signal.fingerprint()
         received_at = self._clock.now_ns()
-        variables = signal_variables(
-            signal_id=signal.signal_id,
-            signal_type=signal.signal_type,
-            priority=signal.priority,
-            source=signal.source,
-            metadata=signal.metadata,
-            payload_size=len(signal.payload),
-            timestamp_ns=signal.timestamp_ns or received_at,
-        )
         # Evaluated once, outside the transaction: the transaction may run again on contention.
-        evaluations = self._book.evaluate(variables)
+        evaluations = self._book.evaluate(signal.variables(received_at))
         policy_revision = self._book.revision
         enforced = [p for p, e in evaluations if e.matched and not p.dry_run]
         action_ids = {p.id: self._ids.new_id("act") for p in enforced}

@@ -26,7 +26,6 @@ from tai_common.core import (
     InvalidArgument,
     ResourceExhausted,
     compile_condition,
-    signal_variables,
 )
 from tai_common.core.units import seconds_to_ns
 from tai_common.core.validation import check_id, check_not_negative, check_range
@@ -256,16 +255,7 @@ class PolicySimulator:
         errors: dict[str, ErrorTally],
         sample_size: int,
     ) -> None:
-        s = signal.signal
-        variables = signal_variables(
-            signal_id=s.signal_id,
-            signal_type=s.signal_type,
-            priority=s.priority,
-            source=s.source,
-            metadata=s.metadata,
-            payload_size=len(s.payload),
-            timestamp_ns=s.timestamp_ns or signal.received_at_ns,
-        )
+        variables = signal.signal.variables(signal.received_at_ns)
         evaluation = active.condition.evaluate(Bindings(variables))
         received = signal.received_at_ns
         decision = decide(
