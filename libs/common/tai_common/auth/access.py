@@ -46,6 +46,13 @@ METHOD_ROLES: Mapping[str, Role] = {
     "/tai.v1.Scheduler/GetTaskStatus": Role.VIEWER,
     "/tai.v1.Scheduler/ListTasks": Role.VIEWER,
     "/tai.v1.Scheduler/StreamTaskUpdates": Role.VIEWER,
+    # A recurring task's schedule, under an operator's hand (others' schedules also need ADMIN:
+    # checked by the Scheduler, as for CancelTask).
+    "/tai.v1.Scheduler/PauseSchedule": Role.OPERATOR,
+    "/tai.v1.Scheduler/ResumeSchedule": Role.OPERATOR,
+    "/tai.v1.Scheduler/TriggerSchedule": Role.OPERATOR,
+    "/tai.v1.Scheduler/BackfillSchedule": Role.OPERATOR,
+    "/tai.v1.Scheduler/ListUpcomingRuns": Role.VIEWER,
 }
 
 OPEN_METHODS = frozenset(
