@@ -1,7 +1,7 @@
 """`make run AUTH=1`: a development token issuer, like Vault's dev mode. Its signing key (ES256)
 is made once under .tai/dev-auth/ and reused by later runs; each run writes the JWKS the
 services and the gateway verify against, and mints long-lived tokens: one per role for people
-(admin, operator, viewer), and one per service for the calls it makes to the others.
+(admin, approver, operator, viewer), and one per service for the calls it makes to the others.
 
 For local development only: anyone who can read the key can mint an admin token.
 """
@@ -27,7 +27,7 @@ AUDIENCE = "tai"
 TOKEN_DAYS = 30
 ALGORITHM = "ES256"
 # People's tokens, highest role first (the order the banner prints them in).
-USER_ROLES = (Role.ADMIN, Role.OPERATOR, Role.VIEWER)
+USER_ROLES = (Role.ADMIN, Role.APPROVER, Role.OPERATOR, Role.VIEWER)
 
 
 class DevAuthError(Exception):

@@ -28,8 +28,13 @@ SERVICES = {
     "tai.v1.Coordinator": coordinator_pb2,
     "tai.v1.Scheduler": scheduler_pb2,
 }
-ROLE_BELOW = {Role.VIEWER: [], Role.OPERATOR: ["viewer"], Role.ADMIN: ["operator"]}
-ROLE_NAMES = {Role.VIEWER: ["viewer"], Role.OPERATOR: ["operator"], Role.ADMIN: ["admin"]}
+ROLE_BELOW = {
+    Role.VIEWER: [],
+    Role.OPERATOR: ["viewer"],
+    Role.APPROVER: ["operator"],
+    Role.ADMIN: ["approver"],
+}
+ROLE_NAMES = {role: [role.name.lower()] for role in Role}
 REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 
 

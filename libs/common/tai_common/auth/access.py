@@ -38,6 +38,12 @@ METHOD_ROLES: Mapping[str, Role] = {
     "/tai.v1.Coordinator/ListActions": Role.VIEWER,
     "/tai.v1.Coordinator/GetSignal": Role.VIEWER,
     "/tai.v1.Coordinator/ExplainSignal": Role.VIEWER,
+    "/tai.v1.Coordinator/CreateSilence": Role.OPERATOR,
+    "/tai.v1.Coordinator/ExpireSilence": Role.OPERATOR,
+    "/tai.v1.Coordinator/ListSilences": Role.VIEWER,
+    "/tai.v1.Coordinator/GetSilence": Role.VIEWER,
+    "/tai.v1.Coordinator/ApproveAction": Role.APPROVER,
+    "/tai.v1.Coordinator/RejectAction": Role.APPROVER,
     # A read, but one that scans up to days of signals: for those who write policies.
     "/tai.v1.Coordinator/SimulatePolicy": Role.OPERATOR,
     # Scheduler (cancelling someone else's task also needs ADMIN: checked by the Scheduler)

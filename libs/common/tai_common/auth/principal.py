@@ -11,8 +11,9 @@ class Role(IntEnum):
     """Roles are ordered: each includes the ones below it."""
 
     VIEWER = 1  # reads and streams
-    OPERATOR = 2  # proposes policies; signals, actions, tasks
-    ADMIN = 3  # enforces and revokes policies; cancels others' tasks; reads the audit log
+    OPERATOR = 2  # proposes policies; signals, actions, tasks, silences
+    APPROVER = 3  # approves or rejects actions that wait for approval
+    ADMIN = 4  # enforces and revokes policies; cancels others' tasks; reads the audit log
 
     @classmethod
     def parse(cls, name: str) -> Role | None:

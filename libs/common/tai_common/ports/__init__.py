@@ -1,5 +1,5 @@
-"""The ports: what the services need from a store, a bus, a cache, a rate limiter and a secret
-source, as Protocols and the value types they exchange, with how a transaction's event travels
+"""The ports: what the services need from a store, a bus, a cache, a rate limiter, a window
+limiter and a secret source, as Protocols and the value types they exchange, with how a transaction's event travels
 (`publishing`: its bus message and its outbox document). They import only `tai_common.core` (and
 the `tai.v1.Event` envelope); the adapters live in one folder per backend (`sqlite`, `gcp`,
 `kafka`, `redis`, `vault`, `memory`, `env`), and `tai_common.factory` chooses them from the
@@ -59,6 +59,7 @@ from tai_common.ports.store import (
     cursor_of,
     get_field,
 )
+from tai_common.ports.window_limit import Admission, WindowLimiter
 
 __all__ = [
     "ATTR_AGGREGATE_ID",
@@ -72,6 +73,7 @@ __all__ = [
     "EVENT_TYPE_ATTRIBUTE",
     "OUTBOX",
     "OUTBOX_INDEXES",
+    "Admission",
     "Bucket",
     "Cache",
     "CacheEntry",
@@ -101,6 +103,7 @@ __all__ = [
     "Subscription",
     "SubscriptionSpec",
     "Transaction",
+    "WindowLimiter",
     "check_collection",
     "check_field",
     "check_name",
