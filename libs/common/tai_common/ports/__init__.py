@@ -1,9 +1,9 @@
 """The ports: what the services need from a store, a bus, a cache, a rate limiter, a window
 limiter and a secret source, as Protocols and the value types they exchange, with how a
-transaction's event travels (`publishing`: its bus message and its outbox document). They import only `tai_common.core` (and
-the `tai.v1.Event` envelope); the adapters live in one folder per backend (`sqlite`, `gcp`,
-`kafka`, `redis`, `vault`, `memory`, `env`), and `tai_common.factory` chooses them from the
-settings."""
+transaction's event travels (`publishing`: its bus message and its outbox document). They import
+only `tai_common.core` (and the `tai.v1.Event` envelope); the adapters live in one folder per
+backend (`sqlite`, `gcp`, `kafka`, `redis`, `vault`, `memory`, `env`), and `tai_common.factory`
+chooses them from the settings."""
 
 from tai_common.ports.bus import (
     DEAD_LETTER_DELIVERY_ATTEMPTS,
