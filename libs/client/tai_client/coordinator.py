@@ -194,6 +194,92 @@ class CoordinatorClient:
         )
 
     @maps_errors
+    async def create_silence(
+        self,
+        *,
+        comment: str,
+        ends_at_ns: int,
+        condition: str = "",
+        target_service: str = "",
+        policy_id: str = "",
+        starts_at_ns: int = 0,
+        silence_id: str = "",
+        timeout: float | None = None,
+    ) -> coordinator_pb2.Silence:
+        """Holds back the actions of the signals and policies matching every matcher field
+        given, from `starts_at_ns` (0: now) to `ends_at_ns`; `comment` says why."""
+        return await self._stub.CreateSilence(
+            coordinator_pb2.CreateSilenceRequest(
+                id=silence_id,
+                matcher=coordinator_pb2.SilenceMatcher(
+                    condition=condition, target_service=target_service, policy_id=policy_id
+                ),
+                starts_at_ns=starts_at_ns,
+                ends_at_ns=ends_at_ns,
+                comment=comment,
+            ),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def list_silences(
+        self,
+        *,
+        include_expired: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> coordinator_pb2.ListSilencesResponse:
+        """One page of silences, newest first: those not ended, or all with
+        `include_expired`."""
+        return await self._stub.ListSilences(
+            coordinator_pb2.ListSilencesRequest(
+                include_expired=include_expired, page_size=page_size, page_token=page_token
+            ),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def get_silence(
+        self, silence_id: str, *, timeout: float | None = None
+    ) -> coordinator_pb2.Silence:
+        """One silence. Raises `NotFound`."""
+        return await self._stub.GetSilence(
+            coordinator_pb2.GetSilenceRequest(silence_id=silence_id),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def expire_silence(
+        self, silence_id: str, *, comment: str = "", timeout: float | None = None
+    ) -> coordinator_pb2.Silence:
+        """Ends a silence now (a no-op on one already ended)."""
+        return await self._stub.ExpireSilence(
+            coordinator_pb2.ExpireSilenceRequest(silence_id=silence_id, comment=comment),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def approve_action(
+        self, action_id: str, comment: str, *, timeout: float | None = None
+    ) -> coordinator_pb2.Action:
+        """Approves an action AWAITING_APPROVAL: it becomes PENDING and is delivered."""
+        return await self._stub.ApproveAction(
+            coordinator_pb2.ApproveActionRequest(action_id=action_id, comment=comment),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def reject_action(
+        self, action_id: str, comment: str, *, timeout: float | None = None
+    ) -> coordinator_pb2.Action:
+        """Rejects an action AWAITING_APPROVAL: it ends REJECTED, never delivered."""
+        return await self._stub.RejectAction(
+            coordinator_pb2.RejectActionRequest(action_id=action_id, comment=comment),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
     async def list_actions(
         self,
         *,
