@@ -59,7 +59,7 @@ from tai_common.ports.store import (
     cursor_of,
     get_field,
 )
-from tai_common.ports.window_limit import Admission, WindowLimiter
+from tai_common.ports.window_limit import Admission, AdmissionRequest, WindowLimiter
 
 __all__ = [
     "ATTR_AGGREGATE_ID",
@@ -74,6 +74,7 @@ __all__ = [
     "OUTBOX",
     "OUTBOX_INDEXES",
     "Admission",
+    "AdmissionRequest",
     "Bucket",
     "Cache",
     "CacheEntry",

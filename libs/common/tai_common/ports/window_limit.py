@@ -8,6 +8,7 @@ retries, never uses up the window by itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +22,16 @@ class Admission:
     counted: int
     # When not allowed: when the oldest counted event leaves the window (a slot frees).
     retry_at_ns: int = 0
+
+
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """Admit `member` under `key` if fewer than `limit` others were in the last `window_ns`."""
+
+    key: str
+    member: str
+    limit: int
+    window_ns: int
 
 
 class WindowLimiter(Protocol):
@@ -39,4 +50,12 @@ class WindowLimiter(Protocol):
         `tx`, so the admission commits (or not) with the caller's writes; one that keeps them
         elsewhere (Redis) admits at once, and an admission whose transaction then fails holds
         its slot until it leaves the window (the limit errs on the side of fewer events)."""
+        ...
+
+    async def admit_all(
+        self, tx: Transaction, requests: Sequence[AdmissionRequest], now_ns: int
+    ) -> list[Admission]:
+        """`admit` for each request, in order; a store-kept adapter reads every window before
+        it writes any (as a Firestore transaction requires), so the caller may make it its
+        transaction's last reads."""
         ...
