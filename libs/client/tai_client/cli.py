@@ -1,7 +1,7 @@
 """`taictl`: the TAI command line.
 
 taictl [--target HOST:PORT] [--token JWT] [--ca FILE [--cert FILE --key FILE]] [--json]
-    policy | signal | action | status | task | audit …
+    policy | signal | action | silence | status | task | audit …
 """
 
 from __future__ import annotations
@@ -117,6 +117,7 @@ def main() -> Any:
         audit_commands,
         coordinator_commands,
         policy_commands,
+        silence_commands,
         task_commands,
     )
 

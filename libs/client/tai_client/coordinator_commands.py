@@ -34,12 +34,37 @@ def status_name(value: int) -> str:
     return coordinator_pb2.ActionStatus.Name(value).removeprefix("ACTION_STATUS_")  # type: ignore[arg-type]
 
 
+def status_cell(a: coordinator_pb2.Action) -> str:
+    """The action's status, with the approval deadline of one awaiting approval."""
+    if a.status == coordinator_pb2.ACTION_STATUS_AWAITING_APPROVAL and a.approval_deadline_ns:
+        return f"{status_name(a.status)} until {format_ns(a.approval_deadline_ns)}"
+    return status_name(a.status)
+
+
+def review_of(a: coordinator_pb2.Action) -> str:
+    """Whether and how the action's approval was decided, in a phrase ("" for an action that
+    did not require approval)."""
+    if a.status == coordinator_pb2.ACTION_STATUS_AWAITING_APPROVAL:
+        return f"awaiting approval until {format_ns(a.approval_deadline_ns)}"
+    if a.reviewed_by:
+        # An approved action is delivered before its target can reject it: a REJECTED action
+        # never delivered was rejected in review.
+        rejected = a.status == coordinator_pb2.ACTION_STATUS_REJECTED and not a.delivery_count
+        return (
+            f"{'rejected' if rejected else 'approved'} by {a.reviewed_by} at "
+            f"{format_ns(a.reviewed_at_ns)}" + (f": {a.review_comment}" if a.review_comment else "")
+        )
+    if a.approval_deadline_ns:
+        return f"not approved by {format_ns(a.approval_deadline_ns)}"
+    return ""
+
+
 def _action_row(a: coordinator_pb2.Action) -> list[str]:
     return [
         a.id,
         a.action_type,
         a.target_service,
-        status_name(a.status),
+        status_cell(a),
         str(a.delivery_count),
         a.policy_id or "-",
         format_map(a.parameters),
@@ -179,6 +204,7 @@ def explain(ctx: CliContext, signal_id: str) -> None:
 
 def decision_reason(d: coordinator_pb2.PolicyDecision) -> str:
     """Why a policy's evaluation came to its outcome, in a phrase."""
+    until = format_ns(d.held_until_ns)
     if d.outcome == coordinator_pb2.DECISION_OUTCOME_MATCHED:
         if d.mode == governor_pb2.POLICY_STATE_DRY_RUN:
             return f"dry run: would have created an action for {d.target_service}"
@@ -187,17 +213,24 @@ def decision_reason(d: coordinator_pb2.PolicyDecision) -> str:
         return f"false: {d.failed_clause}" if d.failed_clause else "the condition was false"
     if d.outcome == coordinator_pb2.DECISION_OUTCOME_ERROR:
         return f"error: {d.error}"
+    if d.hold_reason == coordinator_pb2.HOLD_REASON_APPROVAL:
+        # The action exists, but waits for a reviewer.
+        return f"awaiting approval: action {d.action_id or d.held_by} until {until}"
     if d.outcome == coordinator_pb2.DECISION_OUTCOME_HELD:
         if d.hold_reason == coordinator_pb2.HOLD_REASON_COOLDOWN:
             started = f" (started by action {d.held_by})" if d.held_by else ""
-            return f"cooldown until {format_ns(d.held_until_ns)}{started}"
-        return f"held until {format_ns(d.held_until_ns)}"
+            return f"cooldown until {until}{started}"
+        if d.hold_reason == coordinator_pb2.HOLD_REASON_SILENCE:
+            return f"silenced by {d.held_by} until {until}"
+        if d.hold_reason == coordinator_pb2.HOLD_REASON_LIMIT:
+            return f"limit reached: {d.held_by}; a slot frees at {until}"
+        return f"held until {until}"
     return "-"
 
 
 @cli.group()
 def action() -> None:
-    """List, watch, acknowledge and request actions."""
+    """List, watch, acknowledge, review (approve, reject) and request actions."""
 
 
 @action.command(name="list")
@@ -264,6 +297,7 @@ def get(ctx: CliContext, action_id: str) -> None:
             ("parameters", format_map(a.parameters)),
             ("policy", f"{a.policy_id} v{a.policy_version}" if a.policy_id else "-"),
             ("signal", a.signal_id or "-"),
+            ("approval", escape(review_of(a)) or "not required"),
             ("updated", format_ns(a.updated_at_ns)),
         ]
     )
@@ -314,6 +348,47 @@ def acknowledge(ctx: CliContext, action_id: str, status: str, message: str) -> N
         print_json(receipt)
         return
     console.print(f"action {action_id} → {receipt.result_data.get('status', status.upper())}")
+
+
+review_comment_option = click.option(
+    "--comment", required=True, help="Why (recorded with the review, and in the audit log)."
+)
+
+
+def _print_review(ctx: CliContext, a: coordinator_pb2.Action) -> None:
+    if ctx.json_output:
+        print_json(a)
+        return
+    console.print(
+        f"action [bold]{escape(a.id)}[/bold] → {status_name(a.status)} ({escape(review_of(a))})",
+        highlight=False,
+    )
+
+
+@action.command()
+@click.argument("action_id")
+@review_comment_option
+@pass_context
+def approve(ctx: CliContext, action_id: str, comment: str) -> None:
+    """Approve an action AWAITING_APPROVAL: it becomes PENDING and is delivered."""
+
+    async def call(channel: grpc.aio.Channel, options: ChannelOptions) -> coordinator_pb2.Action:
+        return await CoordinatorClient(channel, options).approve_action(action_id, comment)
+
+    _print_review(ctx, ctx.run("coordinator", call))
+
+
+@action.command()
+@click.argument("action_id")
+@review_comment_option
+@pass_context
+def reject(ctx: CliContext, action_id: str, comment: str) -> None:
+    """Reject an action AWAITING_APPROVAL: it ends REJECTED, never delivered."""
+
+    async def call(channel: grpc.aio.Channel, options: ChannelOptions) -> coordinator_pb2.Action:
+        return await CoordinatorClient(channel, options).reject_action(action_id, comment)
+
+    _print_review(ctx, ctx.run("coordinator", call))
 
 
 @action.command()

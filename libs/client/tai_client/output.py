@@ -38,6 +38,18 @@ def format_ns(value: int) -> str:
     return dt.datetime.fromtimestamp(value / 1e9, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def format_duration(seconds: int) -> str:
+    """`1h30m`, `10m`, `45s`, `2d`: seconds in the form taictl's duration options take."""
+    if seconds <= 0:
+        return "0s"
+    parts = []
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)):
+        amount, seconds = divmod(seconds, size)
+        if amount:
+            parts.append(f"{amount}{unit}")
+    return "".join(parts)
+
+
 def format_map(values: Any) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(dict(values).items())) or "-"
 

@@ -24,6 +24,7 @@ from tai_client.governor import GovernorClient
 from tai_client.output import (
     console,
     error_console,
+    format_duration,
     format_map,
     format_ns,
     plural,
@@ -89,6 +90,8 @@ def _print_policy(ctx: CliContext, message: governor_pb2.Policy) -> None:
                 if a.action_type
                 else "-",
             ),
+            ("limits", ", ".join(format_limit(limit) for limit in a.limits) or "-"),
+            ("approval", format_approval(a) if a.action_type else "-"),
             ("rules", format_map(message.rules)),
             ("description", message.description or "-"),
             ("revision", str(message.revision)),
@@ -123,6 +126,44 @@ POLICY_COLUMNS = ["ID", "NAME", "TYPE", "VERSION", "STATE", "ENABLED", "CONDITIO
 condition_option = click.option(
     "--condition", default="", help="CEL over `signal`, e.g. signal.priority >= 8"
 )
+
+# `--limit MAX/WINDOW[:policy|:target]`: at most MAX actions in any WINDOW (a duration).
+_LIMIT = re.compile(r"(?P<max>\d+)/(?P<window>[^:]+)(?::(?P<scope>policy|target))?")
+_LIMIT_SCOPES = {
+    "policy": governor_pb2.LIMIT_SCOPE_POLICY,
+    "target": governor_pb2.LIMIT_SCOPE_TARGET,
+}
+
+
+def parse_limits(
+    _ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]
+) -> list[governor_pb2.ActionLimit]:
+    """`--limit` values (3/10m, 5/1h:target) as the template's limits; a value of another
+    form is a usage error naming --limit."""
+    limits = []
+    for value in values:
+        match = _LIMIT.fullmatch(value.strip())
+        window = duration_seconds(match["window"]) if match else None
+        if match is None or not window or int(match["max"]) < 1:
+            raise click.BadParameter(
+                "expected MAX/WINDOW[:policy|:target], MAX at least 1 and WINDOW a duration "
+                f"(3/10m, 5/1h:target), got {value!r}"
+            )
+        limits.append(
+            governor_pb2.ActionLimit(
+                max_actions=int(match["max"]),
+                window_seconds=window,
+                scope=_LIMIT_SCOPES[match["scope"] or "policy"],
+            )
+        )
+    return limits
+
+
+def parse_duration_option(_ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """A duration option's seconds (0 when not given)."""
+    return parse_duration(value, param.opts[0]) if value else 0
+
+
 _ACTION_OPTIONS = (
     click.option("--action-type", default="", help="Type of the action to emit on a match."),
     click.option("--target-service", default="", help="Service that receives the action."),
@@ -130,18 +171,47 @@ _ACTION_OPTIONS = (
     click.option(
         "--cooldown", default=0, help="Seconds during which identical signals are deduped."
     ),
+    click.option(
+        "--limit",
+        "limits",
+        multiple=True,
+        metavar="MAX/WINDOW[:target]",
+        callback=parse_limits,
+        help="At most MAX actions in any WINDOW (3/10m) of this policy; with :target, for its "
+        "target service, counting every policy with the same :target limit. Repeatable.",
+    ),
+    click.option(
+        "--require-approval",
+        is_flag=True,
+        help="Each action waits for `taictl action approve` before it is delivered.",
+    ),
+    click.option(
+        "--approval-timeout",
+        default="",
+        metavar="DURATION",
+        callback=parse_duration_option,
+        help="How long an approval may take before the action expires (15m; default: the "
+        "Coordinator's, one hour).",
+    ),
 )
 
 
 def action_options(command: F) -> F:
-    """Adds --action-type, --target-service, --param and --cooldown to `command`, in that order."""
+    """Adds --action-type, --target-service, --param, --cooldown, --limit, --require-approval
+    and --approval-timeout to `command`, in that order."""
     for option in reversed(_ACTION_OPTIONS):
         command = option(command)
     return command
 
 
 def action_template(
-    action_type: str, target_service: str, params: tuple[str, ...], cooldown: int
+    action_type: str,
+    target_service: str,
+    params: tuple[str, ...],
+    cooldown: int,
+    limits: list[governor_pb2.ActionLimit],
+    require_approval: bool,
+    approval_timeout: int,
 ) -> governor_pb2.ActionTemplate:
     """The action the options of `action_options` describe."""
     return governor_pb2.ActionTemplate(
@@ -149,7 +219,25 @@ def action_template(
         target_service=target_service,
         parameters=parse_pairs(params, "--param"),
         cooldown_seconds=cooldown,
+        limits=limits,
+        require_approval=require_approval,
+        approval_timeout_seconds=approval_timeout,
     )
+
+
+def format_limit(limit: governor_pb2.ActionLimit) -> str:
+    """`3 per 10m (policy)`: a limit as `--limit` describes it."""
+    scope = "target" if limit.scope == governor_pb2.LIMIT_SCOPE_TARGET else "policy"
+    return f"{limit.max_actions} per {format_duration(limit.window_seconds)} ({scope})"
+
+
+def format_approval(a: governor_pb2.ActionTemplate) -> str:
+    """Whether the template's actions wait for approval, and how long they may wait."""
+    if not a.require_approval:
+        return "not required"
+    if a.approval_timeout_seconds:
+        return f"required, within {format_duration(a.approval_timeout_seconds)}"
+    return "required, within the Coordinator's timeout"
 
 
 @policy.command()
@@ -176,6 +264,9 @@ def propose(
     target_service: str,
     params: tuple[str, ...],
     cooldown: int,
+    limits: list[governor_pb2.ActionLimit],
+    require_approval: bool,
+    approval_timeout: int,
     rules: tuple[str, ...],
     description: str,
     disabled: bool,
@@ -185,7 +276,15 @@ def propose(
     request_id: str,
 ) -> None:
     """Propose a policy, a new version of one (--id), or a rollback (--id --rollback-to N)."""
-    action = action_template(action_type, target_service, params, cooldown)
+    action = action_template(
+        action_type,
+        target_service,
+        params,
+        cooldown,
+        limits,
+        require_approval,
+        approval_timeout,
+    )
 
     async def call(channel: grpc.aio.Channel, options: ChannelOptions) -> common_pb2.Receipt:
         return await GovernorClient(channel, options).propose(
@@ -442,30 +541,60 @@ def watch(ctx: CliContext, policy_type: str, from_revision: int) -> None:
 # durations, and the standard library has no parser for them.
 _DURATION = re.compile(r"(?:(?P<d>\d+)d)?(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?")
 _UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+_NS = 1_000_000_000
 
 
-def parse_moment(value: str, option: str, now_ns: int) -> int:
-    """`--since` / `--until`: a duration back from now (1h, 30m, 1h30m, 2d) or an ISO 8601
-    time (UTC unless it says otherwise), in ns since the epoch."""
+def duration_seconds(value: str) -> int | None:
+    """The seconds of a duration (90s, 15m, 1h30m, 2d); None when `value` is not one."""
     duration = _DURATION.fullmatch(value.strip())
-    if value.strip() and duration is not None:
-        seconds = sum(
-            int(amount) * _UNIT_SECONDS[unit]
-            for unit, amount in duration.groupdict().items()
-            if amount
+    if not value.strip() or duration is None:
+        return None
+    return sum(
+        int(amount) * _UNIT_SECONDS[unit] for unit, amount in duration.groupdict().items() if amount
+    )
+
+
+def parse_duration(value: str, option: str) -> int:
+    """A duration option's seconds (more than zero)."""
+    seconds = duration_seconds(value)
+    if not seconds:
+        raise click.BadParameter(
+            f"expected a duration (90s, 15m, 1h30m, 2d), got {value!r}", param_hint=option
         )
-        return max(0, now_ns - seconds * 1_000_000_000)
+    return seconds
+
+
+def _parse_time(value: str, option: str, durations: str) -> int:
+    """An ISO 8601 time (UTC unless it says otherwise) in ns since the epoch; `durations` says
+    which durations the option also takes, for the error."""
     try:
         moment = dt.datetime.fromisoformat(value)
     except ValueError:
         raise click.BadParameter(
-            f"expected a duration back from now (1h, 30m, 1h30m, 2d) or an ISO 8601 time "
-            f"(2026-12-06T10:00:00Z), got {value!r}",
+            f"expected {durations} or an ISO 8601 time (2026-12-06T10:00:00Z), got {value!r}",
             param_hint=option,
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
     return int(moment.timestamp() * 1_000_000) * 1_000
+
+
+def parse_moment(value: str, option: str, now_ns: int) -> int:
+    """`--since` / `--until`: a duration back from now (1h, 30m, 1h30m, 2d) or an ISO 8601
+    time (UTC unless it says otherwise), in ns since the epoch."""
+    seconds = duration_seconds(value)
+    if seconds is not None:
+        return max(0, now_ns - seconds * _NS)
+    return _parse_time(value, option, "a duration back from now (1h, 30m, 1h30m, 2d)")
+
+
+def parse_moment_ahead(value: str, option: str, from_ns: int) -> int:
+    """A time to come (a silence's start or end): a duration forward from `from_ns` (2h, 30m)
+    or an ISO 8601 time (UTC unless it says otherwise), in ns since the epoch."""
+    seconds = duration_seconds(value)
+    if seconds is not None:
+        return from_ns + seconds * _NS
+    return _parse_time(value, option, "a duration ahead (2h, 30m, 1h30m, 1d)")
 
 
 @policy.command()
@@ -490,6 +619,9 @@ def simulate(
     target_service: str,
     params: tuple[str, ...],
     cooldown: int,
+    limits: list[governor_pb2.ActionLimit],
+    require_approval: bool,
+    approval_timeout: int,
     since: str,
     until: str,
     last: int,
@@ -499,7 +631,16 @@ def simulate(
     """Rehearse a stored policy (POLICY_ID) or a draft (--condition and the action options)
     over stored signals, as the Coordinator would have evaluated them, cooldowns included.
     Writes nothing. The window: --since/--until, or --last N; neither: the last hour."""
-    draft_options = condition or action_type or target_service or params or cooldown
+    draft_options = (
+        condition
+        or action_type
+        or target_service
+        or params
+        or cooldown
+        or limits
+        or require_approval
+        or approval_timeout
+    )
     if policy_id and draft_options:
         raise click.UsageError(
             "give POLICY_ID or a draft (--condition and the action options), not both"
@@ -518,7 +659,15 @@ def simulate(
         if policy_id
         else coordinator_pb2.PolicyDraft(
             condition=condition,
-            action=action_template(action_type, target_service, params, cooldown),
+            action=action_template(
+                action_type,
+                target_service,
+                params,
+                cooldown,
+                limits,
+                require_approval,
+                approval_timeout,
+            ),
         )
     )
 
@@ -544,6 +693,7 @@ def simulate(
         result,
         last=last,
         incomplete_hint="narrow the window or pass --max-seconds",
+        limited=bool(limits),
     )
 
 
@@ -552,11 +702,16 @@ TOP_FAILED_CLAUSES = 5
 
 
 def print_simulation(
-    result: coordinator_pb2.SimulatePolicyResponse, *, last: int, incomplete_hint: str
+    result: coordinator_pb2.SimulatePolicyResponse,
+    *,
+    last: int,
+    incomplete_hint: str,
+    limited: bool = False,
 ) -> None:
     """A simulation's summary: the policy and window, what the signals came to, the first
     false clauses, the errors, the sample of matching signals and, when the deadline stopped
-    the scan, a warning ending with `incomplete_hint`."""
+    the scan, a warning ending with `incomplete_hint`. `limited`: the policy has blast-radius
+    limits, which hold signals back as its cooldown does."""
     subject = f"policy {result.policy_id} v{result.policy_version}" if result.policy_id else "draft"
     window = f"{format_ns(result.window_since_ns)} → {format_ns(result.window_until_ns)}"
     scope = f"the last {last} signals, " if last else ""
@@ -572,7 +727,8 @@ def print_simulation(
     console.print(
         f"  {result.matched} matched: would create {plural(result.actions, 'action')}"
         + (f" ({targets})" if targets else "")
-        + f", {result.held} held by cooldown",
+        + f", {result.held} held by cooldown"
+        + (" or limit" if limited else ""),
         highlight=False,
     )
     console.print(f"  {result.not_matched} did not match", highlight=False)
