@@ -1,6 +1,7 @@
 """Adapter selection: the one place that turns settings URLs into port implementations (store,
-bus, cache, secret source, rate limiter). Each backend's package is imported only when chosen,
-so a process never loads the client libraries of the backends it does not use."""
+bus, cache, secret source, rate limiter, window limiter). Each backend's package is imported
+only when chosen, so a process never loads the client libraries of the backends it does not
+use."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from urllib.parse import parse_qs, urlparse
 
 from tai_common.core import Clock, IdFactory, ServiceSettings, TimeOrderedIds, UuidFactory
 from tai_common.messaging import topics
-from tai_common.ports import Cache, DocumentStore, EventBus, RateLimiter, SecretSource
+from tai_common.ports import (
+    Cache,
+    DocumentStore,
+    EventBus,
+    RateLimiter,
+    SecretSource,
+    WindowLimiter,
+)
 
 if TYPE_CHECKING:
     from tai_common.sqlite import SqliteEventLog
@@ -215,16 +223,46 @@ def open_rate_limiter(settings: ServiceSettings) -> RateLimiter | None:
     `TAI_RATE_LIMIT_STORE` names it, or else the cache is Redis; per process otherwise."""
     if settings.rate_limit_per_second <= 0:
         return None
-    from tai_common.redis import is_redis_url
-
-    setting, store = "TAI_RATE_LIMIT_STORE", settings.rate_limit_store
-    if not store and is_redis_url(settings.cache):
-        setting, store = "TAI_CACHE", settings.cache
-    if store:
+    shared = _shared_limits_redis(settings)
+    if shared is not None:
         from tai_common.redis import RedisRateLimiter
 
         # A URL that cannot work raises RedisUrlError (a StartupError naming the setting).
-        return RedisRateLimiter.from_url(store, setting)
+        return RedisRateLimiter.from_url(shared.url, shared.setting)
     from tai_common.memory import MemoryRateLimiter
 
     return MemoryRateLimiter()
+
+
+def open_window_limiter(settings: ServiceSettings, store: DocumentStore) -> WindowLimiter:
+    """The WindowLimiter that keeps the blast-radius limits' windows: in Redis (one server or a
+    cluster) when `TAI_RATE_LIMIT_STORE` names it, or else the cache is Redis (as the rate
+    limits); otherwise in `store`, through the transactions the callers run on it and pass to
+    `admit` (so the limiter itself holds no reference to `store`)."""
+    shared = _shared_limits_redis(settings)
+    if shared is not None:
+        from tai_common.redis import RedisWindowLimiter
+
+        # A URL that cannot work raises RedisUrlError (a StartupError naming the setting).
+        return RedisWindowLimiter.from_url(shared.url, shared.setting)
+    from tai_common.messaging import StoreWindowLimiter
+
+    return StoreWindowLimiter()
+
+
+@dataclass(frozen=True)
+class _RedisSetting:
+    setting: str
+    url: str
+
+
+def _shared_limits_redis(settings: ServiceSettings) -> _RedisSetting | None:
+    """The Redis that shares limits between replicas, with the setting that named it:
+    `TAI_RATE_LIMIT_STORE` when set, else `TAI_CACHE` when it is Redis; None for neither."""
+    from tai_common.redis import is_redis_url
+
+    if settings.rate_limit_store:
+        return _RedisSetting("TAI_RATE_LIMIT_STORE", settings.rate_limit_store)
+    if is_redis_url(settings.cache):
+        return _RedisSetting("TAI_CACHE", settings.cache)
+    return None

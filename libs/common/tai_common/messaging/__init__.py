@@ -1,7 +1,8 @@
 """What the services build on the store and bus ports: the event envelope and its topics, the
 transactional outbox and its relay, in-process fan-out of bus events, idempotent consumers and
-requests, and the tamper-evident audit trail. Modules whose constants share names (`INDEXES`,
-`RETENTION_NS`) are used by module: `from tai_common.messaging import audit, outbox`."""
+requests, the tamper-evident audit trail, and sliding-window limits kept in the store. Modules
+whose constants share names (`INDEXES`, `RETENTION_NS`) are used by module:
+`from tai_common.messaging import audit, outbox`."""
 
 from tai_common.messaging.audit import (
     AuditLog,
@@ -26,6 +27,7 @@ from tai_common.messaging.fanout import (
 )
 from tai_common.messaging.idempotency import request_fingerprint
 from tai_common.messaging.outbox import OUTBOX, OUTBOX_INDEXES, OutboxRelay, RelayConfig
+from tai_common.messaging.window_limiter import StoreWindowLimiter
 
 __all__ = [
     "OUTBOX",
@@ -38,6 +40,7 @@ __all__ = [
     "ListenerLagged",
     "OutboxRelay",
     "RelayConfig",
+    "StoreWindowLimiter",
     "UndecodableEvent",
     "Verification",
     "current_method",
