@@ -54,8 +54,10 @@ SOURCES = (
     Source("tai_common.messaging.outbox", indexes="OUTBOX_INDEXES"),
     Source("tai_common.messaging.idempotency", ttl=("IDEMPOTENCY",)),
     Source("tai_common.messaging.audit"),
+    Source("tai_common.messaging.window_limiter", ttl=("WINDOWS",)),
     Source("tai_governor.repository", optional=True),
     Source("tai_coordinator.repository", ttl=("SIGNALS", "ACTIONS", "DEDUP"), optional=True),
+    Source("tai_coordinator.silences", ttl=("SILENCES",), optional=True),
     Source("tai_scheduler.repository", optional=True),
 )
 

@@ -3,16 +3,19 @@ start it in-process; `main` runs it until SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from tai.v1 import coordinator_pb2_grpc, events_pb2
-from tai_common.core import ServiceSettings
+from tai_common import factory
+from tai_common.core import ServiceSettings, TaiError
 from tai_common.messaging import events, replica_subscription, subscribe_events, topics
 from tai_common.ports import SubscriptionSpec
 from tai_common.runtime import Dependencies, ServiceRuntime, internal_channel_options, service_main
 
-from tai_coordinator import metrics, repository
+from tai_coordinator import metrics, repository, silences
 from tai_coordinator.dispatcher import ActionDispatcher
 from tai_coordinator.policy_book import PolicyBook
 from tai_coordinator.policy_sync import PolicySync
@@ -20,7 +23,10 @@ from tai_coordinator.repository import CoordinatorRepository
 from tai_coordinator.retention import SignalRetention
 from tai_coordinator.service import CoordinatorService
 from tai_coordinator.servicer import SERVICE_NAME, CoordinatorServicer
+from tai_coordinator.silences import SilenceBook, SilenceService
 from tai_coordinator.simulation import PolicySimulator
+
+log = logging.getLogger(__name__)
 
 
 class CoordinatorSettings(ServiceSettings):
@@ -37,6 +43,13 @@ class CoordinatorSettings(ServiceSettings):
     signal_prune_every_seconds: float = 300.0
     # SimulatePolicy calls running at once on a replica; more are refused (RESOURCE_EXHAUSTED).
     max_concurrent_simulations: int = 2
+    # How often each replica reads the silences: a silence created on another replica holds
+    # here at most this much later.
+    silence_refresh_seconds: float = 1.0
+    # How long an action waits for approval when its policy does not say (then EXPIRED).
+    approval_timeout_seconds: float = 3600.0
+    # How often a replica looks for approvals past their deadline.
+    approval_expiry_every_seconds: float = 1.0
 
 
 class CoordinatorSubscriptions(NamedTuple):
@@ -66,7 +79,7 @@ def subscriptions(settings: ServiceSettings, replica_id: str) -> CoordinatorSubs
 def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
     """The Coordinator's runtime, wired but not started."""
     settings = deps.settings
-    runtime = ServiceRuntime(deps, index_specs=repository.INDEXES)
+    runtime = ServiceRuntime(deps, index_specs=(*repository.INDEXES, *silences.INDEXES))
     book = PolicyBook()
     sync = PolicySync(
         book,
@@ -76,6 +89,17 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
     )
     event_factory = events.EventFactory(settings.service_name, deps.clock, deps.ids)
     dispatcher = ActionDispatcher(deps.store, deps.clock, event_factory, runtime.relay.notify)
+    limiter = factory.open_window_limiter(settings, deps.store)
+    runtime.add_shutdown(limiter.close)
+    silence_book = SilenceBook()
+    silence_service = SilenceService(
+        deps.store,
+        silence_book,
+        deps.clock,
+        deps.ids,
+        runtime.audit,
+        settings.silence_refresh_seconds,
+    )
     service = CoordinatorService(
         deps.store,
         deps.clock,
@@ -86,8 +110,11 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
         dispatch=dispatcher,
         cache=deps.cache,
         audit=runtime.audit,
+        silences=silence_book,
+        limiter=limiter,
         replica_id=settings.replica_id,
         signal_retention_seconds=settings.signal_retention_seconds,
+        approval_timeout_seconds=settings.approval_timeout_seconds,
     )
     simulator = PolicySimulator(
         CoordinatorRepository(deps.store, event_factory),
@@ -95,7 +122,9 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
         sync.fetch_policy,
         settings.max_concurrent_simulations,
     )
-    servicer = CoordinatorServicer(service, simulator, dispatcher, runtime)
+    servicer = CoordinatorServicer(
+        service, simulator, silence_service, dispatcher, runtime, deps.clock
+    )
     runtime.attach_server(
         [lambda server: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, server)],
         [SERVICE_NAME],
@@ -113,6 +142,7 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
         await subscribe(specs.policies, sync.on_policy_event)
         await subscribe(specs.actions, dispatcher.on_action_event)
         await sync.load()
+        await silence_service.refresh()
 
     metrics.ACTIVE_POLICIES.set_function(lambda: len(book))
     runtime.health_details += [
@@ -130,6 +160,17 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
         every_seconds=settings.signal_prune_every_seconds,
     )
     runtime.add_worker("signal-retention", retention.run)
+    runtime.add_worker("silence-refresh", silence_service.run)
+
+    async def expire_approvals() -> None:
+        while True:
+            await asyncio.sleep(settings.approval_expiry_every_seconds)
+            try:
+                await service.expire_approvals()
+            except TaiError as error:
+                log.warning("cannot expire approvals yet (%s); retrying", error.message)
+
+    runtime.add_worker("approval-expiry", expire_approvals)
     return runtime
 
 

@@ -12,6 +12,7 @@ from tai_coordinator.decisions import (
     PolicyMode,
 )
 from tai_coordinator.model import Action, ActionRequest, ActionStatus, SignalInput, StoredSignal
+from tai_coordinator.silences import Silence, SilenceRequest, SilenceState
 from tai_coordinator.simulation import SimulationReport, SimulationRequest
 
 STATUS_TO_PROTO = {
@@ -22,6 +23,7 @@ STATUS_TO_PROTO = {
     ActionStatus.REJECTED: coordinator_pb2.ACTION_STATUS_REJECTED,
     ActionStatus.FAILED: coordinator_pb2.ACTION_STATUS_FAILED,
     ActionStatus.EXPIRED: coordinator_pb2.ACTION_STATUS_EXPIRED,
+    ActionStatus.AWAITING_APPROVAL: coordinator_pb2.ACTION_STATUS_AWAITING_APPROVAL,
 }
 STATUS_FROM_PROTO = {value: key for key, value in STATUS_TO_PROTO.items()}
 OUTCOME_TO_PROTO = {
@@ -30,7 +32,12 @@ OUTCOME_TO_PROTO = {
     DecisionOutcome.ERROR: coordinator_pb2.DECISION_OUTCOME_ERROR,
     DecisionOutcome.HELD: coordinator_pb2.DECISION_OUTCOME_HELD,
 }
-HOLD_REASON_TO_PROTO = {HoldReason.COOLDOWN: coordinator_pb2.HOLD_REASON_COOLDOWN}
+HOLD_REASON_TO_PROTO = {
+    HoldReason.COOLDOWN: coordinator_pb2.HOLD_REASON_COOLDOWN,
+    HoldReason.SILENCE: coordinator_pb2.HOLD_REASON_SILENCE,
+    HoldReason.LIMIT: coordinator_pb2.HOLD_REASON_LIMIT,
+    HoldReason.APPROVAL: coordinator_pb2.HOLD_REASON_APPROVAL,
+}
 MODE_TO_PROTO = {
     PolicyMode.ENFORCED: governor_pb2.POLICY_STATE_ENFORCED,
     PolicyMode.DRY_RUN: governor_pb2.POLICY_STATE_DRY_RUN,
@@ -144,6 +151,10 @@ def action_to_proto(action: Action) -> coordinator_pb2.Action:
         status_message=action.status_message,
         priority=action.priority,
         created_by=action.created_by,
+        approval_deadline_ns=action.approval_deadline_ns,
+        reviewed_by=action.reviewed_by,
+        reviewed_at_ns=action.reviewed_at_ns,
+        review_comment=action.review_comment,
     )
 
 
@@ -178,6 +189,7 @@ def simulation_report_to_proto(report: SimulationReport) -> coordinator_pb2.Simu
         errors=report.errors,
         actions_by_target=dict(report.actions_by_target),
         failed_clauses=dict(report.failed_clauses),
+        held_by_reason=dict(report.held_by_reason),
         sample=[signal_to_proto(s) for s in report.sample],
         error_samples=[
             coordinator_pb2.SimulationError(error=e.error, count=e.count, signal_id=e.signal_id)
@@ -188,4 +200,42 @@ def simulation_report_to_proto(report: SimulationReport) -> coordinator_pb2.Simu
         scanned_until_ns=report.scanned_until_ns,
         complete=report.complete,
         elapsed_seconds=report.elapsed_seconds,
+    )
+
+
+SILENCE_STATE_TO_PROTO = {
+    SilenceState.PENDING: coordinator_pb2.SILENCE_STATE_PENDING,
+    SilenceState.ACTIVE: coordinator_pb2.SILENCE_STATE_ACTIVE,
+    SilenceState.EXPIRED: coordinator_pb2.SILENCE_STATE_EXPIRED,
+}
+
+
+def silence_request_from_proto(request: coordinator_pb2.CreateSilenceRequest) -> SilenceRequest:
+    return SilenceRequest(
+        silence_id=request.id,
+        condition=request.matcher.condition,
+        target_service=request.matcher.target_service,
+        policy_id=request.matcher.policy_id,
+        starts_at_ns=request.starts_at_ns,
+        ends_at_ns=request.ends_at_ns,
+        comment=request.comment,
+    )
+
+
+def silence_to_proto(silence: Silence, now_ns: int) -> coordinator_pb2.Silence:
+    return coordinator_pb2.Silence(
+        id=silence.id,
+        matcher=coordinator_pb2.SilenceMatcher(
+            condition=silence.condition,
+            target_service=silence.target_service,
+            policy_id=silence.policy_id,
+        ),
+        starts_at_ns=silence.starts_at_ns,
+        ends_at_ns=silence.ends_at_ns,
+        comment=silence.comment,
+        created_by=silence.created_by,
+        created_at_ns=silence.created_at_ns,
+        state=SILENCE_STATE_TO_PROTO[silence.state(now_ns)],
+        expired_by=silence.expired_by,
+        expired_at_ns=silence.expired_at_ns,
     )

@@ -32,6 +32,9 @@ class DecisionOutcome(StrEnum):
 
 class HoldReason(StrEnum):
     COOLDOWN = "COOLDOWN"
+    SILENCE = "SILENCE"
+    LIMIT = "LIMIT"
+    APPROVAL = "APPROVAL"
 
 
 class PolicyMode(StrEnum):
@@ -66,7 +69,10 @@ class PolicyDecision:
 
     @property
     def creates_action(self) -> bool:
-        """Whether the decision creates an action (an ENFORCED policy's match)."""
+        """Whether the decision creates an action: an ENFORCED policy's match, delivered at once
+        or once approved."""
+        if self.outcome is DecisionOutcome.HELD:
+            return self.hold_reason is HoldReason.APPROVAL
         return self.outcome is DecisionOutcome.MATCHED and self.mode is PolicyMode.ENFORCED
 
     def to_doc(self) -> dict[str, Any]:
@@ -170,18 +176,30 @@ class DecisionRecord:
         )
 
 
+@dataclass(frozen=True)
+class Hold:
+    """What holds a matching action back, until when, and which object holds it (a silence's
+    id, a limit's description, the action that started a cooldown or awaits approval)."""
+
+    reason: HoldReason
+    until_ns: int
+    by: str
+
+
 def decide(
     active: ActivePolicy,
     evaluation: Evaluation,
     *,
     now_ns: int,
+    silence: Hold | None = None,
     cooldown: Cooldown | None = None,
     action_id: str = "",
 ) -> PolicyDecision:
-    """What `evaluation` of `active`'s condition comes to: no match, an error, a hold (the
-    pair's `cooldown` has not ended at `now_ns`), or a match, which for an ENFORCED policy
-    creates the action `action_id`. DRY_RUN matches create nothing and are never held (a dry
-    run starts no cooldown)."""
+    """What `evaluation` of `active`'s condition comes to: no match, an error, a hold (an
+    active `silence`, or the pair's `cooldown` not ended at `now_ns`), or a match, which for an
+    ENFORCED policy creates the action `action_id`. DRY_RUN matches create nothing and are
+    never held (a dry run starts no cooldown). The holds that need the store (limits) and the
+    approval come after, through `held`."""
     policy = active.policy
     matched = PolicyDecision(
         policy_id=policy.id,
@@ -199,12 +217,21 @@ def decide(
         )
     if active.dry_run:
         return matched
+    if silence is not None:
+        return held(matched, silence)
     if cooldown is not None and cooldown.until_ns > now_ns:
-        return replace(
-            matched,
-            outcome=DecisionOutcome.HELD,
-            hold_reason=HoldReason.COOLDOWN,
-            held_until_ns=cooldown.until_ns,
-            held_by=cooldown.action_id,
-        )
+        return held(matched, Hold(HoldReason.COOLDOWN, cooldown.until_ns, cooldown.action_id))
     return replace(matched, action_id=action_id)
+
+
+def held(decision: PolicyDecision, hold: Hold) -> PolicyDecision:
+    """`decision`, a match, held back by `hold`. Awaiting approval, the action exists (and
+    keeps its id); held by anything else, none is created."""
+    return replace(
+        decision,
+        outcome=DecisionOutcome.HELD,
+        hold_reason=hold.reason,
+        held_until_ns=hold.until_ns,
+        held_by=hold.by,
+        action_id=decision.action_id if hold.reason is HoldReason.APPROVAL else "",
+    )

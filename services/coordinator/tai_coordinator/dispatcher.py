@@ -75,7 +75,7 @@ class _ServiceLoop:
 class ActionDispatcher:
     # The action events `on_action_event` acts on (its subscription's filter): those that make
     # an action due at once.
-    WAKING_EVENTS: tuple[str, ...] = ("action.created", "action.released")
+    WAKING_EVENTS: tuple[str, ...] = ("action.created", "action.released", "action.approved")
     # How long that subscription lets events gather. An action for a stream on this replica
     # goes out with its own commit; these events only matter for the actions other replicas
     # create, which reach a stream here up to this much later. Taking each commit's events as

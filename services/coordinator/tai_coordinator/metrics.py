@@ -38,6 +38,15 @@ SIGNALS_PRUNED = Counter(
     "Signals this replica deleted from the store: too old (age) or beyond the kept count (count).",
     ["reason"],
 )
+HELD = Counter(
+    "tai_actions_held_total",
+    "Matches of enforced policies held back: by a cooldown, a silence, a blast-radius limit, or "
+    "waiting for approval (created, not delivered until approved).",
+    ["reason"],
+)
+SILENCES = Gauge(
+    "tai_silences", "Silences this replica knows, by state (active, pending).", ["state"]
+)
 ACTION_TRANSITIONS = Counter(
     "tai_action_transitions_total", "Actions entering each status.", ["status"]
 )
@@ -54,10 +63,15 @@ ACTION_STREAMS = Gauge("tai_action_streams", "StreamActions streams connected to
 
 
 def count_decisions(decisions: Iterable[PolicyDecision]) -> None:
-    """Counts each decision in `tai_policy_decisions_total`, one increment per label set."""
+    """Counts each decision in `tai_policy_decisions_total`, and each hold in
+    `tai_actions_held_total`, one increment per label set."""
+    decisions = list(decisions)
     tally = Tally((d.mode.value.lower(), d.outcome.value.lower()) for d in decisions)
     for (mode, outcome), count in tally.items():
         DECISIONS.labels(mode=mode, outcome=outcome).inc(count)
+    holds = Tally(d.hold_reason.value.lower() for d in decisions if d.hold_reason is not None)
+    for reason, count in holds.items():
+        HELD.labels(reason=reason).inc(count)
 
 
 # Every series exists from the start, at 0: a counter's first increment is otherwise lost to
@@ -69,3 +83,5 @@ for _result in ("complete", "partial"):
     SIMULATIONS.labels(result=_result)
 for _reason in ("age", "count"):
     SIGNALS_PRUNED.labels(reason=_reason)
+for _hold in ("cooldown", "silence", "limit", "approval"):
+    HELD.labels(reason=_hold)

@@ -48,6 +48,7 @@ class ActionStatus(StrEnum):
     REJECTED = "REJECTED"
     FAILED = "FAILED"
     EXPIRED = "EXPIRED"
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
 
     @property
     def is_final(self) -> bool:
@@ -57,7 +58,12 @@ class ActionStatus(StrEnum):
 FINAL_STATUSES = frozenset(
     {ActionStatus.COMPLETED, ActionStatus.REJECTED, ActionStatus.FAILED, ActionStatus.EXPIRED}
 )
-OPEN_STATUSES = (ActionStatus.PENDING, ActionStatus.DELIVERED, ActionStatus.ACCEPTED)
+OPEN_STATUSES = (
+    ActionStatus.AWAITING_APPROVAL,
+    ActionStatus.PENDING,
+    ActionStatus.DELIVERED,
+    ActionStatus.ACCEPTED,
+)
 # Statuses a stream may (re)deliver.
 DELIVERABLE_STATUSES = (ActionStatus.PENDING, ActionStatus.DELIVERED)
 
@@ -229,6 +235,46 @@ class Action:
     request_fingerprint: str = ""
     # W3C trace context of the call that created it: its deliveries continue that trace.
     trace_context: Mapping[str, str] = field(default_factory=dict)
+    # For an action that required approval: until when it may be approved, and the review.
+    approval_deadline_ns: int = 0
+    reviewed_by: str = ""
+    reviewed_at_ns: int = 0
+    review_comment: str = ""
+
+    def reviewed(self, approved: bool, principal: str, comment: str, now_ns: int) -> Action:
+        """Approved (PENDING, due now) or rejected (REJECTED) by `principal`; raises
+        `FailedPrecondition` unless the action awaits approval and its deadline has not
+        passed."""
+        if self.status is not ActionStatus.AWAITING_APPROVAL:
+            raise FailedPrecondition(
+                f"action {self.id!r} is {self.status.value}: only an action AWAITING_APPROVAL "
+                "can be approved or rejected"
+            )
+        if now_ns >= self.approval_deadline_ns:
+            raise FailedPrecondition(
+                f"action {self.id!r} was not approved before its deadline; it expires"
+            )
+        return replace(
+            self,
+            status=ActionStatus.PENDING if approved else ActionStatus.REJECTED,
+            next_delivery_ns=now_ns,
+            status_message=f"{'approved' if approved else 'rejected'} by {principal}: {comment}",
+            reviewed_by=principal,
+            reviewed_at_ns=now_ns,
+            review_comment=comment,
+            updated_at_ns=now_ns,
+            version=self.version + 1,
+        )
+
+    def approval_expired(self, now_ns: int) -> Action:
+        """Not approved before its deadline: EXPIRED, never delivered."""
+        return replace(
+            self,
+            status=ActionStatus.EXPIRED,
+            status_message="not approved before its approval deadline",
+            updated_at_ns=now_ns,
+            version=self.version + 1,
+        )
 
     def delivered(self, now_ns: int) -> Action:
         """Sent on a stream now (again, if it was before); due again after the deadline."""
@@ -310,6 +356,10 @@ class Action:
             "version": self.version,
             "request_fingerprint": self.request_fingerprint,
             "trace_context": dict(self.trace_context),
+            "approval_deadline_ns": self.approval_deadline_ns,
+            "reviewed_by": self.reviewed_by,
+            "reviewed_at_ns": self.reviewed_at_ns,
+            "review_comment": self.review_comment,
             # A Firestore TTL policy on this field removes actions after 30 days.
             "expires_at_ns": expires_at_ns,
         }
@@ -343,6 +393,10 @@ class Action:
             version=int(data.get("version", 1)),
             request_fingerprint=data.get("request_fingerprint", ""),
             trace_context=dict(data.get("trace_context") or {}),
+            approval_deadline_ns=int(data.get("approval_deadline_ns", 0)),
+            reviewed_by=data.get("reviewed_by", ""),
+            reviewed_at_ns=int(data.get("reviewed_at_ns", 0)),
+            review_comment=data.get("review_comment", ""),
         )
 
 

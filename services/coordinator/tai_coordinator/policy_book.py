@@ -93,10 +93,12 @@ class PolicyBook:
             self.revision += 1
             self._ahead.remove(self.revision)
 
-    def evaluate(self, signal: Mapping[str, Any]) -> list[tuple[ActivePolicy, Evaluation]]:
+    def evaluate(
+        self, signal: Mapping[str, Any] | Bindings
+    ) -> list[tuple[ActivePolicy, Evaluation]]:
         """Every active policy, ENFORCED and DRY_RUN, with its condition's evaluation against
         `signal`."""
-        bindings = Bindings(signal)
+        bindings = signal if isinstance(signal, Bindings) else Bindings(signal)
         return [(active, active.condition.evaluate(bindings)) for active in self._active.values()]
 
     def __len__(self) -> int:

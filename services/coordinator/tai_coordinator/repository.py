@@ -39,6 +39,8 @@ INDEXES = (
     # History on reconnect: a service's accepted actions of the last hour.
     IndexSpec(ACTIONS, ("target_service", "status", "created_at_ns")),
     IndexSpec(ACTIONS, ("created_at_ns",)),
+    # Approvals past their deadline, to expire them.
+    IndexSpec(ACTIONS, ("status", "next_delivery_ns")),
     IndexSpec(SIGNALS, ("received_at_ns",)),
 )
 
@@ -164,6 +166,21 @@ class CoordinatorRepository:
             )
         )
         return int(page.documents[0].data["next_delivery_ns"]) if page.documents else None
+
+    async def approvals_due(self, now_ns: int, limit: int) -> list[Action]:
+        """Actions awaiting approval whose deadline (their `next_delivery_ns`) has passed."""
+        page = await self._store.query(
+            Query(
+                ACTIONS,
+                filters=(
+                    Filter.eq("status", ActionStatus.AWAITING_APPROVAL),
+                    Filter("next_delivery_ns", Op.LE, now_ns),
+                ),
+                order_by=(Order("next_delivery_ns"),),
+                limit=limit,
+            )
+        )
+        return [Action.from_doc(d.data) for d in page.documents]
 
     async def accepted_since(self, service: str, since_ns: int, limit: int) -> list[Action]:
         page = await self._store.query(

@@ -11,11 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
-from tai.v1 import events_pb2
+from tai.v1 import events_pb2, governor_pb2
 from tai_common.caching import ReadThrough
 from tai_common.core import (
     AlreadyExists,
+    Bindings,
     Clock,
+    Evaluation,
     IdFactory,
     InvalidArgument,
     NotFound,
@@ -27,17 +29,21 @@ from tai_common.core import (
 )
 from tai_common.core.units import seconds_to_ns
 from tai_common.messaging import AuditTrail, events, topics
-from tai_common.ports import Cache, DocumentStore, Transaction
+from tai_common.ports import AdmissionRequest, Cache, DocumentStore, Transaction, WindowLimiter
 
 from tai_coordinator import metrics
 from tai_coordinator.convert import signal_to_proto
 from tai_coordinator.decisions import (
     DecisionOutcome,
     DecisionRecord,
+    Hold,
+    HoldReason,
     PolicyDecision,
     PolicyMode,
     decide,
+    held,
 )
+from tai_coordinator.limits import describe_limit, limit_key
 from tai_coordinator.model import (
     ACKNOWLEDGEMENTS,
     DEFAULT_ACK_DEADLINE_SECONDS,
@@ -56,6 +62,7 @@ from tai_coordinator.model import (
 )
 from tai_coordinator.policy_book import ActivePolicy, PolicyBook
 from tai_coordinator.repository import CoordinatorRepository
+from tai_coordinator.silences import SilenceBook
 
 # A RequestAction whose not-before time is further away than this is handed to the Scheduler
 # (an `action.deferred` event) instead of being stored now.
@@ -132,8 +139,11 @@ class CoordinatorService:
         cache: Cache,
         audit: AuditTrail,
         *,
+        silences: SilenceBook,
+        limiter: WindowLimiter,
         replica_id: str,
         signal_retention_seconds: float,
+        approval_timeout_seconds: float,
     ) -> None:
         """`on_committed` wakes the outbox relay; `dispatch` is told about actions this replica
         just created or changed (other replicas learn it from the bus). `replica_id` names
@@ -144,6 +154,9 @@ class CoordinatorService:
             store, event_factory, signal_retention_ns=seconds_to_ns(signal_retention_seconds)
         )
         self._replica_id = replica_id
+        self._silences = silences
+        self._limiter = limiter
+        self._approval_timeout_seconds = approval_timeout_seconds
         self._clock = clock
         self._ids = ids
         self._events = event_factory
@@ -165,7 +178,8 @@ class CoordinatorService:
         fingerprint = signal.fingerprint()
         received_at = self._clock.now_ns()
         # Evaluated once, outside the transaction: the transaction may run again on contention.
-        evaluations = self._book.evaluate(signal.variables(received_at))
+        bindings = Bindings(signal.variables(received_at))
+        evaluations = self._book.evaluate(bindings)
         policy_revision = self._book.revision
         enforced = [p for p, e in evaluations if e.matched and not p.dry_run]
         action_ids = {p.id: self._ids.new_id("act") for p in enforced}
@@ -187,22 +201,49 @@ class CoordinatorService:
                 if p.policy.action.cooldown_seconds > 0
             }
             now = self._clock.now_ns()
-            created: list[Action] = []
-            delivered_now: list[Action] = []
-            decisions: list[PolicyDecision] = []
-            for policy, evaluation in evaluations:
-                decision = decide(
+            decisions = [
+                decide(
                     policy,
                     evaluation,
                     now_ns=now,
+                    silence=(
+                        self._silences.hold_for(policy, bindings, now)
+                        if policy.id in action_ids
+                        else None
+                    ),
                     cooldown=cooldowns.get(policy.id),
                     action_id=action_ids.get(policy.id, ""),
                 )
-                decisions.append(decision)
+                for policy, evaluation in evaluations
+            ]
+            # The limits last: their windows are the transaction's last reads, and only the
+            # matches nothing else held back count in them.
+            decisions = await self._limit(tx, evaluations, decisions, now)
+            created: list[Action] = []
+            delivered_now: list[Action] = []
+            for index, (policy, _) in enumerate(evaluations):
+                decision = decisions[index]
                 if not decision.creates_action:
                     continue
+                approval_deadline = 0
+                if policy.policy.action.require_approval:
+                    timeout = (
+                        policy.policy.action.approval_timeout_seconds
+                        or self._approval_timeout_seconds
+                    )
+                    approval_deadline = now + seconds_to_ns(timeout)
+                    decision = held(
+                        decision, Hold(HoldReason.APPROVAL, approval_deadline, decision.action_id)
+                    )
+                    decisions[index] = decision
                 action = self._action_from_policy(
-                    policy, decision.action_id, signal, received_at, principal, now
+                    policy,
+                    decision.action_id,
+                    signal,
+                    received_at,
+                    principal,
+                    now,
+                    approval_deadline_ns=approval_deadline,
                 )
                 created.append(action)
                 delivered = self._create_action_in(tx, action, now)
@@ -213,7 +254,12 @@ class CoordinatorService:
                     self._repo.start_cooldown_in(
                         tx, policy.id, fingerprint, action.id, now + seconds_to_ns(cooldown)
                     )
-            held = [d.policy_id for d in decisions if d.outcome is DecisionOutcome.HELD]
+            # Held back with no action created (an action awaiting approval is created).
+            suppressed = [
+                d.policy_id
+                for d in decisions
+                if d.outcome is DecisionOutcome.HELD and not d.creates_action
+            ]
             dry_run = [
                 d.policy_id
                 for d in decisions
@@ -226,7 +272,7 @@ class CoordinatorService:
                 matched_policy_ids=tuple(p.id for p in enforced),
                 action_ids=tuple(a.id for a in created),
                 dry_run_policy_ids=tuple(dry_run),
-                suppressed_policy_ids=tuple(held),
+                suppressed_policy_ids=tuple(suppressed),
                 created_by=principal,
                 decision=DecisionRecord.bounded(
                     decisions,
@@ -259,8 +305,49 @@ class CoordinatorService:
             metrics.SIGNALS.labels(signal_type=signal.signal_type).inc()
             metrics.EVALUATIONS.inc(len(outcome.decisions))
             metrics.count_decisions(outcome.decisions)
-            metrics.ACTION_TRANSITIONS.labels(status="PENDING").inc(len(outcome.created))
+            for action in outcome.created:
+                metrics.ACTION_TRANSITIONS.labels(status=action.status.value).inc()
         return outcome
+
+    async def _limit(
+        self,
+        tx: Transaction,
+        evaluations: Sequence[tuple[ActivePolicy, Evaluation]],
+        decisions: list[PolicyDecision],
+        now: int,
+    ) -> list[PolicyDecision]:
+        """`decisions`, with the matches past one of their policy's blast-radius limits held
+        back. Each action about to be created is admitted in each of its policy's windows;
+        refused by one, it is held (slots it took in the others stay taken until they leave
+        their window: the limits err on the side of fewer actions)."""
+        requests: list[AdmissionRequest] = []
+        owners: list[tuple[int, governor_pb2.ActionLimit]] = []
+        for index, ((policy, _), decision) in enumerate(zip(evaluations, decisions, strict=True)):
+            if not decision.creates_action:
+                continue
+            for limit in policy.policy.action.limits:
+                requests.append(
+                    AdmissionRequest(
+                        limit_key(policy, limit),
+                        decision.action_id,
+                        limit.max_actions,
+                        seconds_to_ns(limit.window_seconds),
+                    )
+                )
+                owners.append((index, limit))
+        if not requests:
+            return decisions
+        admissions = await self._limiter.admit_all(tx, requests, now)
+        limited = list(decisions)
+        for (index, limit), admission in zip(owners, admissions, strict=True):
+            if not admission.allowed and limited[index].creates_action:
+                hold = Hold(
+                    HoldReason.LIMIT,
+                    admission.retry_at_ns,
+                    describe_limit(evaluations[index][0], limit),
+                )
+                limited[index] = held(limited[index], hold)
+        return limited
 
     def _create_action_in(self, tx: Transaction, action: Action, now: int) -> Action | None:
         """Writes a new action in `tx`. When a stream of its target is connected here and the
@@ -283,16 +370,23 @@ class CoordinatorService:
         received_at: int,
         principal: str,
         now: int,
+        *,
+        approval_deadline_ns: int = 0,
     ) -> Action:
+        """The action `active` creates for `signal`; with an approval deadline, it waits for
+        approval until then (the deadline is also when the expiry looks at it)."""
         template = active.policy.action
         return Action(
             id=action_id,
             action_type=template.action_type,
             target_service=template.target_service,
-            status=ActionStatus.PENDING,
+            status=(
+                ActionStatus.AWAITING_APPROVAL if approval_deadline_ns else ActionStatus.PENDING
+            ),
             created_at_ns=now,
             updated_at_ns=now,
-            next_delivery_ns=now,
+            next_delivery_ns=approval_deadline_ns or now,
+            approval_deadline_ns=approval_deadline_ns,
             parameters=dict(template.parameters),
             payload=signal.payload,
             source_service="coordinator",
@@ -465,6 +559,57 @@ class CoordinatorService:
         if not outcome.replayed:
             self._on_committed()
         return outcome
+
+    async def review(self, action_id: str, approved: bool, comment: str, principal: str) -> Action:
+        """Approves (PENDING, delivered from now on) or rejects (REJECTED) an action awaiting
+        approval; who, when and why are on the action and in the audit trail."""
+        if not action_id:
+            raise InvalidArgument("action_id", "is required")
+        check_id(action_id, "action_id")
+        if not comment.strip():
+            raise InvalidArgument("comment", "is required: say why")
+        check_length("comment", comment, MAX_MESSAGE_LENGTH)
+
+        async def apply(tx: Transaction) -> Action:
+            action = await self._repo.action_in(tx, action_id)
+            if action is None:
+                raise NotFound("action", action_id)
+            changed = action.reviewed(approved, principal, comment, self._clock.now_ns())
+            event_type = "action.approved" if approved else "action.rejected"
+            self._repo.write_action_in(tx, event_type, changed, action.status)
+            self._audit.record_in(tx, f"action/{action.id}", action.to_doc(0), changed.to_doc(0))
+            return changed
+
+        reviewed = await self._store.run_transaction(apply)
+        self._on_committed()
+        if approved:
+            self._dispatch.notify([reviewed])
+        metrics.ACTION_TRANSITIONS.labels(status=reviewed.status.value).inc()
+        return reviewed
+
+    async def expire_approvals(self, limit: int = 100) -> int:
+        """Expires the actions whose approval deadline passed; returns how many."""
+        now = self._clock.now_ns()
+        expired = 0
+        for candidate in await self._repo.approvals_due(now, limit):
+
+            async def apply(tx: Transaction, action_id: str = candidate.id) -> bool:
+                action = await self._repo.action_in(tx, action_id)
+                if action is None or action.status is not ActionStatus.AWAITING_APPROVAL:
+                    return False  # reviewed, or expired by another replica, meanwhile
+                changed = action.approval_expired(self._clock.now_ns())
+                self._repo.write_action_in(tx, "action.expired", changed, action.status)
+                self._audit.record_in(
+                    tx, f"action/{action.id}", action.to_doc(0), changed.to_doc(0)
+                )
+                return True
+
+            if await self._store.run_transaction(apply):
+                expired += 1
+                metrics.ACTION_TRANSITIONS.labels(status=ActionStatus.EXPIRED.value).inc()
+        if expired:
+            self._on_committed()
+        return expired
 
     async def get_action(self, action_id: str) -> Action:
         if not action_id:

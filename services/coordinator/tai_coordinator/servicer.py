@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 from tai.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from tai_common.core import InvalidArgument
+from tai_common.core import Clock, InvalidArgument
 from tai_common.core.validation import check_service_name
 from tai_common.grpc import principal_of, receipt
 from tai_common.messaging import request_fingerprint
@@ -23,11 +23,14 @@ from tai_coordinator.convert import (
     decision_to_proto,
     signal_from_request,
     signal_to_proto,
+    silence_request_from_proto,
+    silence_to_proto,
     simulation_report_to_proto,
     simulation_request_from_proto,
 )
 from tai_coordinator.dispatcher import ActionDispatcher
 from tai_coordinator.service import CoordinatorService
+from tai_coordinator.silences import SilenceService
 from tai_coordinator.simulation import PolicySimulator
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -39,11 +42,15 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self,
         service: CoordinatorService,
         simulator: PolicySimulator,
+        silences: SilenceService,
         dispatcher: ActionDispatcher,
         runtime: ServiceRuntime,
+        clock: Clock,
     ) -> None:
         self._service = service
         self._simulator = simulator
+        self._silences = silences
+        self._clock = clock
         self._dispatcher = dispatcher
         self._runtime = runtime
 
@@ -91,6 +98,57 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             simulation_request_from_proto(request), context.time_remaining()
         )
         return simulation_report_to_proto(report)
+
+    async def CreateSilence(
+        self, request: coordinator_pb2.CreateSilenceRequest, context: Context
+    ) -> coordinator_pb2.Silence:
+        silence = await self._silences.create(
+            silence_request_from_proto(request), principal_of(context)
+        )
+        return silence_to_proto(silence, self._clock.now_ns())
+
+    async def ListSilences(
+        self, request: coordinator_pb2.ListSilencesRequest, context: Context
+    ) -> coordinator_pb2.ListSilencesResponse:
+        silences, token = await self._silences.list(
+            include_expired=request.include_expired,
+            requested_page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        now = self._clock.now_ns()
+        return coordinator_pb2.ListSilencesResponse(
+            silences=[silence_to_proto(s, now) for s in silences], next_page_token=token
+        )
+
+    async def GetSilence(
+        self, request: coordinator_pb2.GetSilenceRequest, context: Context
+    ) -> coordinator_pb2.Silence:
+        silence = await self._silences.get(request.silence_id)
+        return silence_to_proto(silence, self._clock.now_ns())
+
+    async def ExpireSilence(
+        self, request: coordinator_pb2.ExpireSilenceRequest, context: Context
+    ) -> coordinator_pb2.Silence:
+        silence = await self._silences.expire(
+            request.silence_id, request.comment, principal_of(context)
+        )
+        return silence_to_proto(silence, self._clock.now_ns())
+
+    async def ApproveAction(
+        self, request: coordinator_pb2.ApproveActionRequest, context: Context
+    ) -> coordinator_pb2.Action:
+        action = await self._service.review(
+            request.action_id, True, request.comment, principal_of(context)
+        )
+        return action_to_proto(action)
+
+    async def RejectAction(
+        self, request: coordinator_pb2.RejectActionRequest, context: Context
+    ) -> coordinator_pb2.Action:
+        action = await self._service.review(
+            request.action_id, False, request.comment, principal_of(context)
+        )
+        return action_to_proto(action)
 
     async def RequestAction(
         self, request: coordinator_pb2.RequestActionRequest, context: Context

@@ -32,7 +32,8 @@ from tai_common.core.validation import check_id, check_not_negative, check_range
 from tai_common.ports import Cursor
 
 from tai_coordinator import metrics
-from tai_coordinator.decisions import Cooldown, DecisionOutcome, decide
+from tai_coordinator.decisions import Cooldown, DecisionOutcome, Hold, HoldReason, decide, held
+from tai_coordinator.limits import RehearsalWindows, describe_limit, limit_key
 from tai_coordinator.model import StoredSignal, check_service_name
 from tai_coordinator.policy_book import ActivePolicy
 
@@ -116,6 +117,7 @@ class SimulationReport:
     errors: int = 0
     actions_by_target: Counter[str] = field(default_factory=Counter)
     failed_clauses: Counter[str] = field(default_factory=Counter)
+    held_by_reason: Counter[str] = field(default_factory=Counter)
     sample: list[StoredSignal] = field(default_factory=list)
     error_samples: list[ErrorTally] = field(default_factory=list)
     scanned_until_ns: int = 0
@@ -202,6 +204,7 @@ class PolicySimulator:
         sample_size = request.sample_size or DEFAULT_SAMPLE_SIZE
         cooldown_ns = seconds_to_ns(active.policy.action.cooldown_seconds)
         cooldowns: dict[str, Cooldown] = {}
+        windows = RehearsalWindows()
         errors: dict[str, ErrorTally] = {}
         remaining = request.last or -1
 
@@ -223,7 +226,7 @@ class PolicySimulator:
                     if first_id and signal.received_at_ns == since and signal.id < first_id:
                         continue  # received with the first of the last N, but before it
                     self._evaluate(
-                        active, signal, report, cooldowns, cooldown_ns, errors, sample_size
+                        active, signal, report, cooldowns, cooldown_ns, errors, sample_size, windows
                     )
                     remaining -= 1
                     if remaining == 0:
@@ -254,6 +257,7 @@ class PolicySimulator:
         cooldown_ns: int,
         errors: dict[str, ErrorTally],
         sample_size: int,
+        windows: RehearsalWindows,
     ) -> None:
         variables = signal.signal.variables(signal.received_at_ns)
         evaluation = active.condition.evaluate(Bindings(variables))
@@ -261,6 +265,27 @@ class PolicySimulator:
         decision = decide(
             active, evaluation, now_ns=received, cooldown=cooldowns.get(signal.fingerprint)
         )
+        if decision.creates_action:
+            # As live: admitted in every window of the policy's limits, held if one refuses.
+            refusals = [
+                (
+                    limit,
+                    windows.admit(
+                        limit_key(active, limit),
+                        limit.max_actions,
+                        seconds_to_ns(limit.window_seconds),
+                        received,
+                    ),
+                )
+                for limit in active.policy.action.limits
+            ]
+            refused = [(limit, a) for limit, a in refusals if not a.allowed]
+            if refused:
+                limit, admission = refused[0]
+                decision = held(
+                    decision,
+                    Hold(HoldReason.LIMIT, admission.retry_at_ns, describe_limit(active, limit)),
+                )
         report.signals_scanned += 1
         match decision.outcome:
             case DecisionOutcome.NOT_MATCHED:
@@ -280,6 +305,8 @@ class PolicySimulator:
                 return
             case DecisionOutcome.HELD:
                 report.held += 1
+                if decision.hold_reason is not None:
+                    report.held_by_reason[decision.hold_reason.value.lower()] += 1
             case DecisionOutcome.MATCHED:
                 report.actions += 1
                 report.actions_by_target[decision.target_service] += 1

@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from cachetools import LRUCache
 from tai.v1 import governor_pb2
+from tai_common.core import InvalidArgument
 
-from tai_governor.policy import ActionTemplate, PolicyContent, PolicyState, PolicyVersion
+from tai_governor.policy import (
+    ActionLimit,
+    ActionTemplate,
+    LimitScope,
+    PolicyContent,
+    PolicyState,
+    PolicyVersion,
+)
 
 STATE_TO_PROTO = {
     PolicyState.PROPOSED: governor_pb2.POLICY_STATE_PROPOSED,
@@ -16,7 +24,23 @@ STATE_TO_PROTO = {
 STATE_FROM_PROTO = {value: key for key, value in STATE_TO_PROTO.items()}
 
 
+SCOPE_TO_PROTO = {
+    LimitScope.POLICY: governor_pb2.LIMIT_SCOPE_POLICY,
+    LimitScope.TARGET: governor_pb2.LIMIT_SCOPE_TARGET,
+}
+SCOPE_FROM_PROTO = {
+    governor_pb2.LIMIT_SCOPE_UNSPECIFIED: LimitScope.POLICY,
+    **{value: key for key, value in SCOPE_TO_PROTO.items()},
+}
+
+
 def action_from_proto(message: governor_pb2.ActionTemplate) -> ActionTemplate:
+    limits = []
+    for index, limit in enumerate(message.limits):
+        scope = SCOPE_FROM_PROTO.get(limit.scope)
+        if scope is None:
+            raise InvalidArgument(f"action.limits[{index}].scope", f"unknown scope {limit.scope}")
+        limits.append(ActionLimit(limit.max_actions, limit.window_seconds, scope))
     return ActionTemplate(
         action_type=message.action_type,
         target_service=message.target_service,
@@ -24,6 +48,30 @@ def action_from_proto(message: governor_pb2.ActionTemplate) -> ActionTemplate:
         cooldown_seconds=message.cooldown_seconds,
         ack_deadline_seconds=message.ack_deadline_seconds,
         max_deliveries=message.max_deliveries,
+        limits=tuple(limits),
+        require_approval=message.require_approval,
+        approval_timeout_seconds=message.approval_timeout_seconds,
+    )
+
+
+def action_to_proto(action: ActionTemplate) -> governor_pb2.ActionTemplate:
+    return governor_pb2.ActionTemplate(
+        action_type=action.action_type,
+        target_service=action.target_service,
+        parameters=dict(action.parameters),
+        cooldown_seconds=action.cooldown_seconds,
+        ack_deadline_seconds=action.ack_deadline_seconds,
+        max_deliveries=action.max_deliveries,
+        limits=[
+            governor_pb2.ActionLimit(
+                max_actions=limit.max_actions,
+                window_seconds=limit.window_seconds,
+                scope=SCOPE_TO_PROTO[limit.scope],
+            )
+            for limit in action.limits
+        ],
+        require_approval=action.require_approval,
+        approval_timeout_seconds=action.approval_timeout_seconds,
     )
 
 
@@ -53,14 +101,7 @@ def policy_to_proto(policy: PolicyVersion) -> governor_pb2.Policy:
         updated_at_ns=policy.updated_at_ns,
         state=STATE_TO_PROTO[policy.state],
         condition=c.condition,
-        action=governor_pb2.ActionTemplate(
-            action_type=c.action.action_type,
-            target_service=c.action.target_service,
-            parameters=dict(c.action.parameters),
-            cooldown_seconds=c.action.cooldown_seconds,
-            ack_deadline_seconds=c.action.ack_deadline_seconds,
-            max_deliveries=c.action.max_deliveries,
-        ),
+        action=action_to_proto(c.action),
         description=c.description,
         created_by=policy.created_by,
         last_modified_by=policy.last_modified_by,

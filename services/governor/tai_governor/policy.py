@@ -31,6 +31,40 @@ MAX_VALUE_LENGTH = 4096
 MAX_COOLDOWN_SECONDS = 7 * 24 * 3600
 MAX_ACK_DEADLINE_SECONDS = 24 * 3600
 MAX_DELIVERIES = 100
+MAX_LIMITS = 5
+MAX_LIMIT_WINDOW_SECONDS = 7 * 24 * 3600
+MAX_LIMIT_ACTIONS = 100_000
+MAX_APPROVAL_TIMEOUT_SECONDS = 7 * 24 * 3600
+
+
+class LimitScope(StrEnum):
+    POLICY = "POLICY"
+    TARGET = "TARGET"
+
+
+@dataclass(frozen=True)
+class ActionLimit:
+    """At most `max_actions` actions in any `window_seconds` (of this policy, or for its
+    target across the policies with the same target limit)."""
+
+    max_actions: int
+    window_seconds: int
+    scope: LimitScope = LimitScope.POLICY
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "max_actions": self.max_actions,
+            "window_seconds": self.window_seconds,
+            "scope": self.scope.value,
+        }
+
+    @classmethod
+    def from_doc(cls, data: Mapping[str, Any]) -> ActionLimit:
+        return cls(
+            max_actions=int(data["max_actions"]),
+            window_seconds=int(data["window_seconds"]),
+            scope=LimitScope(data.get("scope", LimitScope.POLICY.value)),
+        )
 
 
 class PolicyState(StrEnum):
@@ -66,6 +100,9 @@ class ActionTemplate:
     cooldown_seconds: int = 0
     ack_deadline_seconds: int = 0
     max_deliveries: int = 0
+    limits: tuple[ActionLimit, ...] = ()
+    require_approval: bool = False
+    approval_timeout_seconds: int = 0
 
     @property
     def is_empty(self) -> bool:
@@ -144,6 +181,9 @@ class PolicyVersion:
                 "cooldown_seconds": c.action.cooldown_seconds,
                 "ack_deadline_seconds": c.action.ack_deadline_seconds,
                 "max_deliveries": c.action.max_deliveries,
+                "limits": [limit.to_doc() for limit in c.action.limits],
+                "require_approval": c.action.require_approval,
+                "approval_timeout_seconds": c.action.approval_timeout_seconds,
             },
             "description": c.description,
             "effective_time_ns": c.effective_time_ns,
@@ -176,6 +216,9 @@ class PolicyVersion:
                     cooldown_seconds=int(action.get("cooldown_seconds", 0)),
                     ack_deadline_seconds=int(action.get("ack_deadline_seconds", 0)),
                     max_deliveries=int(action.get("max_deliveries", 0)),
+                    limits=tuple(ActionLimit.from_doc(d) for d in action.get("limits") or ()),
+                    require_approval=bool(action.get("require_approval", False)),
+                    approval_timeout_seconds=int(action.get("approval_timeout_seconds", 0)),
                 ),
                 description=data.get("description", ""),
                 effective_time_ns=int(data.get("effective_time_ns", 0)),
@@ -226,6 +269,22 @@ def validate_content(content: PolicyContent) -> None:
         "action.ack_deadline_seconds", action.ack_deadline_seconds, 0, MAX_ACK_DEADLINE_SECONDS
     )
     check_range("action.max_deliveries", action.max_deliveries, 0, MAX_DELIVERIES)
+    if len(action.limits) > MAX_LIMITS:
+        raise InvalidArgument("action.limits", f"at most {MAX_LIMITS} limits")
+    for index, limit in enumerate(action.limits):
+        field_name = f"action.limits[{index}]"
+        check_range(f"{field_name}.max_actions", limit.max_actions, 1, MAX_LIMIT_ACTIONS)
+        check_range(
+            f"{field_name}.window_seconds", limit.window_seconds, 1, MAX_LIMIT_WINDOW_SECONDS
+        )
+    if (action.limits or action.require_approval) and action.is_empty:
+        raise InvalidArgument("action", "limits and approval need an action")
+    check_range(
+        "action.approval_timeout_seconds",
+        action.approval_timeout_seconds,
+        0,
+        MAX_APPROVAL_TIMEOUT_SECONDS,
+    )
 
 
 def check_transition(current: PolicyVersion, target: PolicyState) -> None:

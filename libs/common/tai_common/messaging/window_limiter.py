@@ -25,11 +25,17 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from tai_common.ports import Admission, AdmissionRequest, Transaction, check_collection
+from tai_common.ports import (
+    Admission,
+    AdmissionRequest,
+    IndexSpec,
+    Transaction,
+    check_collection,
+)
 
 WINDOWS = check_collection("limit_windows")
-# Expiring collections, for scripts/firestore_indexes.py's TTL policies.
-TTL_COLLECTIONS = (WINDOWS,)
+# Windows are read by id only: no index; they expire (scripts/firestore_indexes.py's TTL policy).
+INDEXES: tuple[IndexSpec, ...] = ()
 
 # One admitted member: {"member": str, "at_ns": int}.
 Entry = dict[str, Any]

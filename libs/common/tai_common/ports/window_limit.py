@@ -59,3 +59,7 @@ class WindowLimiter(Protocol):
         it writes any (as a Firestore transaction requires), so the caller may make it its
         transaction's last reads."""
         ...
+
+    async def close(self) -> None:
+        """Releases what the adapter holds (a Redis connection); nothing for the store's."""
+        ...
