@@ -267,7 +267,7 @@ class PolicySimulator:
         )
         if decision.creates_action:
             # As live: admitted in every window of the policy's limits, held if one refuses.
-            refusals = [
+            admissions = [
                 (
                     limit,
                     windows.admit(
@@ -279,7 +279,7 @@ class PolicySimulator:
                 )
                 for limit in active.policy.action.limits
             ]
-            refused = [(limit, a) for limit, a in refusals if not a.allowed]
+            refused = [(limit, a) for limit, a in admissions if not a.allowed]
             if refused:
                 limit, admission = refused[0]
                 decision = held(
