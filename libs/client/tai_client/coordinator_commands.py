@@ -125,7 +125,9 @@ def submit(
             else ""
         )
         + (
-            f"; suppressed by cooldown {receipt.result_data['suppressed_policy_ids']}"
+            # By a cooldown, a silence or a limit: the decision record says which.
+            f"; held back {receipt.result_data['suppressed_policy_ids']} (taictl signal "
+            f"explain {receipt.resource_id} says why)"
             if receipt.result_data.get("suppressed_policy_ids")
             else ""
         )
