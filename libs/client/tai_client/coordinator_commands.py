@@ -271,7 +271,7 @@ def list_actions(
         for a in actions:
             print_json(a)
         return
-    print_table(ACTION_COLUMNS, actions, _action_row, title=f"{len(actions)} actions")
+    print_table(ACTION_COLUMNS, actions, _action_row, title=plural(len(actions), "action"))
 
 
 @action.command()

@@ -13,7 +13,7 @@ from tai_rpc.channel import ChannelOptions
 
 from tai_client.cli import CliContext, cli, pass_context
 from tai_client.coordinator import CoordinatorClient
-from tai_client.output import console, format_ns, print_fields, print_json, print_rows
+from tai_client.output import console, format_ns, plural, print_fields, print_json, print_rows
 from tai_client.policy_commands import parse_duration, parse_moment_ahead
 
 NS = 1_000_000_000
@@ -176,7 +176,7 @@ def list_silences(ctx: CliContext, include_expired: bool, limit: int) -> None:
     print_rows(
         SILENCE_COLUMNS,
         [_silence_row(s) for s in silences],
-        title=f"{len(silences)} silences",
+        title=plural(len(silences), "silence"),
     )
 
 
