@@ -693,7 +693,6 @@ def simulate(
         result,
         last=last,
         incomplete_hint="narrow the window or pass --max-seconds",
-        limited=bool(limits),
     )
 
 
@@ -706,12 +705,10 @@ def print_simulation(
     *,
     last: int,
     incomplete_hint: str,
-    limited: bool = False,
 ) -> None:
     """A simulation's summary: the policy and window, what the signals came to, the first
     false clauses, the errors, the sample of matching signals and, when the deadline stopped
-    the scan, a warning ending with `incomplete_hint`. `limited`: the policy has blast-radius
-    limits, which hold signals back as its cooldown does."""
+    the scan, a warning ending with `incomplete_hint`."""
     subject = f"policy {result.policy_id} v{result.policy_version}" if result.policy_id else "draft"
     window = f"{format_ns(result.window_since_ns)} → {format_ns(result.window_until_ns)}"
     scope = f"the last {last} signals, " if last else ""
@@ -724,11 +721,14 @@ def print_simulation(
         f"{escape(target)}: {count}"
         for target, count in sorted(result.actions_by_target.items(), key=lambda t: (-t[1], t[0]))
     )
+    reasons = ", ".join(
+        f"{reason}: {count}" for reason, count in sorted(result.held_by_reason.items())
+    )
     console.print(
         f"  {result.matched} matched: would create {plural(result.actions, 'action')}"
         + (f" ({targets})" if targets else "")
-        + f", {result.held} held by cooldown"
-        + (" or limit" if limited else ""),
+        + f", {result.held} held back"
+        + (f" ({reasons})" if reasons else ""),
         highlight=False,
     )
     console.print(f"  {result.not_matched} did not match", highlight=False)

@@ -154,7 +154,7 @@ async def test_simulate_reports_what_a_draft_or_a_stored_policy_would_have_done(
     assert result.exit_code == 0, result.output
     out = result.output
     assert "draft: 9 signals scanned" in out
-    assert "5 matched: would create 4 actions (api: 4), 1 held by cooldown" in out
+    assert "5 matched: would create 4 actions (api: 4), 1 held back (cooldown: 1)" in out
     assert "3 did not match" in out
     assert "1 failed to evaluate" in out
     for clause in (
@@ -202,7 +202,7 @@ async def test_simulate_reports_what_a_draft_or_a_stored_policy_would_have_done(
     stored = await taictl("policy", "simulate", policy_id, "--version", "1")
     assert stored.exit_code == 0, stored.output
     assert f"policy {policy_id} v1: 9 signals scanned" in stored.output
-    assert "5 matched: would create 4 actions (api: 4), 1 held by cooldown" in stored.output
+    assert "5 matched: would create 4 actions (api: 4), 1 held back (cooldown: 1)" in stored.output
 
     # A rehearsal writes nothing.
     assert not (await suite.coordinator.client.list_actions()).actions
@@ -237,7 +237,7 @@ async def test_enforce_rehearses_the_policy_then_asks(suite: Suite) -> None:
     for pod in ("1", "2"):
         await submit(suite, metadata={"service": "api", "pod": pod})
     await submit(suite, priority=3)
-    summary = "2 matched: would create 2 actions (api: 2), 0 held by cooldown"
+    summary = "2 matched: would create 2 actions (api: 2), 0 held back"
     policy_id = await proposed_policy(suite)
 
     refused = await taictl("policy", "enforce", policy_id)  # stdin is not a terminal
