@@ -7,7 +7,8 @@ the real tools and the real services:
 - every metric name, label and label value the dashboards and rules use is exported by the
   three services, scraped live after exercising them (policy, signal, action delivered and
   acknowledged, an action expired, a task run, a policy condition failing to evaluate, a
-  policy simulation, a call refused by the rate limit).
+  policy simulation, a match held back by a blast-radius limit, an action awaiting approval
+  and rejected, a match held back by a silence, a call refused by the rate limit).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -51,12 +53,17 @@ REQUIRED_ALERTS = {
     "TaiOutboxBacklogGrowing",
     "TaiTaskDispatchLagHigh",
     "TaiActionsExpiring",
+    "TaiBlastRadiusLimitReached",
     "TaiNotReady",
     "TaiTargetDown",
     "TaiCircuitBreakerOpen",
 }
 
 MakeProcess = Callable[..., ServiceProcess]
+
+HELD = coordinator_pb2.DECISION_OUTCOME_HELD
+MATCHED = coordinator_pb2.DECISION_OUTCOME_MATCHED
+NS = 1_000_000_000
 
 
 # --- a PromQL tokenizer: enough to find the metric selectors of an expression -------------------
@@ -381,6 +388,28 @@ async def scrape(ports: list[int]) -> Exported:
     return exported
 
 
+async def decision_on(
+    signals: CoordinatorClient, policy_id: str, signal_type: str, source: str
+) -> coordinator_pb2.PolicyDecision | None:
+    """Submits a signal and returns what `policy_id` came to on it (None: not evaluated)."""
+    receipt = await signals.submit_signal(signal_type=signal_type, priority=5, source=source)
+    record = await signals.explain_signal(receipt.resource_id)
+    return next((d for d in record.decisions if d.policy_id == policy_id), None)
+
+
+async def first_decision(
+    signals: CoordinatorClient, policy_id: str, signal_type: str, source: str
+) -> coordinator_pb2.PolicyDecision:
+    """What `policy_id` came to on the first signal the Coordinator evaluated it against (it
+    learns of a newly enforced policy from the bus, a moment later)."""
+    for _ in range(200):
+        decision = await decision_on(signals, policy_id, signal_type, source)
+        if decision is not None:
+            return decision
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"policy {policy_id} never reached the Coordinator")
+
+
 async def exercise(governor: str, coordinator: str, scheduler: str) -> None:
     """Enough traffic that every labelled series the dashboards and rules use exists."""
     async with (
@@ -460,6 +489,58 @@ async def exercise(governor: str, coordinator: str, scheduler: str) -> None:
         simulation = await signals.simulate_policy(policy_id=broken.resource_id, last=10)
         assert simulation.complete
         assert simulation.errors >= 1
+
+        # A policy allowed one action in 10 minutes: its first match acts, the next is held
+        # back by the limit.
+        limited = await policies.propose(
+            policy_type="operational",
+            name="restart-on-flap",
+            condition='signal.source.startsWith("flapping-")',
+            action=governor_pb2.ActionTemplate(
+                action_type="restart",
+                target_service="api",
+                limits=[governor_pb2.ActionLimit(max_actions=1, window_seconds=600)],
+            ),
+        )
+        await policies.enforce(limited.resource_id)
+        acted = await first_decision(signals, limited.resource_id, "event", "flapping-1")
+        assert acted.outcome == MATCHED
+        over = await decision_on(signals, limited.resource_id, "event", "flapping-2")
+        assert over is not None
+        assert (over.outcome, over.hold_reason) == (HELD, coordinator_pb2.HOLD_REASON_LIMIT)
+
+        # A policy whose actions wait for approval: one created AWAITING_APPROVAL, then
+        # rejected.
+        reviewed = await policies.propose(
+            policy_type="operational",
+            name="rollback-on-failed-deploy",
+            condition='signal.source == "deploy-pipeline"',
+            action=governor_pb2.ActionTemplate(
+                action_type="rollback", target_service="payments", require_approval=True
+            ),
+        )
+        await policies.enforce(reviewed.resource_id)
+        waiting = await first_decision(signals, reviewed.resource_id, "command", "deploy-pipeline")
+        assert (waiting.outcome, waiting.hold_reason) == (
+            HELD,
+            coordinator_pb2.HOLD_REASON_APPROVAL,
+        )
+        assert (await signals.get_action(waiting.action_id)).status == (
+            coordinator_pb2.ACTION_STATUS_AWAITING_APPROVAL
+        )
+        rejected = await signals.reject_action(waiting.action_id, "not during the freeze")
+        assert rejected.status == coordinator_pb2.ACTION_STATUS_REJECTED
+
+        # An active silence over one source holds back the first policy's matches from it.
+        silence = await signals.create_silence(
+            condition='signal.source == "maintenance"',
+            ends_at_ns=time.time_ns() + 600 * NS,
+            comment="maintenance window",
+        )
+        assert silence.state == coordinator_pb2.SILENCE_STATE_ACTIVE
+        silenced = await decision_on(signals, policy.resource_id, "alert", "maintenance")
+        assert silenced is not None
+        assert (silenced.outcome, silenced.held_by) == (HELD, silence.id)
 
         # Over the Coordinator's rate limit for GetStatus (1 a second): RESOURCE_EXHAUSTED.
         codes = []
