@@ -230,7 +230,12 @@ class SilenceRepository:
 
     async def not_ended(self, now_ns: int, limit: int = 10_000) -> list[Silence]:
         page = await self._store.query(
-            Query(SILENCES, filters=(Filter("ends_at_ns", Op.GT, now_ns),), limit=limit)
+            Query(
+                SILENCES,
+                filters=(Filter("ends_at_ns", Op.GT, now_ns),),
+                order_by=(Order("ends_at_ns"),),
+                limit=limit,
+            )
         )
         return [Silence.from_doc(d.data) for d in page.documents]
 
