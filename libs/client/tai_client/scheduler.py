@@ -39,6 +39,8 @@ class SchedulerClient:
             scheduler_pb2.OVERLAP_POLICY_UNSPECIFIED
         ),
         timeout_seconds: int = 0,
+        time_zone: str = "",
+        catchup_window_seconds: int = 0,
         timeout: float | None = None,
     ) -> common_pb2.Receipt:
         """Submits a task (or, with `cron_schedule`, a recurring one).
@@ -51,9 +53,13 @@ class SchedulerClient:
             scheduled_time_ns: when to run (0 = now).
             priority: 1–10, higher first among due tasks (0 = 5).
             retry: attempts and backoff (defaults when None).
-            cron_schedule: five-field cron expression (UTC), or six with seconds first.
+            cron_schedule: five-field cron expression, or six with seconds first, read in
+                `time_zone`.
             overlap_policy: what a recurring task does when a run is due while one is running.
             timeout_seconds: deadline of one attempt (0 = 60 s).
+            time_zone: recurring tasks: IANA time zone of the cron fields ("" = UTC).
+            catchup_window_seconds: recurring tasks: after an outage, the missed occurrences
+                at most this old run (0 = the latest missed one only; else 10 s to 366 days).
             timeout: deadline of this call.
 
         Returns:
@@ -74,6 +80,8 @@ class SchedulerClient:
                 cron_schedule=cron_schedule,
                 overlap_policy=overlap_policy,
                 timeout_seconds=timeout_seconds,
+                time_zone=time_zone,
+                catchup_window_seconds=catchup_window_seconds,
             ),
             timeout=timeout or self._timeout,
         )
@@ -149,6 +157,100 @@ class SchedulerClient:
         """
         return Stream(
             self._stub.StreamTaskUpdates(scheduler_pb2.StreamTaskUpdatesRequest(task_id=task_id))
+        )
+
+    @maps_errors
+    async def pause(
+        self, task_id: str, *, note: str = "", timeout: float | None = None
+    ) -> common_pb2.Receipt:
+        """Pauses a recurring task: it fires nothing until resumed, and its runs that have not
+        started are cancelled (`result_data["cancelled_runs"]`).
+
+        Raises:
+            NotFound: no such task.
+            FailedPrecondition: not a recurring task, finished, or already paused.
+            PermissionDenied: another caller's schedule, and this caller is no admin.
+        """
+        return await self._stub.PauseSchedule(
+            scheduler_pb2.PauseScheduleRequest(task_id=task_id, note=note),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def resume(
+        self, task_id: str, *, note: str = "", timeout: float | None = None
+    ) -> common_pb2.Receipt:
+        """Resumes a paused recurring task from now (what came due while paused is skipped:
+        `result_data["skipped_while_paused"]`; "skipped_counting" is "true" when more came than
+        one pass counts, and the rest show in the task's `skipped_runs` shortly).
+
+        Raises:
+            NotFound: no such task.
+            FailedPrecondition: not a recurring task, finished, or not paused.
+        """
+        return await self._stub.ResumeSchedule(
+            scheduler_pb2.ResumeScheduleRequest(task_id=task_id, note=note),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def trigger(self, task_id: str, *, timeout: float | None = None) -> common_pb2.Receipt:
+        """Runs one occurrence of a recurring task now, under its overlap policy:
+        `result_data["outcome"]` is "started", "waiting" or "skipped", and
+        `result_data["run_task_id"]` names the run.
+
+        Raises:
+            NotFound: no such task.
+            FailedPrecondition: not a recurring task, or finished.
+        """
+        return await self._stub.TriggerSchedule(
+            scheduler_pb2.TriggerScheduleRequest(task_id=task_id),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def backfill(
+        self,
+        task_id: str,
+        *,
+        start_ns: int,
+        end_ns: int,
+        overlap_policy: scheduler_pb2.OverlapPolicy.ValueType = (
+            scheduler_pb2.OVERLAP_POLICY_UNSPECIFIED
+        ),
+        timeout: float | None = None,
+    ) -> common_pb2.Receipt:
+        """Runs the occurrences of a recurring task in [start_ns, end_ns) that have no run
+        yet (at most 1000), under `overlap_policy` (unspecified: the schedule's;
+        OVERLAP_POLICY_BUFFER_ALL runs every one, one after another). `result_data` counts
+        them: occurrences, already_run, started, waiting, skipped.
+
+        Raises:
+            InvalidRequest: a bad window (`field_violations` names start_ns or end_ns).
+            NotFound: no such task.
+            FailedPrecondition: not a recurring task, finished, or a backfill in progress.
+        """
+        return await self._stub.BackfillSchedule(
+            scheduler_pb2.BackfillScheduleRequest(
+                task_id=task_id, start_ns=start_ns, end_ns=end_ns, overlap_policy=overlap_policy
+            ),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def upcoming(
+        self, task_id: str, *, count: int = 0, timeout: float | None = None
+    ) -> scheduler_pb2.ListUpcomingRunsResponse:
+        """The next `count` (0 = 10, at most 100) fire times of a recurring task, with each
+        in the schedule's time zone; for a paused one, where it would fire if resumed now.
+
+        Raises:
+            NotFound: no such task.
+            FailedPrecondition: not a recurring task.
+        """
+        return await self._stub.ListUpcomingRuns(
+            scheduler_pb2.ListUpcomingRunsRequest(task_id=task_id, count=count),
+            timeout=timeout or self._timeout,
         )
 
     @maps_errors

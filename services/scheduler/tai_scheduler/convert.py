@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from tai.v1 import scheduler_pb2
 from tai_common.core import InvalidArgument
@@ -20,13 +21,20 @@ from tai_scheduler.task import (
 OVERLAP_TO_PROTO = {
     OverlapPolicy.SKIP: scheduler_pb2.OVERLAP_POLICY_SKIP,
     OverlapPolicy.BUFFER_ONE: scheduler_pb2.OVERLAP_POLICY_BUFFER_ONE,
+    OverlapPolicy.BUFFER_ALL: scheduler_pb2.OVERLAP_POLICY_BUFFER_ALL,
 }
 OVERLAP_FROM_PROTO = {value: key for key, value in OVERLAP_TO_PROTO.items()}
 
 
 def overlap_from_proto(value: int) -> OverlapPolicy:
+    """The policy a request names (UNSPECIFIED: SKIP)."""
+    return optional_overlap_from_proto(value) or OverlapPolicy.SKIP
+
+
+def optional_overlap_from_proto(value: int) -> OverlapPolicy | None:
+    """The policy a request names, None for UNSPECIFIED."""
     if value == scheduler_pb2.OVERLAP_POLICY_UNSPECIFIED:
-        return OverlapPolicy.SKIP
+        return None
     if value not in OVERLAP_FROM_PROTO:
         raise InvalidArgument("overlap_policy", f"unknown overlap policy {value}")
     return OVERLAP_FROM_PROTO[value]  # type: ignore[index]
@@ -51,6 +59,8 @@ def submission_from_request(request: scheduler_pb2.SubmitTaskRequest) -> Submiss
         cron_schedule=request.cron_schedule,
         overlap_policy=overlap_from_proto(request.overlap_policy),
         timeout_seconds=request.timeout_seconds,
+        time_zone=request.time_zone,
+        catchup_window_seconds=request.catchup_window_seconds,
     )
 
 
@@ -95,12 +105,52 @@ def task_to_proto(task: Task) -> scheduler_pb2.TaskStatus:
             if task.is_recurring
             else scheduler_pb2.OVERLAP_POLICY_UNSPECIFIED
         ),
-        # A held run has no due time until its predecessor ends.
-        next_run_ns=0 if task.held else task.next_run_ns,
+        # A held run has no due time until its predecessor ends, nor a paused schedule.
+        next_run_ns=0 if task.held or task.paused else _next_fire(task),
         created_by=task.created_by,
         parent_task_id=task.parent_task_id,
         timeout_seconds=task.timeout_seconds,
+        **_schedule_fields(task),
     )
+
+
+def _next_fire(task: Task) -> int:
+    if task.is_recurring and 0 < task.next_run_ns < task.resumed_at_ns and not task.is_final:
+        # Just resumed after a long pause, the worker still skipping what came meanwhile: the
+        # next fire is the first from the resume on.
+        return task.schedule.next_fire_ns(task.resumed_at_ns - 1)
+    return task.next_run_ns
+
+
+def _schedule_fields(task: Task) -> dict[str, Any]:
+    if task.parent_task_id:
+        return {"run_origin": task.run_origin}
+    if not task.is_recurring:
+        return {}
+    backfill = task.backfill
+    return {
+        "time_zone": task.time_zone,
+        "catchup_window_seconds": task.catchup_window_seconds,
+        "paused": task.paused,
+        "paused_by": task.paused_by,
+        "paused_at_ns": task.paused_at_ns,
+        "pause_note": task.pause_note,
+        "resumed_by": task.resumed_by,
+        "resumed_at_ns": task.resumed_at_ns,
+        "resume_note": task.resume_note,
+        "skipped_runs": dict(task.skipped_runs),
+        "backfill": (
+            scheduler_pb2.BackfillProgress(
+                next_ns=backfill.next_ns,
+                end_ns=backfill.end_ns,
+                remaining=backfill.remaining,
+                requested_by=backfill.requested_by,
+                requested_at_ns=backfill.requested_at_ns,
+            )
+            if backfill
+            else None
+        ),
+    }
 
 
 def update_message(status: scheduler_pb2.TaskStatus) -> str:
@@ -110,6 +160,9 @@ def update_message(status: scheduler_pb2.TaskStatus) -> str:
     if status.status == TaskState.RUNNING and last is not None:
         return f"attempt {last.attempt} started on {last.worker}"
     if status.status == TaskState.PENDING:
+        if status.paused:
+            note = f": {status.pause_note}" if status.pause_note else ""
+            return f"paused by {status.paused_by or '-'}{note}"
         if status.cron_schedule:
             return f"next run at {_format_ns(status.next_run_ns)}"
         if not status.next_run_ns:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from tai_scheduler.task import RunOrigin, SkipReason, Task
 
 DISPATCH_LAG = Histogram(
     "tai_scheduler_dispatch_lag_seconds",
@@ -44,3 +48,31 @@ DUE_TASKS = Gauge(
     "Counted in the store every few seconds by each replica, so every replica reports the "
     "same number: aggregate with max, not sum.",
 )
+SKIPPED_RUNS = Counter(
+    "tai_scheduler_skipped_runs_total",
+    "Occurrences of recurring tasks that made no run, by reason: catchup (missed in an outage, "
+    "older than the catch-up window), overlap (the overlap policy dropped it), paused (came "
+    "while paused, or its run was waiting to start when the schedule was paused).",
+    ["reason"],
+)
+SCHEDULE_RUNS = Counter(
+    "tai_scheduler_schedule_runs_total",
+    "Runs of recurring tasks created, by origin: schedule (the cadence, catch-up included), "
+    "trigger, backfill.",
+    ["origin"],
+)
+for _reason in SkipReason:
+    SKIPPED_RUNS.labels(_reason.value)
+for _origin in RunOrigin:
+    SCHEDULE_RUNS.labels(_origin.value)
+
+
+def count_schedule_changes(skipped: Mapping[SkipReason, int], created: Iterable[Task]) -> None:
+    """Counts what a committed transaction did to schedules: the occurrences it skipped and
+    the runs it created."""
+    for reason, count in skipped.items():
+        if count:
+            SKIPPED_RUNS.labels(reason.value).inc(count)
+    for task in created:
+        if task.parent_task_id and task.run_origin:
+            SCHEDULE_RUNS.labels(task.run_origin).inc()

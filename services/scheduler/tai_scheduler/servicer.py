@@ -5,7 +5,7 @@ interceptor."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
@@ -14,15 +14,22 @@ from tai_common.core import IdFactory
 from tai_common.grpc import caller_of, principal_of, receipt
 from tai_common.runtime import ServiceRuntime
 
-from tai_scheduler.convert import submission_from_request, task_to_proto
-from tai_scheduler.service import TaskService, TaskUpdate
+from tai_scheduler.convert import (
+    optional_overlap_from_proto,
+    submission_from_request,
+    task_to_proto,
+)
+from tai_scheduler.service import ScheduleChange, TaskService, TaskUpdate
 from tai_scheduler.task import Task
 
 Context = grpc.aio.ServicerContext[Any, Any]
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["Scheduler"].full_name
 
 
-def _receipt(task: Task, ids: IdFactory, started: float) -> common_pb2.Receipt:
+def _receipt(
+    task: Task, ids: IdFactory, started: float, extra: Mapping[str, str] | None = None
+) -> common_pb2.Receipt:
+    shown = task_to_proto(task)
     return receipt(
         ids.new_id("rcpt"),
         started=started,
@@ -30,7 +37,8 @@ def _receipt(task: Task, ids: IdFactory, started: float) -> common_pb2.Receipt:
         result_data={
             "task_id": task.id,
             "status": task.status.value,
-            "next_run_ns": str(task.next_run_ns),
+            "next_run_ns": str(shown.next_run_ns),
+            **(extra or {}),
         },
         resource_id=task.id,
         resource_version=task.version,
@@ -94,6 +102,60 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServicer):
         return scheduler_pb2.ListTasksResponse(
             tasks=[task_to_proto(t) for t in tasks], next_page_token=token
         )
+
+    async def PauseSchedule(
+        self, request: scheduler_pb2.PauseScheduleRequest, context: Context
+    ) -> common_pb2.Receipt:
+        started = time.perf_counter()
+        change = await self._service.pause(request.task_id, request.note, caller_of(context))
+        return self._change_receipt(change, started)
+
+    async def ResumeSchedule(
+        self, request: scheduler_pb2.ResumeScheduleRequest, context: Context
+    ) -> common_pb2.Receipt:
+        started = time.perf_counter()
+        change = await self._service.resume(request.task_id, request.note, caller_of(context))
+        return self._change_receipt(change, started)
+
+    async def TriggerSchedule(
+        self, request: scheduler_pb2.TriggerScheduleRequest, context: Context
+    ) -> common_pb2.Receipt:
+        started = time.perf_counter()
+        change = await self._service.trigger(request.task_id, caller_of(context))
+        return self._change_receipt(change, started)
+
+    async def BackfillSchedule(
+        self, request: scheduler_pb2.BackfillScheduleRequest, context: Context
+    ) -> common_pb2.Receipt:
+        started = time.perf_counter()
+        change = await self._service.backfill(
+            request.task_id,
+            request.start_ns,
+            request.end_ns,
+            optional_overlap_from_proto(request.overlap_policy),
+            caller_of(context),
+        )
+        return self._change_receipt(change, started)
+
+    async def ListUpcomingRuns(
+        self, request: scheduler_pb2.ListUpcomingRunsRequest, context: Context
+    ) -> scheduler_pb2.ListUpcomingRunsResponse:
+        upcoming = await self._service.upcoming(request.task_id, request.count)
+        return scheduler_pb2.ListUpcomingRunsResponse(
+            runs=[
+                scheduler_pb2.UpcomingRun(
+                    scheduled_time_ns=run.scheduled_time_ns,
+                    local_time=run.local_time,
+                    run_task_id=run.run_task_id,
+                )
+                for run in upcoming.runs
+            ],
+            time_zone=upcoming.time_zone,
+            paused=upcoming.paused,
+        )
+
+    def _change_receipt(self, change: ScheduleChange, started: float) -> common_pb2.Receipt:
+        return _receipt(change.task, self._ids, started, change.result)
 
     async def HealthCheck(
         self, request: common_pb2.HealthCheckRequest, context: Context

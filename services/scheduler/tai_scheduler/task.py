@@ -16,14 +16,17 @@ from its claim, its attempt planned to start at `next_run_ns`, when the replica 
 
 A recurring task (`cron_schedule` set) never runs itself: it stays `pending` with `next_run_ns`
 at its next fire time, and each fire creates a child task (one run) whose `parent_task_id`
-names it.
+names it. Its schedule is read in its time zone (`CronSchedule`); an operator may pause and
+resume it, trigger a run now, or backfill a window of its occurrences.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
-from collections.abc import Collection, Mapping
+import zoneinfo
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -76,6 +79,28 @@ class OverlapPolicy(StrEnum):
     SKIP = "skip"
     # Keep at most one run waiting; it starts when the unfinished one ends.
     BUFFER_ONE = "buffer_one"
+    # Every occurrence runs, one after another: for backfills only (a schedule's own runs
+    # could pile up without bound).
+    BUFFER_ALL = "buffer_all"
+
+
+class SkipReason(StrEnum):
+    """Why an occurrence of a schedule made no run."""
+
+    # Missed during an outage, older than the schedule's catch-up window.
+    CATCHUP = "catchup"
+    # The overlap policy dropped it (a run was unfinished).
+    OVERLAP = "overlap"
+    # The schedule was paused (or a run waiting to start was cancelled by a pause).
+    PAUSED = "paused"
+
+
+class RunOrigin(StrEnum):
+    """What made a run of a recurring task."""
+
+    SCHEDULE = "schedule"
+    TRIGGER = "trigger"
+    BACKFILL = "backfill"
 
 
 class AttemptOutcome(StrEnum):
@@ -196,22 +221,87 @@ class RetryConfig:
 
 # --- cron ---------------------------------------------------------------------------------
 
+DEFAULT_TIME_ZONE = "UTC"
+# A catch-up window shorter than this would skip a run whose fire merely came late (a busy
+# replica, a restart): Temporal's schedules have the same floor.
+MIN_CATCHUP_WINDOW_SECONDS = 10
+MAX_CATCHUP_WINDOW_SECONDS = 366 * 24 * 3600
+# Occurrences one backfill covers at most.
+MAX_BACKFILL_OCCURRENCES = 1000
+# Occurrences one pass over a schedule's missed ones handles at most (each costs croniter
+# 20-60 µs, inside a claim transaction); a longer outage is worked through in several passes.
+CATCHUP_SCAN_LIMIT = 500
+DEFAULT_UPCOMING_RUNS = 10
+MAX_UPCOMING_RUNS = 100
+
+
+@functools.cache
+def _known_time_zones() -> frozenset[str]:
+    # Read once: the system's zone files, or the `tzdata` package where there are none.
+    return frozenset(zoneinfo.available_timezones())
+
+
+def check_time_zone(name: str, field_name: str = "time_zone") -> str:
+    """The IANA time zone `name` ("" = UTC), or `InvalidArgument` naming `field_name`."""
+    if not name:
+        return DEFAULT_TIME_ZONE
+    known = _known_time_zones()
+    if name in known or name == DEFAULT_TIME_ZONE:
+        return name
+    hint = next((z for z in sorted(known) if z.lower() == name.lower()), "")
+    raise InvalidArgument(
+        field_name,
+        f"{name[:64]!r} is not an IANA time zone name (e.g. 'Europe/Paris', 'UTC')"
+        + (f"; did you mean {hint!r}?" if hint else ""),
+    )
+
+
+@functools.cache
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    return zoneinfo.ZoneInfo(name)
+
 
 @dataclass(frozen=True)
 class CronSchedule:
-    """A cron expression in UTC: the standard five fields (minute hour day month weekday), an
-    @-macro (`@hourly`, …), or six fields with seconds first (`*/5 * * * * *`, as Quartz and
-    Spring write them) for schedules finer than a minute."""
+    """A cron expression read in a time zone (UTC by default): the standard five fields
+    (minute hour day month weekday), an @-macro (`@hourly`, …), or six fields with seconds
+    first (`*/5 * * * * *`, as Quartz and Spring write them) for schedules finer than a minute.
+
+    Across a daylight-saving change the schedule follows ISC cron's rule, which tells a
+    schedule at a fixed time of day (neither its minute nor its hour field starts with `*`:
+    `30 2 * * *`) from one that repeats through the day (`0 * * * *`, `*/15 * * * *`):
+
+    - clocks go forward (02:00 → 03:00 in Paris): a fixed time in the skipped hour fires once,
+      at the end of the gap (03:00 local); a repeating schedule has no fire in the skipped hour,
+      so its fires stay one real hour apart (croniter's own behaviour with a zone);
+    - clocks go back (03:00 → 02:00): a fixed time in the repeated hour fires once, at its
+      first pass (croniter would fire it twice: the second pass is dropped here); a repeating
+      schedule fires in both passes, so an hourly one still fires every real hour.
+    """
 
     expression: str
+    time_zone: str = DEFAULT_TIME_ZONE
 
     @property
     def has_seconds(self) -> bool:
         return len(self.expression.split()) == 6
 
+    @functools.cached_property
+    def fixed_time(self) -> bool:
+        """Fires at fixed times of day (neither the minute nor the hour field is `*…`)."""
+        # croniter expands macros and puts the seconds field last: [minute, hour, …].
+        fields = croniter(self.expression, second_at_beginning=self.has_seconds).expressions
+        return not (str(fields[0]).startswith("*") or str(fields[1]).startswith("*"))
+
     @classmethod
-    def parse(cls, expression: str, field_name: str = "cron_schedule") -> CronSchedule:
-        """Raises `InvalidArgument` naming `field_name` for anything croniter cannot iterate."""
+    def parse(
+        cls,
+        expression: str,
+        field_name: str = "cron_schedule",
+        time_zone: str = DEFAULT_TIME_ZONE,
+    ) -> CronSchedule:
+        """Raises `InvalidArgument` naming `field_name` for anything croniter cannot iterate
+        (the time zone is checked by `check_time_zone`)."""
         normalized = " ".join(expression.split())
         fields = normalized.split(" ")
         macro = len(fields) == 1 and normalized.startswith("@")
@@ -221,7 +311,7 @@ class CronSchedule:
                 "must have five fields (minute hour day-of-month month day-of-week), or six "
                 f"with seconds first (got {len(fields)})",
             )
-        schedule = cls(normalized)
+        schedule = cls(normalized, time_zone)
         if not croniter.is_valid(normalized, second_at_beginning=schedule.has_seconds):
             raise InvalidArgument(
                 field_name, f"{expression[:100]!r} is not a valid cron expression"
@@ -235,16 +325,99 @@ class CronSchedule:
             ) from None
         return schedule
 
-    def next_fire_ns(self, after_ns: int) -> int:
-        """The first fire time strictly after `after_ns` (whole seconds, UTC)."""
-        start = dt.datetime.fromtimestamp(after_ns // NS_PER_SECOND, tz=dt.UTC)
+    def fires_after(self, after_ns: int) -> Iterator[int]:
+        """The fire times strictly after `after_ns`, in order (whole seconds, as ns)."""
+        zone = _zone(self.time_zone)
+        start = dt.datetime.fromtimestamp(after_ns // NS_PER_SECOND, tz=zone)
         try:
-            fire = croniter(self.expression, start, second_at_beginning=self.has_seconds).get_next(
-                dt.datetime
-            )
+            fires = croniter(self.expression, start, second_at_beginning=self.has_seconds)
         except (CroniterBadCronError, CroniterBadDateError) as error:
             raise ValueError(str(error)) from error
-        return int(fire.timestamp()) * NS_PER_SECOND
+        last = after_ns // NS_PER_SECOND
+        while True:
+            try:
+                seconds = int(fires.get_next(float))
+            except (CroniterBadCronError, CroniterBadDateError) as error:
+                raise ValueError(str(error)) from error
+            # Several nonexistent times of a spring-forward gap map to its end: once.
+            if seconds <= last:
+                continue
+            if self.fixed_time and _second_pass(seconds, zone):
+                continue
+            last = seconds
+            yield seconds * NS_PER_SECOND
+
+    def next_fire_ns(self, after_ns: int) -> int:
+        """The first fire time strictly after `after_ns` (whole seconds, as ns)."""
+        return next(self.fires_after(after_ns))
+
+    def fires_between(self, start_ns: int, end_ns: int, limit: int) -> list[int]:
+        """The fire times in [start_ns, end_ns), at most `limit` + 1 of them (so a caller can
+        tell that there are more than `limit`)."""
+        found: list[int] = []
+        for fire in self.fires_after(start_ns - 1):
+            if fire >= end_ns or len(found) > limit:
+                break
+            found.append(fire)
+        return found
+
+    def local_time(self, fire_ns: int) -> str:
+        """`fire_ns` in the schedule's time zone, ISO 8601 with its UTC offset."""
+        moment = dt.datetime.fromtimestamp(fire_ns // NS_PER_SECOND, tz=_zone(self.time_zone))
+        return moment.isoformat()
+
+
+def _second_pass(seconds: int, zone: zoneinfo.ZoneInfo) -> bool:
+    """`seconds` is the second pass of a wall-clock time that a fall-back repeats."""
+    local = dt.datetime.fromtimestamp(seconds, tz=zone)
+    return local.fold == 1 and local.replace(fold=0).utcoffset() != local.utcoffset()
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """What a schedule does with its occurrences due by now (`plan_catch_up`)."""
+
+    # The occurrences to offer under the overlap policy, oldest first.
+    offered: tuple[int, ...]
+    skipped: Mapping[SkipReason, int]
+    # The first occurrence not handled: after now, or (more were due than one pass handles)
+    # one still due.
+    next_fire_ns: int
+
+
+def plan_catch_up(
+    schedule: CronSchedule,
+    first_ns: int,
+    now_ns: int,
+    *,
+    window_seconds: int,
+    skip_before_ns: int = 0,
+    limit: int = CATCHUP_SCAN_LIMIT,
+) -> CatchUp:
+    """The occurrences from `first_ns` (the schedule's next fire) through `now_ns`: those before
+    `skip_before_ns` (a resume) are skipped as paused; the rest run if within the catch-up
+    window, else are skipped as missed. The window (`window_seconds`, 0 = the default) reaches
+    back `window_seconds` from now, or by default holds the latest occurrence only (the one
+    whose successor is not due yet: a fire that merely came late always runs). At most `limit`
+    occurrences are looked at; `next_fire_ns` then points at the next one, still due."""
+    due: list[int] = []
+    next_fire = first_ns
+    fires = schedule.fires_after(first_ns)
+    while next_fire <= now_ns and len(due) < limit:
+        due.append(next_fire)
+        next_fire = next(fires)
+    reached_now = next_fire > now_ns
+    offered: list[int] = []
+    skipped = dict.fromkeys(SkipReason, 0)
+    window_start = now_ns - window_seconds * NS_PER_SECOND
+    for index, fire in enumerate(due):
+        if fire < skip_before_ns:
+            skipped[SkipReason.PAUSED] += 1
+        elif (fire >= window_start) if window_seconds else (reached_now and index == len(due) - 1):
+            offered.append(fire)
+        else:
+            skipped[SkipReason.CATCHUP] += 1
+    return CatchUp(tuple(offered), {r: n for r, n in skipped.items() if n}, next_fire)
 
 
 # --- overlap ------------------------------------------------------------------------------
@@ -290,9 +463,18 @@ def require_task_id(task_id: str, field_name: str = "task_id") -> None:
 
 
 def child_task_id(parent_id: str, fire_ns: int) -> str:
-    """The id of a recurring task's run for the fire at `fire_ns`."""
+    """The id of a recurring task's run for the occurrence at `fire_ns` (in UTC, so the two
+    passes of an hour a fall-back repeats have distinct runs)."""
     fire = dt.datetime.fromtimestamp(fire_ns // NS_PER_SECOND, tz=dt.UTC)
     return f"{parent_id}-{fire:%Y%m%dT%H%M%SZ}"
+
+
+def trigger_task_id(parent_id: str, now_ns: int) -> str:
+    """The id of a run triggered by hand at `now_ns`: to the millisecond, and never one of
+    the cadence's (which are whole seconds, without the fraction)."""
+    moment = dt.datetime.fromtimestamp(now_ns // NS_PER_SECOND, tz=dt.UTC)
+    millis = now_ns // 1_000_000 % 1000
+    return f"{parent_id}-{moment:%Y%m%dT%H%M%S}.{millis:03d}Z"
 
 
 def idempotency_key(task_id: str) -> str:
@@ -320,6 +502,8 @@ class Submission:
     cron_schedule: str = ""
     overlap_policy: OverlapPolicy = OverlapPolicy.SKIP
     timeout_seconds: int = 0
+    time_zone: str = ""
+    catchup_window_seconds: int = 0
 
 
 def validate_submission(
@@ -349,13 +533,34 @@ def validate_submission(
         check_range("timeout_seconds", submission.timeout_seconds, 1, MAX_TIMEOUT_SECONDS)
     check_parameters(submission.parameters, limits)
     if not submission.cron_schedule:
+        # A schedule's settings on a one-off task are a mistake, not something to ignore.
+        for name, value in (
+            ("time_zone", submission.time_zone),
+            ("catchup_window_seconds", submission.catchup_window_seconds),
+        ):
+            if value:
+                raise InvalidArgument(name, "applies to a recurring task only (cron_schedule)")
         return None
     if not submission.cron_schedule.strip():
         raise InvalidArgument("cron_schedule", "must not be blank")
-    schedule = CronSchedule.parse(submission.cron_schedule)
-    if submission.task_id and len(child_task_id(submission.task_id, 0)) > MAX_TASK_ID_LENGTH:
+    if submission.overlap_policy is OverlapPolicy.BUFFER_ALL:
+        raise InvalidArgument(
+            "overlap_policy",
+            "BUFFER_ALL is for backfills only: a schedule's own runs could pile up without "
+            "bound; use SKIP or BUFFER_ONE",
+        )
+    time_zone = check_time_zone(submission.time_zone)
+    check_catchup_window(submission.catchup_window_seconds)
+    schedule = CronSchedule.parse(submission.cron_schedule, time_zone=time_zone)
+    if submission.task_id and len(trigger_task_id(submission.task_id, 0)) > MAX_TASK_ID_LENGTH:
         raise InvalidArgument("task_id", "is too long for a recurring task's run ids")
     return schedule
+
+
+def check_catchup_window(seconds: int, field_name: str = "catchup_window_seconds") -> None:
+    """0 (the default: the latest missed occurrence only) or within the bounds."""
+    if seconds != 0:
+        check_range(field_name, seconds, MIN_CATCHUP_WINDOW_SECONDS, MAX_CATCHUP_WINDOW_SECONDS)
 
 
 def check_parameters(
@@ -430,6 +635,40 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class Backfill:
+    """A backfill of a recurring task whose occurrences run one after another (BUFFER_ALL):
+    where it stands. Its runs are made one at a time, each when the schedule's previous run
+    ended, so that no transaction writes more than a few."""
+
+    # The next occurrence to run, and the end of the window (exclusive).
+    next_ns: int
+    end_ns: int
+    # Occurrences left in the window from next_ns on.
+    remaining: int
+    requested_by: str = ""
+    requested_at_ns: int = 0
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "next_ns": self.next_ns,
+            "end_ns": self.end_ns,
+            "remaining": self.remaining,
+            "requested_by": self.requested_by,
+            "requested_at_ns": self.requested_at_ns,
+        }
+
+    @classmethod
+    def from_doc(cls, data: Mapping[str, Any]) -> Backfill:
+        return cls(
+            next_ns=int(data["next_ns"]),
+            end_ns=int(data["end_ns"]),
+            remaining=int(data["remaining"]),
+            requested_by=str(data.get("requested_by", "")),
+            requested_at_ns=int(data.get("requested_at_ns", 0)),
+        )
+
+
+@dataclass(frozen=True)
 class Task:
     """A task as stored: what was asked, where it stands, and every attempt so far."""
 
@@ -471,9 +710,30 @@ class Task:
     active_child_id: str = ""
     buffered_child_id: str = ""
     fire_count: int = 0
-    skipped_fires: int = 0
+    # Occurrences that made no run, by SkipReason value.
+    skipped_runs: Mapping[str, int] = field(default_factory=dict)
     # A BUFFER_ONE run waiting for its predecessor (next_run_ns is HELD_NS meanwhile).
     held: bool = False
+
+    # A recurring task: the zone its cron fields are read in, and how far back the occurrences
+    # missed in an outage still run (0: the latest missed one only).
+    time_zone: str = DEFAULT_TIME_ZONE
+    catchup_window_seconds: int = 0
+    # Paused by an operator: it fires nothing, and next_run_ns is HELD_NS (paused_next_ns
+    # keeps where the cadence stood).
+    paused: bool = False
+    paused_by: str = ""
+    paused_at_ns: int = 0
+    pause_note: str = ""
+    paused_next_ns: int = 0
+    # The last resume: the occurrences before resumed_at_ns are skipped as paused.
+    resumed_by: str = ""
+    resumed_at_ns: int = 0
+    resume_note: str = ""
+    # A backfill in progress (BUFFER_ALL), if any.
+    backfill: Backfill | None = None
+    # A run of a recurring task: a RunOrigin value.
+    run_origin: str = ""
 
     @property
     def is_recurring(self) -> bool:
@@ -497,6 +757,49 @@ class Task:
     @property
     def idempotency_key(self) -> str:
         return idempotency_key(self.id)
+
+    @property
+    def schedule(self) -> CronSchedule:
+        """A recurring task's schedule, in its time zone."""
+        return CronSchedule(self.cron_schedule, self.time_zone or DEFAULT_TIME_ZONE)
+
+    def has_started(self, now_ns: int) -> bool:
+        """A run has started: an attempt of it counted, or its attempt is running and due.
+        (Not started: created and waiting, released before it began, or claimed ahead of a due
+        time still to come.)"""
+        if any(a.counts and a.outcome for a in self.attempts):
+            return True
+        current = self.current_attempt
+        return current is not None and current.started_at_ns <= now_ns
+
+    def check_schedule_control(self, action: str) -> None:
+        """Raises `FailedPrecondition` unless this is a live recurring task, which `action`
+        ("pause", "trigger", …) applies to."""
+        if self.parent_task_id:
+            raise FailedPrecondition(
+                f"task {self.id!r} is a run of recurring task {self.parent_task_id!r}; "
+                f"{action} applies to the recurring task: name {self.parent_task_id!r}"
+            )
+        if not self.is_recurring:
+            raise FailedPrecondition(
+                f"task {self.id!r} is a one-off task; {action} applies to recurring tasks "
+                "only (cron_schedule)"
+            )
+        if self.is_final:
+            raise FailedPrecondition(
+                f"recurring task {self.id!r} is {self.status.value}; {action} applies to a "
+                "live schedule only"
+            )
+
+    def upcoming(self, now_ns: int, count: int) -> list[int]:
+        """The next `count` fire times: from the next fire, or, paused, from now (where it
+        would fire once resumed). None for a finished task."""
+        if self.is_final or count <= 0:
+            return []
+        # Past occurrences a resume still has to skip are not upcoming.
+        after = now_ns - 1 if self.paused else max(self.next_run_ns, self.resumed_at_ns) - 1
+        fires = self.schedule.fires_after(after)
+        return [next(fires) for _ in range(count)]
 
     # --- changes: each returns the next version of the task ---
 
@@ -621,34 +924,100 @@ class Task:
             now_ns, TaskState.CANCELLED, error=message
         )
 
-    def fired(
-        self, now_ns: int, next_fire_ns: int, *, active_child_id: str, buffered_child_id: str
-    ) -> Task:
-        """A recurring task after a fire: due at its next fire, with its children noted."""
+    def fired(self, now_ns: int, *, active_child_id: str, buffered_child_id: str) -> Task:
+        """A recurring task after one of its occurrences made a run (started or waiting)."""
         return self._next(
             now_ns,
-            next_run_ns=next_fire_ns,
             active_child_id=active_child_id,
             buffered_child_id=buffered_child_id,
             fire_count=self.fire_count + 1,
         )
 
-    def skipped(self, now_ns: int, next_fire_ns: int) -> Task:
-        return self._next(now_ns, next_run_ns=next_fire_ns, skipped_fires=self.skipped_fires + 1)
+    def advanced(
+        self, now_ns: int, next_fire_ns: int, skipped: Mapping[SkipReason, int] | None = None
+    ) -> Task:
+        """A recurring task moved on to its next fire, with the occurrences it skipped."""
+        return self._next(
+            now_ns, next_run_ns=next_fire_ns, skipped_runs=self._add_skips(skipped or {})
+        )
+
+    def with_skips(self, now_ns: int, skipped: Mapping[SkipReason, int]) -> Task:
+        return self._next(now_ns, skipped_runs=self._add_skips(skipped))
+
+    def _add_skips(self, skipped: Mapping[SkipReason, int]) -> dict[str, int]:
+        counts = dict(self.skipped_runs)
+        for reason, count in skipped.items():
+            if count:
+                counts[reason.value] = counts.get(reason.value, 0) + count
+        return counts
 
     def with_children(self, now_ns: int, *, active_child_id: str, buffered_child_id: str) -> Task:
         return self._next(
             now_ns, active_child_id=active_child_id, buffered_child_id=buffered_child_id
         )
 
+    def with_backfill(self, now_ns: int, backfill: Backfill | None) -> Task:
+        return self._next(now_ns, backfill=backfill)
+
+    def paused_now(
+        self, now_ns: int, by: str, note: str, skipped: Mapping[SkipReason, int]
+    ) -> Task:
+        """Paused by `by`: fires nothing, waits for nothing (its waiting run and a backfill in
+        progress are dropped: the caller cancels the runs), until resumed."""
+        self.check_schedule_control("pause")
+        if self.paused:
+            since = dt.datetime.fromtimestamp(self.paused_at_ns / NS_PER_SECOND, tz=dt.UTC)
+            raise FailedPrecondition(
+                f"recurring task {self.id!r} is already paused (by {self.paused_by or '-'} at "
+                f"{since:%Y-%m-%dT%H:%M:%SZ}"
+                + (f": {self.pause_note})" if self.pause_note else ")")
+            )
+        return self._next(
+            now_ns,
+            paused=True,
+            paused_by=by,
+            paused_at_ns=now_ns,
+            pause_note=note,
+            paused_next_ns=self.next_run_ns,
+            next_run_ns=HELD_NS,
+            buffered_child_id="",
+            backfill=None,
+            skipped_runs=self._add_skips(skipped),
+        )
+
+    def resumed_now(self, now_ns: int, by: str, note: str) -> Task:
+        """Resumed by `by`: due at the first occurrence it did not handle before the pause,
+        with the occurrences before `now_ns` to be skipped as paused (`plan_catch_up`)."""
+        self.check_schedule_control("resume")
+        if not self.paused:
+            raise FailedPrecondition(f"recurring task {self.id!r} is not paused")
+        return self._next(
+            now_ns,
+            paused=False,
+            next_run_ns=self.paused_next_ns or self.schedule.next_fire_ns(now_ns - 1),
+            paused_next_ns=0,
+            resumed_by=by,
+            resumed_at_ns=now_ns,
+            resume_note=note,
+        )
+
     def released_from_hold(self, now_ns: int) -> Task:
         """A BUFFER_ONE run whose predecessor ended: due now."""
         return self._next(now_ns, held=False, next_run_ns=now_ns)
 
-    def child(self, now_ns: int, fire_ns: int, *, held: bool) -> Task:
-        """The run of this recurring task for the fire at `fire_ns`."""
+    def child(
+        self,
+        now_ns: int,
+        fire_ns: int,
+        *,
+        held: bool,
+        origin: RunOrigin = RunOrigin.SCHEDULE,
+        run_id: str = "",
+    ) -> Task:
+        """The run of this recurring task for the occurrence at `fire_ns` (its id derived from
+        that time unless `run_id` names it)."""
         return Task(
-            id=child_task_id(self.id, fire_ns),
+            id=run_id or child_task_id(self.id, fire_ns),
             task_type=self.task_type,
             parameters=dict(self.parameters),
             priority=self.priority,
@@ -661,6 +1030,7 @@ class Task:
             parent_task_id=self.id,
             next_run_ns=HELD_NS if held else now_ns,
             held=held,
+            run_origin=origin.value,
         )
 
     def _final(self, now_ns: int, status: TaskState, *, error: str) -> Task:
@@ -714,9 +1084,21 @@ class Task:
             "active_child_id": self.active_child_id,
             "buffered_child_id": self.buffered_child_id,
             "fire_count": self.fire_count,
-            "skipped_fires": self.skipped_fires,
+            "skipped_runs": dict(self.skipped_runs),
             "held": self.held,
             "trace_context": dict(self.trace_context),
+            "time_zone": self.time_zone,
+            "catchup_window_seconds": self.catchup_window_seconds,
+            "paused": self.paused,
+            "paused_by": self.paused_by,
+            "paused_at_ns": self.paused_at_ns,
+            "pause_note": self.pause_note,
+            "paused_next_ns": self.paused_next_ns,
+            "resumed_by": self.resumed_by,
+            "resumed_at_ns": self.resumed_at_ns,
+            "resume_note": self.resume_note,
+            "backfill": self.backfill.to_doc() if self.backfill else None,
+            "run_origin": self.run_origin,
         }
 
     @classmethod
@@ -749,10 +1131,30 @@ class Task:
             active_child_id=str(data.get("active_child_id", "")),
             buffered_child_id=str(data.get("buffered_child_id", "")),
             fire_count=int(data.get("fire_count", 0)),
-            skipped_fires=int(data.get("skipped_fires", 0)),
+            skipped_runs=_skipped_runs(data),
             held=bool(data.get("held", False)),
             trace_context=dict(data.get("trace_context") or {}),
+            time_zone=str(data.get("time_zone") or DEFAULT_TIME_ZONE),
+            catchup_window_seconds=int(data.get("catchup_window_seconds", 0)),
+            paused=bool(data.get("paused", False)),
+            paused_by=str(data.get("paused_by", "")),
+            paused_at_ns=int(data.get("paused_at_ns", 0)),
+            pause_note=str(data.get("pause_note", "")),
+            paused_next_ns=int(data.get("paused_next_ns", 0)),
+            resumed_by=str(data.get("resumed_by", "")),
+            resumed_at_ns=int(data.get("resumed_at_ns", 0)),
+            resume_note=str(data.get("resume_note", "")),
+            backfill=Backfill.from_doc(data["backfill"]) if data.get("backfill") else None,
+            run_origin=str(data.get("run_origin", "")),
         )
+
+
+def _skipped_runs(data: Mapping[str, Any]) -> dict[str, int]:
+    counts = {str(k): int(v) for k, v in (data.get("skipped_runs") or {}).items()}
+    # Documents written before the reasons were counted apart: their skips were all overlaps.
+    if not counts and int(data.get("skipped_fires", 0)):
+        counts[SkipReason.OVERLAP.value] = int(data["skipped_fires"])
+    return counts
 
 
 def new_task(
@@ -786,6 +1188,8 @@ def new_task(
         overlap_policy=submission.overlap_policy,
         next_run_ns=next_run,
         trace_context=dict(trace_context or {}),
+        time_zone=schedule.time_zone if schedule else DEFAULT_TIME_ZONE,
+        catchup_window_seconds=submission.catchup_window_seconds if schedule else 0,
     )
 
 

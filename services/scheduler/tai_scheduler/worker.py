@@ -39,6 +39,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from enum import Enum
 from typing import TypeVar
 
@@ -48,20 +49,19 @@ from tai_common.messaging import events
 from tai_common.ports import DocumentStore, Transaction
 
 from tai_scheduler import metrics
-from tai_scheduler.changes import ChangeSet, Family, read_family, settle_parent
+from tai_scheduler.changes import ChangeSet, TaskReads, offer_occurrence, settle_parent
 from tai_scheduler.executors.port import PermanentTaskError, TaskContext
 from tai_scheduler.executors.registry import ExecutorRegistry
 from tai_scheduler.repository import Lease, TaskRepository
 from tai_scheduler.task import (
     API_LIMITS,
     AttemptOutcome,
-    CronSchedule,
     FireDecision,
+    SkipReason,
     Task,
     TaskState,
     check_parameters,
-    child_task_id,
-    decide_fire,
+    plan_catch_up,
 )
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,9 @@ class _ClaimPass:
     # Look again at once: a read or the pass hit its limit, or another replica took the
     # picked tasks first.
     more: bool = False
+    # What the transaction did to schedules, counted once it committed.
+    skipped: Mapping[SkipReason, int] = dataclass_field(default_factory=dict)
+    created: Sequence[Task] = ()
 
 
 Outcome = Callable[[Task, int], Task]
@@ -440,6 +443,7 @@ class Worker:
         )
         if claim_pass.changed:
             self._on_committed()
+            metrics.count_schedule_changes(claim_pass.skipped, claim_pass.created)
         self._hold(claim_pass.claims)
         contended = not claim_pass.changed
         return _ClaimPass(claim_pass.claims, claim_pass.changed, next_fire, limited or contended)
@@ -503,18 +507,11 @@ class Worker:
             for t in (picked.get(task_id) for task_id in lapsed_ids)
             if t is not None and t.status is TaskState.RUNNING and t.lease_until_ns <= now
         ]
-        related: dict[str, Task | None] = {}
-        for parent in recurring:
-            for task_id in (
-                parent.active_child_id,
-                parent.buffered_child_id,
-                child_task_id(parent.id, parent.next_run_ns),
-            ):
-                if task_id and task_id not in related:
-                    related[task_id] = await self._repo.get_in(tx, task_id)
-        families = {t.id: await read_family(tx, self._repo, t) for t in lapsed if t.parent_task_id}
 
         changes = ChangeSet()
+        # Reads go on while changes are collected; nothing is written before the end.
+        reads = TaskReads(tx, self._repo, changes)
+        reads.seed(list(picked.values()))
         candidates = list(due)
         for task in lapsed:
             after = changes.add(task.lease_lapsed(now), task)
@@ -525,12 +522,15 @@ class Worker:
                 task.lease_owner,
                 task.attempts[-1].attempt if task.attempts else 0,
             )
-            if after.is_final:
-                settle_parent(changes, families.get(task.id, Family()), after, now)
-            else:
+            if not after.is_final:
                 candidates.append(after)
+            elif after.parent_task_id:
+                released = await settle_parent(reads, after, now)
+                if released is not None:
+                    candidates.append(released)
+        skipped: collections.Counter[SkipReason] = collections.Counter()
         for parent in recurring:
-            self._fire(changes, parent, related, now, candidates)
+            skipped.update(await self._fire(reads, parent.id, now, candidates))
 
         known = self._executors.task_types
         runnable = [changes.get(t.id) or t for t in candidates if t.task_type in known]
@@ -543,66 +543,52 @@ class Worker:
             claimed.append(changes.add(task.claimed(now, replica, lease_ns), task))
         if changes:
             changes.write(tx, self._repo, self._events)
-        return _ClaimPass(claimed, changed=bool(changes))
+        return _ClaimPass(
+            claimed, changed=bool(changes), skipped=dict(skipped), created=changes.created()
+        )
 
-    def _fire(
-        self,
-        changes: ChangeSet,
-        parent: Task,
-        related: Mapping[str, Task | None],
-        now: int,
-        candidates: list[Task],
-    ) -> None:
-        """A recurring task is due: create (or hold, or skip) its run, and move it to its
-        next fire. Fires missed while no replica ran are coalesced into this one."""
-
-        def latest(task_id: str) -> Task | None:
-            return (changes.get(task_id) or related.get(task_id)) if task_id else None
-
-        parent = changes.get(parent.id) or parent
-        fire_ns = parent.next_run_ns
+    async def _fire(
+        self, reads: TaskReads, parent_id: str, now: int, candidates: list[Task]
+    ) -> Mapping[SkipReason, int]:
+        """A recurring task is due: offers its occurrences due by now under its overlap policy
+        (after an outage, those within its catch-up window; the older ones are skipped, as are
+        those that came while it was paused), adds the runs due now to `candidates`, and moves
+        it to its next fire. Returns the occurrences skipped, by reason."""
+        changes = reads.changes
+        parent = await reads.get(parent_id)
+        if parent is None:
+            return {}
         try:
-            next_fire = CronSchedule(parent.cron_schedule).next_fire_ns(max(now, fire_ns))
+            plan = plan_catch_up(
+                parent.schedule,
+                parent.next_run_ns,
+                now,
+                window_seconds=parent.catchup_window_seconds,
+                skip_before_ns=parent.resumed_at_ns,
+            )
         except ValueError as error:
             # Validated at submit, so only a stored expression croniter no longer accepts.
             changes.add(parent.cancelled(now, f"cron schedule stopped working: {error}"), parent)
-            return
-        active = latest(parent.active_child_id)
-        buffered = latest(parent.buffered_child_id)
-        decision = decide_fire(
-            parent.overlap_policy,
-            active.status if active else None,
-            buffered.status if buffered else None,
-        )
-        if decision in (FireDecision.RUN, FireDecision.BUFFER) and latest(
-            child_task_id(parent.id, fire_ns)
-        ):
-            decision = FireDecision.SKIP  # the run's id is taken (submitted by hand)
-        if decision is FireDecision.RUN:
-            run = changes.add(parent.child(now, fire_ns, held=False), None)
-            candidates.append(run)
-            changes.add(
-                parent.fired(now, next_fire, active_child_id=run.id, buffered_child_id=""), parent
+            return {}
+        skipped = collections.Counter(plan.skipped)
+        for fire_ns in plan.offered:
+            offer = await offer_occurrence(
+                reads, parent.id, fire_ns, now, policy=parent.overlap_policy
             )
-        elif decision is FireDecision.BUFFER:
-            run = changes.add(parent.child(now, fire_ns, held=True), None)
-            changes.add(
-                parent.fired(
-                    now,
-                    next_fire,
-                    active_child_id=parent.active_child_id,
-                    buffered_child_id=run.id,
-                ),
-                parent,
+            if offer.decision is FireDecision.SKIP:
+                skipped[SkipReason.OVERLAP] += 1
+            if offer.due is not None:
+                candidates.append(offer.due)
+        if plan.skipped:
+            log.info(
+                "recurring task %s: occurrences skipped: %s",
+                parent.id,
+                ", ".join(f"{count} {reason.value}" for reason, count in plan.skipped.items()),
             )
-        elif decision is FireDecision.RELEASE_BUFFERED and buffered is not None:
-            candidates.append(changes.add(buffered.released_from_hold(now), buffered))
-            changes.add(
-                parent.fired(now, next_fire, active_child_id=buffered.id, buffered_child_id=""),
-                parent,
-            )
-        else:
-            changes.add(parent.skipped(now, next_fire), parent)
+        latest = await reads.get(parent.id)
+        if latest is not None:
+            changes.add(latest.advanced(now, plan.next_fire_ns, skipped), latest)
+        return skipped
 
     # --- holding claims until their due time and a free slot ---
 
@@ -876,9 +862,10 @@ class Worker:
         )
         if written is None:
             return  # the store stayed unreachable; the leases lapse and the tasks are re-run
-        applied, pending_again = written
+        applied, pending_again, created = written
         if applied:
             self._on_committed()
+            metrics.count_schedule_changes({}, created)
         if pending_again:
             self._wake.set()  # a retry (or a run released behind a finished one) falls due
         for claim, _ in batch:
@@ -893,12 +880,15 @@ class Worker:
 
     async def _finish_in(
         self, tx: Transaction, batch: Sequence[tuple[_Claim, Outcome]]
-    ) -> tuple[set[str], bool]:
-        """Writes the outcomes; returns the tasks written, and whether any task (one retried,
-        or a run released behind one that ended) is pending again."""
+    ) -> tuple[set[str], bool, list[Task]]:
+        """Writes the outcomes; returns the tasks written, whether any task (one retried, or a
+        run released behind one that ended) is pending again, and the runs it created (a
+        backfill's next)."""
         tasks = await self._repo.get_many_in(tx, [claim.task.id for claim, _ in batch])
         now = self._clock.now_ns()
         changes = ChangeSet()
+        reads = TaskReads(tx, self._repo, changes)
+        reads.seed(list(tasks.values()))
         applied = set()
         pending_again = False
         for claim, outcome in batch:
@@ -908,14 +898,12 @@ class Worker:
             after = changes.add(outcome(task.started(claim.started_ns), now), task)
             applied.add(task.id)
             pending_again |= after.status is TaskState.PENDING
-            if after.is_final:
-                family = await read_family(tx, self._repo, task)
-                settle_parent(changes, family, after, now)
-                released = changes.get(family.buffered.id) if family.buffered else None
-                pending_again |= released is not None and not released.held
+            if after.is_final and after.parent_task_id:
+                # The run waiting behind it, or a backfill's next run, is due now.
+                pending_again |= await settle_parent(reads, after, now) is not None
         if changes:
             changes.write(tx, self._repo, self._events)
-        return applied, pending_again
+        return applied, pending_again, changes.created()
 
     async def _with_retries(
         self, what: str, fn: Callable[[Transaction], Awaitable[T]], attempts: int = 6
