@@ -268,9 +268,7 @@ async def test_a_limit_holds_back_the_actions_past_it(suite: Suite) -> None:
     draft = ["policy", "simulate", "--condition", CONDITION, *SCALE_API, "--since", "1h"]
     limited = await taictl(*draft, "--limit", "1/1h")
     assert limited.exit_code == 0, limited.output
-    assert "2 matched: would create 1 action (api: 1), 1 held back (limit: 1)" in (
-        limited.output
-    )
+    assert "2 matched: would create 1 action (api: 1), 1 held back (limit: 1)" in (limited.output)
     unlimited = await taictl(*draft)
     assert "2 matched: would create 2 actions (api: 2), 0 held back" in unlimited.output
 
