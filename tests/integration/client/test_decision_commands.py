@@ -5,23 +5,20 @@ servers run in the test's."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import io
 import time
-from collections.abc import AsyncIterator
-from typing import IO
 
 import pytest
-from click.testing import CliRunner, Result
 from google.protobuf import json_format
 from integration.coordinator.test_coordinator_api import CONDITION, enforced_policy, submit
 from support import inprocess
+from support.cli import row_of, taictl
 from support.processes import free_port
 from support.running import Suite
 from tai.v1 import common_pb2, coordinator_pb2, governor_pb2
 from tai_client import coordinator_commands, policy_commands  # noqa: F401  (register groups)
-from tai_client.cli import DEFAULT_TARGETS, cli
+from tai_client.cli import DEFAULT_TARGETS
 from tai_client.output import format_ns
 from tai_client.policy_commands import print_simulation
 
@@ -32,36 +29,11 @@ SCALE_ACTION = governor_pb2.ActionTemplate(
 NS = 1_000_000_000
 
 
-@pytest.fixture
-async def suite(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Suite]:
-    async with (
-        inprocess.governor(sqlite_url) as governor,
-        inprocess.coordinator(sqlite_url, governor.target) as coordinator,
-    ):
-        # taictl has one --target for every service, and `policy enforce` calls two (the
-        # Coordinator rehearses, the Governor enforces): each service's default address points
-        # at its server here.
-        monkeypatch.setitem(DEFAULT_TARGETS, "governor", governor.target)
-        monkeypatch.setitem(DEFAULT_TARGETS, "coordinator", coordinator.target)
-        yield Suite(governor, coordinator)
-
-
 class TerminalInput(io.BytesIO):
     """What a person types at a terminal: a stdin that is a tty."""
 
     def isatty(self) -> bool:
         return True
-
-
-async def taictl(*args: str, stdin: str | IO[bytes] | None = None) -> Result:
-    return await asyncio.to_thread(
-        CliRunner().invoke, cli, list(args), input=stdin, catch_exceptions=False
-    )
-
-
-def row_of(output: str, policy_id: str) -> str:
-    [row] = [line for line in output.splitlines() if policy_id in line]
-    return row
 
 
 def simulation_of(line: str) -> coordinator_pb2.SimulatePolicyResponse:

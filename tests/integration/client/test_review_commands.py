@@ -6,14 +6,11 @@ run in the test's."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import time
-from collections.abc import AsyncIterator
 
 import pytest
-from click.testing import CliRunner, Result
 from google.protobuf import json_format
 from integration.coordinator.test_coordinator_api import (
     CONDITION,
@@ -21,7 +18,7 @@ from integration.coordinator.test_coordinator_api import (
     submit,
     wait_until_active,
 )
-from support import inprocess
+from support.cli import row_of, taictl
 from support.running import Suite
 from tai.v1 import common_pb2, coordinator_pb2
 from tai_client import (  # noqa: F401  (register groups)
@@ -29,34 +26,11 @@ from tai_client import (  # noqa: F401  (register groups)
     policy_commands,
     silence_commands,
 )
-from tai_client.cli import DEFAULT_TARGETS, cli
 from tai_client.output import format_duration, format_ns
 from tai_client.policy_commands import duration_seconds, parse_moment_ahead
 
 SCALE_API = ["--action-type", "scale", "--target-service", "api", "--param", "replicas=+2"]
 NS = 1_000_000_000
-
-
-@pytest.fixture
-async def suite(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Suite]:
-    async with (
-        inprocess.governor(sqlite_url) as governor,
-        inprocess.coordinator(sqlite_url, governor.target) as coordinator,
-    ):
-        # taictl has one --target for every service, and these tests call two: each service's
-        # default address points at its server here.
-        monkeypatch.setitem(DEFAULT_TARGETS, "governor", governor.target)
-        monkeypatch.setitem(DEFAULT_TARGETS, "coordinator", coordinator.target)
-        yield Suite(governor, coordinator)
-
-
-async def taictl(*args: str) -> Result:
-    return await asyncio.to_thread(CliRunner().invoke, cli, list(args), catch_exceptions=False)
-
-
-def row_of(output: str, text: str) -> str:
-    [row] = [line for line in output.splitlines() if text in line]
-    return row
 
 
 async def explained(signal_id: str, policy_id: str) -> coordinator_pb2.PolicyDecision:

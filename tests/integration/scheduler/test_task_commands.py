@@ -3,27 +3,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from pathlib import Path
-from typing import Any
 
-from click.testing import CliRunner, Result
+from click.testing import Result
 from scheduler_helpers import NS, RunningScheduler, wait_status
+from support.cli import json_lines
+from support.cli import taictl as run_taictl
 from tai_client import task_commands  # noqa: F401  (registers the `task` group)
-from tai_client.cli import cli
 
 
 async def taictl(scheduler: RunningScheduler, *args: str) -> Result:
-    runner = CliRunner()
-    return await asyncio.to_thread(
-        runner.invoke, cli, ["--target", scheduler.target, *args], catch_exceptions=False
-    )
-
-
-def json_lines(result: Result) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return await run_taictl("--target", scheduler.target, *args)
 
 
 async def test_submit_get_list_watch_and_cancel(scheduler: RunningScheduler, ledger: Path) -> None:
