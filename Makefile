@@ -7,6 +7,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 PACKAGES := -e libs/proto -e libs/rpc -e libs/common -e libs/client \
 	-e services/governor -e services/coordinator -e services/scheduler -e services/server \
+	-e services/console \
 	-e tests/plugins/executors
 PROTOS := $(wildcard protos/tai/v1/*.proto)
 GEN_STAMP := libs/proto/tai/v1/.generated
