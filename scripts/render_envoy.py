@@ -38,6 +38,9 @@ class GatewayConfig:
     rate_limit_per_second: int = 1000
     rate_limit_burst: int = 2000
     unary_timeout: str = "15s"
+    # The operator console's file server (tai_console), host:port; "" = no console route.
+    # Its route comes last (prefix /) and needs no token: the page must load to ask for one.
+    console: str = ""
 
 
 # Unary methods that may run longer than `unary_timeout`, and how long: SimulatePolicy scans up
@@ -68,6 +71,12 @@ def _routes(config: GatewayConfig) -> str:
             "                    retry_on: unavailable,connect-failure,reset",
             "                    num_retries: 2",
         ]
+    if config.console:
+        # Last: everything not an API path is the console's (its page, modules, /config.json).
+        lines += [
+            "              - match: {prefix: /}",
+            "                route: {cluster: tai-console, timeout: 15s}",
+        ]
     return "\n".join(lines)
 
 
@@ -90,6 +99,19 @@ def _clusters(config: GatewayConfig) -> str:
             "      base_ejection_time: 30s",
             "    load_assignment:",
             f"      cluster_name: tai-{name}",
+            "      endpoints:",
+            "      - lb_endpoints:",
+            "        - endpoint:",
+            f"            address: {{socket_address: {{address: {host}, port_value: {port}}}}}",
+        ]
+    if config.console:
+        host, port = config.console.rsplit(":", 1)
+        # HTTP/1.1: the console's server is the standard library's.
+        lines += [
+            "  - name: tai-console",
+            "    type: STRICT_DNS",
+            "    load_assignment:",
+            "      cluster_name: tai-console",
             "      endpoints:",
             "      - lb_endpoints:",
             "        - endpoint:",
@@ -118,7 +140,9 @@ def _jwt_filter(config: GatewayConfig) -> str:
               - match: {{prefix: /tai.v1.}}
                 requires: {{provider_name: tai}}
               - match: {{prefix: /v1/}}
-                requires: {{provider_name: tai}}"""
+                requires: {{provider_name: tai}}
+              # Anything else (the console's files, /config.json) matches no rule, so it needs
+              # no token: the page loads, then asks for one and sends it on its API calls."""
 
 
 def render(config: GatewayConfig) -> str:
@@ -145,6 +169,7 @@ def main() -> None:
     parser.add_argument("--jwks", default="")
     parser.add_argument("--issuer", default="")
     parser.add_argument("--audience", default="tai")
+    parser.add_argument("--console", default="127.0.0.1:8088", help='host:port, "" for none')
     args = parser.parse_args()
     text = render(
         GatewayConfig(
@@ -154,6 +179,7 @@ def main() -> None:
             jwks_file=args.jwks,
             issuer=args.issuer,
             audience=args.audience,
+            console=args.console,
         )
     )
     if args.out:

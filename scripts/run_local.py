@@ -1,7 +1,7 @@
 """`make run`: the whole suite on the embedded default — SQLite store and bus under ./.tai/,
 no cloud account, no Docker. Starts the services in one process (`tai-server`, each on its own
-port) and the Envoy gateway, waits until each is ready, prints how to reach them, and stops
-everything on Ctrl-C.
+port), the operator console's file server (`tai-console`) and the Envoy gateway in front of
+both, waits until each is ready, prints how to reach them, and stops everything on Ctrl-C.
 
     python scripts/run_local.py [--auth]
 
@@ -14,7 +14,8 @@ The processes die with this one even if it is killed (SIGKILL): none is left hol
 
 Overrides, for running beside another copy (the tests do): TAI_RUN_STATE_DIR (default ./.tai),
 TAI_RUN_<SERVICE>_PORT (SERVICE: GOVERNOR, COORDINATOR, SCHEDULER), TAI_RUN_METRICS_PORT (the
-server's /metrics, default 9100), TAI_RUN_GATEWAY_PORT and TAI_RUN_GATEWAY_ADMIN_PORT.
+server's /metrics, default 9100), TAI_RUN_CONSOLE_PORT (the console's file server, default 8088;
+browsers reach it through the gateway), TAI_RUN_GATEWAY_PORT and TAI_RUN_GATEWAY_ADMIN_PORT.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ def envoy_binary() -> Path:
 def available(service: Service) -> bool:
     """A service is started once its package has an entry point."""
     return importlib.util.find_spec(f"{service.module}.__main__") is not None
+
+
+def console_available() -> bool:
+    """The console is served once its package (tai_console) is installed."""
+    return importlib.util.find_spec("tai_console.__main__") is not None
 
 
 def die_with_supervisor() -> Callable[[], None] | None:
@@ -274,6 +280,8 @@ class Plan:
     db_url: str
     auth: Auth
     envoy_config: Path
+    # The console's file server's port; None when tai_console is not installed.
+    console_port: int | None = None
 
 
 def make_plan(argv: list[str] | None) -> Plan:
@@ -294,6 +302,7 @@ def make_plan(argv: list[str] | None) -> Plan:
     grace = _seconds("TAI_SHUTDOWN_GRACE_SECONDS", 10.0)
     state_dir.mkdir(parents=True, exist_ok=True)
     auth = choose_auth(args.auth, state_dir, services)
+    console_port = _port("TAI_RUN_CONSOLE_PORT", 8088) if console_available() else None
     # The gateway, with the same routes as production's ingress.
     envoy_config = state_dir / "envoy.yaml"
     envoy_config.write_text(
@@ -305,12 +314,13 @@ def make_plan(argv: list[str] | None) -> Plan:
                 upstreams={s.name: f"127.0.0.1:{s.grpc_port}" for s in services},
                 jwks_file=auth.jwks_file,
                 issuer=auth.issuer,
+                console=f"127.0.0.1:{console_port}" if console_port else "",
             )
         )
     )
     db_url = f"sqlite:///{state_dir / 'tai.db'}"
     metrics_port = _port("TAI_RUN_METRICS_PORT", 9100)
-    return Plan(services, metrics_port, gateway, grace, db_url, auth, envoy_config)
+    return Plan(services, metrics_port, gateway, grace, db_url, auth, envoy_config, console_port)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -370,6 +380,18 @@ class Supervisor:
             [sys.executable, "-m", "tai_server"],
             server_env(self.services, self.plan.metrics_port, self.plan.db_url, self.plan.auth),
         )
+        if self.plan.console_port is not None:
+            await self._spawn(
+                "console",
+                [sys.executable, "-m", "tai_console"],
+                {
+                    **os.environ,
+                    "TAI_HOST": "127.0.0.1",
+                    "TAI_CONSOLE_PORT": str(self.plan.console_port),
+                    # The page asks for a token only when the API wants one.
+                    "TAI_AUTH": "jwt" if self.plan.auth.enabled else "off",
+                },
+            )
         await self._spawn(
             "gateway",
             [
@@ -414,6 +436,10 @@ class Supervisor:
         try:
             targets = [f"127.0.0.1:{service.grpc_port}" for service in self.services]
             await wait_serving(targets, processes["tai-server"], deadline, self._die_with_us)
+            if self.plan.console_port is not None:
+                name = "console"
+                healthz = f"http://127.0.0.1:{self.plan.console_port}/healthz"
+                await wait_http(healthz, processes["console"], deadline)
             name = "gateway"
             admin = f"http://127.0.0.1:{self.gateway.admin_port}/ready"
             await wait_http(admin, processes["gateway"], deadline)
@@ -468,9 +494,23 @@ def print_banner(plan: Plan) -> None:
         lines.append(f"  {service.name:<12} gRPC 127.0.0.1:{service.grpc_port}")
     lines += [
         f"  {'metrics':<12} http://127.0.0.1:{plan.metrics_port}/metrics   (every service)",
+        *(
+            [f"  {'console':<12} http://127.0.0.1:{plan.console_port}/   (behind the gateway)"]
+            if plan.console_port is not None
+            else []
+        ),
         f"  {'gateway':<12} gRPC and JSON http://127.0.0.1:{gateway.port}   "
         f"(Envoy admin http://127.0.0.1:{gateway.admin_port})",
         "",
+        *(
+            [
+                f"Console: http://127.0.0.1:{gateway.port}/"
+                + ("   (it asks for a token: paste one from below)" if auth.enabled else ""),
+                "",
+            ]
+            if plan.console_port is not None
+            else []
+        ),
         *auth_lines(auth),
         "Through the gateway, JSON over HTTP:",
         f"  curl -s{bearer} -X POST http://127.0.0.1:{gateway.port}/v1/policies \\",

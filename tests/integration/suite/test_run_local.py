@@ -46,6 +46,7 @@ class RunLocal:
 
     ports: dict[str, int]
     metrics_port: int
+    console_port: int
     gateway_port: int
     gateway_admin_port: int
 
@@ -55,11 +56,13 @@ class RunLocal:
         if same_ports_as is not None:
             self.ports = same_ports_as.ports
             self.metrics_port = same_ports_as.metrics_port
+            self.console_port = same_ports_as.console_port
             self.gateway_port = same_ports_as.gateway_port
             self.gateway_admin_port = same_ports_as.gateway_admin_port
         else:
             self.ports = {name: free_port() for name in SERVICES}
             self.metrics_port = free_port()
+            self.console_port = free_port()
             self.gateway_port, self.gateway_admin_port = free_port(), free_port()
         self.output_path = directory / f"run_local-{time.monotonic_ns()}.out"
         self.seen_children: set[int] = set()
@@ -70,6 +73,7 @@ class RunLocal:
             "TAI_SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
             **{f"TAI_RUN_{n.upper()}_PORT": str(p) for n, p in self.ports.items()},
             "TAI_RUN_METRICS_PORT": str(self.metrics_port),
+            "TAI_RUN_CONSOLE_PORT": str(self.console_port),
             **env,
         }
         # The user's shell may carry settings of its own; these runs start from the defaults.
@@ -94,6 +98,7 @@ class RunLocal:
         return [
             *self.ports.values(),
             self.metrics_port,
+            self.console_port,
             self.gateway_port,
             self.gateway_admin_port,
         ]
@@ -107,7 +112,7 @@ class RunLocal:
         return output
 
     def children(self) -> list[int]:
-        """The processes it started (the server and the gateway)."""
+        """The processes it started (the server, the console and the gateway)."""
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and _stat(int(entry.name))[1] == self.process.pid:
@@ -268,6 +273,14 @@ async def test_make_run_with_auth_prints_tokens_that_drive_the_loop(
     assert policy_id in [p["id"] for p in json.loads(body)["policies"]]
     status, body = await asyncio.to_thread(gateway_get, url)
     assert status == 401, body
+    # The console loads without a token (it asks for one), and knows that it must.
+    console = f"http://127.0.0.1:{suite.gateway_port}/"
+    assert f"Console: {console}" in suite.output()
+    status, body = await asyncio.to_thread(gateway_get, console)
+    assert status == 200, body
+    assert "<html" in body.lower()
+    status, body = await asyncio.to_thread(gateway_get, f"{console}config.json")
+    assert (status, json.loads(body)) == (200, {"auth": "jwt"})
 
     assert await suite.exit_time_after(signal.SIGINT) < GRACE_SECONDS
     assert suite.process.returncode == 0
@@ -295,8 +308,8 @@ async def test_ctrl_c_while_a_service_waits_to_start_stops_everything_in_the_gra
         assert time.monotonic() < deadline, suite.output()
         await asyncio.sleep(0.1)
     children = suite.children()
-    # The server (every service), the gateway, and the health check waiting for them.
-    assert len(children) == 3
+    # The server (every service), the console, the gateway, and the health check waiting.
+    assert len(children) == 4
 
     took = await suite.exit_time_after(signal.SIGINT)
 
@@ -311,7 +324,7 @@ async def test_killing_make_run_leaves_no_process_holding_its_ports(
     suite = run_local(tmp_path)
     await suite.wait_banner()
     children = suite.children()
-    assert len(children) == 2
+    assert len(children) == 3
 
     suite.process.kill()
     suite.process.wait(10)
