@@ -149,6 +149,31 @@ class CoordinatorClient:
         )
 
     @maps_errors
+    async def list_signals(
+        self,
+        *,
+        signal_type: str = "",
+        source: str = "",
+        min_priority: int = 0,
+        metadata: Mapping[str, str] | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> coordinator_pb2.ListSignalsResponse:
+        """One page of stored signals, newest first, matching every filter given."""
+        return await self._stub.ListSignals(
+            coordinator_pb2.ListSignalsRequest(
+                signal_type=signal_type,
+                source=source,
+                min_priority=min_priority,
+                metadata=[f"{k}={v}" for k, v in (metadata or {}).items()],
+                page_size=page_size,
+                page_token=page_token,
+            ),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
     async def explain_signal(
         self, signal_id: str, *, timeout: float | None = None
     ) -> coordinator_pb2.SignalDecision:

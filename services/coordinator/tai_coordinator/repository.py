@@ -42,6 +42,10 @@ INDEXES = (
     # Approvals past their deadline, to expire them.
     IndexSpec(ACTIONS, ("status", "next_delivery_ns")),
     IndexSpec(SIGNALS, ("received_at_ns",)),
+    # ListSignals: newest first, by type and/or source.
+    IndexSpec(SIGNALS, ("signal_type", "received_at_ns"), (False, True)),
+    IndexSpec(SIGNALS, ("source", "received_at_ns"), (False, True)),
+    IndexSpec(SIGNALS, ("signal_type", "source", "received_at_ns"), (False, False, True)),
 )
 
 
@@ -284,6 +288,31 @@ class CoordinatorRepository:
             limit=limit,
             start_after=start_after,
         )
+
+    async def list_signals(
+        self, *, signal_type: str, source: str, limit: int, start_after: Cursor | None
+    ) -> tuple[list[StoredSignal], Cursor | None]:
+        """A page of signals, newest first, of `signal_type` and from `source` when set."""
+        filters: list[Filter] = []
+        if signal_type:
+            filters.append(Filter.eq("signal_type", signal_type))
+        if source:
+            filters.append(Filter.eq("source", source))
+        page = await self._store.query(
+            Query(
+                SIGNALS,
+                filters=tuple(filters),
+                order_by=(Order("received_at_ns", descending=True),),
+                limit=limit,
+                start_after=start_after,
+            )
+        )
+        signals = [StoredSignal.from_doc(d.data, with_decision=False) for d in page.documents]
+        return signals, page.next_cursor
+
+    async def signals_since(self, since_ns: int) -> int:
+        """How many signals were received at or after `since_ns`."""
+        return await self._store.count(SIGNALS, (Filter("received_at_ns", Op.GE, since_ns),))
 
     async def latest_signal(self) -> StoredSignal | None:
         page = await self._store.query(

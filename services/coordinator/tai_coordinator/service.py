@@ -28,6 +28,7 @@ from tai_common.core import (
     page_size,
 )
 from tai_common.core.units import seconds_to_ns
+from tai_common.core.validation import MAX_KEY_LENGTH
 from tai_common.messaging import AuditTrail, events, topics
 from tai_common.ports import AdmissionRequest, Cache, DocumentStore, Transaction, WindowLimiter
 
@@ -51,6 +52,7 @@ from tai_coordinator.model import (
     DEFAULT_MAX_DELIVERIES,
     MAX_MESSAGE_LENGTH,
     OPEN_STATUSES,
+    SIGNAL_TYPES,
     Action,
     ActionRequest,
     ActionStatus,
@@ -122,6 +124,8 @@ class ServiceStatus:
     pending_actions: int
     delivered_actions: int
     accepted_actions: int
+    awaiting_approval_actions: int
+    signals_last_minute: int
     last_signal_ns: int
     timestamp_ns: int
 
@@ -426,6 +430,47 @@ class CoordinatorService:
             raise NotFound("signal", signal_id)
         return signal
 
+    async def list_signals(
+        self,
+        *,
+        signal_type: str,
+        source: str,
+        min_priority: int,
+        metadata: Sequence[str],
+        requested_page_size: int,
+        page_token: str,
+    ) -> tuple[list[StoredSignal], str]:
+        """Signals newest first; type and source are filtered by the store, priority and
+        metadata over each page (so a page may come back short)."""
+        if signal_type and signal_type not in SIGNAL_TYPES:
+            raise InvalidArgument(
+                "signal_type",
+                f"must be one of {', '.join(SIGNAL_TYPES)} (got {signal_type[:64]!r})",
+            )
+        check_length("source", source, MAX_KEY_LENGTH)
+        if not 0 <= min_priority <= 10:
+            raise InvalidArgument("min_priority", "must be between 0 and 10")
+        wanted: dict[str, str] = {}
+        for entry in metadata:
+            key, sep, value = entry.partition("=")
+            if not sep or not key:
+                raise InvalidArgument("metadata", f"entries are key=value (got {entry[:64]!r})")
+            wanted[key] = value
+        scope = f"signals|{signal_type}|{source}|{min_priority}|{sorted(wanted.items())}"
+        signals, cursor = await self._repo.list_signals(
+            signal_type=signal_type,
+            source=source,
+            limit=page_size(requested_page_size),
+            start_after=decode_page_token(page_token, scope),
+        )
+        kept = [
+            s
+            for s in signals
+            if s.signal.priority >= min_priority
+            and all(s.signal.metadata.get(k) == v for k, v in wanted.items())
+        ]
+        return kept, encode_page_token(cursor, scope)
+
     # --- actions ---
 
     async def request_action(
@@ -666,14 +711,18 @@ class CoordinatorService:
         counts = {status: 0 for status in OPEN_STATUSES}
         for action in open_actions:
             counts[action.status] += 1
+        now = self._clock.now_ns()
+        signals_last_minute = await self._repo.signals_since(now - seconds_to_ns(60))
         return ServiceStatus(
             service_name=service_name,
             pending_signals=len({a.signal_id for a in open_actions if a.signal_id}),
             pending_actions=len(open_actions),
             delivered_actions=counts[ActionStatus.DELIVERED],
             accepted_actions=counts[ActionStatus.ACCEPTED],
+            awaiting_approval_actions=counts[ActionStatus.AWAITING_APPROVAL],
+            signals_last_minute=signals_last_minute,
             last_signal_ns=last_signal_ns,
-            timestamp_ns=self._clock.now_ns(),
+            timestamp_ns=now,
         )
 
 

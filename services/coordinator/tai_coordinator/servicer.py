@@ -86,6 +86,21 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> coordinator_pb2.Signal:
         return signal_to_proto(await self._service.get_signal(request.id))
 
+    async def ListSignals(
+        self, request: coordinator_pb2.ListSignalsRequest, context: Context
+    ) -> coordinator_pb2.ListSignalsResponse:
+        signals, token = await self._service.list_signals(
+            signal_type=request.signal_type,
+            source=request.source,
+            min_priority=request.min_priority,
+            metadata=list(request.metadata),
+            requested_page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return coordinator_pb2.ListSignalsResponse(
+            signals=[signal_to_proto(s) for s in signals], next_page_token=token
+        )
+
     async def ExplainSignal(
         self, request: coordinator_pb2.ExplainSignalRequest, context: Context
     ) -> coordinator_pb2.SignalDecision:
@@ -220,6 +235,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             last_signal_ns=status.last_signal_ns,
             delivered_actions=status.delivered_actions,
             accepted_actions=status.accepted_actions,
+            awaiting_approval_actions=status.awaiting_approval_actions,
+            signals_last_minute=status.signals_last_minute,
         )
 
     async def GetAction(

@@ -14,6 +14,7 @@ from support import inprocess
 from support.rpc_errors import expect_error, field_violations
 from support.running import Suite
 from tai.v1 import coordinator_pb2, governor_pb2
+from tai.v1.coordinator_pb2_grpc import CoordinatorStub
 from tai_common.core.units import seconds_to_ns
 from tai_coordinator.model import SignalInput, StoredSignal
 from tai_coordinator.repository import SIGNALS
@@ -336,3 +337,50 @@ async def test_a_large_window_stops_at_the_deadline_and_resumes(sqlite_url: str)
             )
         finally:
             assert (await running).complete
+
+
+async def test_recent_signals_are_listed_newest_first_with_filters(suite: Suite) -> None:
+    coordinator = suite.coordinator.client
+    ids = await submit_many(
+        suite,
+        [
+            {"source": "prom", "priority": 3, "metadata": {"env": "prod"}},
+            {"source": "prom", "priority": 9, "metadata": {"env": "prod"}},
+            {"source": "grafana", "priority": 9, "metadata": {"env": "dev"}},
+            {"source": "prom", "priority": 9, "signal_type": "event", "metadata": {}},
+        ],
+    )
+    everything = await coordinator.list_signals()
+    assert [s.id for s in everything.signals][:4] == ids[::-1]
+    assert [s.id for s in (await coordinator.list_signals(source="prom")).signals] == [
+        ids[3],
+        ids[1],
+        ids[0],
+    ]
+    alerts = await coordinator.list_signals(signal_type="alert", source="prom", min_priority=5)
+    assert [s.id for s in alerts.signals] == [ids[1]]
+    tagged = await coordinator.list_signals(metadata={"env": "prod"})
+    assert [s.id for s in tagged.signals] == [ids[1], ids[0]]
+
+    first = await coordinator.list_signals(page_size=2)
+    second = await coordinator.list_signals(page_size=2, page_token=first.next_page_token)
+    assert [s.id for s in [*first.signals, *second.signals]] == ids[::-1]
+
+    status = await coordinator.status("")
+    assert status.signals_last_minute >= 4
+
+    for fields, field in (
+        ({"signal_type": "metric"}, "signal_type"),
+        ({"min_priority": 11}, "min_priority"),
+    ):
+        error = await expect_error(
+            coordinator.list_signals(**fields), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert field_violations(error) == [field]
+    error = await expect_error(
+        CoordinatorStub(suite.coordinator.channel).ListSignals(
+            coordinator_pb2.ListSignalsRequest(metadata=["nokey"])
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert field_violations(error) == ["metadata"]

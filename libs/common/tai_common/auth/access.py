@@ -37,6 +37,7 @@ METHOD_ROLES: Mapping[str, Role] = {
     "/tai.v1.Coordinator/GetAction": Role.VIEWER,
     "/tai.v1.Coordinator/ListActions": Role.VIEWER,
     "/tai.v1.Coordinator/GetSignal": Role.VIEWER,
+    "/tai.v1.Coordinator/ListSignals": Role.VIEWER,
     "/tai.v1.Coordinator/ExplainSignal": Role.VIEWER,
     "/tai.v1.Coordinator/CreateSilence": Role.OPERATOR,
     "/tai.v1.Coordinator/ExpireSilence": Role.OPERATOR,
