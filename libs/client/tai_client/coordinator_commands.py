@@ -135,6 +135,70 @@ def submit(
     )
 
 
+@signal.command(name="list")
+@click.option(
+    "--type", "signal_type", default="", type=click.Choice(["", "alert", "event", "command"])
+)
+@click.option("--source", default="", help="Only signals from this source.")
+@click.option("--min-priority", default=0, type=click.IntRange(0, 10))
+@click.option("--meta", "metadata", multiple=True, metavar="KEY=VALUE", help="Metadata entry.")
+@click.option("--limit", default=50, show_default=True, help="At most this many (newest first).")
+@pass_context
+def list_signals(
+    ctx: CliContext,
+    signal_type: str,
+    source: str,
+    min_priority: int,
+    metadata: tuple[str, ...],
+    limit: int,
+) -> None:
+    """List stored signals, newest first."""
+    wanted = parse_pairs(metadata, "--meta")
+
+    async def call(
+        channel: grpc.aio.Channel, options: ChannelOptions
+    ) -> list[coordinator_pb2.Signal]:
+        client = CoordinatorClient(channel, options)
+        found: list[coordinator_pb2.Signal] = []
+        token = ""
+        while len(found) < limit:
+            page = await client.list_signals(
+                signal_type=signal_type,
+                source=source,
+                min_priority=min_priority,
+                metadata=wanted,
+                page_size=min(1000, limit - len(found)),
+                page_token=token,
+            )
+            found.extend(page.signals)
+            token = page.next_page_token
+            if not token:
+                break
+        return found[:limit]
+
+    signals = ctx.run("coordinator", call)
+    if ctx.json_output:
+        for s in signals:
+            print_json(s)
+        return
+    print_rows(
+        ["SIGNAL", "RECEIVED", "TYPE", "PRIORITY", "SOURCE", "METADATA", "ACTIONS"],
+        [
+            [
+                s.id,
+                format_ns(s.received_at_ns),
+                s.signal_type,
+                str(s.priority),
+                s.source or "-",
+                format_map(s.metadata),
+                str(len(s.action_ids)),
+            ]
+            for s in signals
+        ],
+        title=plural(len(signals), "signal"),
+    )
+
+
 @signal.command()
 @click.argument("signal_id")
 @pass_context

@@ -13,7 +13,7 @@ import pytest
 from google.protobuf import json_format
 from integration.coordinator.test_coordinator_api import CONDITION, enforced_policy, submit
 from support import inprocess
-from support.cli import row_of, taictl
+from support.cli import json_lines, row_of, taictl
 from support.processes import free_port
 from support.running import Suite
 from tai.v1 import common_pb2, coordinator_pb2, governor_pb2
@@ -301,3 +301,16 @@ def test_a_simulation_the_deadline_stopped_says_so(capsys: pytest.CaptureFixture
         f"warning: stopped at {format_ns(stopped_at)} after 30.0s: the deadline came first; "
         "narrow the window or pass --max-seconds" in out
     )
+
+
+async def test_signal_list_filters_and_shows_the_newest_first(suite: Suite) -> None:
+    first = await submit(suite, source="cli-list", priority=4, metadata={"env": "prod"})
+    second = await submit(suite, source="cli-list", priority=9, metadata={"env": "prod"})
+    await submit(suite, source="elsewhere", priority=9)
+    listed = await taictl("--json", "signal", "list", "--source", "cli-list")
+    assert listed.exit_code == 0, listed.output
+    assert [s["id"] for s in json_lines(listed)] == [second.resource_id, first.resource_id]
+    urgent = await taictl("signal", "list", "--source", "cli-list", "--min-priority", "5")
+    assert second.resource_id in urgent.output
+    assert first.resource_id not in urgent.output
+    assert "env=prod" in row_of(urgent.output, second.resource_id)
