@@ -77,8 +77,11 @@ async function errorOf(response) {
   try {
     body = JSON.parse(text);
   } catch {
-    // Not a google.rpc.Status (e.g. the gateway's own 401 or 503 page): keep its text.
-    body = { message: text.trim() || response.statusText || `HTTP ${response.status}` };
+    // Not a google.rpc.Status (e.g. the gateway's own 401 or 503 answer): keep its text, but
+    // not an HTML page's markup.
+    const plain = text.trim();
+    const fallback = `HTTP ${response.status}${response.statusText ? ` ${response.statusText}` : ''}`;
+    body = { message: plain && !plain.startsWith('<') ? plain : fallback };
   }
   if (response.status === 401) {
     body.message = `Token refused (401): ${body.message}`;

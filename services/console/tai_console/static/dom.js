@@ -178,7 +178,7 @@ export function showError(box, err, form) {
   const unplaced = form ? showFieldErrors(form, violations, null) : violations;
   const message = err && err.message ? err.message : String(err);
   replace(box,
-    h('p', {}, err && err.status ? `${message} (HTTP ${err.status})` : message),
+    h('p', {}, err && err.status && !message.startsWith('HTTP ') ? `${message} (HTTP ${err.status})` : message),
     unplaced.length ? h('ul', {}, unplaced.map((v) => h('li', {}, `${v.field}: ${v.description}`))) : null);
   box.hidden = false;
 }
