@@ -134,6 +134,7 @@ google.api.http annotations (protos/tai/v1/*.proto; tests/deploy checks every on
       (dict "prefix" "/v1/actions")
       (dict "prefix" "/v1/services/")
       (dict "exact" "/v1/simulations")
+      (dict "exact" "/v1/status")
       (dict "prefix" "/v1/silences")
       (dict "exact" "/v1/coordinator:health"))
     "scheduler" (list
