@@ -46,6 +46,16 @@ class BrowserProblems:
             *(f"HTTP error: {text}" for text in self.error_responses),
         ]
 
+    def clear(self) -> None:
+        """Forgets what was collected so far: after a test has checked an error it caused."""
+        for problems in (
+            self.console_errors,
+            self.page_errors,
+            self.failed_requests,
+            self.error_responses,
+        ):
+            problems.clear()
+
     def watch(self, page: Page) -> None:
         """Collects what `page` reports from now on."""
 
@@ -54,6 +64,10 @@ class BrowserProblems:
                 self.console_errors.append(f"{message.text} ({message.location.get('url')})")
 
         def on_request_failed(request: Request) -> None:
+            # Cancelled by the page itself (a stream closed as its view is left, a navigation):
+            # nothing a user sees go wrong. A refused or unreachable URL fails otherwise.
+            if request.failure == "net::ERR_ABORTED":
+                return
             self.failed_requests.append(f"{request.method} {request.url}: {request.failure}")
 
         def on_response(response: Response) -> None:
