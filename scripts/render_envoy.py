@@ -43,9 +43,12 @@ class GatewayConfig:
     console: str = ""
 
 
-# Unary methods that may run longer than `unary_timeout`, and how long: SimulatePolicy scans up
-# to its `max_seconds` (at most 1800 s), then answers.
-LONG_UNARY_TIMEOUTS = {"Coordinator/SimulatePolicy": "1815s"}
+# Unary methods that may run longer than `unary_timeout`, and how long: SimulatePolicy and
+# SummarizeDecisions scan up to their `max_seconds` (at most 1800 s), then answer.
+LONG_UNARY_TIMEOUTS = {
+    "Coordinator/SimulatePolicy": "1815s",
+    "Coordinator/SummarizeDecisions": "1815s",
+}
 
 
 def _routes(config: GatewayConfig) -> str:

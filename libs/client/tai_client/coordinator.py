@@ -174,6 +174,25 @@ class CoordinatorClient:
         )
 
     @maps_errors
+    async def summarize_decisions(
+        self,
+        policy_id: str,
+        *,
+        since_ns: int = 0,
+        until_ns: int = 0,
+        max_seconds: int = 0,
+        timeout: float | None = None,
+    ) -> coordinator_pb2.DecisionSummary:
+        """What a policy's decisions came to over the stored signals of [since_ns, until_ns)
+        (the last hour by default), by outcome, hold reason and version."""
+        return await self._stub.SummarizeDecisions(
+            coordinator_pb2.SummarizeDecisionsRequest(
+                policy_id=policy_id, since_ns=since_ns, until_ns=until_ns, max_seconds=max_seconds
+            ),
+            timeout=timeout or (max_seconds or SIMULATION_DEFAULT_SECONDS) + 10.0,
+        )
+
+    @maps_errors
     async def explain_signal(
         self, signal_id: str, *, timeout: float | None = None
     ) -> coordinator_pb2.SignalDecision:

@@ -13,7 +13,12 @@ from tai_coordinator.decisions import (
 )
 from tai_coordinator.model import Action, ActionRequest, ActionStatus, SignalInput, StoredSignal
 from tai_coordinator.silences import Silence, SilenceRequest, SilenceState
-from tai_coordinator.simulation import SimulationReport, SimulationRequest
+from tai_coordinator.simulation import (
+    DecisionSummary,
+    SimulationReport,
+    SimulationRequest,
+    SummaryRequest,
+)
 
 STATUS_TO_PROTO = {
     ActionStatus.PENDING: coordinator_pb2.ACTION_STATUS_PENDING,
@@ -155,6 +160,33 @@ def action_to_proto(action: Action) -> coordinator_pb2.Action:
         reviewed_by=action.reviewed_by,
         reviewed_at_ns=action.reviewed_at_ns,
         review_comment=action.review_comment,
+    )
+
+
+def summary_request_from_proto(
+    request: coordinator_pb2.SummarizeDecisionsRequest,
+) -> SummaryRequest:
+    return SummaryRequest(
+        policy_id=request.policy_id,
+        since_ns=request.since_ns,
+        until_ns=request.until_ns,
+        max_seconds=request.max_seconds,
+    )
+
+
+def decision_summary_to_proto(summary: DecisionSummary) -> coordinator_pb2.DecisionSummary:
+    return coordinator_pb2.DecisionSummary(
+        policy_id=summary.policy_id,
+        signals_scanned=summary.signals_scanned,
+        decided=summary.decided,
+        by_outcome=dict(summary.by_outcome),
+        by_hold_reason=dict(summary.by_hold_reason),
+        actions=summary.actions,
+        by_version=dict(summary.by_version),
+        window_since_ns=summary.window_since_ns,
+        window_until_ns=summary.window_until_ns,
+        scanned_until_ns=summary.scanned_until_ns,
+        complete=summary.complete,
     )
 
 

@@ -248,14 +248,23 @@ class CoordinatorRepository:
         return Action.from_doc(page.documents[0].data) if page.documents else None
 
     async def signals_received(
-        self, *, since_ns: int, until_ns: int, limit: int, start_after: Cursor | None
+        self,
+        *,
+        since_ns: int,
+        until_ns: int,
+        limit: int,
+        start_after: Cursor | None,
+        with_decisions: bool = False,
     ) -> tuple[list[StoredSignal], Cursor | None]:
-        """A page of the signals received in [since_ns, until_ns), oldest first, without their
-        decision records."""
+        """A page of the signals received in [since_ns, until_ns), oldest first; with their
+        decision records only when `with_decisions` (decoding them is a quarter of a
+        rehearsal's time, and a rehearsal reads none)."""
         page = await self._store.query(
             self._received_between(since_ns, until_ns, limit, start_after)
         )
-        signals = [StoredSignal.from_doc(d.data, with_decision=False) for d in page.documents]
+        signals = [
+            StoredSignal.from_doc(d.data, with_decision=with_decisions) for d in page.documents
+        ]
         return signals, page.next_cursor
 
     async def receipts_before(

@@ -20,6 +20,7 @@ from tai_coordinator.convert import (
     STATUS_FROM_PROTO,
     action_request_from_proto,
     action_to_proto,
+    decision_summary_to_proto,
     decision_to_proto,
     signal_from_request,
     signal_to_proto,
@@ -27,6 +28,7 @@ from tai_coordinator.convert import (
     silence_to_proto,
     simulation_report_to_proto,
     simulation_request_from_proto,
+    summary_request_from_proto,
 )
 from tai_coordinator.dispatcher import ActionDispatcher
 from tai_coordinator.service import CoordinatorService
@@ -105,6 +107,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self, request: coordinator_pb2.ExplainSignalRequest, context: Context
     ) -> coordinator_pb2.SignalDecision:
         return decision_to_proto(await self._service.explain_signal(request.signal_id))
+
+    async def SummarizeDecisions(
+        self, request: coordinator_pb2.SummarizeDecisionsRequest, context: Context
+    ) -> coordinator_pb2.DecisionSummary:
+        summary = await self._simulator.summarize(
+            summary_request_from_proto(request), context.time_remaining()
+        )
+        return decision_summary_to_proto(summary)
 
     async def SimulatePolicy(
         self, request: coordinator_pb2.SimulatePolicyRequest, context: Context

@@ -125,6 +125,60 @@ class SimulationReport:
     elapsed_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class SummaryRequest:
+    """SummarizeDecisions: one policy's decisions in [since_ns, until_ns) (0: the last hour)."""
+
+    policy_id: str
+    since_ns: int = 0
+    until_ns: int = 0
+    max_seconds: int = 0
+
+    def validate(self) -> None:
+        """Raises `InvalidArgument` naming the first field to fix."""
+        if not self.policy_id:
+            raise InvalidArgument("policy_id", "is required")
+        check_id(self.policy_id, "policy_id")
+        check_not_negative("since_ns", self.since_ns)
+        check_not_negative("until_ns", self.until_ns)
+        if self.until_ns and self.until_ns <= self.since_ns:
+            raise InvalidArgument("until_ns", "must be after since_ns")
+        check_range("max_seconds", self.max_seconds, 0, MAX_SECONDS)
+
+
+@dataclass
+class DecisionSummary:
+    """One policy's decisions over a window of decision records (the part scanned)."""
+
+    policy_id: str
+    window_since_ns: int
+    window_until_ns: int
+    signals_scanned: int = 0
+    decided: int = 0
+    actions: int = 0
+    by_outcome: Counter[str] = field(default_factory=Counter)
+    by_hold_reason: Counter[str] = field(default_factory=Counter)
+    by_version: Counter[int] = field(default_factory=Counter)
+    scanned_until_ns: int = 0
+    complete: bool = False
+
+    def count(self, signal: StoredSignal) -> None:
+        """Counts the policy's decision in `signal`'s record, if it has one."""
+        self.signals_scanned += 1
+        if signal.decision is None:
+            return
+        for decision in signal.decision.decisions:
+            if decision.policy_id != self.policy_id:
+                continue
+            self.decided += 1
+            self.by_outcome[decision.outcome.value] += 1
+            self.by_version[decision.policy_version] += 1
+            if decision.hold_reason is not None:
+                self.by_hold_reason[decision.hold_reason.value] += 1
+            if decision.creates_action:
+                self.actions += 1
+
+
 class PolicySimulator:
     def __init__(
         self,
@@ -139,6 +193,48 @@ class PolicySimulator:
         self._fetch_policy = fetch_policy
         self._slots = asyncio.Semaphore(max_concurrent)
 
+    def _deadline(self, max_seconds: int, call_time_left: float | None) -> float:
+        """When a scan must stop: after `max_seconds` (0: the default), and never later than the
+        call's own deadline allows; raises `ResourceExhausted` when every slot is taken."""
+        if self._slots.locked():
+            raise ResourceExhausted(
+                "as many simulations as this replica runs at once are running; retry shortly"
+            )
+        budget = float(max_seconds or DEFAULT_MAX_SECONDS)
+        if call_time_left is not None:
+            budget = min(budget, call_time_left - DEADLINE_MARGIN_SECONDS)
+        return time.monotonic() + budget
+
+    async def summarize(
+        self, request: SummaryRequest, call_time_left: float | None
+    ) -> DecisionSummary:
+        """What `request.policy_id`'s decisions came to in the decision records of the window's
+        signals; bounded as a rehearsal (a slot, a deadline, pages)."""
+        request.validate()
+        deadline = self._deadline(request.max_seconds, call_time_left)
+        async with self._slots:
+            until = request.until_ns or self._clock.now_ns()
+            since = request.since_ns or max(0, until - DEFAULT_WINDOW_NS)
+            summary = DecisionSummary(request.policy_id, since, until, scanned_until_ns=since)
+            cursor: Cursor | None = None
+            while time.monotonic() < deadline:
+                signals, cursor = await self._repo.signals_received(
+                    since_ns=since,
+                    until_ns=until,
+                    limit=PAGE_SIZE,
+                    start_after=cursor,
+                    with_decisions=True,
+                )
+                for signal in signals:
+                    summary.count(signal)
+                if cursor is None:
+                    summary.complete = True
+                    summary.scanned_until_ns = until
+                    break
+                summary.scanned_until_ns = signals[-1].received_at_ns
+                await asyncio.sleep(0)  # let live traffic through between pages
+        return summary
+
     async def simulate(
         self, request: SimulationRequest, call_time_left: float | None
     ) -> SimulationReport:
@@ -146,16 +242,9 @@ class PolicySimulator:
         `max_seconds`, and never later than `call_time_left` (the RPC's remaining deadline)
         allows."""
         request.validate()
-        if self._slots.locked():
-            raise ResourceExhausted(
-                "as many simulations as this replica runs at once are running; retry shortly"
-            )
+        deadline = self._deadline(request.max_seconds, call_time_left)
         async with self._slots:
             started = time.monotonic()
-            budget = float(request.max_seconds or DEFAULT_MAX_SECONDS)
-            if call_time_left is not None:
-                budget = min(budget, call_time_left - DEADLINE_MARGIN_SECONDS)
-            deadline = started + budget
             policy = await self._policy(request)
             report = await self._run(policy, request, deadline)
             report.elapsed_seconds = time.monotonic() - started

@@ -384,3 +384,23 @@ async def test_recent_signals_are_listed_newest_first_with_filters(suite: Suite)
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert field_violations(error) == ["metadata"]
+
+
+async def test_a_policys_decisions_are_summarized_from_the_records(suite: Suite) -> None:
+    policy_id = await enforced_policy(
+        suite, condition='signal.source.startsWith("sum")', cooldown=600
+    )
+    for source in ("sum-a", "sum-a", "sum-b", "other"):
+        await submit(suite, source=source)
+    summary = await suite.coordinator.client.summarize_decisions(policy_id)
+    assert summary.complete
+    assert summary.signals_scanned >= 4
+    assert dict(summary.by_outcome) == {"MATCHED": 2, "HELD": 1, "NOT_MATCHED": 1}
+    assert dict(summary.by_hold_reason) == {"COOLDOWN": 1}
+    assert summary.actions == 2
+    version = (await suite.governor.client.get(policy_id)).version
+    assert dict(summary.by_version) == {version: 4}
+    error = await expect_error(
+        suite.coordinator.client.summarize_decisions("bad id"), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert field_violations(error) == ["policy_id"]

@@ -39,6 +39,7 @@ METHOD_ROLES: Mapping[str, Role] = {
     "/tai.v1.Coordinator/GetSignal": Role.VIEWER,
     "/tai.v1.Coordinator/ListSignals": Role.VIEWER,
     "/tai.v1.Coordinator/ExplainSignal": Role.VIEWER,
+    "/tai.v1.Coordinator/SummarizeDecisions": Role.VIEWER,
     "/tai.v1.Coordinator/CreateSilence": Role.OPERATOR,
     "/tai.v1.Coordinator/ExpireSilence": Role.OPERATOR,
     "/tai.v1.Coordinator/ListSilences": Role.VIEWER,
