@@ -25,6 +25,7 @@ export const METHOD_ROLES = {
   '/tai.v1.Coordinator/ListActions': 'viewer',
   '/tai.v1.Coordinator/GetSignal': 'viewer',
   '/tai.v1.Coordinator/ListSignals': 'viewer',
+  '/tai.v1.Coordinator/SummarizeDecisions': 'viewer',
   '/tai.v1.Coordinator/ExplainSignal': 'viewer',
   '/tai.v1.Coordinator/CreateSilence': 'operator',
   '/tai.v1.Coordinator/ExpireSilence': 'operator',

@@ -329,8 +329,10 @@ function renderDetail(main, id) {
   const work = h('div');
   const versionsEl = h('div', { testid: 'policy-versions' });
   const diffEl = h('div', { testid: 'policy-diff' });
+  const statsEl = h('div', { testid: 'policy-decisions' }, h('p', { class: 'muted' }, 'Loading…'));
   main.append(h('p', {}, link('#/policies', '← All policies', 'policy-back')),
     h('h1', { testid: 'policy-title' }, `Policy ${id}`), streamState, errors, done, head, buttons, work,
+    h('h2', {}, 'Decisions in the last hour'), statsEl,
     h('h2', {}, 'Versions'), versionsEl, diffEl);
 
   let current = null;
@@ -346,6 +348,26 @@ function renderDetail(main, id) {
       drawVersions();
     } catch (err) {
       showError(errors, err);
+    }
+    drawDecisions();
+  }
+
+  // What the policy's decisions came to, read from the signals' decision records
+  // (SummarizeDecisions), by outcome and by what held its actions back.
+  async function drawDecisions() {
+    try {
+      const s = await api('GET', '/v1/signals:summarize', { query: { policy_id: id } });
+      const outcomes = Object.entries(s.by_outcome || {}).map(([k, v]) => [k, String(v)]);
+      const holds = Object.entries(s.by_hold_reason || {}).map(([k, v]) => [`held: ${k}`, String(v)]);
+      replace(statsEl,
+        h('p', { testid: 'policy-decisions-scanned' },
+          `${s.decided || 0} decisions in ${s.signals_scanned || 0} signals; ${s.actions || 0} actions created`
+          + (s.complete ? '' : ' (scan stopped at its deadline: partial)')),
+        outcomes.length || holds.length
+          ? definitionList([...outcomes, ...holds], 'policy-decisions-counts')
+          : h('p', { class: 'muted' }, 'No decisions in the last hour.'));
+    } catch (err) {
+      replace(statsEl, h('p', { class: 'muted', testid: 'policy-decisions-error' }, `Decision statistics unavailable: ${err.message}`));
     }
   }
 
