@@ -2,7 +2,8 @@
 scripts/prerequisites.py), driven by Playwright's async API, against the suite `make run` starts
 (scripts/run_local.py on free ports, its state in a temporary folder).
 
-One suite and one browser for the whole session (starting them is most of the time); each test
+One suite and one browser for the whole session (starting them is most of the time), and a
+second suite with authentication on for the module that asks for it; each test
 gets its own browser context (no cookies or storage from another test) and page. Everything the
 page reports as wrong (console errors, uncaught exceptions, failed requests, HTTP errors) is
 collected in `BrowserProblems`. Screenshots go to build/test-artifacts/console/: one per
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Generator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -75,11 +77,10 @@ def pytest_runtest_makereport(
 PHASE_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
 
 
-@pytest.fixture(scope="session")
-def console_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
-    """The whole suite with the console behind the gateway (authentication off, as `make run`
-    by default), started once for the session."""
-    directory = tmp_path_factory.mktemp("console-suite")
+@contextmanager
+def running_suite(directory: Path, *, auth: bool) -> Iterator[RunningSuite]:
+    """scripts/run_local.py (with --auth when `auth`) on free ports, its state under
+    `directory`, until the block ends."""
     gateway_port = free_port()
     ports = {
         "TAI_RUN_GATEWAY_PORT": gateway_port,
@@ -100,7 +101,7 @@ def console_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     output_path = directory / "run_local.out"
     with output_path.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, str(RUN_LOCAL)],
+            [sys.executable, str(RUN_LOCAL), *(["--auth"] if auth else [])],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -125,6 +126,29 @@ def console_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def console_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
+    """The whole suite with the console behind the gateway (authentication off, as `make run`
+    by default), started once for the session."""
+    with running_suite(tmp_path_factory.mktemp("console-suite"), auth=False) as suite:
+        yield suite
+
+
+@pytest.fixture(scope="module")
+def console_suite_with_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
+    """The suite as `make run AUTH=1` starts it (scripts/run_local.py --auth: a development
+    token issuer, tokens in <state>/dev-auth/<role>.jwt), for the module that asks for it."""
+    with running_suite(tmp_path_factory.mktemp("console-suite-auth"), auth=True) as suite:
+        yield suite
+
+
+@pytest.fixture
+def page_suite(console_suite: RunningSuite) -> RunningSuite:
+    """The suite the test's `page` is on: authentication off unless a module overrides this
+    fixture (with `console_suite_with_auth`)."""
+    return console_suite
 
 
 @pytest.fixture(scope="session")
@@ -178,7 +202,7 @@ def browser_problems() -> BrowserProblems:
 @pytest_asyncio.fixture(loop_scope="session")
 async def page(
     browser: Browser,
-    console_suite: RunningSuite,
+    page_suite: RunningSuite,
     browser_problems: BrowserProblems,
     artifacts: Path,
     request: pytest.FixtureRequest,
@@ -186,7 +210,7 @@ async def page(
     """A page in a browser context of its own, its relative URLs on the suite's gateway; a
     screenshot of it is saved if the test fails."""
     context = await browser.new_context(
-        base_url=console_suite.gateway_url, viewport={"width": 1280, "height": 800}
+        base_url=page_suite.gateway_url, viewport={"width": 1280, "height": 800}
     )
     page = await context.new_page()
     browser_problems.watch(page)
@@ -199,7 +223,7 @@ async def page(
             # Shown by pytest with the failure: the page's own complaints and the suite's log.
             print(f"screenshot: {path}", file=sys.stderr)
             print("\n".join(["browser problems:", *browser_problems.all()]), file=sys.stderr)
-            tail = console_suite.output().splitlines()[-LOG_TAIL_LINES:]
+            tail = page_suite.output().splitlines()[-LOG_TAIL_LINES:]
             print("\n".join(["run_local.py (last lines):", *tail]), file=sys.stderr)
     finally:
         await context.close()

@@ -27,6 +27,11 @@ class RunningSuite:
         """What run_local.py and its processes printed so far."""
         return self.output_path.read_text(errors="replace")
 
+    def token(self, role: str) -> str:
+        """The development issuer's token for `role` (admin, approver, operator, viewer), as
+        run_local.py --auth writes it: <state>/dev-auth/<role>.jwt."""
+        return (self.state_dir / "dev-auth" / f"{role}.jwt").read_text().strip()
+
 
 @dataclass
 class BrowserProblems:

@@ -29,9 +29,11 @@ export function render(main) {
     errors.hidden = true;
     try {
       const lists = await Promise.all(SECTIONS.map(([status]) => api('GET', '/v1/tasks', { query: { status, page_size: 200 } })));
+      // Schedules are listed under their own heading: neither shown nor counted here.
+      const oneOff = lists.map((list) => list.tasks.filter((t) => !t.cron_schedule));
       replace(sectionsEl, SECTIONS.map(([status, title], i) => h('section', { 'aria-label': `${title} tasks`, testid: `tasks-${status}` },
-        h('h2', {}, `${title} (${lists[i].tasks.length}${lists[i].next_page_token ? '+' : ''})`),
-        taskTable(lists[i].tasks.filter((t) => !t.cron_schedule), `tasks-${status}-table`))));
+        h('h2', {}, `${title} (${oneOff[i].length}${lists[i].next_page_token ? '+' : ''})`),
+        taskTable(oneOff[i], `tasks-${status}-table`))));
       // Recurring tasks keep status "pending" between runs; ListTasks has no filter for them.
       const all = await api('GET', '/v1/tasks', { query: { page_size: 1000 } });
       drawSchedules(all.tasks.filter((t) => t.cron_schedule && !t.parent_task_id));
@@ -57,6 +59,10 @@ export function render(main) {
     replace(detail, h('p', { class: 'muted' }, 'Loading…'));
     try {
       const t = await api('GET', `/v1/tasks/${encodeURIComponent(taskId)}`);
+      // A schedule's runs finish in moments and leave the status sections: listed here.
+      const runs = t.cron_schedule && !t.parent_task_id
+        ? (await api('GET', '/v1/tasks', { query: { parent_task_id: t.task_id, page_size: 50 } })).tasks
+        : null;
       const cancellable = ['pending', 'running'].includes(t.status) && can('/tai.v1.Scheduler/CancelTask');
       replace(detail, h('section', { class: 'panel', 'aria-label': `Task ${t.task_id}` },
         h('h2', {}, `Task ${t.task_id}`),
@@ -86,6 +92,7 @@ export function render(main) {
           { title: 'Error', cell: (a) => a.error_message || '—' },
           { title: 'Worker', cell: (a) => a.worker || '—' },
         ], t.attempts || [], { testid: 'task-attempts-table', empty: 'No attempt yet.' }),
+        runs ? [h('h3', {}, 'Runs'), taskTable(runs, 'schedule-runs-table')] : null,
         h('div', { class: 'buttons' },
           cancellable ? h('button', { type: 'button', class: 'danger', testid: 'task-cancel', onclick: async () => {
             const result = await confirmDialog({
