@@ -5,7 +5,8 @@
 #   docker build --build-arg SERVICE=scheduler   -t tai-scheduler .
 #   docker build --build-arg SERVICE=server      -t tai-server .
 # `server` is the three services in one process (`tai-server`, package services/server), for
-# small installs (the chart's `mode: single`).
+# small installs (the chart's `mode: single`). Every image also carries `tai-console` (the
+# operator console's file server, standard library only), which the chart runs from tai-server's.
 # The build stage does not depend on SERVICE, so Docker builds it once for all four.
 # tests/deploy/test_container_image.py carries out these steps without a Docker engine.
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -29,7 +30,8 @@ RUN mkdir -p build/proto-deps \
     && touch libs/proto/tai/__init__.py libs/proto/tai/v1/__init__.py \
     && pip wheel --no-cache-dir -c constraints.txt -w wheels \
         ./libs/proto ./libs/rpc ./libs/common ./libs/client \
-        ./services/governor ./services/coordinator ./services/scheduler ./services/server
+        ./services/governor ./services/coordinator ./services/scheduler ./services/server \
+        ./services/console
 
 # --- install: one package from those wheels alone, run as an unprivileged user ---
 FROM ${PYTHON_IMAGE} AS install
@@ -38,7 +40,7 @@ COPY --from=build /src/wheels /wheels
 # --no-index: every package comes from the wheels built above, never from a public index.
 RUN case "${SERVICE}" in governor|coordinator|scheduler|server) ;; \
         *) echo "--build-arg SERVICE=governor|coordinator|scheduler|server is required" >&2; exit 1 ;; esac \
-    && pip install --no-cache-dir --no-index --find-links /wheels "tai-${SERVICE}" \
+    && pip install --no-cache-dir --no-index --find-links /wheels "tai-${SERVICE}" tai-console \
     && rm -rf /wheels \
     && ln -s "$(command -v "tai-${SERVICE}")" /usr/local/bin/tai-service
 RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin tai

@@ -85,9 +85,16 @@ def test_rendered_manifests_match_their_schemas(configuration: str) -> None:
 @pytest.mark.parametrize("configuration", CONFIGURATIONS)
 def test_one_deployment_runs_the_three_services(configuration: str) -> None:
     docs = render(*CONFIGURATIONS[configuration])
-    assert [d["metadata"]["name"] for d in find(docs, "Deployment")] == ["tai-server"]
+    # Beside it, the operator console's file server (console.enabled, the default).
+    assert [d["metadata"]["name"] for d in find(docs, "Deployment")] == [
+        "tai-console",
+        "tai-server",
+    ]
     assert [d["metadata"]["name"] for d in find(docs, "ConfigMap")] == ["tai-server-config"]
-    assert [d["metadata"]["name"] for d in find(docs, "ServiceAccount")] == ["tai-server"]
+    assert [d["metadata"]["name"] for d in find(docs, "ServiceAccount")] == [
+        "tai-console",
+        "tai-server",
+    ]
     # Fixed replicas: neither a CPU autoscaler nor KEDA.
     assert find(docs, "HorizontalPodAutoscaler") == []
     assert find(docs, "ScaledObject") == []
@@ -299,6 +306,7 @@ def test_network_policy_admits_clients_and_prometheus() -> None:
     deny = one(docs, "NetworkPolicy", "tai-default-deny")["spec"]
     assert deny["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert [d["metadata"]["name"] for d in find(docs, "NetworkPolicy")] == [
+        "tai-console",
         "tai-default-deny",
         "tai-server",
     ]

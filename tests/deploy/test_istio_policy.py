@@ -85,7 +85,16 @@ def test_every_json_and_grpc_path_reaches_its_service() -> None:
         assert route_for(virtual_service, path) == owners[grpc_service], template
     for name, grpc_service in GRPC_SERVICES.items():
         assert route_for(virtual_service, f"/{grpc_service}/AnyMethod") == name
-    for route in virtual_service["spec"]["http"]:
+    # Anything else is the operator console's, matched last.
+    assert route_for(virtual_service, "/") == "console"
+    assert route_for(virtual_service, "/views/policies.js") == "console"
+    *api_routes, console = virtual_service["spec"]["http"]
+    assert console["match"] == [{"uri": {"prefix": "/"}}]
+    assert console["route"][0]["destination"] == {
+        "host": "tai-console.tai.svc.cluster.local",
+        "port": {"number": 8088},
+    }
+    for route in api_routes:
         assert "timeout" not in route  # streams must not be cut
         port = route["route"][0]["destination"]["port"]["number"]
         assert port == PORTS[route["name"]][0]
@@ -146,6 +155,8 @@ def test_edge_requires_a_token() -> None:
     operation = rule["to"][0]["operation"]
     assert set(operation["hosts"]) == {"tai.example.com", "tai.example.com:*"}
     assert all("health" in path.lower() for path in operation["notPaths"])
+    # The API's paths: the console's files load without a token (the page asks for one).
+    assert operation["paths"] == ["/v1/*", "/tai.v1.*"]
     for authn in find(docs, "RequestAuthentication"):
         (jwt_rule,) = authn["spec"]["jwtRules"]
         assert jwt_rule == {
