@@ -130,7 +130,9 @@ async function start() {
     main.focus();
   });
   window.addEventListener(UNAUTHORIZED_EVENT, (event) => {
-    if (authMode !== 'jwt') return;
+    // Once a refused token is forgotten, the page's calls still under way come back 401 for
+    // having no token: the first refusal is the one that says why.
+    if (authMode !== 'jwt' || !getToken()) return;
     clearToken();
     showLogin(`${event.detail} — the API refused this token. Paste another one.`);
   });
