@@ -102,6 +102,19 @@ class CoordinatorClient:
             )
         )
 
+    def watch_actions(
+        self, target_service: str = "", *, after_ns: int = 0
+    ) -> Stream[coordinator_pb2.Action]:
+        """The WatchActions call: each change of the actions (of `target_service`, or all)
+        after `after_ns` (0: from now on), without taking delivery."""
+        return Stream(
+            self._stub.WatchActions(
+                coordinator_pb2.WatchActionsRequest(
+                    target_service=target_service, after_ns=after_ns
+                )
+            )
+        )
+
     @maps_errors
     async def acknowledge(
         self, action_id: str, status: str, message: str = "", *, timeout: float | None = None

@@ -39,6 +39,9 @@ INDEXES = (
     # History on reconnect: a service's accepted actions of the last hour.
     IndexSpec(ACTIONS, ("target_service", "status", "created_at_ns")),
     IndexSpec(ACTIONS, ("created_at_ns",)),
+    # WatchActions: changes in order, a service's or every service's.
+    IndexSpec(ACTIONS, ("target_service", "updated_at_ns")),
+    IndexSpec(ACTIONS, ("updated_at_ns",)),
     # Approvals past their deadline, to expire them.
     IndexSpec(ACTIONS, ("status", "next_delivery_ns")),
     IndexSpec(SIGNALS, ("received_at_ns",)),
@@ -170,6 +173,17 @@ class CoordinatorRepository:
             )
         )
         return int(page.documents[0].data["next_delivery_ns"]) if page.documents else None
+
+    async def changed_since(self, service: str, since_ns: int, limit: int) -> list[Action]:
+        """Actions (of `service`, or all) last changed at or after `since_ns`, oldest change
+        first."""
+        filters = [Filter("updated_at_ns", Op.GE, since_ns)]
+        if service:
+            filters.insert(0, Filter.eq("target_service", service))
+        page = await self._store.query(
+            Query(ACTIONS, filters=tuple(filters), order_by=(Order("updated_at_ns"),), limit=limit)
+        )
+        return [Action.from_doc(d.data) for d in page.documents]
 
     async def approvals_due(self, now_ns: int, limit: int) -> list[Action]:
         """Actions awaiting approval whose deadline (their `next_delivery_ns`) has passed."""

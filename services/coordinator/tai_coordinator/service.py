@@ -7,7 +7,7 @@ outbox), so a signal is never stored without its actions, nor an action without 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -70,6 +70,11 @@ from tai_coordinator.silences import SilenceBook
 # (an `action.deferred` event) instead of being stored now.
 DEFER_THRESHOLD_NS = seconds_to_ns(1)
 HISTORY_WINDOW_NS = seconds_to_ns(3600)
+# WatchActions reads the store every this often, and again this far back each time: a change
+# whose transaction committed after a later-stamped one is still seen (duplicates are skipped).
+WATCH_POLL_SECONDS = 0.5
+WATCH_LAG_NS = seconds_to_ns(2)
+WATCH_PAGE = 500
 SIGNAL_TTL_SECONDS = 60.0
 
 
@@ -687,6 +692,34 @@ class CoordinatorService:
             start_after=decode_page_token(page_token, scope),
         )
         return actions, encode_page_token(cursor, scope)
+
+    async def watch_actions(
+        self, service: str, after_ns: int, pause: Callable[[float], Awaitable[None]]
+    ) -> AsyncIterator[Action]:
+        """Each change of an action (of `service`, or all) after `after_ns` (0: from now on),
+        in order of change, read from the store every `WATCH_POLL_SECONDS` (`pause` waits; the
+        caller's ends the stream at shutdown). Reading never takes delivery, so any number of
+        viewers may watch."""
+        if service:
+            check_service_name(service, "target_service")
+        if after_ns < 0:
+            raise InvalidArgument("after_ns", "must not be negative")
+        floor = after_ns or self._clock.now_ns()
+        since = floor
+        sent: dict[tuple[str, int], int] = {}
+        while True:
+            changed = await self._repo.changed_since(service, since - WATCH_LAG_NS, WATCH_PAGE)
+            for action in changed:
+                key = (action.id, action.version)
+                if action.updated_at_ns <= floor or key in sent:
+                    continue
+                sent[key] = action.updated_at_ns
+                yield action
+            if changed:
+                since = max(since, changed[-1].updated_at_ns)
+                sent = {k: t for k, t in sent.items() if t >= since - WATCH_LAG_NS}
+            if len(changed) < WATCH_PAGE:
+                await pause(WATCH_POLL_SECONDS)
 
     async def history(self, service: str) -> list[Action]:
         """Actions the service accepted in the last hour and has not finished."""

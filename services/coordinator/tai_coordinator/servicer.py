@@ -4,6 +4,7 @@ interceptor."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -212,6 +213,17 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             while True:
                 action = await self._runtime.server.until_stopping(sink.queue.get())
                 yield action_to_proto(action)
+
+    async def WatchActions(
+        self, request: coordinator_pb2.WatchActionsRequest, context: Context
+    ) -> AsyncIterator[coordinator_pb2.Action]:
+        async def pause(seconds: float) -> None:
+            await self._runtime.server.until_stopping(asyncio.sleep(seconds))
+
+        async for action in self._service.watch_actions(
+            request.target_service, request.after_ns, pause
+        ):
+            yield action_to_proto(action)
 
     async def AcknowledgeAction(
         self, request: coordinator_pb2.AcknowledgeActionRequest, context: Context

@@ -354,3 +354,29 @@ async def test_a_rehearsal_counts_the_limits(suite: Suite) -> None:
     )
     assert (report.matched, report.actions, report.held) == (5, 2, 3)
     assert dict(report.held_by_reason) == {"limit": 3}
+
+
+async def test_watching_actions_takes_no_delivery_and_resumes(suite: Suite) -> None:
+    await enforced_policy(
+        suite, condition='signal.type == "alert"', target="watched", require_approval=True
+    )
+    coordinator = suite.coordinator.client
+    watch = coordinator.watch_actions("watched")
+    [action_id] = (await submit(suite, source=fresh_source())).action_ids
+    created = await next_action(watch)
+    assert (created.id, created.status) == (action_id, AWAITING)
+    await coordinator.approve_action(action_id, "go")
+    approved = await next_action(watch)
+    assert (approved.id, approved.status) == (action_id, coordinator_pb2.ACTION_STATUS_PENDING)
+    watch.cancel()
+
+    # Another watcher, from the first change it saw: the rest again, in order; and the action
+    # was never taken (still PENDING, delivered to no one).
+    again = coordinator.watch_actions("watched", after_ns=created.updated_at_ns)
+    assert (await next_action(again)).status == coordinator_pb2.ACTION_STATUS_PENDING
+    again.cancel()
+    assert (await coordinator.get_action(action_id)).delivery_count == 0
+    error = await expect_error(
+        coordinator.watch_actions("Not A Service!").read(), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert field_violations(error) == ["target_service"]

@@ -35,6 +35,8 @@ METHOD_ROLES: Mapping[str, Role] = {
     "/tai.v1.Coordinator/AcknowledgeAction": Role.OPERATOR,
     "/tai.v1.Coordinator/GetStatus": Role.VIEWER,
     "/tai.v1.Coordinator/GetAction": Role.VIEWER,
+    # Following changes takes no delivery, unlike StreamActions.
+    "/tai.v1.Coordinator/WatchActions": Role.VIEWER,
     "/tai.v1.Coordinator/ListActions": Role.VIEWER,
     "/tai.v1.Coordinator/GetSignal": Role.VIEWER,
     "/tai.v1.Coordinator/ListSignals": Role.VIEWER,

@@ -22,6 +22,7 @@ export const METHOD_ROLES = {
   '/tai.v1.Coordinator/AcknowledgeAction': 'operator',
   '/tai.v1.Coordinator/GetStatus': 'viewer',
   '/tai.v1.Coordinator/GetAction': 'viewer',
+  '/tai.v1.Coordinator/WatchActions': 'viewer',
   '/tai.v1.Coordinator/ListActions': 'viewer',
   '/tai.v1.Coordinator/GetSignal': 'viewer',
   '/tai.v1.Coordinator/ListSignals': 'viewer',

@@ -1,12 +1,12 @@
 // Actions: filtered by target service and status, with their deliveries and the target's
 // status message; those awaiting approval can be approved or rejected (a comment required).
 
-import { api } from '../api.js';
+import { api, followStream } from '../api.js';
 import {
   badge, clearErrors, confirmDialog, enumLabel, errorBox, field, h, mapText, notice, replace, showError, table, timeEl,
 } from '../dom.js';
 import { can } from '../roles.js';
-import { ACTION_STATUSES, link, poll } from './common.js';
+import { ACTION_STATUSES, link } from './common.js';
 
 export function render(main) {
   const target = h('input', { name: 'target_service', testid: 'actions-filter-target' });
@@ -23,7 +23,7 @@ export function render(main) {
     field('Target service', target, { errorFor: 'target_service' }),
     field('Status', status, { errorFor: 'status' }),
     h('button', { type: 'submit', class: 'primary', testid: 'actions-filter-submit' }, 'List'),
-    h('div', { class: 'checkbox' }, live, h('label', { for: 'actions-live' }, 'Live (refresh every 2 s)')));
+    h('div', { class: 'checkbox' }, live, h('label', { for: 'actions-live' }, 'Live')));
   main.append(h('h1', {}, 'Actions'), form, liveState, errors, done, out, more);
 
   let rows = [];
@@ -93,22 +93,40 @@ export function render(main) {
   });
   more.addEventListener('click', () => fetchPage(false));
 
-  // Live: polls ListActions for one target every 2 s. It does not use StreamActions: that
-  // stream takes delivery of the actions (changes their state), so a viewer must never open it.
+  // Live: follows WatchActions for one target (GET /v1/actions:watch), which reads changes
+  // without taking delivery — never StreamActions, which takes delivery (changes the actions'
+  // state), so a viewer must not open it. Each change re-reads the list; after a broken
+  // connection the stream resumes from the last change it saw.
   let stopLive = null;
+  let lastSeenNs = '0';
+  let refresh = null;
   live.addEventListener('change', () => {
     if (stopLive) stopLive();
     stopLive = null;
     liveState.textContent = '';
     if (!live.checked) return;
-    if (!target.value.trim()) {
+    const service = target.value.trim();
+    if (!service) {
       live.checked = false;
       liveState.textContent = 'Live needs a target service: type one above.';
       target.focus();
       return;
     }
-    liveState.textContent = `Live: ${target.value.trim()}, refreshed every 2 s.`;
-    stopLive = poll(() => fetchPage(true), 2000);
+    lastSeenNs = '0';
+    stopLive = followStream('/v1/actions:watch', {
+      query: () => ({ target_service: service, after_ns: lastSeenNs === '0' ? undefined : lastSeenNs }),
+      onMessage: (action) => {
+        if (BigInt(action.updated_at_ns || '0') > BigInt(lastSeenNs)) lastSeenNs = action.updated_at_ns;
+        clearTimeout(refresh);
+        refresh = setTimeout(() => fetchPage(true), 150);
+      },
+      onState: (state) => {
+        liveState.textContent = state === 'open'
+          ? `Live: ${service}, following its changes.`
+          : `Live: ${service}, ${state}…`;
+      },
+    });
+    fetchPage(true);
   });
   fetchPage(true);
   return () => {
