@@ -1,5 +1,7 @@
-// Overview: a summary refreshed every 5 s — actions by status, per-service status, actions
-// awaiting approval, active silences, tasks by status and policies by state.
+// Overview: a summary refreshed every 5 s — signals in the last minute, actions by status,
+// per-service status, errors (failed tasks, actions expired or failed), actions awaiting
+// approval, active silences, tasks by status and policies by state. All from the API, so it
+// works without Prometheus.
 
 import { api } from '../api.js';
 import { badge, enumLabel, h, replace, showError, table, timeEl } from '../dom.js';
@@ -13,6 +15,7 @@ export function render(main) {
   const cards = {
     signals: card('Signals per minute', 'overview-signals'),
     actions: card('Actions by status', 'overview-actions'),
+    errors: card('Errors', 'overview-errors'),
     services: card('Services', 'overview-services'),
     approvals: card('Awaiting approval', 'overview-approvals'),
     silences: card('Active silences', 'overview-silences'),
@@ -61,7 +64,7 @@ export function render(main) {
     for (const p of (policiesResult && policiesResult.policies) || []) if (p.action && p.action.target_service) services.add(p.action.target_service);
     for (const a of (actionsResult && actionsResult.actions) || []) if (a.target_service) services.add(a.target_service);
     const names = [...services].sort().slice(0, MAX_SERVICES);
-    const statuses = await load(cards.services,
+    await load(cards.services,
       () => Promise.all(names.map((name) => api('GET', `/v1/services/${encodeURIComponent(name)}/status`))),
       (rows) => table([
         { title: 'Service', cell: (s) => s.service_name },
@@ -71,12 +74,22 @@ export function render(main) {
         { title: 'Awaiting approval', cell: (s) => ('awaiting_approval_actions' in s ? String(s.awaiting_approval_actions) : '—') },
         { title: 'Last signal', cell: (s) => timeEl(s.last_signal_ns) },
       ], rows, { testid: 'overview-services-table', rowTestid: (s) => `overview-service-${s.service_name}`, empty: 'No target services yet.' }));
-    // signals_last_minute counts every service's signals, so any one status carries it.
-    const withRate = (statuses || []).find((s) => 'signals_last_minute' in s);
-    replace(cards.signals.body, withRate
-      ? h('p', { class: 'big', testid: 'overview-signals-per-minute' }, `${withRate.signals_last_minute} signals/min`)
-      : h('p', { class: 'muted', testid: 'overview-signals-per-minute' },
-        names.length ? 'Not reported by this Coordinator.' : 'No service to ask yet.'));
+    // Every service's totals (GET /v1/status): the signals of the last minute among them.
+    await load(cards.signals, () => api('GET', '/v1/status'),
+      (total) => h('p', { class: 'big', testid: 'overview-signals-per-minute' },
+        `${total.signals_last_minute || 0} signals/min`));
+    // What went wrong lately: tasks that failed, actions that expired (unacknowledged, or not
+    // approved in time) or that their target reported failed.
+    await load(cards.errors, async () => {
+      const failedTasks = await api('GET', '/v1/tasks', { query: { status: 'failed', page_size: COUNT_PAGE } });
+      const counts = { 'failed tasks': countText(failedTasks.tasks.length, failedTasks.next_page_token) };
+      for (const status of ['EXPIRED', 'FAILED']) {
+        const r = await api('GET', '/v1/actions', { query: { status: `ACTION_STATUS_${status}`, page_size: COUNT_PAGE } });
+        counts[`${status.toLowerCase()} actions`] = countText(r.actions.length, r.next_page_token);
+      }
+      return counts;
+    }, (counts) => h('dl', { class: 'kv', testid: 'overview-errors-counts' },
+      Object.entries(counts).map(([what, n]) => [h('dt', {}, what), h('dd', { testid: `overview-errors-${what.replace(' ', '-')}` }, n)])));
     updated.textContent = `Updated ${new Date().toLocaleTimeString()} (every 5 s).`;
   }
 
