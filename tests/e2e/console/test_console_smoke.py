@@ -74,3 +74,34 @@ async def test_a_section_opened_by_its_address_renders_without_the_navigation(
     await expect(page.get_by_role("heading", level=1, name=SECTIONS["silences"])).to_be_visible()
     await page.wait_for_load_state("networkidle")
     assert browser_problems.all() == []
+
+
+# Form controls that no label, aria-label or aria-labelledby names: a screen reader would read
+# them as "edit text" and nothing else.
+UNLABELLED_CONTROLS = """() => [...document.querySelectorAll('input, select, textarea, button')]
+  .filter((el) => el.type !== 'hidden' && el.offsetParent !== null)
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+    && !el.getAttribute('aria-labelledby') && !(el.tagName === 'BUTTON' && el.textContent.trim()))
+  .map((el) => el.outerHTML.slice(0, 120))"""
+
+
+async def test_every_control_is_labelled_and_the_keyboard_reaches_the_page(
+    page: Page, browser_problems: BrowserProblems
+) -> None:
+    await page.goto("/")
+    for section in SECTIONS:
+        await page.get_by_test_id("nav").get_by_test_id(f"nav-{section}").click()
+        await page.wait_for_load_state("networkidle")
+        assert await page.evaluate(UNLABELLED_CONTROLS) == [], section
+
+    # From the top of the page, the first Tab reaches the skip link, which takes the keyboard to
+    # the page's content; the navigation is reachable with Tab and opens with Enter.
+    await page.goto("/#/overview")
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_test_id("skip-link")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_test_id("main")).to_be_focused()
+    await page.get_by_test_id("nav-silences").focus()
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", level=1, name=SECTIONS["silences"])).to_be_visible()
+    assert browser_problems.all() == []
