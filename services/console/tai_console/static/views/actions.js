@@ -6,7 +6,7 @@ import {
   badge, clearErrors, confirmDialog, enumLabel, errorBox, field, h, mapText, notice, replace, showError, table, timeEl,
 } from '../dom.js';
 import { can } from '../roles.js';
-import { ACTION_STATUSES, link } from './common.js';
+import { ACTION_STATUSES, link, pager } from './common.js';
 
 export function render(main) {
   const target = h('input', { name: 'target_service', testid: 'actions-filter-target' });
@@ -27,20 +27,12 @@ export function render(main) {
   main.append(h('h1', {}, 'Actions'), form, liveState, errors, done, out, more);
 
   let rows = [];
-  let pageToken = '';
+  const pages = pager('/v1/actions', 'actions',
+    () => ({ target_service: target.value.trim(), status: status.value, page_size: 100 }), more);
   async function fetchPage(reset) {
-    if (reset) {
-      rows = [];
-      pageToken = '';
-    }
     try {
-      const result = await api('GET', '/v1/actions', {
-        query: { target_service: target.value.trim(), status: status.value, page_size: 100, page_token: pageToken },
-      });
+      rows = await pages(reset);
       clearErrors(form, errors);
-      rows = rows.concat(result.actions || []);
-      pageToken = result.next_page_token || '';
-      more.hidden = !pageToken;
       draw();
     } catch (err) {
       showError(errors, err, form);

@@ -4,7 +4,7 @@
 import { api } from '../api.js';
 import { badge, clearErrors, errorBox, field, h, nsToDate, replace, showError, table, timeEl } from '../dom.js';
 import { can } from '../roles.js';
-import { localInputToDate } from './common.js';
+import { localInputToDate, pager } from './common.js';
 
 export function render(main) {
   const principal = h('input', { name: 'principal', testid: 'audit-filter-principal' });
@@ -33,20 +33,12 @@ export function render(main) {
   main.append(form, errors, out, more);
 
   let rows = [];
-  let pageToken = '';
+  const pages = pager('/v1/audit/records', 'records',
+    () => ({ principal: principal.value.trim(), after_seq: afterSeq.value, page_size: 200 }), more);
   async function fetchPage(reset) {
     clearErrors(form, errors);
-    if (reset) {
-      rows = [];
-      pageToken = '';
-    }
     try {
-      const result = await api('GET', '/v1/audit/records', {
-        query: { principal: principal.value.trim(), after_seq: afterSeq.value, page_size: 200, page_token: pageToken },
-      });
-      rows = rows.concat(result.records || []);
-      pageToken = result.next_page_token || '';
-      more.hidden = !pageToken;
+      rows = await pages(reset);
       draw();
     } catch (err) {
       showError(errors, err, form);

@@ -1,5 +1,6 @@
 // Helpers shared by the pages: polling that stops with the page, enum lists, and formats.
 
+import { api } from '../api.js';
 import { h } from '../dom.js';
 
 export const ACTION_STATUSES = [
@@ -60,4 +61,22 @@ export function localInputToDate(value) {
   if (!value) return null;
   const date = new Date(value);
   return Number.isNaN(date.getTime()) ? null : date;
+}
+
+/**
+ * The pages of a list route, read one after another: `load(true)` reads the first page again,
+ * `load(false)` the next one, and each resolves with every row read so far. `more` (the "More"
+ * button) is hidden on the last page. `query()` gives the route's filters at each load.
+ */
+export function pager(path, key, query, more) {
+  let rows = [];
+  let pageToken = '';
+  return async function load(reset) {
+    if (reset) pageToken = '';
+    const result = await api('GET', path, { query: { ...query(), page_token: pageToken } });
+    rows = (reset ? [] : rows).concat(result[key] || []);
+    pageToken = result.next_page_token || '';
+    more.hidden = !pageToken;
+    return rows;
+  };
 }

@@ -5,7 +5,7 @@ import { ApiError, api } from '../api.js';
 import {
   badge, clearErrors, definitionList, enumLabel, errorBox, field, h, mapText, replace, showError, table, timeEl,
 } from '../dom.js';
-import { link } from './common.js';
+import { link, pager } from './common.js';
 
 export function render(main, id) {
   const openInput = h('input', { name: 'signal_id', required: true, testid: 'signal-open-id', value: id || '' });
@@ -88,27 +88,17 @@ function recentSignals() {
   const el = h('section', { 'aria-label': 'Recent signals' }, h('h2', {}, 'Recent signals'), form, errors, out, more);
 
   let rows = [];
-  let pageToken = '';
+  const pages = pager('/v1/signals', 'signals', () => ({
+    signal_type: type.value.trim(),
+    source: source.value.trim(),
+    min_priority: minPriority.value,
+    metadata: metadata.value.split(',').map((m) => m.trim()).filter(Boolean),
+    page_size: 50,
+  }), more);
   async function fetchPage(reset) {
     clearErrors(form, errors);
-    if (reset) {
-      rows = [];
-      pageToken = '';
-    }
     try {
-      const result = await api('GET', '/v1/signals', {
-        query: {
-          signal_type: type.value.trim(),
-          source: source.value.trim(),
-          min_priority: minPriority.value,
-          metadata: metadata.value.split(',').map((m) => m.trim()).filter(Boolean),
-          page_size: 50,
-          page_token: pageToken,
-        },
-      });
-      rows = rows.concat(result.signals || []);
-      pageToken = result.next_page_token || '';
-      more.hidden = !pageToken;
+      rows = await pages(reset);
       replace(out, table([
         { title: 'Id', cell: (s) => link(`#/signals/${encodeURIComponent(s.id)}`, s.id, `signal-link-${s.id}`) },
         { title: 'Type', cell: (s) => s.signal_type },

@@ -6,7 +6,7 @@ import {
   badge, clearErrors, confirmDialog, dateToNs, enumLabel, errorBox, field, h, notice, replace, showError, showFieldErrors, table, timeEl,
 } from '../dom.js';
 import { can } from '../roles.js';
-import { link, localInputToDate } from './common.js';
+import { link, localInputToDate, pager } from './common.js';
 
 export function render(main) {
   const includeExpired = h('input', { type: 'checkbox', id: 'silences-include-expired', name: 'include_expired', testid: 'silences-include-expired' });
@@ -27,18 +27,12 @@ export function render(main) {
     createSlot, errors, done, out, more);
 
   let rows = [];
-  let pageToken = '';
+  const pages = pager('/v1/silences', 'silences',
+    () => ({ include_expired: includeExpired.checked || undefined, page_size: 100 }), more);
   async function fetchPage(reset) {
-    if (reset) {
-      rows = [];
-      pageToken = '';
-    }
     try {
-      const result = await api('GET', '/v1/silences', { query: { include_expired: includeExpired.checked || undefined, page_size: 100, page_token: pageToken } });
+      rows = await pages(reset);
       errors.hidden = true;
-      rows = rows.concat(result.silences || []);
-      pageToken = result.next_page_token || '';
-      more.hidden = !pageToken;
       draw();
     } catch (err) {
       showError(errors, err);
