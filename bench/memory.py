@@ -1,6 +1,7 @@
 """The memory of `make run`: scripts/run_local.py started as a user starts it (on free ports, a
 state folder of its own), and the resident memory (RSS, from /proc) of every process it runs
-once the banner is out and the suite has settled: the supervisor, the server and the gateway."""
+once the banner is out and the suite has settled: the supervisor, the server, the console and
+the gateway."""
 
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ def _name(pid: int) -> str:
         args = (Path(f"/proc/{pid}/cmdline").read_bytes()).split(b"\0")
         if b"tai_server" in args:
             return "tai-server"
+        if b"tai_console" in args:
+            return "console (tai-console)"
         if any(arg.endswith(b"envoy") for arg in args):
             return "gateway (Envoy)"
         return Path(args[0].decode()).name

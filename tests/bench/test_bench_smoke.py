@@ -99,6 +99,7 @@ def test_the_smoke_run_prints_the_table_and_writes_the_results(tmp_path: Path) -
     assert set(document["memory"]["rss_mib"]) == {
         "supervisor (run_local.py)",
         "tai-server",
+        "console (tai-console)",
         "gateway (Envoy)",
     }
     assert all(mib > 0 for mib in document["memory"]["rss_mib"].values())

@@ -129,6 +129,11 @@ async function start() {
     route();
     main.focus();
   });
+  // The skip link's #main would be read as a route by the hash router: it moves the focus only.
+  document.querySelector('[data-testid="skip-link"]').addEventListener('click', (event) => {
+    event.preventDefault();
+    main.focus();
+  });
   window.addEventListener(UNAUTHORIZED_EVENT, (event) => {
     // Once a refused token is forgotten, the page's calls still under way come back 401 for
     // having no token: the first refusal is the one that says why.
