@@ -28,7 +28,7 @@ from tai_common.core import (
     page_size,
 )
 from tai_common.core.units import seconds_to_ns
-from tai_common.core.validation import MAX_KEY_LENGTH
+from tai_common.core.validation import MAX_KEY_LENGTH, require_id
 from tai_common.messaging import AuditTrail, events, topics
 from tai_common.ports import AdmissionRequest, Cache, DocumentStore, Transaction, WindowLimiter
 
@@ -412,9 +412,7 @@ class CoordinatorService:
         )
 
     async def get_signal(self, signal_id: str) -> StoredSignal:
-        if not signal_id:
-            raise InvalidArgument("id", "is required")
-        check_id(signal_id, "id")
+        require_id(signal_id, "id")
 
         async def load() -> tuple[bytes, int] | None:
             signal = await self._repo.signal(signal_id)
@@ -427,9 +425,7 @@ class CoordinatorService:
 
     async def explain_signal(self, signal_id: str) -> StoredSignal:
         """The stored signal with its decision record (`NotFound` once retention removed it)."""
-        if not signal_id:
-            raise InvalidArgument("signal_id", "is required")
-        check_id(signal_id, "signal_id")
+        require_id(signal_id, "signal_id")
         signal = await self._repo.signal(signal_id)
         if signal is None:
             raise NotFound("signal", signal_id)
@@ -579,9 +575,7 @@ class CoordinatorService:
     async def acknowledge(
         self, action_id: str, status: str, message: str, principal: str
     ) -> ActionOutcome:
-        if not action_id:
-            raise InvalidArgument("action_id", "is required")
-        check_id(action_id, "action_id")
+        require_id(action_id, "action_id")
         target = ACKNOWLEDGEMENTS.get(status.lower())
         if target is None:
             raise InvalidArgument(
@@ -613,9 +607,7 @@ class CoordinatorService:
     async def review(self, action_id: str, approved: bool, comment: str, principal: str) -> Action:
         """Approves (PENDING, delivered from now on) or rejects (REJECTED) an action awaiting
         approval; who, when and why are on the action and in the audit trail."""
-        if not action_id:
-            raise InvalidArgument("action_id", "is required")
-        check_id(action_id, "action_id")
+        require_id(action_id, "action_id")
         if not comment.strip():
             raise InvalidArgument("comment", "is required: say why")
         check_length("comment", comment, MAX_MESSAGE_LENGTH)
@@ -662,9 +654,7 @@ class CoordinatorService:
         return expired
 
     async def get_action(self, action_id: str) -> Action:
-        if not action_id:
-            raise InvalidArgument("action_id", "is required")
-        check_id(action_id, "action_id")
+        require_id(action_id, "action_id")
         action = await self._repo.action(action_id)
         if action is None:
             raise NotFound("action", action_id)

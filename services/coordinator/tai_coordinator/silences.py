@@ -34,6 +34,7 @@ from tai_common.core import (
     page_size,
 )
 from tai_common.core.units import seconds_to_ns
+from tai_common.core.validation import require_id
 from tai_common.messaging import AuditTrail
 from tai_common.ports import (
     Cursor,
@@ -378,6 +379,4 @@ class SilenceService:
 
 
 def _check_silence_id(silence_id: str) -> None:
-    if not silence_id:
-        raise InvalidArgument("silence_id", "is required")
-    check_id(silence_id, "silence_id")
+    require_id(silence_id, "silence_id")

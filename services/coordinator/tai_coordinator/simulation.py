@@ -28,7 +28,7 @@ from tai_common.core import (
     compile_condition,
 )
 from tai_common.core.units import seconds_to_ns
-from tai_common.core.validation import check_id, check_not_negative, check_range
+from tai_common.core.validation import check_id, check_not_negative, check_range, require_id
 from tai_common.ports import Cursor
 
 from tai_coordinator import metrics
@@ -136,9 +136,7 @@ class SummaryRequest:
 
     def validate(self) -> None:
         """Raises `InvalidArgument` naming the first field to fix."""
-        if not self.policy_id:
-            raise InvalidArgument("policy_id", "is required")
-        check_id(self.policy_id, "policy_id")
+        require_id(self.policy_id, "policy_id")
         check_not_negative("since_ns", self.since_ns)
         check_not_negative("until_ns", self.until_ns)
         if self.until_ns and self.until_ns <= self.since_ns:
