@@ -15,8 +15,17 @@ from tai_rpc.breaker import (
     is_target_failure,
 )
 from tai_rpc.channel import ChannelOptions, TlsFiles, open_channel
+from tai_rpc.namespaces import (
+    ALL_NAMESPACES,
+    DEFAULT_NAMESPACE,
+    NAMESPACE_METADATA,
+    namespace_name_problem,
+)
 
 __all__ = [
+    "ALL_NAMESPACES",
+    "DEFAULT_NAMESPACE",
+    "NAMESPACE_METADATA",
     "BreakerConfig",
     "BreakerState",
     "ChannelOptions",
@@ -25,5 +34,6 @@ __all__ = [
     "CircuitOpenError",
     "TlsFiles",
     "is_target_failure",
+    "namespace_name_problem",
     "open_channel",
 ]

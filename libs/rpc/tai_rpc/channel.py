@@ -16,6 +16,8 @@ from typing import Any
 
 import grpc
 
+from tai_rpc.namespaces import NAMESPACE_METADATA
+
 
 @dataclass(frozen=True)
 class TlsFiles:
@@ -48,6 +50,9 @@ class ChannelOptions:
     # Sent as `authorization: Bearer <token>` on every call; a callable is asked each time (a
     # token that rotates).
     bearer_token: str | Callable[[], str] = ""
+    # Sent as `x-tai-namespace` on every call (the namespace the calls work in; empty: the
+    # server's "default"); a callable is asked each time.
+    namespace: str | Callable[[], str] = ""
     # More client interceptors (e.g. metrics, tracing), run before the token is added.
     interceptors: tuple[grpc.aio.ClientInterceptor, ...] = ()
     # gRPC's load-balancing policy over the target's addresses ("round_robin", "pick_first";
@@ -88,34 +93,40 @@ def _service_config(options: ChannelOptions) -> str:
     )
 
 
-class _BearerToken:
-    """Adds the authorization metadata to every call."""
+class _CallMetadata:
+    """Adds the bearer token and the namespace (when set) to every call's metadata."""
 
-    def __init__(self, token: str | Callable[[], str]) -> None:
-        self._token = token
+    def __init__(self, options: ChannelOptions) -> None:
+        self._token = options.bearer_token
+        self._namespace = options.namespace
 
-    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        token = self._token() if callable(self._token) else self._token
+    def _with_metadata(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        metadata.add("authorization", f"Bearer {token}")
+        token = self._token() if callable(self._token) else self._token
+        if token:
+            metadata.add("authorization", f"Bearer {token}")
+        namespace = self._namespace() if callable(self._namespace) else self._namespace
+        # A namespace the caller put on the call itself wins over the channel's.
+        if namespace and NAMESPACE_METADATA not in metadata:
+            metadata.add(NAMESPACE_METADATA, namespace)
         return grpc.aio.ClientCallDetails(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
         )
 
 
 # grpc.aio files an interceptor under one kind of call only, so each kind gets its own class.
-class _UnaryBearerToken(_BearerToken, grpc.aio.UnaryUnaryClientInterceptor):
+class _UnaryCallMetadata(_CallMetadata, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        return await continuation(self._with_token(client_call_details), request)
+        return await continuation(self._with_metadata(client_call_details), request)
 
 
-class _StreamBearerToken(_BearerToken, grpc.aio.UnaryStreamClientInterceptor):
+class _StreamCallMetadata(_CallMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: grpc.aio.ClientCallDetails, request: Any
     ) -> Any:
-        return await continuation(self._with_token(client_call_details), request)
+        return await continuation(self._with_metadata(client_call_details), request)
 
 
 def open_channel(target: str, options: ChannelOptions | None = None) -> grpc.aio.Channel:
@@ -128,11 +139,8 @@ def open_channel(target: str, options: ChannelOptions | None = None) -> grpc.aio
         ("grpc.max_send_message_length", options.max_message_bytes),
     ]
     interceptors: list[grpc.aio.ClientInterceptor] = list(options.interceptors)
-    if options.bearer_token:
-        interceptors += [
-            _UnaryBearerToken(options.bearer_token),
-            _StreamBearerToken(options.bearer_token),
-        ]
+    if options.bearer_token or options.namespace:
+        interceptors += [_UnaryCallMetadata(options), _StreamCallMetadata(options)]
     if options.tls is not None:
         if options.tls.server_name:
             channel_options.append(("grpc.ssl_target_name_override", options.tls.server_name))
