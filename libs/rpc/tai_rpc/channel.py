@@ -107,7 +107,7 @@ class _CallMetadata:
             metadata.add("authorization", f"Bearer {token}")
         namespace = self._namespace() if callable(self._namespace) else self._namespace
         # A namespace the caller put on the call itself wins over the channel's.
-        if namespace and NAMESPACE_METADATA not in metadata:
+        if namespace and not metadata.get_all(NAMESPACE_METADATA):
             metadata.add(NAMESPACE_METADATA, namespace)
         return grpc.aio.ClientCallDetails(
             details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
