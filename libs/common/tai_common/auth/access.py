@@ -27,6 +27,14 @@ METHOD_ROLES: Mapping[str, Role] = {
     "/tai.v1.Governor/StreamPolicies": Role.VIEWER,
     "/tai.v1.Governor/ListAuditRecords": Role.ADMIN,
     "/tai.v1.Governor/VerifyAuditLog": Role.ADMIN,
+    # Namespaces: creating, changing and deleting them needs the admin role in every namespace
+    # ("*": platform admins); reading them, a role in the namespace read (checked by the
+    # Governor, as these calls name their namespace in the request, not in the metadata).
+    "/tai.v1.Governor/CreateNamespace": Role.ADMIN,
+    "/tai.v1.Governor/SetNamespaceQuotas": Role.ADMIN,
+    "/tai.v1.Governor/DeleteNamespace": Role.ADMIN,
+    "/tai.v1.Governor/ListNamespaces": Role.VIEWER,
+    "/tai.v1.Governor/GetNamespace": Role.VIEWER,
     # Coordinator
     "/tai.v1.Coordinator/SubmitSignal": Role.OPERATOR,
     "/tai.v1.Coordinator/RequestAction": Role.OPERATOR,
