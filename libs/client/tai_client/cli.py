@@ -1,7 +1,8 @@
 """`taictl`: the TAI command line.
 
-taictl [--target HOST:PORT] [--token JWT] [--ca FILE [--cert FILE --key FILE]] [--json]
-    policy | signal | action | silence | status | task | audit …
+taictl [--target HOST:PORT] [--token JWT] [--ca FILE [--cert FILE --key FILE]]
+       [--namespace NAME] [--json]
+    policy | signal | action | silence | status | task | audit | namespace …
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import click
 import grpc
 from tai_rpc.channel import ChannelOptions, TlsFiles, open_channel
+from tai_rpc.namespaces import namespace_name_problem
 
 from tai_client.errors import TaiError, from_rpc_error
 from tai_client.output import print_error
@@ -35,6 +37,8 @@ class CliContext:
     timeout: float
     token: str = ""
     tls: TlsFiles | None = None
+    # Sent as `x-tai-namespace` on every call; empty: none, the server's "default".
+    namespace: str = ""
 
     def target_for(self, service: str) -> str:
         return self.target or DEFAULT_TARGETS[service]
@@ -45,7 +49,10 @@ class CliContext:
         """Runs `call` with a channel to `service`; a failed call prints its error (code,
         message, field violations, how long to wait) and exits with status 1."""
         options = ChannelOptions(
-            default_timeout_seconds=self.timeout, bearer_token=self.token, tls=self.tls
+            default_timeout_seconds=self.timeout,
+            bearer_token=self.token,
+            tls=self.tls,
+            namespace=self.namespace,
         )
 
         async def main() -> T:
@@ -67,6 +74,21 @@ class CliContext:
 pass_context = click.make_pass_decorator(CliContext)
 
 
+def check_namespace_name(name: str, param_hint: str) -> str:
+    """`name` when it is a namespace name, else a usage error saying why (exit status 2)."""
+    problem = namespace_name_problem(name)
+    if problem is not None:
+        raise click.BadParameter(problem, param_hint=param_hint)
+    return name
+
+
+def _namespace_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str:
+    # Checked before any call: a name the server cannot hold is the caller's typo.
+    if not value:
+        return ""
+    return check_namespace_name(value, "'--namespace' / '-n' / TAI_NAMESPACE")
+
+
 @click.group()
 @click.option(
     "--target",
@@ -80,6 +102,15 @@ pass_context = click.make_pass_decorator(CliContext)
 @click.option("--ca", "ca_file", envvar="TAICTL_CA", default="", help="CA file: use TLS.")
 @click.option("--cert", "cert_file", envvar="TAICTL_CERT", default="", help="Client cert (mTLS).")
 @click.option("--key", "key_file", envvar="TAICTL_KEY", default="", help="Client key (mTLS).")
+@click.option(
+    "--namespace",
+    "-n",
+    envvar="TAI_NAMESPACE",
+    default="",
+    callback=_namespace_option,
+    help="The namespace every call works in (also TAI_NAMESPACE; default: none, which the "
+    'server reads as "default").',
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -90,6 +121,7 @@ def cli(
     ca_file: str,
     cert_file: str,
     key_file: str,
+    namespace: str,
 ) -> None:
     """Operate a TAI control plane."""
     ctx.obj = CliContext(
@@ -98,6 +130,7 @@ def cli(
         timeout=timeout,
         token=token,
         tls=TlsFiles(ca_file, cert_file, key_file) if ca_file else None,
+        namespace=namespace,
     )
 
 
@@ -116,6 +149,7 @@ def main() -> Any:
     from tai_client import (  # noqa: F401
         audit_commands,
         coordinator_commands,
+        namespace_commands,
         policy_commands,
         silence_commands,
         task_commands,

@@ -231,6 +231,88 @@ class GovernorClient:
             governor_pb2.VerifyAuditLogRequest(), timeout=timeout or self._timeout
         )
 
+    # --- namespaces ---
+
+    @maps_errors
+    async def create_namespace(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        quotas: governor_pb2.NamespaceQuotas | None = None,
+        timeout: float | None = None,
+    ) -> governor_pb2.Namespace:
+        """Creates a namespace (platform admins only: the admin role in every namespace).
+
+        Args:
+            name: a DNS label (`tai_rpc.namespace_name_problem` says why a name is not one).
+            description: what the namespace is for.
+            quotas: its limits; a limit left at 0 follows the installation's default.
+
+        Raises:
+            InvalidRequest: the name is not a namespace name.
+            AlreadyExists: a namespace of that name exists.
+            PermissionDenied: the caller is not a platform admin.
+        """
+        return await self._stub.CreateNamespace(
+            governor_pb2.CreateNamespaceRequest(name=name, description=description, quotas=quotas),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def list_namespaces(
+        self, *, timeout: float | None = None
+    ) -> list[governor_pb2.Namespace]:
+        """The namespaces the caller holds a role in (every one with authentication off)."""
+        response = await self._stub.ListNamespaces(
+            governor_pb2.ListNamespacesRequest(), timeout=timeout or self._timeout
+        )
+        return list(response.namespaces)
+
+    @maps_errors
+    async def get_namespace(
+        self, name: str, *, timeout: float | None = None
+    ) -> governor_pb2.Namespace:
+        """One namespace. Raises `NotFound`, or `PermissionDenied` when the caller holds no
+        role in it."""
+        return await self._stub.GetNamespace(
+            governor_pb2.GetNamespaceRequest(name=name), timeout=timeout or self._timeout
+        )
+
+    @maps_errors
+    async def set_namespace_quotas(
+        self,
+        name: str,
+        quotas: governor_pb2.NamespaceQuotas,
+        *,
+        timeout: float | None = None,
+    ) -> governor_pb2.Namespace:
+        """Replaces all of a namespace's quotas with `quotas` (a limit at 0 follows the
+        installation's default again); platform admins only. Raises `NotFound`."""
+        return await self._stub.SetNamespaceQuotas(
+            governor_pb2.SetNamespaceQuotasRequest(name=name, quotas=quotas),
+            timeout=timeout or self._timeout,
+        )
+
+    @maps_errors
+    async def delete_namespace(
+        self, name: str, *, force: bool = False, timeout: float | None = None
+    ) -> governor_pb2.Namespace:
+        """Deletes a namespace; platform admins only.
+
+        Without `force`, a namespace that still holds policies, signals, actions, tasks or
+        silences is refused (`FailedPrecondition`). With `force`, it is marked DELETING (every
+        call in it is refused) and its data deleted in the background.
+
+        Raises:
+            NotFound: no such namespace.
+            FailedPrecondition: it is not empty and `force` is False.
+        """
+        return await self._stub.DeleteNamespace(
+            governor_pb2.DeleteNamespaceRequest(name=name, force=force),
+            timeout=timeout or self._timeout,
+        )
+
     @maps_errors
     async def health(self) -> common_pb2.HealthStatus:
         """The Governor's health; `details` holds `replica=…` and `policy_revision=…`."""

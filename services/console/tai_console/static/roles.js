@@ -15,6 +15,12 @@ export const METHOD_ROLES = {
   '/tai.v1.Governor/StreamPolicies': 'viewer',
   '/tai.v1.Governor/ListAuditRecords': 'admin',
   '/tai.v1.Governor/VerifyAuditLog': 'admin',
+  // Namespaces: creating, changing and deleting them needs admin in every namespace ("*").
+  '/tai.v1.Governor/CreateNamespace': 'admin',
+  '/tai.v1.Governor/SetNamespaceQuotas': 'admin',
+  '/tai.v1.Governor/DeleteNamespace': 'admin',
+  '/tai.v1.Governor/ListNamespaces': 'viewer',
+  '/tai.v1.Governor/GetNamespace': 'viewer',
   // Coordinator
   '/tai.v1.Coordinator/SubmitSignal': 'operator',
   '/tai.v1.Coordinator/RequestAction': 'operator',
