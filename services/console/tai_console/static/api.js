@@ -1,6 +1,6 @@
 // The API client: JSON over the gateway's transcoded routes (same origin), the bearer token,
-// errors as ApiError (google.rpc.Status bodies), and a reader for server streams
-// (newline-delimited JSON) that reconnects by itself.
+// the namespace every call works in, errors as ApiError (google.rpc.Status bodies), and a
+// reader for server streams (newline-delimited JSON) that reconnects by itself.
 
 const TOKEN_KEY = 'tai.token';
 
@@ -16,6 +16,49 @@ export function setToken(token) {
 
 export function clearToken() {
   sessionStorage.removeItem(TOKEN_KEY);
+}
+
+// The namespace every call works in, sent as this header (the gRPC metadata of the same name
+// behind the gateway). Kept in localStorage, so the console opens where it was left: unlike
+// the token, a namespace's name is no secret.
+export const NAMESPACE_HEADER = 'x-tai-namespace';
+export const DEFAULT_NAMESPACE = 'default';
+const NAMESPACE_KEY = 'tai.namespace';
+// tai_rpc.namespace_name_problem's rule: a DNS label of at most 40 characters, no "--".
+const NAMESPACE_NAME = /^[a-z](?:[a-z0-9]|-(?=[a-z0-9])){0,39}$/;
+let namespace = DEFAULT_NAMESPACE;
+
+/** Whether `name` is a namespace name (the API refuses any other). */
+export function isNamespaceName(name) {
+  return typeof name === 'string' && NAMESPACE_NAME.test(name);
+}
+
+/** The namespace the calls work in. */
+export function getNamespace() {
+  return namespace;
+}
+
+/** Sets the namespace of the calls from now on and, unless `remember` is false, remembers it
+ * for the next visit. */
+export function setNamespace(name, { remember = true } = {}) {
+  namespace = isNamespaceName(name) ? name : DEFAULT_NAMESPACE;
+  if (!remember) return;
+  try {
+    localStorage.setItem(NAMESPACE_KEY, namespace);
+  } catch {
+    // Storage refused (a private window's quota): the choice lasts for this page only.
+  }
+}
+
+/** The namespace remembered from the last visit ('' when none, or not a name). */
+export function storedNamespace() {
+  let stored = '';
+  try {
+    stored = localStorage.getItem(NAMESPACE_KEY) || '';
+  } catch {
+    stored = '';
+  }
+  return isNamespaceName(stored) ? stored : '';
 }
 
 /** Fired on `window` when the API answers 401: app.js asks for another token. */
@@ -68,6 +111,7 @@ function headers(hasBody) {
   if (hasBody) result['Content-Type'] = 'application/json';
   const token = getToken();
   if (token) result.Authorization = `Bearer ${token}`;
+  result[NAMESPACE_HEADER] = namespace;
   return result;
 }
 

@@ -1,9 +1,13 @@
 // The console's shell: reads /config.json (auth "off" or "jwt"), asks for a token when needed,
-// shows who is signed in, and routes #/<page>[/<id>] to the page modules under views/.
+// shows who is signed in, keeps the namespace picker, and routes
+// #/<page>[/<id>][?namespace=<name>] to the page modules under views/.
 
-import { UNAUTHORIZED_EVENT, clearToken, getToken, setToken } from './api.js';
+import {
+  DEFAULT_NAMESPACE, UNAUTHORIZED_EVENT, api, clearToken, getNamespace, getToken, isNamespaceName,
+  setNamespace, setToken, storedNamespace,
+} from './api.js';
 import { field, h, replace } from './dom.js';
-import { roleFromClaim, setRole } from './roles.js';
+import { roleInNamespace, setRole } from './roles.js';
 import * as overview from './views/overview.js';
 import * as policies from './views/policies.js';
 import * as signals from './views/signals.js';
@@ -16,8 +20,18 @@ const PAGES = { overview, policies, signals, actions, silences, tasks, audit };
 
 const main = document.getElementById('main');
 const who = document.getElementById('who');
+const namespaceSelect = document.getElementById('namespace-select');
 let authMode = 'off';
+// The claim of a token that maps namespaces to roles (the API's TAI_JWT_NAMESPACES_CLAIM).
+let namespacesClaim = 'tai_namespaces';
 let cleanup = null;
+// The namespaces the picker offers, and the token they were listed with (listed again when it
+// changes: another token may hold roles in other namespaces).
+let namespaceNames = [];
+let namespacesListedFor = null;
+// Whether a namespace was chosen (in the picker, by a link, or on a former visit): if not, the
+// console may move to the first namespace the token holds a role in.
+let namespaceChosen = false;
 
 /** The payload of a JWT, decoded client-side only to show its name and roles: the signature
  * is the API's to check, so nothing here trusts it. */
@@ -41,11 +55,14 @@ function showWho() {
     return;
   }
   const payload = jwtPayload(getToken()) || {};
-  const role = roleFromClaim(payload.roles);
+  // The role in the namespace shown: another namespace may grant another one, or none.
+  const role = roleInNamespace(payload, getNamespace(), namespacesClaim);
   setRole(role);
   const roles = Array.isArray(payload.roles) ? payload.roles.join(', ') : String(payload.roles || 'none');
+  const namespaces = payload[namespacesClaim] && typeof payload[namespacesClaim] === 'object'
+    ? `; ${namespacesClaim} claim: ${JSON.stringify(payload[namespacesClaim])}` : '';
   replace(who,
-    h('span', { testid: 'who-name', title: `roles claim: ${roles}` }, String(payload.name || payload.sub || 'unknown')),
+    h('span', { testid: 'who-name', title: `roles claim: ${roles}${namespaces}` }, String(payload.name || payload.sub || 'unknown')),
     h('span', { class: 'badge', testid: 'who-role' }, role || 'no role'),
     h('button', { type: 'button', testid: 'sign-out', 'aria-label': 'Sign out (forget the token)', onclick: signOut }, 'Sign out'));
 }
@@ -86,6 +103,95 @@ function showLogin(message) {
   input.focus();
 }
 
+// ---------------------------------------------------------------- namespaces
+
+/** The route and the namespace of a hash: #/policies/abc?namespace=team-a ->
+ * {path: '/policies/abc', namespace: 'team-a'} (namespace '' when the hash names none). */
+function parseHash(hash) {
+  const text = (hash || '').replace(/^#/, '');
+  const mark = text.indexOf('?');
+  const path = mark >= 0 ? text.slice(0, mark) : text;
+  const params = new URLSearchParams(mark >= 0 ? text.slice(mark + 1) : '');
+  return { path: path || '/overview', namespace: params.get('namespace') || '' };
+}
+
+function hashOf(path, namespace) {
+  return `#${path}?namespace=${encodeURIComponent(namespace)}`;
+}
+
+/**
+ * Takes the namespace the hash names (a link someone shared) or, when it names none (the
+ * navigation's and the pages' own links), keeps the current one and writes it into the hash,
+ * so the address always opens the namespace shown. "default" is left out of the address until
+ * it is chosen in the picker: the console's addresses from before namespaces stay as they were.
+ */
+function namespaceFromHash() {
+  const { path, namespace } = parseHash(location.hash);
+  if (namespace && isNamespaceName(namespace)) {
+    if (namespace !== getNamespace()) setNamespace(namespace);
+    namespaceChosen = true;
+  } else if (namespace || getNamespace() !== DEFAULT_NAMESPACE) {
+    // No namespace named, or a name the API would refuse: the address shows the current one.
+    history.replaceState(null, '', hashOf(path, getNamespace()));
+  }
+  showNamespaceChoice();
+  return path;
+}
+
+/** The picker's options: the namespaces listed, "default" when none could be, and the current
+ * namespace if it is not among them (named by a link, or remembered). */
+function showNamespaceChoice() {
+  const current = getNamespace();
+  const names = namespaceNames.length ? [...namespaceNames] : [DEFAULT_NAMESPACE];
+  if (!names.includes(current)) names.push(current);
+  const options = names.map((name) => h('option', { value: name }, name));
+  const same = namespaceSelect.options.length === options.length
+    && options.every((option, i) => namespaceSelect.options[i].value === option.value);
+  if (!same) replace(namespaceSelect, options);
+  namespaceSelect.value = current;
+}
+
+/** Lists the namespaces the caller holds a role in (GET /v1/namespaces) for the picker, once
+ * per token. A failed call leaves "default": the page's own calls say what is wrong. */
+async function listNamespaces() {
+  const token = getToken();
+  if (namespacesListedFor === token) return;
+  namespacesListedFor = token;
+  try {
+    const result = await api('GET', '/v1/namespaces');
+    const listed = (result.namespaces || [])
+      .filter((n) => n.state !== 'NAMESPACE_STATE_DELETING')
+      .map((n) => n.name)
+      .filter(isNamespaceName);
+    namespaceNames = [...new Set(listed)].sort((a, b) => (a === DEFAULT_NAMESPACE ? -1 : b === DEFAULT_NAMESPACE ? 1 : a.localeCompare(b)));
+  } catch {
+    // Listed again with the next token, or on the next load: not on every page shown.
+    namespaceNames = [];
+  }
+  if (token !== getToken()) return;
+  // Opened without a namespace of its own (none in the address, none remembered) on a token
+  // that holds no role in "default": the first namespace it does hold.
+  if (!namespaceChosen && namespaceNames.length && !namespaceNames.includes(getNamespace())) {
+    chooseNamespace(namespaceNames[0], { push: false });
+    return;
+  }
+  showNamespaceChoice();
+}
+
+/** Switches every call to `name` and shows the current section's list again in it (an id of
+ * another namespace would not be found there). The address changes with a new history entry
+ * (unless `push` is false), so Back returns to the namespace before. */
+function chooseNamespace(name, { push = true } = {}) {
+  if (!isNamespaceName(name)) return;
+  setNamespace(name);
+  namespaceChosen = true;
+  const [, page = 'overview'] = parseHash(location.hash).path.split('/');
+  const hash = hashOf(`/${PAGES[page] ? page : 'overview'}`, name);
+  if (push) history.pushState(null, '', hash);
+  else history.replaceState(null, '', hash);
+  route();
+}
+
 function setCurrentNav(page) {
   for (const link of document.querySelectorAll('nav a')) {
     if (link.getAttribute('href') === `#/${page}`) link.setAttribute('aria-current', 'page');
@@ -100,8 +206,10 @@ function route() {
     showLogin('');
     return;
   }
+  const path = namespaceFromHash();
   showWho();
-  const [, page = 'overview', ...rest] = (location.hash || '#/overview').split('/');
+  if (authMode === 'off' || getToken()) listNamespaces();
+  const [, page = 'overview', ...rest] = path.split('/');
   const view = PAGES[page] ? page : 'overview';
   const id = rest.length ? decodeURIComponent(rest.join('/')) : '';
   if (cleanup) cleanup();
@@ -121,10 +229,18 @@ async function start() {
     const response = await fetch('/config.json', { headers: { Accept: 'application/json' } });
     const config = await response.json();
     authMode = config.auth === 'jwt' ? 'jwt' : 'off';
+    if (typeof config.namespaces_claim === 'string' && config.namespaces_claim) namespacesClaim = config.namespaces_claim;
   } catch {
     // Without the server's word, ask for a token: the API says whether it needs one.
     authMode = 'jwt';
   }
+  // A namespace named by the address wins over the one remembered from the last visit.
+  const named = parseHash(location.hash).namespace;
+  const remembered = storedNamespace();
+  namespaceChosen = isNamespaceName(named) || Boolean(remembered);
+  setNamespace(isNamespaceName(named) ? named : remembered || DEFAULT_NAMESPACE, { remember: namespaceChosen });
+  // Changing the namespace keeps the focus on the picker (a keyboard user may go on choosing).
+  namespaceSelect.addEventListener('change', () => chooseNamespace(namespaceSelect.value));
   window.addEventListener('hashchange', () => {
     route();
     main.focus();

@@ -74,6 +74,20 @@ export function roleFromClaim(claim) {
   return best >= 0 ? ROLES[best] : null;
 }
 
+/** The role a token's payload grants in `namespace`, as the API reads it: the namespaces claim
+ * (`claimName`, default tai_namespaces) maps a namespace, or "*" for every one, to a role; a
+ * token without it holds only "default", with its `roles` claim's role. */
+export function roleInNamespace(payload, namespace, claimName = 'tai_namespaces') {
+  const claim = payload ? payload[claimName] : undefined;
+  if (claim && typeof claim === 'object' && !Array.isArray(claim)) {
+    const own = Object.prototype.hasOwnProperty.call(claim, namespace) ? roleFromClaim(claim[namespace]) : null;
+    const every = Object.prototype.hasOwnProperty.call(claim, '*') ? roleFromClaim(claim['*']) : null;
+    if (!own || !every) return own || every;
+    return ROLES.indexOf(own) >= ROLES.indexOf(every) ? own : every;
+  }
+  return namespace === 'default' ? roleFromClaim(payload && payload.roles) : null;
+}
+
 /** Whether the caller's role may call `method` (methods not in the table: admins only). */
 export function can(method) {
   if (!currentRole) return false;
