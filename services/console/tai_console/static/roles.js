@@ -75,17 +75,31 @@ export function roleFromClaim(claim) {
 }
 
 /** The role a token's payload grants in `namespace`, as the API reads it: the namespaces claim
- * (`claimName`, default tai_namespaces) maps a namespace, or "*" for every one, to a role; a
- * token without it holds only "default", with its `roles` claim's role. */
+ * (`claimName`, default tai_namespaces: an object {namespace: role} or a list of
+ * "namespace:role" strings, "*" for every namespace) grants the higher of the namespace's own
+ * role and the "*" one; a token without that claim holds only "default", with its `roles`
+ * claim's role. */
 export function roleInNamespace(payload, namespace, claimName = 'tai_namespaces') {
   const claim = payload ? payload[claimName] : undefined;
-  if (claim && typeof claim === 'object' && !Array.isArray(claim)) {
-    const own = Object.prototype.hasOwnProperty.call(claim, namespace) ? roleFromClaim(claim[namespace]) : null;
-    const every = Object.prototype.hasOwnProperty.call(claim, '*') ? roleFromClaim(claim['*']) : null;
-    if (!own || !every) return own || every;
-    return ROLES.indexOf(own) >= ROLES.indexOf(every) ? own : every;
+  if (claim === undefined || claim === null) {
+    return namespace === 'default' ? roleFromClaim(payload && payload.roles) : null;
   }
-  return namespace === 'default' ? roleFromClaim(payload && payload.roles) : null;
+  let pairs = [];
+  if (Array.isArray(claim)) {
+    pairs = claim.map((item) => {
+      const text = String(item);
+      const colon = text.lastIndexOf(':');
+      return [text.slice(0, Math.max(colon, 0)), text.slice(colon + 1)];
+    });
+  } else if (typeof claim === 'object') {
+    pairs = Object.entries(claim);
+  }
+  let best = -1;
+  for (const [name, role] of pairs) {
+    if (name !== namespace && name !== '*') continue;
+    best = Math.max(best, ROLES.indexOf(roleFromClaim(Array.isArray(role) ? role : String(role))));
+  }
+  return best >= 0 ? ROLES[best] : null;
 }
 
 /** Whether the caller's role may call `method` (methods not in the table: admins only). */
