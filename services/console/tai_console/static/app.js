@@ -120,20 +120,28 @@ function hashOf(path, namespace) {
 }
 
 /**
- * Takes the namespace the hash names (a link someone shared) or, when it names none (the
- * navigation's and the pages' own links), keeps the current one and writes it into the hash,
- * so the address always opens the namespace shown. "default" is left out of the address until
- * it is chosen in the picker: the console's addresses from before namespaces stay as they were.
+ * Takes the namespace the hash names (a link someone shared), or the one the history entry was
+ * shown in (Back and Forward), or else (the navigation's and the pages' own links) keeps the
+ * current one and writes it into the hash, so the address always opens the namespace shown.
+ * "default" is left out of the address until it is chosen in the picker: the console's
+ * addresses from before namespaces stay as they were. Each entry is stamped with its namespace.
  */
 function namespaceFromHash() {
   const { path, namespace } = parseHash(location.hash);
-  if (namespace && isNamespaceName(namespace)) {
-    if (namespace !== getNamespace()) setNamespace(namespace);
+  const entry = history.state && history.state.namespace;
+  let adopt = '';
+  if (namespace && isNamespaceName(namespace)) adopt = namespace;
+  else if (!namespace && isNamespaceName(entry)) adopt = entry;
+  if (adopt) {
+    if (adopt !== getNamespace()) setNamespace(adopt);
     namespaceChosen = true;
-  } else if (namespace || getNamespace() !== DEFAULT_NAMESPACE) {
-    // No namespace named, or a name the API would refuse: the address shows the current one.
-    history.replaceState(null, '', hashOf(path, getNamespace()));
   }
+  const current = getNamespace();
+  // Unless it named a namespace taken, the address shows the current one ("default" only if
+  // it named another: a name the API would refuse).
+  let url = location.hash;
+  if (!(namespace && adopt) && (namespace || current !== DEFAULT_NAMESPACE)) url = hashOf(path, current);
+  history.replaceState({ namespace: current }, '', url);
   showNamespaceChoice();
   return path;
 }
@@ -187,8 +195,8 @@ function chooseNamespace(name, { push = true } = {}) {
   namespaceChosen = true;
   const [, page = 'overview'] = parseHash(location.hash).path.split('/');
   const hash = hashOf(`/${PAGES[page] ? page : 'overview'}`, name);
-  if (push) history.pushState(null, '', hash);
-  else history.replaceState(null, '', hash);
+  if (push) history.pushState({ namespace: name }, '', hash);
+  else history.replaceState({ namespace: name }, '', hash);
   route();
 }
 
