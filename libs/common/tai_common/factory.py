@@ -217,11 +217,12 @@ async def open_secrets(settings: ServiceSettings) -> SecretSource:
     )
 
 
-def open_rate_limiter(settings: ServiceSettings) -> RateLimiter | None:
+def open_rate_limiter(settings: ServiceSettings, *, required: bool = False) -> RateLimiter | None:
     """The RateLimiter that enforces the rate limits, or None when calls are unlimited
-    (`TAI_RATE_LIMIT_PER_SECOND` 0). Shared through Redis (one server or a cluster) when
-    `TAI_RATE_LIMIT_STORE` names it, or else the cache is Redis; per process otherwise."""
-    if settings.rate_limit_per_second <= 0:
+    (`TAI_RATE_LIMIT_PER_SECOND` 0, and not `required` for the namespaces' own limits). Shared
+    through Redis (one server or a cluster) when `TAI_RATE_LIMIT_STORE` names it, or else the
+    cache is Redis; per process otherwise."""
+    if settings.rate_limit_per_second <= 0 and not required:
         return None
     shared = _shared_limits_redis(settings)
     if shared is not None:

@@ -52,6 +52,14 @@ from tai_common.instrumentation import (
     tracing_enabled,
 )
 from tai_common.messaging import OUTBOX_INDEXES, AuditTrail, EventFactory, OutboxRelay, audit
+from tai_common.core.namespace import DEFAULT_NAMESPACE, in_namespace
+from tai_common.namespacing import (
+    NamespacedBus,
+    NamespaceDirectory,
+    NamespacedStore,
+    Quotas,
+    for_each_namespace,
+)
 from tai_common.ports import Cache, DocumentStore, EventBus, IndexSpec, SecretSource
 
 if TYPE_CHECKING:
@@ -103,16 +111,20 @@ class Dependencies(Generic[SettingsT]):
                 raise StartupError(str(error)) from None
             raise
         ids = factory.open_ids(settings)
-        if not tracing_enabled(settings):
-            return Dependencies(settings, store, bus, cache, secrets, clock=clock, ids=ids)
-        # Every adapter is traced (spans per store and cache operation, per message published
-        # and handled): the one place they are wrapped. Not the in-process cache: a lookup
-        # there takes microseconds, and a span for it cost cached reads ~5 % of their CPU.
+        if tracing_enabled(settings):
+            # Every adapter is traced (spans per store and cache operation, per message
+            # published and handled): the one place they are wrapped. Not the in-process
+            # cache: a lookup there takes microseconds, and a span for it cost cached reads
+            # ~5 % of their CPU.
+            store, bus = TracedStore(store), TracedBus(bus)
+            cache = cache if factory.cache_in_process(settings) else TracedCache(cache)
+        # Outermost: the store keeps each namespace's documents under it, and consumers handle
+        # each message in its namespace.
         return Dependencies(
             settings=settings,
-            store=TracedStore(store),
-            bus=TracedBus(bus),
-            cache=cache if factory.cache_in_process(settings) else TracedCache(cache),
+            store=NamespacedStore(store),
+            bus=NamespacedBus(bus),
+            cache=cache,
             secrets=secrets,
             clock=clock,
             ids=ids,
@@ -159,16 +171,19 @@ def interceptor_stack(
     settings: ServiceSettings,
     on_denied: DeniedHook | None,
     jwks_loader: JwksLoader | None,
+    namespaces: NamespaceDirectory | None = None,
 ) -> InterceptorStack:
-    """Tracing, metrics, authentication and rate limits as `settings` ask (the benchmark's
-    baseline builds the same stack around an empty handler)."""
+    """Tracing, metrics, authentication (and the call's namespace) and rate limits as
+    `settings` ask (the benchmark's baseline builds the same stack around an empty handler)."""
     inner: list[grpc.aio.ServerInterceptor] = [
-        security.authenticator(settings, on_denied, jwks_loader).interceptor()
+        security.authenticator(settings, on_denied, jwks_loader, namespaces).interceptor()
     ]
     close: Hook | None = None
-    limiter = factory.open_rate_limiter(settings)
+    # With namespaces, a namespace's own rate limit applies even where the installation sets
+    # none.
+    limiter = factory.open_rate_limiter(settings, required=namespaces is not None)
     if limiter is not None:
-        limits = security.rate_limits(settings, limiter)
+        limits = security.rate_limits(settings, limiter, namespaces)
         inner.append(limits.interceptor())
         close = limits.close
     outer: list[grpc.aio.ServerInterceptor] = [ServerMetricsInterceptor()]
@@ -210,6 +225,17 @@ class ServiceRuntime:
             owner=deps.settings.replica_id,
         )
         self.events = EventFactory(deps.settings.service_name, deps.clock, deps.ids)
+        self.namespaces = NamespaceDirectory(
+            deps.store,
+            deps.clock,
+            refresh_seconds=deps.settings.namespace_refresh_seconds,
+            max_namespaces=deps.settings.max_namespaces,
+            default_quotas=Quotas(
+                max_enforced_policies=deps.settings.namespace_max_enforced_policies,
+                max_signals_per_second=deps.settings.namespace_max_signals_per_second,
+                max_open_tasks=deps.settings.namespace_max_open_tasks,
+            ),
+        )
         self.audit = AuditTrail(deps.store, deps.clock, deps.ids, self.events, self.relay.notify)
         self._index_specs = [*OUTBOX_INDEXES, *audit.INDEXES, *index_specs]
         self._startup: list[Hook] = []
@@ -247,6 +273,7 @@ class ServiceRuntime:
                 if self.settings.jwt_jwks_secret
                 else None
             ),
+            self.namespaces,
         )
         if stack.close is not None:
             self.add_shutdown(stack.close)
@@ -269,8 +296,30 @@ class ServiceRuntime:
         self._shutdown.append(hook)
 
     def add_worker(self, name: str, run: Hook) -> None:
-        """A background loop, restarted with backoff if it ever fails."""
+        """A background loop, restarted with backoff if it ever fails. It runs outside any
+        namespace: work on namespaced data goes through `for_each_namespace` (or
+        `add_namespace_pass`), or the store refuses it."""
         self._workers.append((name, run))
+
+    def add_namespace_pass(
+        self, name: str, work: Callable[[str], Awaitable[Any]], every_seconds: float
+    ) -> None:
+        """A background pass run in every active namespace in turn (`work(namespace)`, inside
+        it), then again `every_seconds` later. One namespace's failure is logged and does not
+        hold the others up."""
+
+        async def run_in_each(namespace: str) -> None:
+            try:
+                await work(namespace)
+            except Exception:
+                log.exception("%s failed in namespace %s", name, namespace)
+
+        async def run() -> None:
+            while True:
+                await for_each_namespace(self.namespaces, run_in_each)
+                await asyncio.sleep(every_seconds)
+
+        self.add_worker(name, run)
 
     async def start(self) -> int:
         """Starts everything; returns the bound gRPC port. Health says SERVING last, once all
@@ -284,8 +333,10 @@ class ServiceRuntime:
             self._spawn(name, run)
         self._server_started = True
         port = await _start_grpc(self.server, self.settings)
-        for hook in self._startup:
-            await hook()
+        # Startup hooks prepare the default namespace (the others are prepared on first use).
+        with in_namespace(DEFAULT_NAMESPACE):
+            for hook in self._startup:
+                await hook()
         self.ready = True
         metrics.READY.set(1)
         await self.server.set_serving(True)

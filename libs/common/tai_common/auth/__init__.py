@@ -4,10 +4,13 @@ and cryptography, 9 MiB a process without authentication does without). The gRPC
 that enforces it is `tai_common.grpc.auth`."""
 
 from tai_common.auth.access import (
+    INSTALLATION_METHODS,
     METHOD_ROLES,
     OPEN_METHODS,
     OPEN_PREFIXES,
     SERVICE_CALLS,
+    installation_role,
+    is_installation_method,
     is_open,
     required_role,
     service_may_call,
@@ -22,6 +25,7 @@ from tai_common.auth.principal import (
 
 __all__ = [
     "ANONYMOUS",
+    "INSTALLATION_METHODS",
     "METHOD_ROLES",
     "OPEN_METHODS",
     "OPEN_PREFIXES",
@@ -29,6 +33,8 @@ __all__ = [
     "Principal",
     "Role",
     "current_principal",
+    "installation_role",
+    "is_installation_method",
     "is_open",
     "required_role",
     "service_may_call",

@@ -96,6 +96,28 @@ SERVICE_CALLS: Mapping[str, frozenset[str]] = {
 }
 
 
+# The calls on the installation's namespaces rather than inside one: the role they need is held
+# in every namespace ("*") for changes; reads need only an authenticated caller (the Governor
+# shows each caller the namespaces it holds).
+INSTALLATION_METHODS: Mapping[str, Role | None] = {
+    "/tai.v1.Governor/CreateNamespace": Role.ADMIN,
+    "/tai.v1.Governor/SetNamespaceQuotas": Role.ADMIN,
+    "/tai.v1.Governor/DeleteNamespace": Role.ADMIN,
+    "/tai.v1.Governor/ListNamespaces": None,
+    "/tai.v1.Governor/GetNamespace": None,
+}
+
+
+def is_installation_method(method: str) -> bool:
+    return method in INSTALLATION_METHODS
+
+
+def installation_role(method: str) -> Role | None:
+    """The role in every namespace ("*") an installation method needs; None: any
+    authenticated caller (the Governor answers with what the caller holds)."""
+    return INSTALLATION_METHODS.get(method)
+
+
 def is_open(method: str) -> bool:
     return method in OPEN_METHODS or method.startswith(OPEN_PREFIXES)
 

@@ -20,6 +20,7 @@ import jwt
 
 from tai_common.auth.principal import Principal, Role
 from tai_common.core import Unauthenticated, Unavailable
+from tai_common.core.namespace import ALL_NAMESPACES, namespace_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class VerifierConfig:
     issuer: str = ""
     algorithms: Sequence[str] = ("RS256", "ES256")
     roles_claim: str = "roles"
+    namespaces_claim: str = "tai_namespaces"
     leeway_seconds: float = 30.0
     # At most one key refresh (for an unknown key id) this often.
     min_refresh_seconds: float = 10.0
@@ -94,7 +96,9 @@ class JwtVerifier:
             ) from None
         except jwt.InvalidTokenError as error:
             raise Unauthenticated(f"invalid token: {error}") from None
-        return Principal(str(claims["sub"]), _role_of(claims.get(self._config.roles_claim)))
+        role = _role_of(claims.get(self._config.roles_claim))
+        namespaces = _namespaces_of(claims.get(self._config.namespaces_claim))
+        return Principal(str(claims["sub"]), role, namespaces=namespaces)
 
     async def _key(self, kid: str) -> jwt.PyJWK:
         key = self._keys.get(kid)
@@ -136,6 +140,28 @@ def _role_of(claim: Any) -> Role | None:
     names = claim.split() if isinstance(claim, str) else claim if isinstance(claim, list) else []
     roles = [r for r in (Role.parse(str(n)) for n in names) if r is not None]
     return max(roles) if roles else None
+
+
+def _namespaces_of(claim: Any) -> dict[str, Role] | None:
+    """The namespace grants a claim makes: an object {namespace: role} or a list of
+    "namespace:role" strings. None when the token has no such claim; names or roles that do
+    not parse grant nothing."""
+    if claim is None:
+        return None
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(claim, dict):
+        pairs = list(claim.items())
+    elif isinstance(claim, list):
+        pairs = [
+            (name, role) for name, _, role in (str(i).rpartition(":") for i in claim) if name
+        ]
+    grants: dict[str, Role] = {}
+    for name, role_name in pairs:
+        role = _role_of(role_name if isinstance(role_name, list) else str(role_name))
+        name = str(name)
+        if role is not None and (name == ALL_NAMESPACES or namespace_name_problem(name) is None):
+            grants[name] = max(role, grants.get(name, role))
+    return grants
 
 
 def jwks_from_file(path: str) -> JwksLoader:

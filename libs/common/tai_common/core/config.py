@@ -70,6 +70,10 @@ class ServiceSettings(BaseSettings):
     jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
     # The claim that lists the caller's roles (admin, operator, viewer).
     jwt_roles_claim: str = "roles"
+    # The claim that maps each namespace the caller holds to its role there
+    # ({"team-a": "operator"}; "*": every namespace). A token without it holds "default" only,
+    # with the role of `jwt_roles_claim`.
+    jwt_namespaces_claim: str = "tai_namespaces"
     jwt_leeway_seconds: float = 30.0
     # A token signed by an unknown key id reloads the keys (rotation), at most this often.
     jwt_min_refresh_seconds: float = 10.0
@@ -97,6 +101,20 @@ class ServiceSettings(BaseSettings):
     rate_limit_burst: float = 0.0
     rate_limits: dict[str, float] = Field(default_factory=dict)
     rate_limit_store: str = ""
+
+    # --- namespaces (see tai_common.namespacing) ---
+    # Namespaces an installation may hold ("default" included): bounds the per-namespace
+    # background passes and the metrics' namespace label.
+    max_namespaces: int = Field(default=100, ge=1, le=10_000)
+    # Namespaces (in order of creation, "default" first) whose metrics carry their own
+    # `namespace` label; the others share the label "other".
+    namespace_metric_labels: int = Field(default=20, ge=0, le=1000)
+    # How often each replica re-reads the namespaces and their quotas.
+    namespace_refresh_seconds: float = Field(default=1.0, gt=0)
+    # Quotas of a namespace that sets none (0: unlimited).
+    namespace_max_enforced_policies: int = Field(default=0, ge=0)
+    namespace_max_signals_per_second: int = Field(default=0, ge=0)
+    namespace_max_open_tasks: int = Field(default=0, ge=0)
 
     # Secrets: env:// (environment variables TAI_SECRET_<NAME>__<KEY> and files mounted at
     # ?dir=…) or vault://host:port?mount=secret&prefix=tai&auth=token|approle|kubernetes&role=…

@@ -1,6 +1,8 @@
 """The DocumentStore port on Google Cloud Firestore (Native mode), through the async client.
 
-Layout: each collection is a top-level Firestore collection of the same name, each document a
+Layout: each collection is a top-level Firestore collection of the same name (a namespace's,
+`namespaces/<namespace>/<collection>`, a subcollection of that name: the same collection id, so
+the same indexes serve every namespace), each document a
 Firestore document with the same id, and the data its fields. `FIRESTORE_EMULATOR_HOST`, when
 set, points the client at an emulator (the client library reads it).
 
@@ -71,6 +73,7 @@ from tai.v1 import events_pb2
 from tai_common.core import Aborted, AlreadyExists, Unavailable
 from tai_common.ports import (
     DOC_ID,
+    NAMESPACES_ROOT,
     OUTBOX,
     Data,
     Document,
@@ -84,6 +87,7 @@ from tai_common.ports import (
     Transaction,
     check_collection,
     cursor_of,
+    namespaced_collection,
     outbox_document,
 )
 
@@ -783,6 +787,34 @@ class FirestoreStore:
         deploy/firestore/firestore.indexes.json, generated from the same specs by
         scripts/firestore_indexes.py."""
         self._live_client()
+
+    async def drop_namespace(self, namespace: str, *, batch: int = 500) -> int:
+        """Deletes up to `batch` documents of the collections under `namespaces/<namespace>`
+        (the subcollections Firestore lists for that document, whether it exists or not)."""
+        if batch < 1:
+            raise ValueError("batch must be positive")
+        self._check_not_in_transaction("FirestoreStore.drop_namespace")
+        check_collection(namespaced_collection(namespace, "any"))
+        client = self._live_client()
+        parent = client.collection(NAMESPACES_ROOT).document(namespace)
+        deleted = 0
+        with _translated():
+            async for collection in parent.collections():
+                while deleted < batch:
+                    refs = [
+                        snapshot.reference
+                        async for snapshot in collection.limit(min(batch - deleted, 500)).stream()
+                    ]
+                    if not refs:
+                        break
+                    writes = client.batch()
+                    for ref in refs:
+                        writes.delete(ref)
+                    await writes.commit()
+                    deleted += len(refs)
+                if deleted >= batch:
+                    break
+        return deleted
 
     async def close(self) -> None:
         """Closes the client's channel. Safe to call more than once; later calls on the store

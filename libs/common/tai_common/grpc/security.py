@@ -19,6 +19,7 @@ from tai_common.ports import RateLimiter, SecretSource
 
 if TYPE_CHECKING:
     from tai_common.auth.jwt_verifier import JwksLoader
+    from tai_common.namespacing import NamespaceDirectory
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ def authenticator(
     settings: ServiceSettings,
     on_denied: DeniedHook | None,
     jwks_loader: JwksLoader | None = None,
+    namespaces: NamespaceDirectory | None = None,
 ) -> Authenticator:
     """The authenticator the settings describe. With TAI_AUTH=off it lets everything through,
     and says so loudly."""
@@ -78,7 +80,7 @@ def authenticator(
             "AUTHENTICATION IS OFF (TAI_AUTH=off): every caller is an anonymous admin. "
             "This is for local development and tests only; never run production like this."
         )
-        return Authenticator(None)
+        return Authenticator(None, namespaces=namespaces)
     # Only here: PyJWT and cryptography are loaded by a process that verifies tokens.
     from tai_common.auth.jwt_verifier import JwtVerifier, VerifierConfig
 
@@ -89,13 +91,19 @@ def authenticator(
             issuer=settings.jwt_issuer,
             algorithms=tuple(settings.jwt_algorithms),
             roles_claim=settings.jwt_roles_claim,
+            namespaces_claim=settings.jwt_namespaces_claim,
             leeway_seconds=settings.jwt_leeway_seconds,
             min_refresh_seconds=settings.jwt_min_refresh_seconds,
             max_key_age_seconds=settings.jwt_max_key_age_seconds,
         ),
         loader,
     )
-    return Authenticator(verifier, service_identities=_identities(settings), on_denied=on_denied)
+    return Authenticator(
+        verifier,
+        service_identities=_identities(settings),
+        on_denied=on_denied,
+        namespaces=namespaces,
+    )
 
 
 def jwks_from_secret(source: SecretSource, name: str, key: str = "jwks") -> JwksLoader:
@@ -126,12 +134,18 @@ def _identities(settings: ServiceSettings) -> dict[str, str]:
     return dict(settings.tls_service_identities)
 
 
-def rate_limits(settings: ServiceSettings, limiter: RateLimiter) -> RateLimits:
-    """The rate limits the settings set (per caller and method, with per-method overrides),
-    enforced by `limiter` (`tai_common.factory.open_rate_limiter`)."""
+def rate_limits(
+    settings: ServiceSettings,
+    limiter: RateLimiter,
+    namespaces: NamespaceDirectory | None = None,
+) -> RateLimits:
+    """The rate limits the settings set (per namespace, caller and method, with per-method
+    overrides) and the namespaces' own, enforced by `limiter`
+    (`tai_common.factory.open_rate_limiter`)."""
     return RateLimits(
         limiter,
         settings.rate_limit_per_second,
         settings.rate_limit_burst,
         settings.rate_limits,
+        namespaces,
     )

@@ -76,5 +76,9 @@ class TracedStore:
     async def ensure_indexes(self, specs: Sequence[IndexSpec]) -> None:
         await self.inner.ensure_indexes(specs)
 
+    async def drop_namespace(self, namespace: str, *, batch: int = 500) -> int:
+        with trace.use_span(_span("drop_namespace"), end_on_exit=True):
+            return await self.inner.drop_namespace(namespace, batch=batch)
+
     async def close(self) -> None:
         await self.inner.close()

@@ -13,6 +13,7 @@ from google.protobuf.message import Message as ProtoMessage
 from tai.v1 import events_pb2
 
 from tai_common.core import Clock, IdFactory, current_context_carrier
+from tai_common.core.namespace import DEFAULT_NAMESPACE, namespace_or_none
 from tai_common.ports import (
     ATTR_AGGREGATE_ID,
     ATTR_EVENT_ID,
@@ -71,6 +72,8 @@ class EventFactory:
             ),
             payload=packed,
             producer=self.producer,
+            # Outside any namespace (the installation's own events): the default one.
+            namespace=namespace_or_none() or DEFAULT_NAMESPACE,
         )
 
 

@@ -30,6 +30,7 @@ from tai_common.ports.publishing import (
     ATTR_AGGREGATE_ID,
     ATTR_EVENT_ID,
     ATTR_EVENT_TYPE,
+    ATTR_NAMESPACE,
     ATTR_PRODUCER,
     OUTBOX,
     OUTBOX_INDEXES,
@@ -43,6 +44,7 @@ from tai_common.ports.ratelimit import Bucket, Decision, RateLimiter
 from tai_common.ports.secrets import Secret, SecretSource, check_name
 from tai_common.ports.store import (
     DOC_ID,
+    NAMESPACES_ROOT,
     Cursor,
     Data,
     Document,
@@ -58,6 +60,8 @@ from tai_common.ports.store import (
     check_field,
     cursor_of,
     get_field,
+    namespaced_collection,
+    split_collection,
 )
 from tai_common.ports.window_limit import Admission, AdmissionRequest, WindowLimiter
 
@@ -65,12 +69,14 @@ __all__ = [
     "ATTR_AGGREGATE_ID",
     "ATTR_EVENT_ID",
     "ATTR_EVENT_TYPE",
+    "ATTR_NAMESPACE",
     "ATTR_PRODUCER",
     "DEAD_LETTER_DELIVERY_ATTEMPTS",
     "DEAD_LETTER_SOURCE_MESSAGE_ID",
     "DEAD_LETTER_SOURCE_SUBSCRIPTION",
     "DOC_ID",
     "EVENT_TYPE_ATTRIBUTE",
+    "NAMESPACES_ROOT",
     "OUTBOX",
     "OUTBOX_INDEXES",
     "Admission",
@@ -113,7 +119,9 @@ __all__ = [
     "durable",
     "event_message",
     "get_field",
+    "namespaced_collection",
     "needed_topics",
     "outbox_document",
     "read_outbox_entry",
+    "split_collection",
 ]

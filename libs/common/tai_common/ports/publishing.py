@@ -19,6 +19,7 @@ from typing import Final
 
 from tai.v1 import events_pb2
 
+from tai_common.core.namespace import DEFAULT_NAMESPACE
 from tai_common.ports.bus import EVENT_TYPE_ATTRIBUTE
 from tai_common.ports.message import OutgoingMessage
 from tai_common.ports.store import Data, Document, IndexSpec
@@ -28,6 +29,8 @@ ATTR_EVENT_ID: Final = "event_id"
 ATTR_EVENT_TYPE: Final = EVENT_TYPE_ATTRIBUTE
 ATTR_AGGREGATE_ID: Final = "aggregate_id"
 ATTR_PRODUCER: Final = "producer"
+# The namespace the event happened in; consumers handle it there.
+ATTR_NAMESPACE: Final = "namespace"
 
 OUTBOX: Final = "outbox"
 # The relay's claim query: unclaimed (or lapsed) entries, oldest first.
@@ -45,6 +48,7 @@ def event_message(topic: str, event: events_pb2.Event) -> OutgoingMessage:
             ATTR_EVENT_TYPE: event.event_type,
             ATTR_AGGREGATE_ID: event.aggregate_id,
             ATTR_PRODUCER: event.producer,
+            ATTR_NAMESPACE: event.namespace or DEFAULT_NAMESPACE,
             **{f"trace_{k}": v for k, v in event.trace_context.items()},
         },
     )

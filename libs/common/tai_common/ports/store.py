@@ -32,6 +32,8 @@ from typing import Any, Protocol, TypeVar
 
 from tai.v1 import events_pb2
 
+from tai_common.core.namespace import DEFAULT_NAMESPACE, namespace_name_problem
+
 Data = dict[str, Any]
 T = TypeVar("T")
 
@@ -40,13 +42,38 @@ DOC_ID = "__id__"
 
 _COLLECTION_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _FIELD_RE = re.compile(r"^(__id__|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)$")
+# A namespace's collections live under it (Firestore's path for a subcollection).
+NAMESPACES_ROOT = "namespaces"
 
 
 def check_collection(name: str) -> str:
-    """Collections are code-chosen names: lowercase, digits, underscores."""
-    if not _COLLECTION_RE.match(name):
+    """Collections are code-chosen names (lowercase, digits, underscores), either at the root
+    (the default namespace's, and the installation's own) or under a namespace:
+    `namespaces/<namespace>/<collection>` (`namespaced_collection`)."""
+    namespace, collection = split_collection(name)
+    if not _COLLECTION_RE.match(collection) or (
+        namespace is not None and namespace_name_problem(namespace) is not None
+    ):
         raise ValueError(f"invalid collection name {name!r}")
     return name
+
+
+def namespaced_collection(namespace: str, collection: str) -> str:
+    """Where `collection` of `namespace` lives. The default namespace keeps the root
+    collections, so an installation from before namespaces holds its data where it was."""
+    if namespace == DEFAULT_NAMESPACE:
+        return collection
+    return f"{NAMESPACES_ROOT}/{namespace}/{collection}"
+
+
+def split_collection(name: str) -> tuple[str | None, str]:
+    """(namespace, collection) of a collection name; namespace None for a root collection."""
+    if not name.startswith(NAMESPACES_ROOT + "/"):
+        return None, name
+    parts = name.split("/")
+    if len(parts) != 3:
+        raise ValueError(f"invalid collection name {name!r}")
+    return parts[1], parts[2]
 
 
 def check_field(name: str) -> str:
@@ -232,5 +259,10 @@ class DocumentStore(Protocol):
 
     async def ensure_indexes(self, specs: Sequence[IndexSpec]) -> None:
         """Declares the indexes the caller's queries need."""
+
+    async def drop_namespace(self, namespace: str, *, batch: int = 500) -> int:
+        """Deletes up to `batch` documents of the collections under `namespace` and returns
+        how many it deleted (0: nothing is left). Callers repeat it, so that a large namespace
+        never holds other writers up for long."""
 
     async def close(self) -> None: ...

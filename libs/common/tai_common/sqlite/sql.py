@@ -28,6 +28,7 @@ from tai_common.ports import (
     check_collection,
     check_field,
     cursor_of,
+    split_collection,
 )
 
 # The collection tables of the file, including those another process created.
@@ -41,9 +42,33 @@ encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_
 decode_json = json.JSONDecoder().decode
 
 
+# A namespace's tables end in this, then the namespace with "_" for "-" (names have no "_"
+# and no "--", so the mapping is one-to-one).
+NAMESPACE_TABLE_INFIX: Final = "__ns__"
+
+
+def flat_name(collection: str) -> str:
+    """`collection` as one identifier: itself at the root, `<collection>__ns__<namespace>` for
+    a namespace's (`namespaces/<namespace>/<collection>`)."""
+    namespace, name = split_collection(check_collection(collection))
+    if namespace is None:
+        return name
+    return f"{name}{NAMESPACE_TABLE_INFIX}{namespace.replace('-', '_')}"
+
+
+def namespace_tables_sql(namespace: str) -> tuple[str, tuple[str]]:
+    """The statement (and its parameter) listing the tables of `namespace`'s collections."""
+    suffix = f"{NAMESPACE_TABLE_INFIX}{namespace.replace('-', '_')}"
+    pattern = "c\\_%" + suffix.replace("_", "\\_")
+    return (
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '\\'",
+        (pattern,),
+    )
+
+
 def table_name(collection: str) -> str:
     """The table of `collection`."""
-    return f"c_{check_collection(collection)}"
+    return f"c_{flat_name(collection)}"
 
 
 def _expr(field_path: str) -> str:
@@ -53,20 +78,20 @@ def _expr(field_path: str) -> str:
     return f"json_extract(data, '$.{field_path}')"
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def create_table_sql(collection: str) -> str:
     """Creates the table of `collection` unless it exists."""
     table = table_name(collection)
     return f"CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, data TEXT NOT NULL)"
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def get_sql(collection: str) -> str:
     """Reads one document by id."""
     return f"SELECT id, data FROM {table_name(collection)} WHERE id = ?"
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def get_many_sql(collection: str) -> str:
     """Reads the documents whose ids a JSON array (the one parameter) lists."""
     # One parameter (a JSON array of ids) whatever the number of ids: one statement shape, and
@@ -78,7 +103,7 @@ def get_many_sql(collection: str) -> str:
 WriteKind = Literal["create", "set", "delete"]
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def write_sql(kind: WriteKind, collection: str) -> str:
     """Creates, sets (upserts) or deletes one document by id."""
     table = table_name(collection)
@@ -94,19 +119,20 @@ def write_sql(kind: WriteKind, collection: str) -> str:
     return f"DELETE FROM {table} WHERE id = ?"
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def expiry_index_sql(collection: str) -> str:
     """The partial index on `expires_at_ns` that the expiry sweep scans."""
     # Partial: documents without an expiry (most collections) add nothing to it. The name cannot
     # collide with ensure_indexes' (those end in a hex digest).
     field = _expr("expires_at_ns")
     return (
-        f"CREATE INDEX IF NOT EXISTS ix_{collection}_expiry ON {table_name(collection)} ({field}) "
+        f"CREATE INDEX IF NOT EXISTS ix_{flat_name(collection)}_expiry "
+        f"ON {table_name(collection)} ({field}) "
         f"WHERE {field} IS NOT NULL"
     )
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def delete_expired_sql(collection: str) -> str:
     """Deletes at most a limit of documents expired by a time (both parameters)."""
     table = table_name(collection)
@@ -253,7 +279,7 @@ def _select_sql(
     return Sql(sql, tuple(slots))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=4096)
 def count_sql(collection: str, filters: tuple[FilterShape, ...]) -> Sql:
     """Counts the documents that match filters of these shapes."""
     where: list[str] = []
@@ -281,7 +307,8 @@ def index_sql(spec: IndexSpec) -> str:
     # Field paths map onto identifiers ambiguously (a.b vs a_b), so the name carries a digest.
     digest = hashlib.sha256(columns.encode()).hexdigest()[:12]
     table = table_name(spec.collection)
-    return f"CREATE INDEX IF NOT EXISTS ix_{spec.collection}_{digest} ON {table} ({columns})"
+    name = f"ix_{flat_name(spec.collection)}_{digest}"
+    return f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({columns})"
 
 
 def _bind(value: Any, what: str) -> Any:

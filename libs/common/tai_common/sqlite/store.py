@@ -78,9 +78,11 @@ from tai_common.sqlite.sql import (
     encode_json,
     expiry_index_sql,
     filter_shape,
+    flat_name,
     get_many_sql,
     get_sql,
     index_sql,
+    namespace_tables_sql,
     page_of,
     write_sql,
 )
@@ -755,7 +757,7 @@ class SqliteStore:
             rows = await self._reader_conn().execute_fetchall(TABLES_SQL)
         except sqlite3.OperationalError as error:
             raise _translate(error) from error
-        collections = sorted(self._tables | {str(row[0]) for row in rows})
+        collections = sorted({flat_name(t) for t in self._tables} | {str(row[0]) for row in rows})
         deleted = 0
         for collection in collections:
             try:
@@ -780,6 +782,39 @@ class SqliteStore:
                 continue
             if deleted:
                 log.debug("sqlite expiry sweep deleted %d documents", deleted)
+
+    # --- namespaces ---
+
+    async def drop_namespace(self, namespace: str, *, batch: int = _EXPIRE_BATCH) -> int:
+        """Deletes up to `batch` documents from the tables of `namespace`'s collections, and
+        drops the tables it empties; returns how many documents it deleted."""
+        if batch < 1:
+            raise ValueError("batch must be positive")
+        self._check_not_in_transaction("SqliteStore.drop_namespace")
+        sql, parameters = namespace_tables_sql(namespace)
+        deleted = 0
+        dropped: set[str] = set()
+        async with self._write_lock:
+            conn = self._writer_conn()
+            try:
+                tables = [str(row[0]) for row in await conn.execute_fetchall(sql, parameters)]
+                for table in tables:
+                    # Table names come from sqlite_master, matched to this adapter's pattern.
+                    async with conn.execute(
+                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} LIMIT ?)",
+                        (batch - deleted,),
+                    ) as cursor:
+                        deleted += max(cursor.rowcount, 0)
+                    if deleted >= batch:
+                        break
+                    await conn.execute_fetchall(f"DROP TABLE IF EXISTS {table}")
+                    dropped.add(table[2:])
+                await conn.commit()
+            except sqlite3.OperationalError as error:
+                await self._rollback(conn)
+                raise _translate(error) from error
+            self._tables = {t for t in self._tables if flat_name(t) not in dropped}
+        return deleted
 
     # --- schema and lifecycle ---
 
