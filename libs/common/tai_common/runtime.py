@@ -39,6 +39,7 @@ from tai_common.core import (
     UuidFactory,
     metrics,
 )
+from tai_common.core.namespace import DEFAULT_NAMESPACE, in_namespace
 from tai_common.grpc import DeniedHook, GrpcServer, Registrar, security
 from tai_common.instrumentation import (
     ServerMetricsInterceptor,
@@ -52,7 +53,6 @@ from tai_common.instrumentation import (
     tracing_enabled,
 )
 from tai_common.messaging import OUTBOX_INDEXES, AuditTrail, EventFactory, OutboxRelay, audit
-from tai_common.core.namespace import DEFAULT_NAMESPACE, in_namespace
 from tai_common.namespacing import (
     NamespacedBus,
     NamespaceDirectory,
