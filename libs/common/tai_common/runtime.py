@@ -39,7 +39,7 @@ from tai_common.core import (
     UuidFactory,
     metrics,
 )
-from tai_common.core.namespace import DEFAULT_NAMESPACE, in_namespace
+from tai_common.core.namespace import DEFAULT_NAMESPACE, in_namespace, namespace_or_none
 from tai_common.grpc import DeniedHook, GrpcServer, Registrar, security
 from tai_common.instrumentation import (
     ServerMetricsInterceptor,
@@ -205,6 +205,8 @@ def internal_channel_options(settings: ServiceSettings, timeout: float = 10.0) -
         default_timeout_seconds=timeout,
         tls=security.tls_files(settings),
         bearer_token=security.service_token(settings),
+        # A call made while working in a namespace works in it on the other service too.
+        namespace=lambda: namespace_or_none() or "",
         interceptors=(*client_interceptors(), *tracing),
     )
 
