@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 from tai.v1 import common_pb2, governor_pb2_grpc
 from tai_common.core import ServiceSettings
+from tai_common.core.namespace import DEFAULT_NAMESPACE
 from tai_common.messaging import (
     AuditLog,
     events,
@@ -20,6 +21,7 @@ from tai_common.ports import Message, SubscriptionSpec
 from tai_common.runtime import Dependencies, ServiceRuntime, service_main
 
 from tai_governor import repository
+from tai_governor.namespaces import NamespaceAdmin
 from tai_governor.service import PolicyService, refresh_policy_gauge
 from tai_governor.servicer import SERVICE_NAME, GovernorServicer
 
@@ -70,9 +72,11 @@ def create_app(deps: Dependencies[GovernorSettings]) -> ServiceRuntime:
         until_stopping=lambda awaitable: runtime.server.until_stopping(awaitable),
         cache=deps.cache,
         audit=runtime.audit,
+        namespaces=runtime.namespaces,
     )
     audit_log = AuditLog(deps.store)
-    servicer = GovernorServicer(service, runtime, audit_log)
+    admin = NamespaceAdmin(runtime.namespaces, deps.store, runtime.audit, runtime.relay.notify)
+    servicer = GovernorServicer(service, runtime, audit_log, admin)
     runtime.attach_server(
         [lambda server: governor_pb2_grpc.add_GovernorServicer_to_server(servicer, server)],
         [SERVICE_NAME],
@@ -81,7 +85,7 @@ def create_app(deps: Dependencies[GovernorSettings]) -> ServiceRuntime:
     async def subscribe() -> None:
         # The feed starts from the store's last revision before the subscription exists; the
         # changes in between are read from the store by its worker.
-        await service.feed.start()
+        await service.feed()
         subscription = await subscribe_events(deps.bus, specs.policies, service.on_policy_event)
         runtime.add_shutdown(subscription.close)
 
@@ -98,13 +102,24 @@ def create_app(deps: Dependencies[GovernorSettings]) -> ServiceRuntime:
 
     async def count_policies() -> None:
         while True:
-            await refresh_policy_gauge(deps.store)
+            await refresh_policy_gauge(
+                deps.store, runtime.namespaces, deps.settings.namespace_metric_labels
+            )
             await asyncio.sleep(15.0)
 
-    # How far the streams (and so the Coordinators, which compare) have got.
-    runtime.health_details.append(lambda: f"policy_revision={service.feed.revision}")
+    async def purge_deleted_namespaces() -> None:
+        # Namespaces deleted with force: their data goes in batches, then their entry.
+        while True:
+            deleted = await runtime.namespaces.purge()
+            await asyncio.sleep(0.0 if deleted else 2.0)
+
+    # How far the default namespace's streams (and so the Coordinators, which compare) have got.
+    runtime.health_details.append(
+        lambda: f"policy_revision={service.feed_revision(DEFAULT_NAMESPACE)}"
+    )
     runtime.add_worker("policy-gauge", count_policies)
-    runtime.add_worker("policy-feed", service.feed.run)
+    runtime.add_namespace_pass("policy-feed", service.catch_up_feed, 0.5)
+    runtime.add_worker("namespace-purge", purge_deleted_namespaces)
     runtime.add_startup(subscribe)
     runtime.add_startup(consume_audit_events)
     runtime.add_startup(service.cache.start)

@@ -75,14 +75,19 @@ class PolicyFeed:
             self._gap.set()
 
     async def run(self) -> None:
-        """Fills gaps from the store (a worker)."""
+        """Fills gaps from the store (a worker, for a feed of its own)."""
         while True:
             if await wait_event(self._gap, self._poll):
                 # Give a change that is merely late on the bus a moment to arrive.
                 await asyncio.sleep(self._gap_wait)
-            self._gap.clear()
-            if self._held or await self._repo.last_revision() >= self._next:
-                await self._catch_up()
+            await self.catch_up_if_behind()
+
+    async def catch_up_if_behind(self) -> None:
+        """Reads the changes the bus did not bring, if a gap or the store says some are
+        missing (one pass; the Governor runs it per namespace)."""
+        self._gap.clear()
+        if self._held or await self._repo.last_revision() >= self._next:
+            await self._catch_up()
 
     async def _catch_up(self) -> None:
         missed = 0

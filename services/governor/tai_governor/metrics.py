@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-POLICIES = Gauge("tai_policies", "Policies by state (their current version).", ["state"])
+POLICIES = Gauge(
+    "tai_policies",
+    "Policies by state (their current version) and namespace (TAI_NAMESPACE_METRIC_LABELS "
+    'namespaces by name, the rest as "other").',
+    ["state", "namespace"],
+)
 POLICY_CHANGES = Counter(
     "tai_policy_changes_total", "Policy versions written, by the state they are in.", ["state"]
 )

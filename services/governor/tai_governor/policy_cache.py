@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 from cachetools import LRUCache
 from tai_common.caching import ReadThrough
+from tai_common.core.namespace import current_namespace
 from tai_common.ports import Cache, Cursor
 
 from tai_governor.policy import PolicyState, PolicyVersion
@@ -39,14 +40,24 @@ class PolicyCache:
         self._repo = repository
         self._decoded_policies: LRUCache[bytes, PolicyVersion] = LRUCache(DECODED_ENTRIES)
         self._decoded_pages: LRUCache[bytes, _Page] = LRUCache(DECODED_ENTRIES)
-        self.known_revision = 0
+        # Per namespace: the last revision this replica knows of, which keys the listings (a
+        # change moves it, so listings from before it are never served again).
+        self._known_revisions: dict[str, int] = {}
 
     async def start(self) -> None:
-        self.known_revision = max(self.known_revision, await self._repo.last_revision())
+        """Learns the current namespace's last revision (on first use of the namespace)."""
+        namespace = current_namespace()
+        self._known_revisions[namespace] = max(
+            self._known_revisions.get(namespace, 0), await self._repo.last_revision()
+        )
 
     async def changed(self, policy: PolicyVersion) -> None:
-        """A new version was committed (here or, via the bus, on another replica)."""
-        self.known_revision = max(self.known_revision, policy.revision)
+        """A new version was committed in the current namespace (here or, via the bus, on
+        another replica)."""
+        namespace = current_namespace()
+        self._known_revisions[namespace] = max(
+            self._known_revisions.get(namespace, 0), policy.revision
+        )
         await self._policies.invalidate(policy.id, policy.version)
 
     async def current(self, policy_id: str) -> PolicyVersion | None:
@@ -73,7 +84,10 @@ class PolicyCache:
         limit: int,
         start_after: Cursor | None,
     ) -> tuple[list[PolicyVersion], Cursor | None]:
-        revision = self.known_revision
+        namespace = current_namespace()
+        if namespace not in self._known_revisions:
+            await self.start()
+        revision = self._known_revisions[namespace]
         key = json.dumps([revision, policy_type, enabled_only, sorted(states), limit, start_after])
 
         async def load() -> tuple[bytes, int]:

@@ -62,6 +62,19 @@ class PolicyRepository:
         doc = await tx.get(META, REVISION_DOC)
         return int(doc.data["value"]) if doc else 0
 
+    async def count_in_states(
+        self, tx: Transaction, states: Sequence[PolicyState], *, limit: int
+    ) -> int:
+        """How many policies are in one of `states`, counted up to `limit`."""
+        page = await tx.query(
+            Query(
+                POLICIES,
+                filters=(Filter.is_in("state", [s.value for s in states]),),
+                limit=limit,
+            )
+        )
+        return len(page.documents)
+
     def write_in(self, tx: Transaction, policy: PolicyVersion) -> None:
         """Writes a new version: the version record, the current pointer and the revision."""
         doc = policy.to_doc()

@@ -21,8 +21,10 @@ from tai_common.core import (
     InvalidArgument,
     NotFound,
     PageRequest,
+    ResourceExhausted,
     page_scope,
 )
+from tai_common.core.namespace import current_namespace, in_namespace
 from tai_common.messaging import (
     AuditTrail,
     Broadcaster,
@@ -31,6 +33,7 @@ from tai_common.messaging import (
     idempotency,
     topics,
 )
+from tai_common.namespacing import NamespaceDirectory
 from tai_common.ports import Cache, DocumentStore, Filter, Transaction
 
 from tai_governor import metrics
@@ -98,9 +101,11 @@ class PolicyService:
         until_stopping: Callable[[Awaitable[Any]], Awaitable[Any]],
         cache: Cache,
         audit: AuditTrail,
+        namespaces: NamespaceDirectory,
     ) -> None:
         """`on_committed` is called after every committed change (it wakes the outbox relay);
-        `until_stopping` wraps every wait of a stream so streams end on shutdown."""
+        `until_stopping` wraps every wait of a stream so streams end on shutdown; `namespaces`
+        gives each namespace's quotas."""
         self._store = store
         self._repo = PolicyRepository(store)
         self.cache = PolicyCache(cache, self._repo)
@@ -110,9 +115,32 @@ class PolicyService:
         self._events = event_factory
         self._on_committed = on_committed
         self._until_stopping = until_stopping
-        # Streams listen to `changes`, which the feed fills in revision order.
-        self.changes: Broadcaster[PolicyVersion] = Broadcaster()
-        self.feed = PolicyFeed(self._repo, self.changes.publish, self.cache.changed)
+        self._namespaces = namespaces
+        # Per namespace (each has its own revisions): streams listen to the namespace's
+        # broadcaster, which its feed fills in revision order.
+        self._feeds: dict[str, tuple[PolicyFeed, Broadcaster[PolicyVersion]]] = {}
+
+    async def feed(self) -> tuple[PolicyFeed, Broadcaster[PolicyVersion]]:
+        """The current namespace's feed and the broadcaster it fills (started on first use)."""
+        namespace = current_namespace()
+        found = self._feeds.get(namespace)
+        if found is None:
+            changes: Broadcaster[PolicyVersion] = Broadcaster()
+            feed = PolicyFeed(self._repo, changes.publish, self.cache.changed)
+            await feed.start()
+            found = self._feeds.setdefault(namespace, (feed, changes))
+        return found
+
+    async def catch_up_feed(self, namespace: str) -> None:
+        """One pass of the current namespace's feed: reads the changes the bus did not bring
+        (a worker runs it in every namespace)."""
+        feed, _ = await self.feed()
+        await feed.catch_up_if_behind()
+
+    def feed_revision(self, namespace: str) -> int:
+        """The last revision the namespace's feed published (0 before it started)."""
+        found = self._feeds.get(namespace)
+        return found[0].revision if found else 0
 
     # --- changes ---
 
@@ -214,6 +242,8 @@ class PolicyService:
         if len(reason) > 1000:
             raise InvalidArgument("reason", "must be at most 1000 characters")
 
+        quota = (await self._namespaces.quotas(current_namespace())).max_enforced_policies
+
         async def apply(tx: Transaction) -> Outcome:
             now = self._clock.now_ns()
             current = await self._repo.current_in(tx, policy_id)
@@ -222,6 +252,16 @@ class PolicyService:
             _check_expected(current, expected_version)
             check_transition(current, target)
             revision = await self._repo.last_revision_in(tx) + 1
+            if quota and target in _EVALUATED and current.state not in _EVALUATED:
+                # Exact under concurrency: every change of the namespace's policies writes its
+                # revision document, read above, so two enforcements cannot both pass.
+                evaluated = await self._repo.count_in_states(tx, _EVALUATED, limit=quota)
+                if evaluated >= quota:
+                    raise ResourceExhausted(
+                        f"namespace {current_namespace()!r} quota max_enforced_policies="
+                        f"{quota} reached: revoke a policy first, or ask a platform admin to "
+                        "raise the quota"
+                    )
             policy = current.successor(
                 state=target,
                 now_ns=now,
@@ -354,8 +394,9 @@ class PolicyService:
         twice."""
         if from_revision < 0:
             raise InvalidArgument("from_revision", "must not be negative")
+        _, changes = await self.feed()
         # Listen before reading, so that no change falls between the read and the listening.
-        with self.changes.listen() as listener, _counted(metrics.STREAMS):
+        with changes.listen() as listener, _counted(metrics.STREAMS):
             last_sent: dict[str, int] = {}
             history = (
                 self._repo.iter_changes_after(from_revision)
@@ -387,7 +428,8 @@ class PolicyService:
         payload = events.unpack(event, events_pb2.PolicyEvent)
         policy = policy_from_proto(payload.policy)
         await self.cache.changed(policy)
-        self.feed.offer(policy)
+        feed, _ = await self.feed()
+        feed.offer(policy)
 
 
 @contextlib.contextmanager
@@ -399,11 +441,26 @@ def _counted(gauge: Gauge) -> Iterator[None]:
         gauge.dec()
 
 
-async def refresh_policy_gauge(store: DocumentStore) -> None:
-    """Counts policies by state into `tai_policies` (a worker runs this periodically)."""
-    for state in PolicyState:
-        count = await store.count(POLICIES, [Filter.eq("state", state.value)])
-        metrics.POLICIES.labels(state=state.value).set(count)
+async def refresh_policy_gauge(
+    store: DocumentStore, namespaces: NamespaceDirectory, labelled: int
+) -> None:
+    """Counts policies by state and namespace into `tai_policies` (a worker runs this
+    periodically); the namespaces past the first `labelled` are summed as "other"."""
+    counts: dict[tuple[str, str], int] = {}
+    for namespace in await namespaces.serving():
+        label = namespaces.metric_label(namespace, labelled)
+        with in_namespace(namespace):
+            for state in PolicyState:
+                count = await store.count(POLICIES, [Filter.eq("state", state.value)])
+                key = (state.value, label)
+                counts[key] = counts.get(key, 0) + count
+    for (state_value, label), count in counts.items():
+        metrics.POLICIES.labels(state=state_value, namespace=label).set(count)
+
+
+# The states in which a policy is evaluated against signals: what the enforced-policies quota
+# counts.
+_EVALUATED = (PolicyState.ENFORCED, PolicyState.DRY_RUN)
 
 
 def _check_expected(current: PolicyVersion, expected_version: int) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 from tai.v1 import common_pb2, governor_pb2, governor_pb2_grpc
+from tai_common.auth import current_principal
 from tai_common.core import InvalidArgument, decode_page_token, encode_page_token, page_size
 from tai_common.grpc import principal_of, receipt
 from tai_common.messaging import AuditLog, request_fingerprint
@@ -20,6 +21,7 @@ from tai_governor.convert import (
     PolicyMessages,
     content_from_request,
 )
+from tai_governor.namespaces import NamespaceAdmin, namespace_message, quotas_from
 from tai_governor.service import Change, Outcome, PolicyService
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -47,9 +49,14 @@ def _receipt(outcome: Outcome, request_id: str, started: float) -> common_pb2.Re
 
 class GovernorServicer(governor_pb2_grpc.GovernorServicer):
     def __init__(
-        self, service: PolicyService, runtime: ServiceRuntime, audit_log: AuditLog
+        self,
+        service: PolicyService,
+        runtime: ServiceRuntime,
+        audit_log: AuditLog,
+        namespaces: NamespaceAdmin,
     ) -> None:
         self._service = service
+        self._namespaces = namespaces
         self._runtime = runtime
         self._audit_log = audit_log
         self._messages = PolicyMessages()
@@ -157,6 +164,45 @@ class GovernorServicer(governor_pb2_grpc.GovernorServicer):
             first_broken_seq=result.first_broken_seq,
             reason=result.reason,
         )
+
+    # --- namespaces ---
+
+    async def CreateNamespace(
+        self, request: governor_pb2.CreateNamespaceRequest, context: Context
+    ) -> governor_pb2.Namespace:
+        record = await self._namespaces.create(
+            current_principal(),
+            request.name,
+            request.description,
+            quotas_from(request.quotas, "quotas"),
+        )
+        return namespace_message(record)
+
+    async def ListNamespaces(
+        self, request: governor_pb2.ListNamespacesRequest, context: Context
+    ) -> governor_pb2.ListNamespacesResponse:
+        records = await self._namespaces.list(current_principal())
+        return governor_pb2.ListNamespacesResponse(
+            namespaces=[namespace_message(r) for r in records]
+        )
+
+    async def GetNamespace(
+        self, request: governor_pb2.GetNamespaceRequest, context: Context
+    ) -> governor_pb2.Namespace:
+        return namespace_message(await self._namespaces.get(current_principal(), request.name))
+
+    async def SetNamespaceQuotas(
+        self, request: governor_pb2.SetNamespaceQuotasRequest, context: Context
+    ) -> governor_pb2.Namespace:
+        record = await self._namespaces.set_quotas(
+            request.name, quotas_from(request.quotas, "quotas")
+        )
+        return namespace_message(record)
+
+    async def DeleteNamespace(
+        self, request: governor_pb2.DeleteNamespaceRequest, context: Context
+    ) -> governor_pb2.Namespace:
+        return namespace_message(await self._namespaces.delete(request.name, force=request.force))
 
     async def HealthCheck(
         self, request: common_pb2.HealthCheckRequest, context: Context

@@ -152,9 +152,7 @@ def _namespaces_of(claim: Any) -> dict[str, Role] | None:
     if isinstance(claim, dict):
         pairs = list(claim.items())
     elif isinstance(claim, list):
-        pairs = [
-            (name, role) for name, _, role in (str(i).rpartition(":") for i in claim) if name
-        ]
+        pairs = [(name, role) for name, _, role in (str(i).rpartition(":") for i in claim) if name]
     grants: dict[str, Role] = {}
     for name, role_name in pairs:
         role = _role_of(role_name if isinstance(role_name, list) else str(role_name))

@@ -7,6 +7,7 @@ from tai_common.namespacing.bus import NamespacedBus, message_namespace
 from tai_common.namespacing.directory import (
     ACTIVE,
     DELETING,
+    RESOURCE_COLLECTIONS,
     NamespaceDirectory,
     NamespaceRecord,
     Quotas,
@@ -19,6 +20,7 @@ __all__ = [
     "DELETING",
     "INSTALLATION_COLLECTIONS",
     "NAMESPACES",
+    "RESOURCE_COLLECTIONS",
     "NamespaceDirectory",
     "NamespaceRecord",
     "NamespacedBus",

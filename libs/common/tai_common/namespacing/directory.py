@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 ACTIVE: Final = "ACTIVE"
 DELETING: Final = "DELETING"
+# The collections whose documents are a namespace's resources: a namespace holding any is not
+# deleted unless forced. They are the services' own collections (policies: the Governor;
+# signals, actions, silences: the Coordinator; tasks: the Scheduler), named here because the
+# Governor, which deletes namespaces, imports no other service.
+RESOURCE_COLLECTIONS: Final = ("policies", "signals", "actions", "silences", "tasks")
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,17 @@ class NamespaceDirectory:
                 record = NamespaceRecord.from_data(name, document.data)
                 self._known[name] = record
         return record
+
+    def metric_label(self, name: str, labelled: int) -> str:
+        """The `namespace` label of `name`'s metrics: its own for the first `labelled`
+        namespaces ("default" first, then by creation), "other" for the rest, so that the
+        number of series stays bounded however many namespaces there are."""
+        for index, known in enumerate(self._known):
+            if index >= labelled:
+                break
+            if known == name:
+                return name
+        return "other"
 
     async def quotas(self, name: str) -> Quotas:
         """The namespace's effective quotas (its own over the installation's defaults)."""
@@ -224,6 +240,17 @@ class NamespaceDirectory:
         record = await self._store.run_transaction(update)
         self._known[name] = record
         return record
+
+    async def resources(self, name: str) -> dict[str, int]:
+        """The resource collections of the namespace that hold documents (at least one
+        each: a cheap check, not a count)."""
+        held: dict[str, int] = {}
+        with in_namespace(name):
+            for collection in RESOURCE_COLLECTIONS:
+                page = await self._store.query(Query(collection, limit=1))
+                if page.documents:
+                    held[collection] = len(page.documents)
+        return held
 
     async def remove(self, name: str) -> None:
         """Forgets an empty namespace."""
