@@ -127,6 +127,7 @@ google.api.http annotations (protos/tai/v1/*.proto; tests/deploy checks every on
       (dict "prefix" "/tai.v1.Governor/")
       (dict "prefix" "/v1/policies")
       (dict "prefix" "/v1/audit")
+      (dict "prefix" "/v1/namespaces")
       (dict "exact" "/v1/governor:health"))
     "coordinator" (list
       (dict "prefix" "/tai.v1.Coordinator/")
