@@ -129,6 +129,7 @@ def create_app(deps: Dependencies[SchedulerSettings]) -> ServiceRuntime:
         until_stopping=lambda awaitable: runtime.server.until_stopping(awaitable),
         audit=runtime.audit,
         replica_id=settings.replica_id,
+        namespaces=runtime.namespaces,
     )
     servicer = SchedulerServicer(service, runtime)
     server = runtime.attach_server(
@@ -151,12 +152,17 @@ def create_app(deps: Dependencies[SchedulerSettings]) -> ServiceRuntime:
         ),
         on_committed=runtime.relay.notify,
         stopping=server.stopping,
+        # Every active namespace's tasks are claimed, each inside its namespace.
+        namespaces=runtime.namespaces.serving,
     )
     wakeup.subscribe(worker.wake, ended=worker.task_ended)
     runtime.add_worker("task-worker", worker.run)
     runtime.add_worker("task-lease-renewer", worker.renew_leases)
     due_tasks = DueTasksGauge(
-        repository.TaskRepository(deps.store), deps.clock, settings.due_tasks_count_seconds
+        repository.TaskRepository(deps.store),
+        deps.clock,
+        settings.due_tasks_count_seconds,
+        namespaces=runtime.namespaces.serving,
     )
     runtime.add_worker("due-tasks-gauge", due_tasks.run)
     # Shutdown hooks run in reverse: subscriptions close, running attempts drain (or release

@@ -8,6 +8,10 @@ bookkeeping when a run ends (`settle_parent`: the parent forgets it, and the run
 it is released, or a backfill's next run is made), and the backfill's steps (`step_backfill`).
 Every read goes through `TaskReads` before the `ChangeSet` writes anything, so each
 transaction reads first and writes last (as Firestore requires).
+
+The `ChangeSet` also keeps the namespace's count of open (not final) tasks, one counter
+document (`task_counters/open`) updated in the same transaction as the tasks it counts, so
+the quota `max_open_tasks` holds exactly however many replicas submit at once.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tai.v1 import events_pb2
+from tai_common.core import ResourceExhausted
+from tai_common.core.namespace import current_namespace
 from tai_common.messaging import events, topics
 from tai_common.ports import Transaction
 
@@ -36,6 +42,19 @@ from tai_scheduler.task import (
 EVENT_PREFIX = "task."
 # Occurrence ids a backfill step reads at once while looking for one without a run.
 _BACKFILL_READ_BATCH = 16
+# The namespace's count of open tasks (the store keeps the collection per namespace).
+COUNTERS = "task_counters"
+OPEN_COUNTER = "open"
+
+
+def _open(task: Task | None) -> int:
+    return 0 if task is None or task.is_final else 1
+
+
+async def open_task_count(tx: Transaction) -> int:
+    """The current namespace's open tasks, as its counter holds them."""
+    document = await tx.get(COUNTERS, OPEN_COUNTER)
+    return int(document.data.get("count", 0)) if document is not None else 0
 
 
 def event_type(previous: Task | None, task: Task) -> str | None:
@@ -84,10 +103,37 @@ class ChangeSet:
     def __bool__(self) -> bool:
         return bool(self._tasks)
 
-    def write(
-        self, tx: Transaction, repo: TaskRepository, event_factory: events.EventFactory
+    def open_delta(self) -> int:
+        """How many more tasks are open (not final) once this set is written."""
+        first: dict[str, Task | None] = {}
+        for previous, task in self._events:
+            first.setdefault(task.id, previous)
+        return sum(_open(task) - _open(first.get(task_id)) for task_id, task in self._tasks.items())
+
+    async def write(
+        self,
+        tx: Transaction,
+        repo: TaskRepository,
+        event_factory: events.EventFactory,
+        *,
+        max_open: int = 0,
     ) -> None:
-        """Buffers the documents (each once, in its last state) and the events."""
+        """Buffers the documents (each once, in its last state), the events, and the
+        namespace's open-task counter when it changes (read here: call before any other
+        write of the transaction).
+
+        Raises:
+            ResourceExhausted: the set opens tasks beyond `max_open` (0: no limit).
+        """
+        delta = self.open_delta()
+        if delta:
+            count = await open_task_count(tx)
+            if max_open and delta > 0 and count + delta > max_open:
+                raise ResourceExhausted(
+                    f"namespace {current_namespace()!r} quota max_open_tasks={max_open} reached"
+                )
+            # Never below zero: tasks written before the counter existed end uncounted.
+            tx.set(COUNTERS, OPEN_COUNTER, {"count": max(0, count + delta)})
         for task_id, task in self._tasks.items():
             if task_id in self._created:
                 repo.create_in(tx, task)

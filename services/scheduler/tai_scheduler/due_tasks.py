@@ -3,21 +3,28 @@ that no live lease holds, counted in the store every few seconds.
 
 The claims' own metric (the dispatch lag) is recorded only when a task is claimed, so a backlog
 that nobody claims reads as nothing there; this count sees it. Every replica counts the same
-store, so they all report the same number (aggregate with max, not sum).
+store, so they all report the same number (aggregate with max, not sum). The count is the sum
+over the active namespaces (each counted inside it): the replicas serve them all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Sequence
 
 from prometheus_client import Gauge
 from tai_common.core import Aborted, Clock, Unavailable
+from tai_common.core.namespace import DEFAULT_NAMESPACE, in_namespace
 
 from tai_scheduler import metrics
 from tai_scheduler.repository import TaskRepository
 
 log = logging.getLogger(__name__)
+
+
+async def _default_only() -> Sequence[str]:
+    return [DEFAULT_NAMESPACE]
 
 
 class DueTasksGauge:
@@ -29,7 +36,9 @@ class DueTasksGauge:
         clock: Clock,
         interval_seconds: float,
         gauge: Gauge = metrics.DUE_TASKS,
+        namespaces: Callable[[], Awaitable[Sequence[str]]] = _default_only,
     ) -> None:
+        """`namespaces` names the namespaces counted (the active ones)."""
         if interval_seconds <= 0:
             raise ValueError("interval_seconds must be positive")
         self._repo = repo
@@ -37,10 +46,15 @@ class DueTasksGauge:
         self._interval = interval_seconds
         self._gauge = gauge
         self._failing = False
+        self._namespaces = namespaces
 
     async def refresh(self) -> int:
-        """Counts now and sets the gauge; returns the count."""
-        count = await self._repo.count_due(self._clock.now_ns())
+        """Counts now, in every namespace, and sets the gauge; returns the count."""
+        count = 0
+        now = self._clock.now_ns()
+        for namespace in await self._namespaces():
+            with in_namespace(namespace):
+                count += await self._repo.count_due(now)
         self._gauge.set(count)
         return count
 

@@ -29,8 +29,10 @@ from tai_common.core import (
     current_context_carrier,
     page_scope,
 )
+from tai_common.core.namespace import current_namespace, namespace_or_none
 from tai_common.core.units import NS_PER_SECOND
 from tai_common.messaging import AuditTrail, Broadcaster, ListenerLagged, current_method, events
+from tai_common.namespacing import NamespaceDirectory
 from tai_common.ports import DocumentStore, Transaction
 
 from tai_scheduler import metrics
@@ -86,6 +88,8 @@ class TaskUpdate:
     message: str
     attempt: int
     task_type: str
+    # The namespace the task lives in: a stream carries only its own namespace's updates.
+    namespace: str = ""
 
     @property
     def is_final(self) -> bool:
@@ -101,6 +105,7 @@ class TaskUpdate:
             message=update_message(task_to_proto(task)),
             attempt=task.attempts[-1].attempt if task.attempts else 0,
             task_type=task.task_type,
+            namespace=namespace_or_none() or "",
         )
 
 
@@ -173,11 +178,13 @@ class TaskService:
         until_stopping: Callable[[Awaitable[Any]], Awaitable[Any]],
         audit: AuditTrail,
         replica_id: str = "",
+        namespaces: NamespaceDirectory | None = None,
     ) -> None:
         """`on_committed` is called after every committed change (it wakes the outbox relay);
         `wakeup` tells the worker that due tasks may have changed; `until_stopping` wraps
         every wait of a stream so streams end on shutdown; `replica_id` names this replica's
-        worker, whose own attempts' ends need no wake-up."""
+        worker, whose own attempts' ends need no wake-up; `namespaces` gives each namespace's
+        quota `max_open_tasks` (None: no quota)."""
         self._store = store
         self._repo = TaskRepository(store)
         self._clock = clock
@@ -189,6 +196,7 @@ class TaskService:
         self._until_stopping = until_stopping
         self._audit = audit
         self._replica_id = replica_id
+        self._namespaces = namespaces
         self.updates: Broadcaster[TaskUpdate] = Broadcaster()
 
     # --- changes ---
@@ -212,12 +220,18 @@ class TaskService:
         Raises:
             InvalidArgument: a field is invalid; the error names it.
             AlreadyExists: the task id is taken (by any task, in any state).
+            ResourceExhausted: the namespace holds its quota `max_open_tasks` of open tasks.
         """
         schedule = validate_submission(
             submission, self._executors.task_types, limits, submitted_id=submitted_id
         )
         self._executors.validate(submission.task_type, submission.parameters)
         task_id = submission.task_id or self._ids.new_id("task")
+        max_open = (
+            (await self._namespaces.quotas(current_namespace())).max_open_tasks
+            if self._namespaces is not None
+            else 0
+        )
 
         async def apply(tx: Transaction) -> Task:
             if await self._repo.get_in(tx, task_id) is not None:
@@ -232,7 +246,7 @@ class TaskService:
             )
             changes = ChangeSet()
             changes.add(task, None)
-            changes.write(tx, self._repo, self._events)
+            await changes.write(tx, self._repo, self._events, max_open=max_open)
             self._audit.record_in(
                 tx,
                 f"task/{task.id}",
@@ -279,7 +293,7 @@ class TaskService:
                 changes.add(run.cancelled(now, f"recurring task {task.id} was cancelled"), run)
             if cancelled.parent_task_id:
                 await settle_parent(reads, cancelled, now)
-            changes.write(tx, self._repo, self._events)
+            await changes.write(tx, self._repo, self._events)
             self._audit.record_in(tx, f"task/{task.id}", task.to_doc(), cancelled.to_doc())
             return cancelled, changes.created()
 
@@ -325,7 +339,7 @@ class TaskService:
             dropped = task.backfill.remaining if task.backfill else 0
             skipped = {SkipReason.PAUSED: len(cancelled) + dropped}
             paused = changes.add(task.paused_now(now, caller.name, note, skipped), task)
-            changes.write(tx, self._repo, self._events)
+            await changes.write(tx, self._repo, self._events)
             self._audit.record_in(tx, f"task/{task.id}", task.to_doc(), paused.to_doc())
             return paused, cancelled, skipped
 
@@ -366,7 +380,7 @@ class TaskService:
             resumed = resumed.advanced(now, plan.next_fire_ns, plan.skipped)
             changes = ChangeSet()
             changes.add(resumed, task)
-            changes.write(tx, self._repo, self._events)
+            await changes.write(tx, self._repo, self._events)
             self._audit.record_in(tx, f"task/{task.id}", task.to_doc(), resumed.to_doc())
             return resumed, plan.skipped, plan.next_fire_ns < now
 
@@ -429,7 +443,7 @@ class TaskService:
             elif offer.run is not None:
                 result["run_task_id"] = offer.run.id
             after = await reads.get(task.id) or task
-            changes.write(tx, self._repo, self._events)
+            await changes.write(tx, self._repo, self._events)
             self._audit.record_in(tx, f"task/{task.id}", task.to_doc(), after.to_doc())
             return after, result, changes.created(), skipped
 
@@ -519,7 +533,7 @@ class TaskService:
                         latest.with_skips(now, {SkipReason.OVERLAP: counts["skipped"]}), latest
                     )
             after = await reads.get(task.id) or task
-            changes.write(tx, self._repo, self._events)
+            await changes.write(tx, self._repo, self._events)
             self._audit.record_in(tx, f"task/{task.id}", task.to_doc(), after.to_doc())
             result = {
                 "occurrences": str(len(fires)),
@@ -613,6 +627,7 @@ class TaskService:
         final status. Without: every task's updates from now on."""
         if task_id:
             check_task_id(task_id)
+        namespace = current_namespace()
         # Listen before reading, so that no update falls between the read and the listening.
         with self.updates.listen() as listener:
             last_version = 0
@@ -631,6 +646,8 @@ class TaskService:
                         "the stream fell behind the task updates; reconnect"
                         + (" to read the task's current status" if task_id else "")
                     ) from None
+                if update.namespace != namespace:
+                    continue  # the fan-out carries every namespace's updates
                 if task_id:
                     if update.task_id != task_id or update.version <= last_version:
                         continue
@@ -654,6 +671,8 @@ class TaskService:
                 message=update_message(task),
                 attempt=task.attempts[-1].attempt if task.attempts else 0,
                 task_type=task.task_type,
+                # The bus handler runs inside the message's namespace.
+                namespace=namespace_or_none() or event.namespace,
             )
         )
         if TaskState(task.status) in FINAL_STATES:

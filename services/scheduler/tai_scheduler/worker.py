@@ -24,6 +24,13 @@ outcomes are written by one transaction per batch of attempts that ended togethe
 Every claim held (waiting, running, or its outcome not yet written) is renewed together,
 every third of the lease. Any write about an attempt first checks that the task is still
 running under the token its claim set.
+
+Namespaces: the store keeps each namespace's tasks apart, so each look (1.) is made inside one
+namespace, each active namespace in turn, and a namespace is looked at again when its own
+sleep (2.) ends or when woken for it; the slots and the claim-ahead room are the replica's,
+shared by them all. Each claim remembers its namespace: its executor runs inside it (so the
+calls it makes to other services carry it), and its renewals, its lease check and its outcome
+are written in it.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from enum import Enum
 from typing import TypeVar
 
 from tai_common.core import Aborted, Clock, InvalidArgument, Unavailable, continued
+from tai_common.core.namespace import DEFAULT_NAMESPACE, in_namespace, namespace_or_none
 from tai_common.core.units import NS_PER_SECOND
 from tai_common.messaging import events
 from tai_common.ports import DocumentStore, Transaction
@@ -150,6 +158,8 @@ class _Claim:
 
     task: Task
     token: int
+    # The namespace the task lives in: everything about the claim is done inside it.
+    namespace: str
     # When the lease ends unless renewed, on the monotonic clock.
     lease_deadline: float
     # When it is due (the wall clock's ns): it starts then, not before.
@@ -198,6 +208,24 @@ class _ClaimPass:
 
 
 Outcome = Callable[[Task, int], Task]
+# A claim's key: its namespace and its task's id.
+_Key = tuple[str, str]
+Namespaces = Callable[[], Awaitable[Sequence[str]]]
+
+
+async def _default_only() -> Sequence[str]:
+    return [DEFAULT_NAMESPACE]
+
+
+def _key(claim: _Claim) -> _Key:
+    return claim.namespace, claim.task.id
+
+
+def _by_namespace(claims: Iterable[_Claim]) -> dict[str, list[_Claim]]:
+    grouped: dict[str, list[_Claim]] = {}
+    for claim in claims:
+        grouped.setdefault(claim.namespace, []).append(claim)
+    return grouped
 
 
 class Worker:
@@ -211,9 +239,11 @@ class Worker:
         *,
         on_committed: Callable[[], None],
         stopping: asyncio.Event | None = None,
+        namespaces: Namespaces = _default_only,
     ) -> None:
         """`on_committed` wakes the outbox relay after each change; `stopping` (the server's
-        graceful-stop flag) stops claiming as soon as a shutdown begins."""
+        graceful-stop flag) stops claiming as soon as a shutdown begins; `namespaces` names
+        the namespaces to serve (the active ones; by default only "default")."""
         self._store = store
         self._repo = TaskRepository(store)
         self._clock = clock
@@ -224,7 +254,16 @@ class Worker:
         self._server_stopping = stopping
         self._wake = asyncio.Event()
         self._stopping = False
-        self._claims: dict[str, _Claim] = {}
+        self._claims: dict[_Key, _Claim] = {}
+        self._namespaces = namespaces
+        # When each namespace is looked at next (monotonic clock), and its store failures
+        # in a row.
+        self._next_look: dict[str, float] = {}
+        self._failures: dict[str, int] = {}
+        # The namespaces woken since the last round (all of them: `_woken_all`).
+        self._woken: set[str] = set()
+        self._woken_all = False
+        self._round = 0
         self._unknown_types_logged: set[str] = set()
         self._random = random.Random()
         # Waiting claims: not yet due, by due time; due, by priority then due time.
@@ -260,13 +299,21 @@ class Worker:
         cost SubmitTask two queries each.)"""
         if due_ns is not None and due_ns > self._clock.now_ns() + self._quiet_ns:
             return
+        self._wake_namespace(namespace_or_none())
+
+    def _wake_namespace(self, namespace: str | None) -> None:
+        """Looks at `namespace` (None: every namespace) now."""
+        if namespace is None:
+            self._woken_all = True
+        else:
+            self._woken.add(namespace)
         self._wake.set()
 
     def task_ended(self, task_id: str) -> None:
-        """`task_id` reached a final state elsewhere (cancelled, here or on another replica):
-        a claim this replica holds on it is given up at once (an attempt running is
-        cancelled; one not started never starts)."""
-        claim = self._claims.get(task_id)
+        """`task_id` (of the current namespace) reached a final state elsewhere (cancelled,
+        here or on another replica): a claim this replica holds on it is given up at once (an
+        attempt running is cancelled; one not started never starts)."""
+        claim = self._claims.get((namespace_or_none() or DEFAULT_NAMESPACE, task_id))
         if claim is not None and claim.phase is not _Phase.FINISHING:
             self._abandon(claim)
 
@@ -289,14 +336,58 @@ class Worker:
             # Cleared before looking, so a wake-up that comes while looking is not lost.
             self._wake.clear()
             try:
-                delay = await self._step()
+                delay = await self._look_round()
                 failures = 0
             except _TRANSIENT as error:
+                # The namespaces themselves could not be read.
                 failures += 1
-                delay = min(self._config.fallback_poll_seconds * 5, 0.05 * 2 ** min(failures, 8))
-                log.warning("task claims failing (%s); retrying in %.2fs", error, delay)
+                delay = self._backoff(failures)
+                log.warning("cannot read the namespaces (%s); retrying in %.2fs", error, delay)
             if delay > 0:
                 await self._wait(delay)
+
+    def _backoff(self, failures: int) -> float:
+        return float(min(self._config.fallback_poll_seconds * 5, 0.05 * 2 ** min(failures, 8)))
+
+    async def _look_round(self) -> float:
+        """Looks at each namespace that was woken or whose sleep ended (inside it); returns
+        how long to sleep until the next one is due a look."""
+        served = list(await self._namespaces())
+        woken, woken_all = self._woken, self._woken_all
+        self._woken, self._woken_all = set(), False
+        # A namespace woken by a submission made here is served at once, even before this
+        # replica's view of the namespaces has caught up with its creation.
+        names = served + sorted(woken - set(served))
+        for gone in set(self._next_look) - set(names):
+            del self._next_look[gone]
+            self._failures.pop(gone, None)
+        # Each round starts one namespace further on, so none always waits for the others.
+        self._round += 1
+        start = self._round % len(names) if names else 0
+        for namespace in names[start:] + names[:start]:
+            if self._is_stopping():
+                return 0.0
+            due = self._next_look.get(namespace, float("-inf")) <= time.monotonic()
+            if not (woken_all or namespace in woken or due):
+                continue
+            with in_namespace(namespace):
+                try:
+                    delay = await self._step()
+                    self._failures[namespace] = 0
+                except _TRANSIENT as error:
+                    failures = self._failures.get(namespace, 0) + 1
+                    self._failures[namespace] = failures
+                    delay = self._backoff(failures)
+                    log.warning(
+                        "task claims failing in namespace %s (%s); retrying in %.2fs",
+                        namespace,
+                        error,
+                        delay,
+                    )
+            self._next_look[namespace] = time.monotonic() + delay
+        if not self._next_look:
+            return self._config.fallback_poll_seconds
+        return max(0.0, min(self._next_look.values()) - time.monotonic())
 
     async def _step(self) -> float:
         """One look at the store, claiming what is due or falls due within the horizon;
@@ -380,7 +471,7 @@ class Worker:
         due_room, ahead_room = self._room()
         if (due_starved and due_room > 0) or (ahead_starved and ahead_room > 0):
             self._starved = (False, False)
-            self._wake.set()
+            self._wake_namespace(None)
 
     def _is_stopping(self) -> bool:
         if self._server_stopping is not None and self._server_stopping.is_set():
@@ -542,7 +633,7 @@ class Worker:
         for task in [*runnable[:due_room], *ahead[:ahead_room]]:
             claimed.append(changes.add(task.claimed(now, replica, lease_ns), task))
         if changes:
-            changes.write(tx, self._repo, self._events)
+            await changes.write(tx, self._repo, self._events)
         return _ClaimPass(
             claimed, changed=bool(changes), skipped=dict(skipped), created=changes.created()
         )
@@ -597,8 +688,9 @@ class Worker:
         if not tasks:
             return
         lease_deadline = time.monotonic() + self._config.lease_seconds
+        namespace = namespace_or_none() or DEFAULT_NAMESPACE
         for task in tasks:
-            previous = self._claims.get(task.id)
+            previous = self._claims.get((namespace, task.id))
             if previous is not None:
                 # This replica's own lease on it lapsed (renewals failed) and it took the task
                 # again: the earlier attempt's outcome could no longer be written anyway.
@@ -607,11 +699,12 @@ class Worker:
             claim = _Claim(
                 task,
                 task.fencing_token,
+                namespace,
                 lease_deadline,
                 due_ns=task.next_run_ns,
                 checked=task.next_run_ns <= attempt.claimed_at_ns,
             )
-            self._claims[task.id] = claim
+            self._claims[namespace, task.id] = claim
             self._waiting += 1
             heapq.heappush(self._ahead, (claim.due_ns, next(self._order), claim))
         self._dispatch()
@@ -688,7 +781,11 @@ class Worker:
         still this replica's claim: a task cancelled (or taken over) before it fell due is
         given up instead. `also` (due, waiting for a slot) are checked by the same read."""
         try:
-            leases = await self._repo.leases([c.task.id for c in (*batch, *also)])
+            leases: dict[_Key, Lease] = {}
+            for namespace, claims in _by_namespace((*batch, *also)).items():
+                with in_namespace(namespace):
+                    found = await self._repo.leases([c.task.id for c in claims])
+                leases.update({(namespace, task_id): lease for task_id, lease in found.items()})
         except (*_TRANSIENT, asyncio.CancelledError) as error:
             # Not started: back to the ready queue (renewals give the claims up if the store
             # stays unreachable past their lease).
@@ -707,7 +804,7 @@ class Worker:
             return
         for claim in also:
             if claim.live and not claim.checked:
-                if self._holds(claim, leases.get(claim.task.id)):
+                if self._holds(claim, leases.get(_key(claim))):
                     claim.checked = True
                 else:
                     self._give_up_unstarted(claim, _TAKEN)
@@ -716,7 +813,7 @@ class Worker:
             if claim.abandoned:
                 self._busy -= 1
                 self._forget(claim)
-            elif self._holds(claim, leases.get(claim.task.id)) and claim.lease_deadline > now:
+            elif self._holds(claim, leases.get(_key(claim))) and claim.lease_deadline > now:
                 claim.checked = True
                 self._start(claim)
             else:
@@ -755,7 +852,9 @@ class Worker:
 
     def _start(self, claim: _Claim) -> None:
         claim.phase = _Phase.RUNNING
-        claim.execution = asyncio.create_task(self._execute(claim), name=f"task-{claim.task.id}")
+        claim.execution = asyncio.create_task(
+            self._execute_in_namespace(claim), name=f"task-{claim.task.id}"
+        )
         claim.execution.add_done_callback(lambda _: self._ended(claim))
         metrics.RUNNING.set(self._busy)
         metrics.CLAIMED_AHEAD.set(self._waiting)
@@ -771,6 +870,11 @@ class Worker:
         self._room_freed()
 
     # --- executions ---
+
+    async def _execute_in_namespace(self, claim: _Claim) -> None:
+        # The executor's calls to other services carry the task's namespace.
+        with in_namespace(claim.namespace):
+            await self._execute(claim)
 
     async def _execute(self, claim: _Claim) -> None:
         task = claim.task
@@ -819,8 +923,8 @@ class Worker:
         self._finish_later(claim, outcome)
 
     def _forget(self, claim: _Claim) -> None:
-        if self._claims.get(claim.task.id) is claim:
-            del self._claims[claim.task.id]
+        if self._claims.get(_key(claim)) is claim:
+            del self._claims[_key(claim)]
         metrics.CLAIMED_AHEAD.set(self._waiting)
         self._room_freed()
 
@@ -835,22 +939,26 @@ class Worker:
 
     async def _finish_queued(self) -> None:
         """Writes the queued outcomes, one transaction per batch of those that ended together
-        (the attempts that end while one commits make the next batch)."""
+        (the attempts that end while one commits make the next batch), each batch in one
+        namespace."""
         while self._outcomes:
             batch: list[tuple[_Claim, Outcome]] = []
             deferred: list[tuple[_Claim, Outcome]] = []
             parents: set[str] = set()
+            namespace = self._outcomes[0][0].namespace
             while self._outcomes and len(batch) < _STEP_BATCH:
                 item = self._outcomes.popleft()
                 parent = item[0].task.parent_task_id
-                if parent and parent in parents:
-                    deferred.append(item)  # settles the same parent: the next transaction
+                if item[0].namespace != namespace or (parent and parent in parents):
+                    # Another namespace's, or settles the same parent: the next transaction.
+                    deferred.append(item)
                     continue
                 parents.add(parent)
                 batch.append(item)
             self._outcomes.extendleft(reversed(deferred))
             try:
-                await self._finish(batch)
+                with in_namespace(namespace):
+                    await self._finish(batch)
             finally:
                 for claim, _ in batch:
                     self._forget(claim)
@@ -867,7 +975,8 @@ class Worker:
             self._on_committed()
             metrics.count_schedule_changes({}, created)
         if pending_again:
-            self._wake.set()  # a retry (or a run released behind a finished one) falls due
+            # A retry (or a run released behind a finished one) falls due.
+            self._wake_namespace(namespace_or_none())
         for claim, _ in batch:
             if claim.task.id not in applied and not claim.abandoned:
                 log.warning(
@@ -902,7 +1011,7 @@ class Worker:
                 # The run waiting behind it, or a backfill's next run, is due now.
                 pending_again |= await settle_parent(reads, after, now) is not None
         if changes:
-            changes.write(tx, self._repo, self._events)
+            await changes.write(tx, self._repo, self._events)
         return applied, pending_again, changes.created()
 
     async def _with_retries(
@@ -936,8 +1045,10 @@ class Worker:
             claims = [
                 c for c in self._claims.values() if not c.abandoned and c.lease_deadline <= renew_by
             ]
-            for chunk in _chunks(claims, _RENEW_BATCH):
-                await self._renew(chunk)
+            for namespace, held in _by_namespace(claims).items():
+                with in_namespace(namespace):
+                    for chunk in _chunks(held, _RENEW_BATCH):
+                        await self._renew(chunk)
 
     async def _renew(self, claims: list[_Claim]) -> None:
         started = time.monotonic()
@@ -1036,15 +1147,16 @@ class Worker:
                 task = tasks.get(claim.task.id)
                 if task is not None and _still_ours(task, claim):
                     changes.add(task.released(now, reason, started=started), task)
-            changes.write(tx, self._repo, self._events)
+            await changes.write(tx, self._repo, self._events)
             return bool(changes)
 
         released = False
-        for chunk in _chunks(claims, _BATCH):
-            with contextlib.suppress(*_TRANSIENT):
-                async with self._claim_writes:
-                    transaction = functools.partial(apply, chunk=chunk)
-                    released |= await self._store.run_transaction(transaction)
+        for namespace, held in _by_namespace(claims).items():
+            for chunk in _chunks(held, _BATCH):
+                with in_namespace(namespace), contextlib.suppress(*_TRANSIENT):
+                    async with self._claim_writes:
+                        transaction = functools.partial(apply, chunk=chunk)
+                        released |= await self._store.run_transaction(transaction)
         if released:
             self._on_committed()
             log.info("released %d task leases", len(claims))
