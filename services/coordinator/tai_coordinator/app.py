@@ -11,19 +11,21 @@ from typing import NamedTuple
 from tai.v1 import coordinator_pb2_grpc, events_pb2
 from tai_common import factory
 from tai_common.core import ServiceSettings, TaiError
+from tai_common.core.namespace import DEFAULT_NAMESPACE, namespace_or_none
 from tai_common.messaging import events, replica_subscription, subscribe_events, topics
+from tai_common.namespacing import for_each_namespace
 from tai_common.ports import SubscriptionSpec
 from tai_common.runtime import Dependencies, ServiceRuntime, internal_channel_options, service_main
 
 from tai_coordinator import metrics, repository, silences
 from tai_coordinator.dispatcher import ActionDispatcher
-from tai_coordinator.policy_book import PolicyBook
+from tai_coordinator.policy_book import PolicyBooks
 from tai_coordinator.policy_sync import PolicySync
 from tai_coordinator.repository import CoordinatorRepository
 from tai_coordinator.retention import SignalRetention
 from tai_coordinator.service import CoordinatorService
 from tai_coordinator.servicer import SERVICE_NAME, CoordinatorServicer
-from tai_coordinator.silences import SilenceBook, SilenceService
+from tai_coordinator.silences import SilenceBooks, SilenceService
 from tai_coordinator.simulation import PolicySimulator
 
 log = logging.getLogger(__name__)
@@ -80,9 +82,11 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
     """The Coordinator's runtime, wired but not started."""
     settings = deps.settings
     runtime = ServiceRuntime(deps, index_specs=(*repository.INDEXES, *silences.INDEXES))
-    book = PolicyBook()
+    # Every namespace has its own policies, silences, streams and windows; the workers below
+    # serve each namespace in turn, inside it.
+    books = PolicyBooks()
     sync = PolicySync(
-        book,
+        books,
         settings.governor_target,
         internal_channel_options(settings),
         resync_seconds=settings.policy_resync_seconds,
@@ -91,27 +95,22 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
     dispatcher = ActionDispatcher(deps.store, deps.clock, event_factory, runtime.relay.notify)
     limiter = factory.open_window_limiter(settings, deps.store)
     runtime.add_shutdown(limiter.close)
-    silence_book = SilenceBook()
-    silence_service = SilenceService(
-        deps.store,
-        silence_book,
-        deps.clock,
-        deps.ids,
-        runtime.audit,
-        settings.silence_refresh_seconds,
-    )
+    silence_books = SilenceBooks()
+    silence_service = SilenceService(deps.store, silence_books, deps.clock, deps.ids, runtime.audit)
     service = CoordinatorService(
         deps.store,
         deps.clock,
         deps.ids,
         event_factory,
-        book,
+        sync,
         on_committed=runtime.relay.notify,
         dispatch=dispatcher,
         cache=deps.cache,
         audit=runtime.audit,
-        silences=silence_book,
+        silences=silence_service,
         limiter=limiter,
+        namespaces=runtime.namespaces,
+        namespace_metric_labels=settings.namespace_metric_labels,
         replica_id=settings.replica_id,
         signal_retention_seconds=settings.signal_retention_seconds,
         approval_timeout_seconds=settings.approval_timeout_seconds,
@@ -138,20 +137,28 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
             runtime.add_shutdown(subscription.close)
 
         specs = subscriptions(settings, settings.replica_id)
-        # Subscribe before listing, so that no change falls between the two.
+        # Subscribe before listing, so that no change falls between the two. Startup runs in
+        # the default namespace: its policies and silences are read now, every other
+        # namespace's at its first use.
         await subscribe(specs.policies, sync.on_policy_event)
         await subscribe(specs.actions, dispatcher.on_action_event)
         await sync.load()
         await silence_service.refresh()
 
-    metrics.ACTIVE_POLICIES.set_function(lambda: len(book))
+    metrics.ACTIVE_POLICIES.set_function(lambda: len(books))
     runtime.health_details += [
-        lambda: f"active_policies={len(book)}",
-        lambda: f"policy_revision={book.revision}",
+        lambda: f"active_policies={len(books)}",
+        # Asked in a namespace (the call's metadata), how far that namespace's book has got.
+        lambda: f"policy_revision={books.revision(namespace_or_none() or DEFAULT_NAMESPACE)}",
     ]
     runtime.add_startup(start)
     runtime.add_shutdown(dispatcher.close)
-    runtime.add_worker("policy-resync", sync.run)
+    runtime.add_shutdown(sync.close)
+
+    async def resync_policies() -> None:
+        await sync.run(runtime.namespaces)
+
+    runtime.add_worker("policy-resync", resync_policies)
     retention = SignalRetention(
         deps.store,
         deps.clock,
@@ -159,18 +166,34 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
         max_count=settings.signal_retention_max_count,
         every_seconds=settings.signal_prune_every_seconds,
     )
-    runtime.add_worker("signal-retention", retention.run)
-    runtime.add_worker("silence-refresh", silence_service.run)
 
-    async def expire_approvals() -> None:
+    async def prune_signals() -> None:
+        await retention.run(runtime.namespaces.serving)
+
+    runtime.add_worker("signal-retention", prune_signals)
+
+    async def refresh_silences() -> None:
         while True:
-            await asyncio.sleep(settings.approval_expiry_every_seconds)
-            try:
-                await service.expire_approvals()
-            except TaiError as error:
-                log.warning("cannot expire approvals yet (%s); retrying", error.message)
+            await asyncio.sleep(settings.silence_refresh_seconds)
+            # Deleted namespaces' silences are forgotten; each other's read again in it.
+            silence_books.retain(await runtime.namespaces.serving())
+            await for_each_namespace(runtime.namespaces, silence_service.refresh_pass)
 
-    runtime.add_worker("approval-expiry", expire_approvals)
+    runtime.add_worker("silence-refresh", refresh_silences)
+
+    async def expire_approvals(namespace: str) -> None:
+        try:
+            await service.expire_approvals()
+        except TaiError as error:
+            log.warning(
+                "cannot expire approvals of namespace %s yet (%s); retrying",
+                namespace,
+                error.message,
+            )
+
+    runtime.add_namespace_pass(
+        "approval-expiry", expire_approvals, settings.approval_expiry_every_seconds
+    )
     return runtime
 
 

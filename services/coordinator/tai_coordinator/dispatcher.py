@@ -11,6 +11,10 @@ An action this replica creates for a service with a stream here is written alrea
 by the transaction that creates it, and handed out as soon as that commits (`hand_out`): the
 claim transaction, the wake-up and the query are skipped on the path whose latency users see.
 Either way the DELIVERED transition is written by `deliver_in`.
+
+Everything is per namespace: a loop serves one (namespace, target service), runs inside that
+namespace (its task is started from the stream's call, which works in it), and hands out only
+that namespace's actions, so a stream never carries another namespace's actions.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass, field
 from opentelemetry import trace
 from tai.v1 import events_pb2
 from tai_common.core import Clock, continued, wait_event
+from tai_common.core.namespace import current_namespace
 from tai_common.core.units import ns_to_seconds
 from tai_common.messaging import events
 from tai_common.ports import DocumentStore, Transaction
@@ -64,6 +69,9 @@ class Sink:
 # far more than arrive within the actions subscription's batch delay at any rate.
 HANDED_OUT_REMEMBERED = 10_000
 
+# A loop's key: (namespace, target service).
+_LoopKey = tuple[str, str]
+
 
 @dataclass
 class _ServiceLoop:
@@ -95,22 +103,25 @@ class ActionDispatcher:
         self._repo = CoordinatorRepository(store, event_factory)
         self._clock = clock
         self._on_committed = on_committed
-        self._loops: dict[str, _ServiceLoop] = {}
+        self._loops: dict[_LoopKey, _ServiceLoop] = {}
         # Actions this replica created delivered and handed out (`hand_out`), oldest first:
         # their `action.created` event, coming back over the bus, has nothing left to wake a
         # loop for. Under a steady 500 actions/s each such wake cost a service's loop two
         # queries, and the reader's thread fell seconds behind.
-        self._handed_out: dict[str, None] = {}
+        self._handed_out: dict[_LoopKey, None] = {}
 
     @contextlib.contextmanager
     def connect(self, service_name: str) -> Iterator[Sink]:
-        """Registers a stream of `service_name` for as long as the context is open. Actions
-        claimed for it but not yet sent when it closes are made due again at once."""
-        loop = self._loops.get(service_name)
+        """Registers a stream of `service_name` in the current namespace for as long as the
+        context is open. Actions claimed for it but not yet sent when it closes are made due
+        again at once."""
+        key = (current_namespace(), service_name)
+        loop = self._loops.get(key)
         if loop is None:
-            loop = self._loops[service_name] = _ServiceLoop()
+            loop = self._loops[key] = _ServiceLoop()
+            # The task inherits the call's namespace: its store reads are the namespace's.
             loop.task = asyncio.create_task(
-                self._run(service_name, loop), name=f"dispatch-{service_name}"
+                self._run(key, loop), name=f"dispatch-{key[0]}-{service_name}"
             )
         sink = Sink()
         loop.sinks.append(sink)
@@ -137,45 +148,51 @@ class ActionDispatcher:
         return delivered
 
     def has_stream_for(self, service_name: str) -> bool:
-        """Whether a stream of `service_name` is connected to this replica."""
-        loop = self._loops.get(service_name)
+        """Whether a stream of `service_name` in the current namespace is connected to this
+        replica."""
+        loop = self._loops.get((current_namespace(), service_name))
         return loop is not None and bool(loop.sinks)
 
     def hand_out(self, actions: Sequence[Action]) -> None:
         """Sends actions their committed transaction already marked DELIVERED to the local
         streams; one no stream takes any more (it closed meanwhile) is released."""
         refused: list[Action] = []
+        namespace = current_namespace() if actions else ""
         for action in actions:
             with self._delivery_span(action):
-                loop = self._loops.get(action.target_service)
+                loop = self._loops.get((namespace, action.target_service))
                 if loop is None or not self._hand_out(loop, action):
                     refused.append(action)
                     continue
             self._count_delivery(action)
-            self._handed_out[action.id] = None
+            self._handed_out[(namespace, action.id)] = None
             if len(self._handed_out) > HANDED_OUT_REMEMBERED:
                 del self._handed_out[next(iter(self._handed_out))]
         if refused:
             asyncio.get_running_loop().create_task(self._release(refused))
 
     def notify(self, actions: Sequence[Action]) -> None:
-        """Actions were created or changed: wake the loops of their services."""
+        """Actions were created or changed in the current namespace: wake the loops of their
+        services there."""
+        namespace = current_namespace() if actions else ""
         for action in actions:
-            loop = self._loops.get(action.target_service)
+            loop = self._loops.get((namespace, action.target_service))
             if loop is not None:
                 loop.wake.set()
 
     async def on_action_event(self, event: events_pb2.Event) -> None:
-        """Bus handler of this replica's subscription to action events."""
+        """Bus handler of this replica's subscription to action events (run inside the
+        event's namespace)."""
         if event.event_type not in self.WAKING_EVENTS:
             return
         payload = events.unpack(event, events_pb2.ActionEvent)
+        namespace = current_namespace()
         if (
             event.event_type == "action.created"
-            and self._handed_out.pop(payload.action.id, "absent") is None
+            and self._handed_out.pop((namespace, payload.action.id), "absent") is None
         ):
             return  # this replica delivered it with its commit
-        loop = self._loops.get(payload.action.target_service)
+        loop = self._loops.get((namespace, payload.action.target_service))
         if loop is not None:
             loop.wake.set()
 
@@ -186,7 +203,8 @@ class ActionDispatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._loops.clear()
 
-    async def _run(self, service_name: str, loop: _ServiceLoop) -> None:
+    async def _run(self, key: _LoopKey, loop: _ServiceLoop) -> None:
+        namespace, service_name = key
         failures = 0
         try:
             while loop.sinks:
@@ -196,13 +214,17 @@ class ActionDispatcher:
                     failures = 0
                 except Exception:
                     failures += 1
-                    log.exception("delivering actions of %s failed; retrying", service_name)
+                    log.exception(
+                        "delivering actions of %s in namespace %s failed; retrying",
+                        service_name,
+                        namespace,
+                    )
                     sleep = min(MAX_SLEEP_SECONDS * 5, 0.05 * 2**failures)
                 if loop.sinks and not loop.wake.is_set():
                     await wait_event(loop.wake, sleep)
         finally:
-            if self._loops.get(service_name) is loop:
-                del self._loops[service_name]
+            if self._loops.get(key) is loop:
+                del self._loops[key]
 
     async def _deliver_due(self, service_name: str, loop: _ServiceLoop) -> float:
         """Claims and hands out what is due; returns how long to sleep."""

@@ -9,7 +9,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from tai_coordinator.decisions import PolicyDecision
 
-SIGNALS = Counter("tai_signals_total", "Signals accepted, by type.", ["signal_type"])
+SIGNALS = Counter(
+    "tai_signals_total",
+    "Signals accepted, by type and namespace (past TAI_NAMESPACE_METRIC_LABELS namespaces, "
+    'the rest as "other").',
+    ["signal_type", "namespace"],
+)
 EVALUATIONS = Counter(
     "tai_policy_evaluations_total", "Policy conditions evaluated against signals."
 )

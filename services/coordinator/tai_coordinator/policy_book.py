@@ -112,3 +112,42 @@ def _is_active(policy: governor_pb2.Policy) -> bool:
         and bool(policy.condition)
         and bool(policy.action.target_service)
     )
+
+
+class PolicyBooks:
+    """This replica's policy book of each namespace: a signal is evaluated against its own
+    namespace's policies only. A namespace's book is made on first sight (a signal or a policy
+    event in it) and loaded from the Governor then (`PolicySync.book`)."""
+
+    def __init__(self) -> None:
+        self._books: dict[str, PolicyBook] = {}
+
+    def get(self, namespace: str) -> PolicyBook | None:
+        """The namespace's book, if this replica has one."""
+        return self._books.get(namespace)
+
+    def of(self, namespace: str) -> PolicyBook:
+        """The namespace's book, made empty (not loaded) when this replica has none yet."""
+        book = self._books.get(namespace)
+        if book is None:
+            book = self._books[namespace] = PolicyBook()
+        return book
+
+    def namespaces(self) -> list[str]:
+        """The namespaces this replica holds a book for."""
+        return list(self._books)
+
+    def retain(self, namespaces: Iterable[str]) -> None:
+        """Forgets the books of every namespace not in `namespaces` (deleted ones)."""
+        kept = set(namespaces)
+        for namespace in [n for n in self._books if n not in kept]:
+            del self._books[namespace]
+
+    def revision(self, namespace: str) -> int:
+        """How far the namespace's book has caught up with the Governor (0 without a book)."""
+        book = self._books.get(namespace)
+        return book.revision if book is not None else 0
+
+    def __len__(self) -> int:
+        """Active policies over every namespace (the replica's gauge)."""
+        return sum(len(book) for book in self._books.values())

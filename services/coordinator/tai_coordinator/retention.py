@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from tai_common.core import Aborted, Clock, Unavailable
+from tai_common.core.namespace import in_namespace
 from tai_common.core.units import seconds_to_ns
 from tai_common.ports import Document, DocumentStore, Filter, Op, Order, Query, Transaction
 
@@ -120,29 +121,51 @@ class SignalRetention:
             by_count, count_done = await self._prune_by_count(budget)
         return PruneResult(by_age=by_age, by_count=by_count, complete=age_done and count_done)
 
-    async def run(self) -> None:
-        """Prunes every `every_seconds` (jittered) until cancelled (a service worker). The
-        first pass comes at a random point of the first interval, so replicas started
-        together do not prune together; a store that cannot be reached is logged and tried
-        again at the next pass."""
+    async def run(self, namespaces: Callable[[], Awaitable[Sequence[str]]] | None = None) -> None:
+        """Prunes every `every_seconds` (jittered) until cancelled (a service worker): each
+        namespace `namespaces()` names in turn, inside it (each keeps its own signals, and its
+        own maximum count), or, without `namespaces`, the store as it is. The first pass comes
+        at a random point of the first interval, so replicas started together do not prune
+        together; a store that cannot be reached is logged and tried again at the next pass."""
         await asyncio.sleep(self._rng.uniform(0, self._every_seconds))
         while True:
             pause = self._every_seconds * (1 + self._rng.uniform(-_JITTER, _JITTER))
-            try:
-                result = await self.prune_once()
-            except (Unavailable, Aborted) as error:
-                log.warning("signal pruning failed (%s); trying again next pass", error.message)
-            else:
-                if result.total:
-                    log.info(
-                        "pruned %d signals (%d too old, %d beyond the kept count)",
-                        result.total,
-                        result.by_age,
-                        result.by_count,
-                    )
-                if not result.complete:
+            names: Sequence[str | None] = [None]
+            if namespaces is not None:
+                try:
+                    names = await namespaces()
+                except (Unavailable, Aborted) as error:
+                    log.warning("cannot list the namespaces (%s); next pass", error.message)
+                    names = []
+            for namespace in names:
+                if namespace is None:
+                    complete = await self._pass("")
+                else:
+                    with in_namespace(namespace):
+                        complete = await self._pass(namespace)
+                if not complete:
                     pause = self._backlog_pause_seconds
             await asyncio.sleep(pause)
+
+    async def _pass(self, namespace: str) -> bool:
+        """One logged pass over the current store; False when a backlog is left."""
+        where = f" of namespace {namespace}" if namespace else ""
+        try:
+            result = await self.prune_once()
+        except (Unavailable, Aborted) as error:
+            log.warning(
+                "signal pruning%s failed (%s); trying again next pass", where, error.message
+            )
+            return True
+        if result.total:
+            log.info(
+                "pruned %d signals%s (%d too old, %d beyond the kept count)",
+                result.total,
+                where,
+                result.by_age,
+                result.by_count,
+            )
+        return result.complete
 
     async def _prune_by_age(self, budget: int) -> tuple[int, int, bool]:
         """Deletes signals received before the cutoff, oldest first. Returns how many, the

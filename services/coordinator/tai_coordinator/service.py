@@ -21,15 +21,17 @@ from tai_common.core import (
     IdFactory,
     InvalidArgument,
     NotFound,
-    Unavailable,
+    ResourceExhausted,
     current_context_carrier,
     decode_page_token,
     encode_page_token,
     page_size,
 )
+from tai_common.core.namespace import current_namespace
 from tai_common.core.units import seconds_to_ns
 from tai_common.core.validation import MAX_KEY_LENGTH, require_id
 from tai_common.messaging import AuditTrail, events, topics
+from tai_common.namespacing import NamespaceDirectory
 from tai_common.ports import AdmissionRequest, Cache, DocumentStore, Transaction, WindowLimiter
 
 from tai_coordinator import metrics
@@ -44,7 +46,7 @@ from tai_coordinator.decisions import (
     decide,
     held,
 )
-from tai_coordinator.limits import describe_limit, limit_key
+from tai_coordinator.limits import describe_limit, limit_key, namespaced_key
 from tai_coordinator.model import (
     ACKNOWLEDGEMENTS,
     DEFAULT_ACK_DEADLINE_SECONDS,
@@ -76,6 +78,8 @@ WATCH_POLL_SECONDS = 0.5
 WATCH_LAG_NS = seconds_to_ns(2)
 WATCH_PAGE = 500
 SIGNAL_TTL_SECONDS = 60.0
+# The window of a namespace's `max_signals_per_second` quota.
+QUOTA_WINDOW_NS = seconds_to_ns(1)
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,22 @@ class SignalOutcome:
     delivered_now: list[Action] = field(default_factory=list)
     # Every policy's decision, unbounded (the stored record keeps a bounded copy).
     decisions: list[PolicyDecision] = field(default_factory=list)
+
+
+class PolicySource(Protocol):
+    """Where a signal's policies come from: the current namespace's book (`PolicySync`)."""
+
+    async def book(self) -> PolicyBook:
+        """The current namespace's policy book, loaded (`Unavailable` if it cannot be)."""
+        ...
+
+
+class SilenceSource(Protocol):
+    """Where a signal's silences come from: the current namespace's (`SilenceService`)."""
+
+    async def book(self) -> SilenceBook:
+        """The current namespace's silences that have not ended."""
+        ...
 
 
 class LocalDispatch(Protocol):
@@ -142,14 +162,16 @@ class CoordinatorService:
         clock: Clock,
         ids: IdFactory,
         event_factory: events.EventFactory,
-        book: PolicyBook,
+        policies: PolicySource,
         on_committed: Callable[[], None],
         dispatch: LocalDispatch,
         cache: Cache,
         audit: AuditTrail,
         *,
-        silences: SilenceBook,
+        silences: SilenceSource,
         limiter: WindowLimiter,
+        namespaces: NamespaceDirectory,
+        namespace_metric_labels: int,
         replica_id: str,
         signal_retention_seconds: float,
         approval_timeout_seconds: float,
@@ -157,7 +179,8 @@ class CoordinatorService:
         """`on_committed` wakes the outbox relay; `dispatch` is told about actions this replica
         just created or changed (other replicas learn it from the bus). `replica_id` names
         this replica in decision records; signals are stored to expire after
-        `signal_retention_seconds`."""
+        `signal_retention_seconds`. `namespaces` gives each namespace's quotas and its label in
+        the metrics (the first `namespace_metric_labels` namespaces labelled by name)."""
         self._store = store
         self._repo = CoordinatorRepository(
             store, event_factory, signal_retention_ns=seconds_to_ns(signal_retention_seconds)
@@ -165,11 +188,13 @@ class CoordinatorService:
         self._replica_id = replica_id
         self._silences = silences
         self._limiter = limiter
+        self._namespaces = namespaces
+        self._namespace_metric_labels = namespace_metric_labels
         self._approval_timeout_seconds = approval_timeout_seconds
         self._clock = clock
         self._ids = ids
         self._events = event_factory
-        self._book = book
+        self._policies = policies
         self._on_committed = on_committed
         self._dispatch = dispatch
         self._audit = audit
@@ -180,16 +205,19 @@ class CoordinatorService:
 
     async def submit_signal(self, signal: SignalInput, principal: str) -> SignalOutcome:
         signal.validate()
-        if not self._book.loaded:
-            raise Unavailable("the Coordinator has not loaded the policies yet; retry shortly")
+        namespace = current_namespace()
+        # The namespace's own policies and silences only: another namespace's never apply.
+        book = await self._policies.book()
+        silence_book = await self._silences.book()
+        quota = (await self._namespaces.quotas(namespace)).max_signals_per_second
         if not signal.signal_id:
             signal = _with_id(signal, self._ids.new_id("sig"))
         fingerprint = signal.fingerprint()
         received_at = self._clock.now_ns()
         # Evaluated once, outside the transaction: the transaction may run again on contention.
         bindings = Bindings(signal.variables(received_at))
-        evaluations = self._book.evaluate(bindings)
-        policy_revision = self._book.revision
+        evaluations = book.evaluate(bindings)
+        policy_revision = book.revision
         enforced = [p for p, e in evaluations if e.matched and not p.dry_run]
         action_ids = {p.id: self._ids.new_id("act") for p in enforced}
 
@@ -216,7 +244,7 @@ class CoordinatorService:
                     evaluation,
                     now_ns=now,
                     silence=(
-                        self._silences.hold_for(policy, bindings, now)
+                        silence_book.hold_for(policy, bindings, now)
                         if policy.id in action_ids
                         else None
                     ),
@@ -226,8 +254,20 @@ class CoordinatorService:
                 for policy, evaluation in evaluations
             ]
             # The limits last: their windows are the transaction's last reads, and only the
-            # matches nothing else held back count in them.
-            decisions = await self._limit(tx, evaluations, decisions, now)
+            # matches nothing else held back count in them. The namespace's signal quota is
+            # admitted with them (the same reads-then-writes), so it holds across replicas: a
+            # signal over it is refused, and its transaction writes nothing.
+            admitted = (
+                AdmissionRequest(
+                    namespaced_key(namespace, "quota/signals-per-second"),
+                    signal.signal_id,
+                    quota,
+                    QUOTA_WINDOW_NS,
+                )
+                if quota
+                else None
+            )
+            decisions = await self._limit(tx, evaluations, decisions, now, admitted)
             created: list[Action] = []
             delivered_now: list[Action] = []
             for index, (policy, _) in enumerate(evaluations):
@@ -311,7 +351,10 @@ class CoordinatorService:
             self._dispatch.hand_out(outcome.delivered_now)
             sent = {a.id for a in outcome.delivered_now}
             self._dispatch.notify([a for a in outcome.created if a.id not in sent])
-            metrics.SIGNALS.labels(signal_type=signal.signal_type).inc()
+            metrics.SIGNALS.labels(
+                signal_type=signal.signal_type,
+                namespace=self._namespaces.metric_label(namespace, self._namespace_metric_labels),
+            ).inc()
             metrics.EVALUATIONS.inc(len(outcome.decisions))
             metrics.count_decisions(outcome.decisions)
             for action in outcome.created:
@@ -324,12 +367,16 @@ class CoordinatorService:
         evaluations: Sequence[tuple[ActivePolicy, Evaluation]],
         decisions: list[PolicyDecision],
         now: int,
+        quota: AdmissionRequest | None = None,
     ) -> list[PolicyDecision]:
         """`decisions`, with the matches past one of their policy's blast-radius limits held
         back. Each action about to be created is admitted in each of its policy's windows;
         refused by one, it is held (slots it took in the others stay taken until they leave
-        their window: the limits err on the side of fewer actions)."""
-        requests: list[AdmissionRequest] = []
+        their window: the limits err on the side of fewer actions). `quota`, the signal's
+        admission in its namespace's signals-per-second window, is admitted first; refused, it
+        raises `ResourceExhausted`."""
+        namespace = current_namespace()
+        requests: list[AdmissionRequest] = [quota] if quota is not None else []
         owners: list[tuple[int, governor_pb2.ActionLimit]] = []
         for index, ((policy, _), decision) in enumerate(zip(evaluations, decisions, strict=True)):
             if not decision.creates_action:
@@ -337,7 +384,7 @@ class CoordinatorService:
             for limit in policy.policy.action.limits:
                 requests.append(
                     AdmissionRequest(
-                        limit_key(policy, limit),
+                        namespaced_key(namespace, limit_key(policy, limit)),
                         decision.action_id,
                         limit.max_actions,
                         seconds_to_ns(limit.window_seconds),
@@ -347,6 +394,13 @@ class CoordinatorService:
         if not requests:
             return decisions
         admissions = await self._limiter.admit_all(tx, requests, now)
+        if quota is not None:
+            if not admissions[0].allowed:
+                raise ResourceExhausted(
+                    f"namespace {namespace!r} quota max_signals_per_second={quota.limit} "
+                    "exceeded; retry in a second"
+                )
+            admissions = admissions[1:]
         limited = list(decisions)
         for (index, limit), admission in zip(owners, admissions, strict=True):
             if not admission.allowed and limited[index].creates_action:

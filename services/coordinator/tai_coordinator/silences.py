@@ -5,14 +5,14 @@ condition over the signal, the policy's target service, the policy's id. Between
 its end (or until someone expires it), a matching enforced policy creates no action; the
 signal's decision record names the silence (`HOLD_REASON_SILENCE`).
 
-Every replica keeps the silences that have not ended in a `SilenceBook`, read from the store
-every `refresh_seconds` and updated at once by the changes this replica makes, so a silence
-created on one replica holds on the others within that interval, with no store read per signal.
+Every replica keeps the silences that have not ended in a `SilenceBook` per namespace (a
+silence holds back the actions of its own namespace only), read from the store every
+`refresh_seconds` and updated at once by the changes this replica makes, so a silence created on
+one replica holds on the others within that interval, with no store read per signal.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -33,6 +33,7 @@ from tai_common.core import (
     encode_page_token,
     page_size,
 )
+from tai_common.core.namespace import current_namespace
 from tai_common.core.units import seconds_to_ns
 from tai_common.core.validation import require_id
 from tai_common.messaging import AuditTrail
@@ -212,6 +213,30 @@ class SilenceBook:
         return sum(1 for e in self._entries.values() if e.silence.state(now_ns) is state)
 
 
+class SilenceBooks:
+    """This replica's `SilenceBook` of each namespace."""
+
+    def __init__(self) -> None:
+        self._books: dict[str, SilenceBook] = {}
+
+    def get(self, namespace: str) -> SilenceBook | None:
+        """The namespace's book, if this replica has read it."""
+        return self._books.get(namespace)
+
+    def set(self, namespace: str, book: SilenceBook) -> None:
+        self._books[namespace] = book
+
+    def retain(self, namespaces: Iterable[str]) -> None:
+        """Forgets the books of every namespace not in `namespaces` (deleted ones)."""
+        kept = set(namespaces)
+        for namespace in [n for n in self._books if n not in kept]:
+            del self._books[namespace]
+
+    def count(self, state: SilenceState, now_ns: int) -> int:
+        """Silences in `state` over every namespace (the replica's gauge)."""
+        return sum(book.count(state, now_ns) for book in self._books.values())
+
+
 class SilenceRepository:
     """Where silences are kept in the DocumentStore."""
 
@@ -269,24 +294,22 @@ class SilenceService:
     def __init__(
         self,
         store: DocumentStore,
-        book: SilenceBook,
+        books: SilenceBooks,
         clock: Clock,
         ids: IdFactory,
         audit: AuditTrail,
-        refresh_seconds: float,
     ) -> None:
         self._store = store
         self._repo = SilenceRepository(store)
-        self._book = book
+        self._books = books
         self._clock = clock
         self._ids = ids
         self._audit = audit
-        self._refresh_seconds = refresh_seconds
         metrics.SILENCES.labels(state="active").set_function(
-            lambda: book.count(SilenceState.ACTIVE, clock.now_ns())
+            lambda: books.count(SilenceState.ACTIVE, clock.now_ns())
         )
         metrics.SILENCES.labels(state="pending").set_function(
-            lambda: book.count(SilenceState.PENDING, clock.now_ns())
+            lambda: books.count(SilenceState.PENDING, clock.now_ns())
         )
 
     async def create(self, request: SilenceRequest, principal: str) -> Silence:
@@ -320,7 +343,7 @@ class SilenceService:
             return silence
 
         stored = await self._store.run_transaction(apply)
-        self._book.put(stored)
+        (await self.book()).put(stored)
         return stored
 
     async def expire(self, silence_id: str, comment: str, principal: str) -> Silence:
@@ -341,7 +364,7 @@ class SilenceService:
             return expired
 
         silence = await self._store.run_transaction(apply)
-        self._book.put(silence)
+        (await self.book()).put(silence)
         return silence
 
     async def get(self, silence_id: str) -> Silence:
@@ -363,19 +386,35 @@ class SilenceService:
         )
         return silences, encode_page_token(cursor, scope)
 
-    async def refresh(self) -> None:
-        """Reads the silences that have not ended into the book."""
-        self._book.replace_all(await self._repo.not_ended(self._clock.now_ns()))
+    async def book(self) -> SilenceBook:
+        """The current namespace's book, read from the store first when this replica has not
+        read it yet (a namespace's first signal after start, before the refresh pass)."""
+        book = self._books.get(current_namespace())
+        if book is None:
+            book = await self.refresh()
+        return book
 
-    async def run(self) -> None:
-        """Refreshes the book every `refresh_seconds` (a worker); a store outage keeps the
-        silences known."""
-        while True:
-            await asyncio.sleep(self._refresh_seconds)
-            try:
-                await self.refresh()
-            except TaiError as error:
-                log.warning("cannot read the silences (%s); keeping those known", error.message)
+    async def refresh(self) -> SilenceBook:
+        """Reads the current namespace's silences that have not ended into its book."""
+        namespace = current_namespace()
+        book = self._books.get(namespace)
+        if book is None:
+            book = SilenceBook()
+        book.replace_all(await self._repo.not_ended(self._clock.now_ns()))
+        self._books.set(namespace, book)
+        return book
+
+    async def refresh_pass(self, namespace: str) -> None:
+        """A namespace's refresh (run inside it every few seconds by a namespace pass); a store
+        outage keeps the silences known."""
+        try:
+            await self.refresh()
+        except TaiError as error:
+            log.warning(
+                "cannot read the silences of namespace %s (%s); keeping those known",
+                namespace,
+                error.message,
+            )
 
 
 def _check_silence_id(silence_id: str) -> None:

@@ -15,6 +15,7 @@ from support.rpc_errors import expect_error, field_violations
 from support.running import Suite
 from tai.v1 import coordinator_pb2, governor_pb2
 from tai.v1.coordinator_pb2_grpc import CoordinatorStub
+from tai_common.core.namespace import DEFAULT_NAMESPACE, in_namespace
 from tai_common.core.units import seconds_to_ns
 from tai_coordinator.model import SignalInput, StoredSignal
 from tai_coordinator.repository import SIGNALS
@@ -293,7 +294,9 @@ async def store_signals(suite: Suite, count: int) -> None:
                 )
                 tx.create(SIGNALS, signal.signal_id, stored.to_doc(now + seconds_to_ns(3600)))
 
-        await store.run_transaction(write)
+        # The suite's calls work in the default namespace; so do these writes.
+        with in_namespace(DEFAULT_NAMESPACE):
+            await store.run_transaction(write)
 
 
 @pytest.mark.slow
