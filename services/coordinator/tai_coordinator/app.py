@@ -148,7 +148,8 @@ def create_app(deps: Dependencies[CoordinatorSettings]) -> ServiceRuntime:
     metrics.ACTIVE_POLICIES.set_function(lambda: len(books))
     runtime.health_details += [
         lambda: f"active_policies={len(books)}",
-        # Asked in a namespace (the call's metadata), how far that namespace's book has got.
+        # How far the default namespace's book has got (HealthCheck, open to every caller,
+        # runs in the default namespace).
         lambda: f"policy_revision={books.revision(namespace_or_none() or DEFAULT_NAMESPACE)}",
     ]
     runtime.add_startup(start)
