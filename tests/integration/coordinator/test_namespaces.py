@@ -66,7 +66,7 @@ async def enforced_policy(team: Tenant) -> str:
         ),
     )
     await team.governor.enforce(receipt.resource_id)
-    return receipt.resource_id
+    return str(receipt.resource_id)
 
 
 async def wait_for_active_policies(suite: Suite, count: int) -> None:
