@@ -28,12 +28,12 @@ COMMON: dict[str, Any] = {
 
 @contextlib.asynccontextmanager
 async def governor(
-    url: str, replica: str = "test-governor", **settings: Any
+    url: str, replica: str = "test-governor", bus: str = "", **settings: Any
 ) -> AsyncIterator[RunningGovernor]:
     runtime = create_governor(
         await Dependencies.open(
             GovernorSettings(
-                **{"store": url, "bus": url, "replica_id": replica, **COMMON, **settings}
+                **{"store": url, "bus": bus or url, "replica_id": replica, **COMMON, **settings}
             )
         )
     )
@@ -49,13 +49,17 @@ async def governor(
 
 @contextlib.asynccontextmanager
 async def coordinator(
-    url: str, governor_target: str, replica: str = "test-coordinator", **settings: Any
+    url: str,
+    governor_target: str,
+    replica: str = "test-coordinator",
+    bus: str = "",
+    **settings: Any,
 ) -> AsyncIterator[RunningCoordinator]:
     runtime = create_coordinator(
         await Dependencies.open(
             CoordinatorSettings(
                 store=url,
-                bus=url,
+                bus=bus or url,
                 replica_id=replica,
                 governor_target=governor_target,
                 **{**COMMON, **settings},
@@ -78,13 +82,14 @@ async def scheduler(
     governor_target: str,
     coordinator_target: str,
     replica: str = "test-scheduler",
+    bus: str = "",
     **settings: Any,
 ) -> AsyncIterator[RunningScheduler]:
     runtime = create_scheduler(
         await Dependencies.open(
             SchedulerSettings(
                 store=url,
-                bus=url,
+                bus=bus or url,
                 replica_id=replica,
                 governor_target=governor_target,
                 coordinator_target=coordinator_target,

@@ -13,7 +13,7 @@ from typing import Final, TypeVar
 
 from tai.v1 import events_pb2
 
-from tai_common.core.namespace import DEFAULT_NAMESPACE, current_namespace
+from tai_common.core.namespace import DEFAULT_NAMESPACE, current_namespace, namespace_or_none
 from tai_common.ports import (
     OUTBOX,
     Data,
@@ -46,12 +46,16 @@ def _physical(namespace: str, collection: str) -> str:
 class _NamespacedTransaction:
     """A transaction whose collections are the current namespace's."""
 
-    def __init__(self, inner: Transaction, namespace: str) -> None:
+    def __init__(self, inner: Transaction, namespace: str | None) -> None:
+        """`namespace` None: a transaction outside any namespace, which may touch only the
+        installation's collections (the outbox relay's)."""
         self._inner = inner
         self._namespace = namespace
 
     def _where(self, collection: str) -> str:
-        return _physical(self._namespace, collection)
+        if collection in INSTALLATION_COLLECTIONS:
+            return collection
+        return _physical(self._namespace or current_namespace(), collection)
 
     async def get(self, collection: str, doc_id: str) -> Document | None:
         return await self._inner.get(self._where(collection), doc_id)
@@ -73,8 +77,9 @@ class _NamespacedTransaction:
 
     def publish(self, topic: str, event: events_pb2.Event) -> None:
         # The event belongs to the namespace it was written in, whoever built it.
-        if event.namespace != self._namespace:
-            event = _with_namespace(event, self._namespace)
+        namespace = self._namespace or DEFAULT_NAMESPACE
+        if event.namespace != namespace:
+            event = _with_namespace(event, namespace)
         self._inner.publish(topic, event)
 
 
@@ -138,8 +143,8 @@ class NamespacedStore:
     async def run_transaction(
         self, fn: Callable[[Transaction], Awaitable[T]], *, max_attempts: int = 10
     ) -> T:
-        namespace = current_namespace()
-        if namespace not in self._indexed:
+        namespace = namespace_or_none()
+        if namespace is not None and namespace not in self._indexed:
             await self._index(namespace)
 
         async def scoped_fn(tx: Transaction) -> T:
