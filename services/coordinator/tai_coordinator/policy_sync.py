@@ -2,8 +2,8 @@
 handled inside its namespace), and a full listing from the Governor when the namespace is first
 seen (the default at start; another at its first signal or policy event), every few minutes,
 and whenever the book stays behind the Governor's revision (an event was missed: lost in an
-outage, or published while this replica was not subscribed). The Governor's HealthCheck reports
-the default namespace's revision; asking every `check_seconds` costs one small call. Calls made
+outage, or published while this replica was not subscribed). Each listing carries the
+namespace's revision; asking every `check_seconds` costs one small call per namespace. Calls made
 inside a namespace carry it, so the Governor answers with that namespace's policies."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tai_client import (
 )
 from tai_client import NotFound as ClientNotFound
 from tai_common.core import NotFound, Unavailable
-from tai_common.core.namespace import DEFAULT_NAMESPACE, current_namespace, in_namespace
+from tai_common.core.namespace import current_namespace, in_namespace
 from tai_common.messaging import events
 from tai_common.namespacing import NamespaceDirectory
 
@@ -204,20 +204,13 @@ class PolicySync:
             ) from error
 
     async def _governor_revision(self) -> int:
-        """The Governor's policy revision in the current namespace; 0 (unknown) outside the
-        default namespace: HealthCheck, open to every caller, answers in the default namespace
-        whatever namespace the call names, and another namespace's revisions are its own. Those
-        namespaces' books catch up through their events and the full listing every
-        `resync_seconds`."""
-        if current_namespace() != DEFAULT_NAMESPACE:
-            return 0
+        """The Governor's policy revision in the current namespace (each namespace numbers its
+        changes on its own), from a one-policy listing, which carries it."""
         async with open_channel(self._target, self._options) as channel:
-            status = await GovernorClient(channel, self._options).health()
-        for detail in status.details:
-            name, _, value = detail.partition("=")
-            if name == "policy_revision":
-                return int(value)
-        return 0
+            page = await GovernorClient(channel, self._options).list_page(
+                states=list(LIVE_STATES), page_size=1
+            )
+        return page.revision
 
     async def _load(self, namespace: str, *, force: bool) -> None:
         lock = self._loading.setdefault(namespace, asyncio.Lock())

@@ -137,6 +137,10 @@ class PolicyService:
         feed, _ = await self.feed()
         await feed.catch_up_if_behind()
 
+    async def revision(self) -> int:
+        """The current namespace's last policy revision, as stored."""
+        return await self._repo.last_revision()
+
     def feed_revision(self, namespace: str) -> int:
         """The last revision the namespace's feed published (0 before it started)."""
         found = self._feeds.get(namespace)

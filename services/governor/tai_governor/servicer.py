@@ -107,6 +107,8 @@ class GovernorServicer(governor_pb2_grpc.GovernorServicer):
             if state not in STATE_FROM_PROTO:
                 raise InvalidArgument(f"states[{index}]", f"unknown policy state {state}")
             states.append(STATE_FROM_PROTO[state])
+        # Read first: the page reflects at least every change up to it.
+        revision = await self._service.revision()
         policies, token = await self._service.list_policies(
             policy_type=request.policy_type,
             enabled_only=request.enabled_only,
@@ -115,7 +117,9 @@ class GovernorServicer(governor_pb2_grpc.GovernorServicer):
             page_token=request.page_token,
         )
         return governor_pb2.GetPoliciesResponse(
-            policies=[self._messages.shared(p) for p in policies], next_page_token=token
+            policies=[self._messages.shared(p) for p in policies],
+            next_page_token=token,
+            revision=revision,
         )
 
     async def GetPolicy(
