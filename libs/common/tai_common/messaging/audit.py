@@ -26,6 +26,7 @@ from tai.v1 import common_pb2
 
 from tai_common.auth import current_principal
 from tai_common.core import Clock, IdFactory
+from tai_common.core.namespace import current_namespace
 from tai_common.messaging import events, topics
 from tai_common.ports import DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
@@ -150,30 +151,35 @@ class AuditLog:
 
     def __init__(self, store: DocumentStore) -> None:
         self._store = store
-        # Records waiting for the next append transaction, with what their callers await.
-        self._pending: list[tuple[common_pb2.AuditRecord, asyncio.Future[None]]] = []
-        self._writer: asyncio.Task[None] | None = None
+        # Per namespace (each has its own chain): records waiting for the next append
+        # transaction, with what their callers await, and the task writing them.
+        self._pending: dict[str, list[tuple[common_pb2.AuditRecord, asyncio.Future[None]]]] = {}
+        self._writers: dict[str, asyncio.Task[None]] = {}
 
     async def append(self, event_payload: common_pb2.AuditRecord) -> None:
-        """Appends a record at the end of the chain; a record already there is skipped (the
-        bus delivers at least once). Returns once it is stored.
+        """Appends a record at the end of the current namespace's chain; a record already
+        there is skipped (the bus delivers at least once). Returns once it is stored.
 
         Every append moves the chain's head, so appends cannot run side by side: those that
         arrive while a transaction is under way go together in the next one (one head read
         and write for the lot, instead of one transaction each queued behind the last).
         """
+        namespace = current_namespace()
         record = common_pb2.AuditRecord()
         record.CopyFrom(event_payload)
         stored = asyncio.get_running_loop().create_future()
-        self._pending.append((record, stored))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._write_pending(), name="audit-log-append")
+        self._pending.setdefault(namespace, []).append((record, stored))
+        if namespace not in self._writers:
+            # Created here, so the task works in this namespace.
+            self._writers[namespace] = asyncio.create_task(
+                self._write_pending(namespace), name=f"audit-log-append-{namespace}"
+            )
         await stored
 
-    async def _write_pending(self) -> None:
+    async def _write_pending(self, namespace: str) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
+            while self._pending.get(namespace):
+                batch = self._pending.pop(namespace)
                 records = [record for record, _ in batch]
                 try:
                     await self._store.run_transaction(functools.partial(_append, records=records))
@@ -186,7 +192,7 @@ class AuditLog:
                         if not stored.done():
                             stored.set_result(None)
         finally:
-            self._writer = None
+            del self._writers[namespace]
 
     async def records(
         self, after_seq: int, limit: int, principal: str = ""
