@@ -380,7 +380,6 @@ async def test_namespaces_are_isolated_over_the_wire(backend_url: str, tmp_path:
             for name in (A, B):
                 await platform.ok("Governor", "CreateNamespace", {"name": name}, "default")
             a = await _make_team_a(team_a)
-            before = await _snapshot_of_a(team_a, a)
             requests = _requests(a)
             assert set(requests) == {m.name for m in METHODS}, "a method has no barrage entry"
 
@@ -410,7 +409,14 @@ async def test_namespaces_are_isolated_over_the_wire(backend_url: str, tmp_path:
                 A,
             )
             for code, answer, message in await asyncio.gather(*streams):
+                assert code in (grpc.StatusCode.OK, HIDDEN), message
                 assert not _leaks(answer, message, a), "a stream in B carried A's data"
+            # The control: the same stream in A carries A's actions.
+            stream_actions = next(m for m in METHODS if m.name == "StreamActions")
+            code, answer, _ = await team_a.call(stream_actions, {"service_name": "svc-a"}, A)
+            assert code == grpc.StatusCode.OK
+            assert a.action_id.encode() in answer
+            before = await _snapshot_of_a(team_a, a)
 
             failures: list[str] = []
             for method in METHODS:
@@ -462,7 +468,8 @@ async def test_namespaces_are_isolated_over_the_wire(backend_url: str, tmp_path:
             assert [n.name for n in names.namespaces] == [B]
             for caller, namespace in ((team_a, A), (team_b, B)):
                 verified = await _eventually(lambda c=caller, n=namespace: _verified(c, n))
-                assert verified.intact and verified.checked > 0, (namespace, verified)
+                assert verified.intact, (namespace, verified)
+                assert verified.checked > 0, (namespace, verified)
         finally:
             for caller in (platform, team_a, team_b):
                 await caller.close()
@@ -518,8 +525,10 @@ async def test_tampering_with_one_namespaces_audit_chain_leaves_the_others_intac
                 await store.set("audit_logs", victim.id, {**victim.data, "principal": "mallory"})
             broken = await team_a.ok("Governor", "VerifyAuditLog", {}, A)
             intact = await team_b.ok("Governor", "VerifyAuditLog", {}, B)
-            assert not broken.intact and broken.first_broken_seq > 0
-            assert intact.intact and intact.checked >= 3
+            assert not broken.intact
+            assert broken.first_broken_seq > 0
+            assert intact.intact
+            assert intact.checked >= 3
         finally:
             for caller in (platform, team_a, team_b):
                 await caller.close()
