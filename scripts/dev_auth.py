@@ -1,7 +1,8 @@
 """`make run AUTH=1`: a development token issuer, like Vault's dev mode. Its signing key (ES256)
 is made once under .tai/dev-auth/ and reused by later runs; each run writes the JWKS the
 services and the gateway verify against, and mints long-lived tokens: one per role for people
-(admin, approver, operator, viewer), and one per service for the calls it makes to the others.
+(admin, approver, operator, viewer; the admin's holds every namespace, "*", so it can create
+namespaces), and one per service for the calls it makes to the others, in every namespace.
 
 For local development only: anyone who can read the key can mint an admin token.
 """
@@ -21,6 +22,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tai_common.auth import SERVICE_CALLS, Role, required_role
+from tai_rpc import ALL_NAMESPACES
 
 ISSUER = "tai-dev-issuer"
 AUDIENCE = "tai"
@@ -66,7 +68,7 @@ def prepare(directory: Path, services: list[str], now: float | None = None) -> D
     issued = time.time() if now is None else now
     expires = issued + TOKEN_DAYS * 86_400
 
-    def mint(subject: str, role: Role) -> str:
+    def mint(subject: str, role: Role, *, every_namespace: bool = False) -> str:
         claims: dict[str, Any] = {
             "sub": subject,
             "iss": ISSUER,
@@ -75,9 +77,18 @@ def prepare(directory: Path, services: list[str], now: float | None = None) -> D
             "exp": int(expires),
             "roles": [role.name.lower()],
         }
+        if every_namespace:
+            # The role in every namespace: the platform admin, and the services, whose calls
+            # work in whichever namespace they serve.
+            claims["tai_namespaces"] = {ALL_NAMESPACES: role.name.lower()}
         return jwt.encode(claims, key, algorithm=ALGORITHM, headers={"kid": kid})
 
-    user_tokens = {role.name.lower(): mint(f"dev-{role.name.lower()}", role) for role in USER_ROLES}
+    user_tokens = {
+        role.name.lower(): mint(
+            f"dev-{role.name.lower()}", role, every_namespace=role is Role.ADMIN
+        )
+        for role in USER_ROLES
+    }
     for name, token in user_tokens.items():
         _write(directory / f"{name}.jwt", token + "\n")
     service_files: dict[str, Path] = {}
@@ -87,7 +98,7 @@ def prepare(directory: Path, services: list[str], now: float | None = None) -> D
             continue
         path = directory / f"service-{service}.jwt"
         # Named like the identity mutual TLS gives it, so the audit log reads the same.
-        _write(path, mint(f"service:{service}", role) + "\n")
+        _write(path, mint(f"service:{service}", role, every_namespace=True) + "\n")
         service_files[service] = path
     return DevAuth(directory, jwks_file, ISSUER, AUDIENCE, expires, user_tokens, service_files)
 

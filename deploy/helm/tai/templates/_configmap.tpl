@@ -19,6 +19,12 @@ each other on loopback.
     "TAI_JWT_ISSUER" $config.jwt.issuer
     "TAI_JWT_AUDIENCE" $config.jwt.audience
     "TAI_JWT_ROLES_CLAIM" $config.jwt.rolesClaim
+    "TAI_JWT_NAMESPACES_CLAIM" $config.jwt.namespacesClaim
+    "TAI_MAX_NAMESPACES" ($config.namespaces.max | toString)
+    "TAI_NAMESPACE_METRIC_LABELS" ($config.namespaces.metricLabels | toString)
+    "TAI_NAMESPACE_MAX_ENFORCED_POLICIES" ($config.namespaces.defaultQuotas.maxEnforcedPolicies | toString)
+    "TAI_NAMESPACE_MAX_SIGNALS_PER_SECOND" ($config.namespaces.defaultQuotas.maxSignalsPerSecond | toString)
+    "TAI_NAMESPACE_MAX_OPEN_TASKS" ($config.namespaces.defaultQuotas.maxOpenTasks | toString)
     "TAI_RATE_LIMIT_PER_SECOND" ($config.rateLimit.perSecond | toString)
     "TAI_RATE_LIMIT_BURST" ($config.rateLimit.burst | toString)
     "TAI_RATE_LIMITS" ($config.rateLimit.perMethod | toJson)
