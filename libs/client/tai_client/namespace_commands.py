@@ -39,12 +39,23 @@ NAMESPACE_COLUMNS = [
     "CREATED",
     "DESCRIPTION",
 ]
-# The quotas of NamespaceQuotas, as the options that set them and the labels that show them.
+# The quotas of NamespaceQuotas: the option that sets each, what it limits (for --help) and
+# its label where it is shown.
 QUOTAS = [
-    ("max_enforced_policies", "--max-enforced-policies", "policies enforced or in dry run"),
-    ("max_signals_per_second", "--max-signals-per-second", "signals per second"),
-    ("max_open_tasks", "--max-open-tasks", "open tasks"),
-    ("rate_limit_per_second", "--rate-limit", "calls per second per caller and method"),
+    (
+        "max_enforced_policies",
+        "--max-enforced-policies",
+        "policies enforced or in dry run",
+        "enforced policies",
+    ),
+    ("max_signals_per_second", "--max-signals-per-second", "signals per second", "signals/s"),
+    ("max_open_tasks", "--max-open-tasks", "open tasks", "open tasks"),
+    (
+        "rate_limit_per_second",
+        "--rate-limit",
+        "calls per second per caller and method",
+        "rate limit/s",
+    ),
 ]
 INT32_MAX = 2**31 - 1
 
@@ -65,7 +76,7 @@ def _name_argument(ctx: click.Context, param: click.Parameter, value: str) -> st
 
 def quota_options(function: F) -> F:
     """The four quota options, each an int32 of 0 or more (0: the installation's default)."""
-    for field, option, what in reversed(QUOTAS):
+    for field, option, what, _ in reversed(QUOTAS):
         function = click.option(
             option,
             field,
@@ -92,7 +103,9 @@ def quotas_of(
 
 
 def _quotas_text(quotas: governor_pb2.NamespaceQuotas) -> str:
-    return ", ".join(f"{what} {format_quota(getattr(quotas, field))}" for field, _, what in QUOTAS)
+    return ", ".join(
+        f"{label} {format_quota(getattr(quotas, field))}" for field, _, _, label in QUOTAS
+    )
 
 
 def _namespace_row(n: governor_pb2.Namespace) -> list[str]:
@@ -169,8 +182,8 @@ def create(
         print_json(n)
         return
     console.print(
-        f"namespace [bold]{escape(n.name)}[/bold] {namespace_state_name(n.state)}: "
-        f"{escape(_quotas_text(n.quotas))}; use it with taictl -n {escape(n.name)} …",
+        f"namespace [bold]{escape(n.name)}[/bold] {namespace_state_name(n.state)} (quotas: "
+        f"{escape(_quotas_text(n.quotas))}); use it with taictl -n {escape(n.name)} …",
         highlight=False,
     )
 

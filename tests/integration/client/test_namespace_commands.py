@@ -165,7 +165,8 @@ async def test_quotas_are_replaced_as_a_whole(suite: Suite) -> None:
     assert enforced.exit_code == 0, enforced.output
     refused = await taictl("-n", name, "policy", "enforce", second, "--yes")
     assert refused.exit_code == 1
-    assert "RESOURCE_EXHAUSTED" in refused.stderr or "FAILED_PRECONDITION" in refused.stderr
+    assert "RESOURCE_EXHAUSTED" in refused.stderr
+    assert "max_enforced_policies=1" in refused.stderr
     # The default namespace is not limited by it.
     mine = await propose(name="mine")
     assert (await taictl("policy", "enforce", mine, "--yes")).exit_code == 0

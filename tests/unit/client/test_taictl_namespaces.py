@@ -164,7 +164,7 @@ def test_create_sends_the_name_description_and_quotas_given(calls: Calls) -> Non
         max_enforced_policies=5, rate_limit_per_second=20
     )
     assert "namespace team-a ACTIVE" in result.output
-    assert "policies enforced or in dry run 5" in result.output
+    assert "enforced policies 5" in result.output
     assert "open tasks default" in result.output
 
 
