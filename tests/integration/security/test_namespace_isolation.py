@@ -7,40 +7,28 @@ against. Run on the embedded default and on the Firestore and Pub/Sub emulators.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format, message_factory
-from google.protobuf.descriptor import MethodDescriptor
-from google.protobuf.message import Message
-from support import inprocess
 from support.firestore_emulator import FirestoreEmulator
 from support.firestore_emulator import firestore_emulator as firestore_emulator
+from support.namespaces import METHODS, Caller, eventually, namespaced_suite
 from support.pubsub_emulator import PubSubEmulator
 from support.pubsub_emulator import pubsub_emulator as pubsub_emulator
-from support.secured import auth_settings
 from support.tokens import TokenIssuer
-from tai.v1 import coordinator_pb2, governor_pb2, scheduler_pb2
+from tai.v1 import coordinator_pb2
 from tai_common.auth import is_installation_method, is_open
 from tai_common.core.namespace import in_namespace
-from tai_rpc import NAMESPACE_METADATA
 
 A, B = "team-a", "team-b"
 # Marks every resource of team A: no answer to team B may contain it.
 SECRET = "secret-of-team-a"
-SERVICES = [
-    s
-    for module in (governor_pb2, coordinator_pb2, scheduler_pb2)
-    for s in module.DESCRIPTOR.services_by_name.values()
-]
-METHODS = [m for s in SERVICES for m in s.methods]
 
 
 @dataclass
@@ -139,120 +127,6 @@ HIDDEN = grpc.StatusCode.NOT_FOUND
 REFUSED_INSTALLATION = {"CreateNamespace", "SetNamespaceQuotas", "DeleteNamespace", "GetNamespace"}
 
 
-class Caller:
-    """Raw gRPC calls to any method, with a token and a namespace (or none)."""
-
-    def __init__(self, targets: dict[str, str], token: str) -> None:
-        self._channels = {
-            name: grpc.aio.insecure_channel(target) for name, target in targets.items()
-        }
-        self._token = token
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-
-    def _metadata(self, namespace: str | None) -> list[tuple[str, str]]:
-        metadata = [("authorization", f"Bearer {self._token}")]
-        if namespace is not None:
-            metadata.append((NAMESPACE_METADATA, namespace))
-        return metadata
-
-    def _stub(self, method: MethodDescriptor, streaming: bool) -> Any:
-        channel = self._channels[method.containing_service.name]
-        path = f"/{method.containing_service.full_name}/{method.name}"
-        response = message_factory.GetMessageClass(method.output_type)
-        make = channel.unary_stream if streaming else channel.unary_unary
-        return make(
-            path,
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=response.FromString,
-        )
-
-    async def call(
-        self, method: MethodDescriptor, body: dict[str, Any] | None, namespace: str | None
-    ) -> tuple[grpc.StatusCode, bytes, str]:
-        """(status, the answer's bytes, the status message); a stream is read for 1.5 s."""
-        request = message_factory.GetMessageClass(method.input_type)()
-        json_format.ParseDict(body or {}, request)
-        metadata = self._metadata(namespace)
-        try:
-            if method.server_streaming:
-                call = self._stub(method, True)(request, metadata=metadata, timeout=30)
-                received = b""
-                with contextlib.suppress(asyncio.TimeoutError):
-                    async with asyncio.timeout(1.5):
-                        async for item in call:
-                            received += item.SerializeToString()
-                call.cancel()
-                return grpc.StatusCode.OK, received, ""
-            reply: Message = await self._stub(method, False)(request, metadata=metadata, timeout=30)
-            return grpc.StatusCode.OK, reply.SerializeToString(), ""
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.CANCELLED:
-                return grpc.StatusCode.OK, b"", ""
-            return error.code(), b"", error.details() or ""
-
-    async def ok(self, service: str, method: str, body: dict[str, Any], namespace: str) -> Any:
-        descriptor = next(
-            m for m in METHODS if m.containing_service.name == service and m.name == method
-        )
-        request = message_factory.GetMessageClass(descriptor.input_type)()
-        json_format.ParseDict(body, request)
-        return await self._stub(descriptor, False)(
-            request, metadata=self._metadata(namespace), timeout=30
-        )
-
-
-@dataclass
-class Installation:
-    targets: dict[str, str]
-    issuer: TokenIssuer
-    governor: Any
-
-    def caller(self, grants: dict[str, str]) -> Caller:
-        return Caller(
-            self.targets,
-            self.issuer.token(f"user-{uuid.uuid4().hex[:6]}", [], extra={"tai_namespaces": grants}),
-        )
-
-
-@contextlib.asynccontextmanager
-async def _suite(url: str, tmp_path: Path, issuer: TokenIssuer) -> AsyncIterator[Installation]:
-    settings = auth_settings(issuer.write_jwks(tmp_path / "jwks.json"))
-    if url.startswith("firestore://"):
-        settings["bus"] = url.replace("firestore://", "pubsub://")
-        settings["bus_create_missing"] = True
-    # The services' own token holds every namespace, for the calls they make to each other.
-    service_token = issuer.token(
-        "svc-internal", [], expires_in=3600, extra={"tai_namespaces": {"*": "admin"}}
-    )
-    bus = str(settings.pop("bus", url))
-    async with (
-        inprocess.governor(url, bus=bus, **settings) as governor,
-        inprocess.coordinator(
-            url, governor.target, bus=bus, service_token=service_token, **settings
-        ) as coordinator,
-        inprocess.scheduler(
-            url,
-            governor.target,
-            coordinator.target,
-            bus=bus,
-            service_token=service_token,
-            **settings,
-        ) as scheduler,
-    ):
-        yield Installation(
-            {
-                "Governor": governor.target,
-                "Coordinator": coordinator.target,
-                "Scheduler": scheduler.target,
-            },
-            issuer,
-            governor,
-        )
-
-
 @pytest.fixture(params=["sqlite", "emulators"])
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
@@ -266,20 +140,6 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]
         patch.setenv("PUBSUB_EMULATOR_HOST", pubsub.host)
         yield f"firestore://{project}"
     firestore.wipe(project)
-
-
-async def _eventually(check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    last: object = None
-    while True:
-        try:
-            result = await check()
-            if result:
-                return result
-        except grpc.aio.AioRpcError as error:
-            last = error
-        assert asyncio.get_running_loop().time() < deadline, f"never held ({last!r})"
-        await asyncio.sleep(0.2)
 
 
 async def _make_team_a(team_a: Caller) -> TeamA:
@@ -323,7 +183,7 @@ async def _make_team_a(team_a: Caller) -> TeamA:
         return matched[0] if matched else ""
 
     # The Coordinator learns of the enforcement from the bus: until then signals match nothing.
-    a.action_id = await _eventually(signal_makes_action)
+    a.action_id = await eventually(signal_makes_action)
     await team_a.ok(
         "Coordinator",
         "CreateSilence",
@@ -372,7 +232,7 @@ def _leaks(answer: bytes, message: str, a: TeamA) -> list[str]:
 
 async def test_namespaces_are_isolated_over_the_wire(backend_url: str, tmp_path: Path) -> None:
     issuer = TokenIssuer()
-    async with _suite(backend_url, tmp_path, issuer) as suite:
+    async with namespaced_suite(backend_url, tmp_path, issuer) as suite:
         platform = suite.caller({"*": "admin"})
         team_a = suite.caller({A: "admin"})
         team_b = suite.caller({B: "admin"})
@@ -467,7 +327,7 @@ async def test_namespaces_are_isolated_over_the_wire(backend_url: str, tmp_path:
             names = await team_b.ok("Governor", "ListNamespaces", {}, B)
             assert [n.name for n in names.namespaces] == [B]
             for caller, namespace in ((team_a, A), (team_b, B)):
-                verified = await _eventually(lambda c=caller, n=namespace: _verified(c, n))
+                verified = await eventually(lambda c=caller, n=namespace: _verified(c, n))
                 assert verified.intact, (namespace, verified)
                 assert verified.checked > 0, (namespace, verified)
         finally:
@@ -492,7 +352,7 @@ async def test_tampering_with_one_namespaces_audit_chain_leaves_the_others_intac
     tmp_path: Path,
 ) -> None:
     issuer = TokenIssuer()
-    async with _suite(f"sqlite:///{tmp_path / 'tai.db'}", tmp_path, issuer) as suite:
+    async with namespaced_suite(f"sqlite:///{tmp_path / 'tai.db'}", tmp_path, issuer) as suite:
         platform = suite.caller({"*": "admin"})
         team_a = suite.caller({A: "admin"})
         team_b = suite.caller({B: "admin"})
@@ -514,7 +374,7 @@ async def test_tampering_with_one_namespaces_audit_chain_leaves_the_others_intac
                         namespace,
                     )
             for caller, namespace in ((team_a, A), (team_b, B)):
-                await _eventually(lambda c=caller, n=namespace: _checked_at_least(c, n, 3))
+                await eventually(lambda c=caller, n=namespace: _checked_at_least(c, n, 3))
             # Change one of A's records behind the API's back.
             store = suite.governor.runtime.deps.store
             with in_namespace(A):

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 from tai_common.core import AlreadyExists, Clock, FailedPrecondition, NotFound, ResourceExhausted
@@ -212,9 +212,7 @@ class NamespaceDirectory:
             )
             if not current.active:
                 raise FailedPrecondition(f"namespace {name!r} is being deleted")
-            changed = NamespaceRecord(
-                **{**asdict(current), "quotas": quotas, "updated_at_ns": self._clock.now_ns()}
-            )
+            changed = replace(current, quotas=quotas, updated_at_ns=self._clock.now_ns())
             tx.set(NAMESPACES, name, changed.to_data())
             return changed
 
@@ -231,9 +229,7 @@ class NamespaceDirectory:
             if document is None:
                 raise NotFound("namespace", name)
             current = NamespaceRecord.from_data(name, document.data)
-            changed = NamespaceRecord(
-                **{**asdict(current), "state": DELETING, "updated_at_ns": self._clock.now_ns()}
-            )
+            changed = replace(current, state=DELETING, updated_at_ns=self._clock.now_ns())
             tx.set(NAMESPACES, name, changed.to_data())
             return changed
 
