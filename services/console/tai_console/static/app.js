@@ -28,7 +28,7 @@ let cleanup = null;
 // The namespaces the picker offers, and the token they were listed with (listed again when it
 // changes: another token may hold roles in other namespaces).
 let namespaceNames = [];
-let namespacesListedFor = null;
+let namespaceListing = null;
 // Whether a namespace was chosen (in the picker, by a link, or on a former visit): if not, the
 // console may move to the first namespace the token holds a role in.
 let namespaceChosen = false;
@@ -159,31 +159,39 @@ function showNamespaceChoice() {
   namespaceSelect.value = current;
 }
 
-/** Lists the namespaces the caller holds a role in (GET /v1/namespaces) for the picker, once
- * per token. A failed call leaves "default": the page's own calls say what is wrong. */
-async function listNamespaces() {
+/**
+ * Lists the namespaces the caller holds a role in (GET /v1/namespaces) for the picker, once per
+ * token. Returns the listing: {token, done, promise}. A failed call leaves "default" (the page's
+ * own calls say what is wrong); another try comes with the next token, or the next load.
+ */
+function listNamespaces() {
   const token = getToken();
-  if (namespacesListedFor === token) return;
-  namespacesListedFor = token;
-  try {
-    const result = await api('GET', '/v1/namespaces');
-    const listed = (result.namespaces || [])
-      .filter((n) => n.state !== 'NAMESPACE_STATE_DELETING')
-      .map((n) => n.name)
-      .filter(isNamespaceName);
-    namespaceNames = [...new Set(listed)].sort((a, b) => (a === DEFAULT_NAMESPACE ? -1 : b === DEFAULT_NAMESPACE ? 1 : a.localeCompare(b)));
-  } catch {
-    // Listed again with the next token, or on the next load: not on every page shown.
-    namespaceNames = [];
-  }
-  if (token !== getToken()) return;
-  // Opened without a namespace of its own (none in the address, none remembered) on a token
-  // that holds no role in "default": the first namespace it does hold.
-  if (!namespaceChosen && namespaceNames.length && !namespaceNames.includes(getNamespace())) {
-    chooseNamespace(namespaceNames[0], { push: false });
-    return;
-  }
-  showNamespaceChoice();
+  if (namespaceListing && namespaceListing.token === token) return namespaceListing;
+  const listing = { token, done: false, promise: null };
+  namespaceListing = listing;
+  listing.promise = (async () => {
+    try {
+      const result = await api('GET', '/v1/namespaces');
+      const listed = (result.namespaces || [])
+        .filter((n) => n.state !== 'NAMESPACE_STATE_DELETING')
+        .map((n) => n.name)
+        .filter(isNamespaceName);
+      namespaceNames = [...new Set(listed)].sort((a, b) => (a === DEFAULT_NAMESPACE ? -1 : b === DEFAULT_NAMESPACE ? 1 : a.localeCompare(b)));
+    } catch {
+      namespaceNames = [];
+    }
+    listing.done = true;
+    // A token refused meanwhile (the sign-in form says why) or replaced: nothing to show.
+    if (listing !== namespaceListing || getToken() !== token) return;
+    // Opened without a namespace of its own (none in the address, none remembered) on a token
+    // that holds no role in "default": the first namespace it does hold.
+    if (!namespaceChosen && namespaceNames.length && !namespaceNames.includes(getNamespace())) {
+      chooseNamespace(namespaceNames[0], { push: false });
+      return;
+    }
+    showNamespaceChoice();
+  })();
+  return listing;
 }
 
 /** Switches every call to `name` and shows the current section's list again in it (an id of
@@ -216,7 +224,7 @@ function route() {
   }
   const path = namespaceFromHash();
   showWho();
-  if (authMode === 'off' || getToken()) listNamespaces();
+  const listing = listNamespaces();
   const [, page = 'overview', ...rest] = path.split('/');
   const view = PAGES[page] ? page : 'overview';
   const id = rest.length ? decodeURIComponent(rest.join('/')) : '';
@@ -225,6 +233,15 @@ function route() {
   setCurrentNav(view);
   main.replaceChildren();
   document.title = `TAI console — ${view}`;
+  if (!namespaceChosen && !listing.done) {
+    // No namespace chosen yet: the first one the token holds may not be "default", whose calls
+    // would only be refused. The page follows the listing.
+    main.append(h('p', { class: 'muted', testid: 'namespaces-loading' }, 'Loading your namespaces…'));
+    listing.promise.then(() => {
+      if (!namespaceChosen && listing === namespaceListing && getToken() === listing.token) route();
+    });
+    return;
+  }
   try {
     cleanup = PAGES[view].render(main, id) || null;
   } catch (err) {
