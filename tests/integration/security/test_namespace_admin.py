@@ -172,3 +172,25 @@ async def test_deleting_a_namespace_is_refused_while_it_holds_anything_unless_fo
         await eventually(audited)
     finally:
         await platform.close()
+
+
+async def test_a_namespaces_rate_limit_holds_its_callers_only(suite: Installation) -> None:
+    platform = suite.caller({"*": "admin"})
+    try:
+        await platform.ok(
+            "Governor",
+            "CreateNamespace",
+            {"name": "team-a", "quotas": {"rate_limit_per_second": 2}},
+            "default",
+        )
+        results = [
+            await _code(platform.ok("Governor", "GetPolicies", {}, "team-a")) for _ in range(6)
+        ]
+        limited = [m for c, m in results if c == grpc.StatusCode.RESOURCE_EXHAUSTED]
+        assert len(limited) >= 3, results
+        assert "in namespace 'team-a'" in limited[0]
+        # The installation sets no rate: the default namespace is not limited.
+        for _ in range(6):
+            await platform.ok("Governor", "GetPolicies", {}, "default")
+    finally:
+        await platform.close()
