@@ -138,3 +138,21 @@ async def test_the_schedulers_executor_calls_the_governor_over_mutual_tls(
                 assert time.monotonic() < deadline, "the task never enforced the policy"
                 await asyncio.sleep(0.1)
     assert policy.last_modified_by == "service:scheduler"
+
+
+async def test_a_service_certificate_makes_its_calls_in_every_namespace_and_no_others(
+    tls_suite: TlsSuite,
+) -> None:
+    platform = tls_suite.issuer.token("pat", [], extra={"tai_namespaces": {"*": "admin"}})
+    person_cert = tls_suite.ca.issue("pat")
+    async with tls_suite.channel(person_cert, platform) as channel:
+        await GovernorClient(channel).create_namespace("team-a")
+    coordinator_cert = tls_suite.ca.issue("coordinator", spiffe_id=spiffe("coordinator"))
+    tls = TlsFiles(str(tls_suite.ca.ca_file), str(coordinator_cert.cert), str(coordinator_cert.key))
+    options = ChannelOptions(tls=tls, max_attempts=1, namespace="team-a")
+    async with open_channel(tls_suite.governor.target, options) as channel:
+        client = GovernorClient(channel)
+        # The Coordinator's own call, in team-a.
+        assert list((await client.list_page()).policies) == []
+        with pytest.raises(PermissionDenied):
+            await client.propose(policy_type="finance", name="x")
