@@ -179,7 +179,7 @@ async def test_deleting_a_namespace_is_refused_while_it_holds_something_then_for
     await create(empty)
     deleted = await taictl("namespace", "delete", empty)
     assert deleted.exit_code == 0, deleted.output
-    assert f"namespace {empty}" in deleted.output
+    assert f"namespace {empty} DELETING" in deleted.output
 
     name = unique_name()
     await create(name)
@@ -198,6 +198,8 @@ async def test_deleting_a_namespace_is_refused_while_it_holds_something_then_for
     assert forced.exit_code == 0, forced.output
     [namespace] = json_lines(forced)
     assert namespace["name"] == name
+    assert namespace["state"] == "NAMESPACE_STATE_DELETING"
     # Deleting, or already gone: either way, no call works in it any more.
     after = await taictl("-n", name, "policy", "list")
     assert after.exit_code == 1
+    assert "NOT_FOUND" in after.stderr or "FAILED_PRECONDITION" in after.stderr
