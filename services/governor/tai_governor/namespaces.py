@@ -108,7 +108,7 @@ class NamespaceAdmin:
     async def get(self, principal: Principal, name: str) -> NamespaceRecord:
         _checked_name(name)
         if principal.role_in(name) is None:
-            raise PermissionDenied(f"{principal.name} holds no role in namespace {name!r}")
+            raise PermissionDenied(f"{principal.name} has no role in namespace {name!r}")
         record = await self._directory.get(name)
         if record is None:
             raise NotFound("namespace", name)

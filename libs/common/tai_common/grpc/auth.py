@@ -121,7 +121,7 @@ class Authenticator:
             needed = required_role(method)
             if held is None:
                 raise PermissionDenied(
-                    f"{principal.name} holds no role in namespace {named!r} "
+                    f"{principal.name} has no role in namespace {named!r} "
                     f"(metadata {NAMESPACE_METADATA})"
                 )
             if held < needed:
