@@ -200,6 +200,18 @@ class NamespaceDirectory:
 
     async def set_quotas(self, name: str, quotas: Quotas) -> NamespaceRecord:
         """Replaces the namespace's quotas."""
+        return await self._update(name, lambda current: replace(current, quotas=quotas))
+
+    async def mark_deleting(self, name: str) -> NamespaceRecord:
+        """Marks the namespace DELETING: from now on it refuses calls, and `purge` empties
+        it."""
+        return await self._update(name, lambda current: replace(current, state=DELETING))
+
+    async def _update(
+        self, name: str, change: Callable[[NamespaceRecord], NamespaceRecord]
+    ) -> NamespaceRecord:
+        """Applies `change` to an active namespace (`NotFound`, or `FailedPrecondition` when
+        it is being deleted)."""
 
         async def update(tx: Transaction) -> NamespaceRecord:
             document = await tx.get(NAMESPACES, name)
@@ -212,24 +224,7 @@ class NamespaceDirectory:
             )
             if not current.active:
                 raise FailedPrecondition(f"namespace {name!r} is being deleted")
-            changed = replace(current, quotas=quotas, updated_at_ns=self._clock.now_ns())
-            tx.set(NAMESPACES, name, changed.to_data())
-            return changed
-
-        record = await self._store.run_transaction(update)
-        self._known[name] = record
-        return record
-
-    async def mark_deleting(self, name: str) -> NamespaceRecord:
-        """Marks the namespace DELETING: from now on it refuses calls, and `purge` empties
-        it."""
-
-        async def update(tx: Transaction) -> NamespaceRecord:
-            document = await tx.get(NAMESPACES, name)
-            if document is None:
-                raise NotFound("namespace", name)
-            current = NamespaceRecord.from_data(name, document.data)
-            changed = replace(current, state=DELETING, updated_at_ns=self._clock.now_ns())
+            changed = replace(change(current), updated_at_ns=self._clock.now_ns())
             tx.set(NAMESPACES, name, changed.to_data())
             return changed
 
