@@ -7,9 +7,10 @@ against. Run on the embedded default and on the Firestore and Pub/Sub emulators.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import grpc
 import pytest
 from support.firestore_emulator import FirestoreEmulator
 from support.firestore_emulator import firestore_emulator as firestore_emulator
-from support.namespaces import METHODS, Caller, eventually, namespaced_suite
+from support.namespaces import METHODS, Caller, Installation, eventually, namespaced_suite
 from support.pubsub_emulator import PubSubEmulator
 from support.pubsub_emulator import pubsub_emulator as pubsub_emulator
 from support.tokens import TokenIssuer
@@ -230,109 +231,115 @@ def _leaks(answer: bytes, message: str, a: TeamA) -> list[str]:
     return leaked
 
 
-async def test_namespaces_are_isolated_over_the_wire(backend_url: str, tmp_path: Path) -> None:
-    issuer = TokenIssuer()
-    async with namespaced_suite(backend_url, tmp_path, issuer) as suite:
+@contextlib.asynccontextmanager
+async def _two_teams(
+    url: str, tmp_path: Path
+) -> AsyncIterator[tuple[Installation, Caller, Caller]]:
+    """The suite with namespaces A and B made by a platform admin, and each team's caller."""
+    async with namespaced_suite(url, tmp_path, TokenIssuer()) as suite:
         platform = suite.caller({"*": "admin"})
         team_a = suite.caller({A: "admin"})
         team_b = suite.caller({B: "admin"})
         try:
             for name in (A, B):
                 await platform.ok("Governor", "CreateNamespace", {"name": name}, "default")
-            a = await _make_team_a(team_a)
-            requests = _requests(a)
-            assert set(requests) == {m.name for m in METHODS}, "a method has no barrage entry"
-
-            # Streams opened in B before A makes more: none may carry A's.
-            streams = [
-                asyncio.create_task(team_b.call(m, body, B))
-                for m in METHODS
-                if m.server_streaming
-                for body in [
-                    {"service_name": "svc-a"}
-                    if m.name == "StreamActions"
-                    else {"target_service": "svc-a"}
-                    if m.name == "WatchActions"
-                    else requests[m.name]
-                ]
-            ]
-            await asyncio.sleep(0.3)
-            await team_a.ok(
-                "Coordinator",
-                "SubmitSignal",
-                {
-                    "id": _a("signal"),
-                    "signal_type": "alert",
-                    "priority": 5,
-                    "source": SECRET + "-2",
-                },
-                A,
-            )
-            for code, answer, message in await asyncio.gather(*streams):
-                assert code in (grpc.StatusCode.OK, HIDDEN), message
-                assert not _leaks(answer, message, a), "a stream in B carried A's data"
-            # The control: the same stream in A carries A's actions.
-            stream_actions = next(m for m in METHODS if m.name == "StreamActions")
-            code, answer, _ = await team_a.call(stream_actions, {"service_name": "svc-a"}, A)
-            assert code == grpc.StatusCode.OK
-            assert a.action_id.encode() in answer
-            before = await _snapshot_of_a(team_a, a)
-
-            failures: list[str] = []
-            for method in METHODS:
-                if is_open(f"/{method.containing_service.full_name}/{method.name}"):
-                    continue
-                full = f"/{method.containing_service.full_name}/{method.name}"
-                body = requests[method.name]
-                # 1. In its own namespace, naming A's resources (or listing its own).
-                code, answer, message = await team_b.call(method, body, B)
-                if method.name == "SummarizeDecisions" and code == grpc.StatusCode.OK:
-                    # The summary names the policy asked about; B's signals had no decision
-                    # of A's policy.
-                    summary = coordinator_pb2.DecisionSummary.FromString(answer)
-                    if summary.decided or summary.actions:
-                        failures.append(f"SummarizeDecisions in B counted A's: {summary}")
-                    summary.policy_id = ""
-                    answer = summary.SerializeToString()
-                if leaks := _leaks(answer, message, a):
-                    failures.append(f"{method.name} in B returned {leaks}")
-                if is_installation_method(full):
-                    expected = (
-                        grpc.StatusCode.PERMISSION_DENIED
-                        if method.name in REFUSED_INSTALLATION
-                        else grpc.StatusCode.OK
-                    )
-                    if code != expected:
-                        failures.append(
-                            f"{method.name}: {code.name} ({message}), not {expected.name}"
-                        )
-                    continue
-                names_a = body is not None and any(v in a.ids() for v in _values(body))
-                if names_a and method.name != "SummarizeDecisions" and code != HIDDEN:
-                    failures.append(f"{method.name} on A's id from B: {code.name} ({message})")
-                # 2. Naming A's namespace, and 3. naming none: B holds neither.
-                for namespace in (A, None):
-                    code, answer, message = await team_b.call(method, body, namespace)
-                    if code != grpc.StatusCode.PERMISSION_DENIED or _leaks(answer, "", a):
-                        failures.append(
-                            f"{method.name} naming {namespace or 'no namespace'}: "
-                            f"{code.name} ({message})"
-                        )
-            assert not failures, "\n".join(failures)
-
-            # Nothing of A's changed; A still works on its own; each audit chain verifies.
-            assert await _snapshot_of_a(team_a, a) == before
-            listed = await team_a.ok("Coordinator", "ListSignals", {}, A)
-            assert a.signal_id in {s.id for s in listed.signals}
-            names = await team_b.ok("Governor", "ListNamespaces", {}, B)
-            assert [n.name for n in names.namespaces] == [B]
-            for caller, namespace in ((team_a, A), (team_b, B)):
-                verified = await eventually(lambda c=caller, n=namespace: _verified(c, n))
-                assert verified.intact, (namespace, verified)
-                assert verified.checked > 0, (namespace, verified)
+            yield suite, team_a, team_b
         finally:
             for caller in (platform, team_a, team_b):
                 await caller.close()
+
+
+async def test_namespaces_are_isolated_over_the_wire(backend_url: str, tmp_path: Path) -> None:
+    async with _two_teams(backend_url, tmp_path) as (_, team_a, team_b):
+        a = await _make_team_a(team_a)
+        requests = _requests(a)
+        assert set(requests) == {m.name for m in METHODS}, "a method has no barrage entry"
+
+        # Streams opened in B before A makes more: none may carry A's.
+        streams = [
+            asyncio.create_task(team_b.call(m, body, B))
+            for m in METHODS
+            if m.server_streaming
+            for body in [
+                {"service_name": "svc-a"}
+                if m.name == "StreamActions"
+                else {"target_service": "svc-a"}
+                if m.name == "WatchActions"
+                else requests[m.name]
+            ]
+        ]
+        await asyncio.sleep(0.3)
+        await team_a.ok(
+            "Coordinator",
+            "SubmitSignal",
+            {
+                "id": _a("signal"),
+                "signal_type": "alert",
+                "priority": 5,
+                "source": SECRET + "-2",
+            },
+            A,
+        )
+        for code, answer, message in await asyncio.gather(*streams):
+            assert code in (grpc.StatusCode.OK, HIDDEN), message
+            assert not _leaks(answer, message, a), "a stream in B carried A's data"
+        # The control: the same stream in A carries A's actions.
+        stream_actions = next(m for m in METHODS if m.name == "StreamActions")
+        code, answer, _ = await team_a.call(stream_actions, {"service_name": "svc-a"}, A)
+        assert code == grpc.StatusCode.OK
+        assert a.action_id.encode() in answer
+        before = await _snapshot_of_a(team_a, a)
+
+        failures: list[str] = []
+        for method in METHODS:
+            if is_open(f"/{method.containing_service.full_name}/{method.name}"):
+                continue
+            full = f"/{method.containing_service.full_name}/{method.name}"
+            body = requests[method.name]
+            # 1. In its own namespace, naming A's resources (or listing its own).
+            code, answer, message = await team_b.call(method, body, B)
+            if method.name == "SummarizeDecisions" and code == grpc.StatusCode.OK:
+                # The summary names the policy asked about; B's signals had no decision
+                # of A's policy.
+                summary = coordinator_pb2.DecisionSummary.FromString(answer)
+                if summary.decided or summary.actions:
+                    failures.append(f"SummarizeDecisions in B counted A's: {summary}")
+                summary.policy_id = ""
+                answer = summary.SerializeToString()
+            if leaks := _leaks(answer, message, a):
+                failures.append(f"{method.name} in B returned {leaks}")
+            if is_installation_method(full):
+                expected = (
+                    grpc.StatusCode.PERMISSION_DENIED
+                    if method.name in REFUSED_INSTALLATION
+                    else grpc.StatusCode.OK
+                )
+                if code != expected:
+                    failures.append(f"{method.name}: {code.name} ({message}), not {expected.name}")
+                continue
+            names_a = body is not None and any(v in a.ids() for v in _values(body))
+            if names_a and method.name != "SummarizeDecisions" and code != HIDDEN:
+                failures.append(f"{method.name} on A's id from B: {code.name} ({message})")
+            # 2. Naming A's namespace, and 3. naming none: B holds neither.
+            for namespace in (A, None):
+                code, answer, message = await team_b.call(method, body, namespace)
+                if code != grpc.StatusCode.PERMISSION_DENIED or _leaks(answer, "", a):
+                    failures.append(
+                        f"{method.name} naming {namespace or 'no namespace'}: "
+                        f"{code.name} ({message})"
+                    )
+        assert not failures, "\n".join(failures)
+
+        # Nothing of A's changed; A still works on its own; each audit chain verifies.
+        assert await _snapshot_of_a(team_a, a) == before
+        listed = await team_a.ok("Coordinator", "ListSignals", {}, A)
+        assert a.signal_id in {s.id for s in listed.signals}
+        names = await team_b.ok("Governor", "ListNamespaces", {}, B)
+        assert [n.name for n in names.namespaces] == [B]
+        for caller, namespace in ((team_a, A), (team_b, B)):
+            verified = await eventually(lambda c=caller, n=namespace: _verified(c, n))
+            assert verified.intact, (namespace, verified)
+            assert verified.checked > 0, (namespace, verified)
 
 
 async def _verified(caller: Caller, namespace: str) -> Any:
@@ -351,47 +358,41 @@ def _values(body: dict[str, Any]) -> Iterator[str]:
 async def test_tampering_with_one_namespaces_audit_chain_leaves_the_others_intact(
     tmp_path: Path,
 ) -> None:
-    issuer = TokenIssuer()
-    async with namespaced_suite(f"sqlite:///{tmp_path / 'tai.db'}", tmp_path, issuer) as suite:
-        platform = suite.caller({"*": "admin"})
-        team_a = suite.caller({A: "admin"})
-        team_b = suite.caller({B: "admin"})
-        try:
-            for name in (A, B):
-                await platform.ok("Governor", "CreateNamespace", {"name": name}, "default")
-            for caller, namespace in ((team_a, A), (team_b, B)):
-                for n in range(3):
-                    await caller.ok(
-                        "Governor",
-                        "ProposePolicy",
-                        {
-                            "id": f"p{n}",
-                            "policy_type": "operational",
-                            "policy_name": f"{namespace}-{n}",
-                            "condition": "true",
-                            "action": {"action_type": "x", "target_service": "y"},
-                        },
-                        namespace,
-                    )
-            for caller, namespace in ((team_a, A), (team_b, B)):
-                await eventually(lambda c=caller, n=namespace: _checked_at_least(c, n, 3))
-            # Change one of A's records behind the API's back.
-            store = suite.governor.runtime.deps.store
-            with in_namespace(A):
-                from tai_common.ports import Query
+    async with _two_teams(f"sqlite:///{tmp_path / 'tai.db'}", tmp_path) as (
+        suite,
+        team_a,
+        team_b,
+    ):
+        for caller, namespace in ((team_a, A), (team_b, B)):
+            for n in range(3):
+                await caller.ok(
+                    "Governor",
+                    "ProposePolicy",
+                    {
+                        "id": f"p{n}",
+                        "policy_type": "operational",
+                        "policy_name": f"{namespace}-{n}",
+                        "condition": "true",
+                        "action": {"action_type": "x", "target_service": "y"},
+                    },
+                    namespace,
+                )
+        for caller, namespace in ((team_a, A), (team_b, B)):
+            await eventually(lambda c=caller, n=namespace: _checked_at_least(c, n, 3))
+        # Change one of A's records behind the API's back.
+        store = suite.governor.runtime.deps.store
+        with in_namespace(A):
+            from tai_common.ports import Query
 
-                page = await store.query(Query("audit_logs", limit=10))
-                victim = page.documents[1]
-                await store.set("audit_logs", victim.id, {**victim.data, "principal": "mallory"})
-            broken = await team_a.ok("Governor", "VerifyAuditLog", {}, A)
-            intact = await team_b.ok("Governor", "VerifyAuditLog", {}, B)
-            assert not broken.intact
-            assert broken.first_broken_seq > 0
-            assert intact.intact
-            assert intact.checked >= 3
-        finally:
-            for caller in (platform, team_a, team_b):
-                await caller.close()
+            page = await store.query(Query("audit_logs", limit=10))
+            victim = page.documents[1]
+            await store.set("audit_logs", victim.id, {**victim.data, "principal": "mallory"})
+        broken = await team_a.ok("Governor", "VerifyAuditLog", {}, A)
+        intact = await team_b.ok("Governor", "VerifyAuditLog", {}, B)
+        assert not broken.intact
+        assert broken.first_broken_seq > 0
+        assert intact.intact
+        assert intact.checked >= 3
 
 
 async def _checked_at_least(caller: Caller, namespace: str, count: int) -> bool:
