@@ -73,8 +73,11 @@ class ConsoleHandler(SimpleHTTPRequestHandler):
     server_version = "tai-console"
     sys_version = ""
 
-    def __init__(self, *args: Any, auth: str, directory: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, auth: str, namespaces_claim: str, directory: str, **kwargs: Any
+    ) -> None:
         self.auth = auth
+        self.namespaces_claim = namespaces_claim
         # Set before the base's __init__, which handles the request.
         self.root = Path(directory).resolve()
         super().__init__(*args, directory=directory, **kwargs)
@@ -97,7 +100,9 @@ class ConsoleHandler(SimpleHTTPRequestHandler):
             self._send_bytes(b"ok", "text/plain; charset=utf-8", head)
             return True
         if path == "/config.json":
-            body = json.dumps({"auth": self.auth}).encode()
+            # The claim the page reads a token's namespaces and roles from, as the services do.
+            config = {"auth": self.auth, "namespaces_claim": self.namespaces_claim}
+            body = json.dumps(config).encode()
             self._send_bytes(body, "application/json", head)
             return True
         return False
@@ -149,12 +154,18 @@ class ConsoleHandler(SimpleHTTPRequestHandler):
 
 
 def make_server(
-    host: str, port: int, auth: str = "off", directory: Path = STATIC_DIR
+    host: str,
+    port: int,
+    auth: str = "off",
+    directory: Path = STATIC_DIR,
+    namespaces_claim: str = "tai_namespaces",
 ) -> ThreadingHTTPServer:
     """A server for `directory` bound to host:port (port 0: any free one), not yet serving."""
     if auth not in ("off", "jwt"):
         raise ValueError(f"TAI_AUTH: {auth!r} is neither 'off' nor 'jwt'")
-    handler = partial(ConsoleHandler, auth=auth, directory=str(directory))
+    handler = partial(
+        ConsoleHandler, auth=auth, namespaces_claim=namespaces_claim, directory=str(directory)
+    )
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True
     return server
@@ -181,6 +192,8 @@ def main() -> None:
             os.environ.get("TAI_HOST", "127.0.0.1"),
             _port_from_env(),
             os.environ.get("TAI_AUTH", "off"),
+            namespaces_claim=os.environ.get("TAI_JWT_NAMESPACES_CLAIM", "").strip()
+            or "tai_namespaces",
         )
     except (ValueError, OSError) as error:
         print(f"tai-console: {error}", file=sys.stderr)

@@ -103,7 +103,7 @@ def test_config_tells_the_page_whether_to_ask_for_a_token(
 
     assert status == 200
     assert headers["content-type"] == "application/json"
-    assert json.loads(body) == {"auth": expected}
+    assert json.loads(body) == {"auth": expected, "namespaces_claim": "tai_namespaces"}
 
 
 def test_healthz_answers_ok_for_probes(serve: Callable[[str], int]) -> None:
@@ -144,6 +144,7 @@ def test_the_console_process_serves_its_page_and_stops_on_sigterm(tmp_path: Path
         **{k: v for k, v in os.environ.items() if not k.startswith("TAI_")},
         "TAI_CONSOLE_PORT": str(port),
         "TAI_AUTH": "jwt",
+        "TAI_JWT_NAMESPACES_CLAIM": "teams",
         "TAI_LOG_LEVEL": "DEBUG",
     }
     log_path = tmp_path / "console.log"
@@ -166,7 +167,10 @@ def test_the_console_process_serves_its_page_and_stops_on_sigterm(tmp_path: Path
         assert status == 200
         assert body == (STATIC_DIR / "index.html").read_bytes()
         assert headers["content-security-policy"] == CSP
-        assert json.loads(get(port, "/config.json")[2]) == {"auth": "jwt"}
+        assert json.loads(get(port, "/config.json")[2]) == {
+            "auth": "jwt",
+            "namespaces_claim": "teams",
+        }
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(10) == 0
