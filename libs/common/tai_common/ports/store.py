@@ -40,7 +40,8 @@ T = TypeVar("T")
 # The pseudo-field that orders or filters by the document id.
 DOC_ID = "__id__"
 
-_COLLECTION_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# Room for a namespace's flat SQLite name too (`<collection>__ns__<namespace>`).
+_COLLECTION_RE = re.compile(r"^[a-z][a-z0-9_]{0,126}$")
 _FIELD_RE = re.compile(r"^(__id__|[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*)$")
 # A namespace's collections live under it (Firestore's path for a subcollection).
 NAMESPACES_ROOT = "namespaces"
