@@ -26,7 +26,7 @@ from tai.v1 import common_pb2
 
 from tai_common.auth import current_principal
 from tai_common.core import Clock, IdFactory
-from tai_common.core.namespace import current_namespace
+from tai_common.core.namespace import namespace_or_none
 from tai_common.messaging import events, topics
 from tai_common.ports import DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
@@ -153,8 +153,11 @@ class AuditLog:
         self._store = store
         # Per namespace (each has its own chain): records waiting for the next append
         # transaction, with what their callers await, and the task writing them.
-        self._pending: dict[str, list[tuple[common_pb2.AuditRecord, asyncio.Future[None]]]] = {}
-        self._writers: dict[str, asyncio.Task[None]] = {}
+        # (None: a store used outside namespaces, as in tests of the log alone.)
+        self._pending: dict[
+            str | None, list[tuple[common_pb2.AuditRecord, asyncio.Future[None]]]
+        ] = {}
+        self._writers: dict[str | None, asyncio.Task[None]] = {}
 
     async def append(self, event_payload: common_pb2.AuditRecord) -> None:
         """Appends a record at the end of the current namespace's chain; a record already
@@ -164,7 +167,7 @@ class AuditLog:
         arrive while a transaction is under way go together in the next one (one head read
         and write for the lot, instead of one transaction each queued behind the last).
         """
-        namespace = current_namespace()
+        namespace = namespace_or_none()
         record = common_pb2.AuditRecord()
         record.CopyFrom(event_payload)
         stored = asyncio.get_running_loop().create_future()
@@ -176,7 +179,7 @@ class AuditLog:
             )
         await stored
 
-    async def _write_pending(self, namespace: str) -> None:
+    async def _write_pending(self, namespace: str | None) -> None:
         try:
             while self._pending.get(namespace):
                 batch = self._pending.pop(namespace)
