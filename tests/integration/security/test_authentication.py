@@ -21,7 +21,7 @@ from tai_client import (
     SchedulerClient,
     TaiError,
 )
-from tai_common.auth import METHOD_ROLES, OPEN_METHODS, Role
+from tai_common.auth import METHOD_ROLES, OPEN_METHODS, Role, installation_role
 
 SERVICES = {
     "tai.v1.Governor": governor_pb2,
@@ -101,7 +101,7 @@ async def call(suite: SecuredSuite, method: str, token: str) -> grpc.StatusCode:
 CASES = ["no token", "expired", "wrong audience", "wrong role", "right role"]
 
 
-def token_for(issuer: TokenIssuer, case: str, role: Role) -> str:
+def token_for(issuer: TokenIssuer, case: str, role: Role, method: str = "") -> str:
     if case == "no token":
         return ""
     if case == "expired":
@@ -110,6 +110,9 @@ def token_for(issuer: TokenIssuer, case: str, role: Role) -> str:
         return issuer.token(roles=ROLE_NAMES[role], audience="someone-else")
     if case == "wrong role":
         return issuer.token(roles=ROLE_BELOW[role])
+    if installation_role(method) is not None:
+        # Changing namespaces needs the role in every namespace, not only in default.
+        return issuer.token(extra={"tai_namespaces": {"*": ROLE_NAMES[role][0]}})
     return issuer.token(roles=ROLE_NAMES[role])
 
 
@@ -118,7 +121,8 @@ async def test_every_method_against_every_kind_of_caller(secured: SecuredSuite) 
     for method, role in METHOD_ROLES.items():
         row = {}
         for case in CASES:
-            row[case] = (await call(secured, method, token_for(secured.issuer, case, role))).name
+            token = token_for(secured.issuer, case, role, method)
+            row[case] = (await call(secured, method, token)).name
         outcomes[method] = row
     wrong = {}
     for method, row in outcomes.items():

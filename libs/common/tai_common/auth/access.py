@@ -97,8 +97,8 @@ SERVICE_CALLS: Mapping[str, frozenset[str]] = {
 
 
 # The calls on the installation's namespaces rather than inside one: the role they need is held
-# in every namespace ("*") for changes; reads need only an authenticated caller (the Governor
-# shows each caller the namespaces it holds).
+# in every namespace ("*") for changes; reads need a role in some namespace (the Governor shows
+# each caller the namespaces it holds).
 INSTALLATION_METHODS: Mapping[str, Role | None] = {
     "/tai.v1.Governor/CreateNamespace": Role.ADMIN,
     "/tai.v1.Governor/SetNamespaceQuotas": Role.ADMIN,
@@ -113,8 +113,8 @@ def is_installation_method(method: str) -> bool:
 
 
 def installation_role(method: str) -> Role | None:
-    """The role in every namespace ("*") an installation method needs; None: any
-    authenticated caller (the Governor answers with what the caller holds)."""
+    """The role in every namespace ("*") an installation method needs; None: a role in any
+    namespace (the Governor answers with what the caller holds)."""
     return INSTALLATION_METHODS.get(method)
 
 

@@ -103,6 +103,8 @@ class Authenticator:
                         f"{principal.name} is not a platform admin: {method} needs the admin "
                         f"role in every namespace ('{ALL_NAMESPACES}')"
                     )
+                if not principal.held_namespaces():
+                    raise PermissionDenied(f"{principal.name} has no role in any namespace")
                 return
             await self._enter_namespace(method, principal, named)
         except (Unauthenticated, PermissionDenied) as error:
