@@ -96,7 +96,10 @@ def test_the_page_learns_through_the_gateway_that_it_must_ask_for_a_token(
 ) -> None:
     status, _, body = http_get(f"{console_gateway.url}/config.json")
 
-    assert (status, json.loads(body)) == (200, {"auth": "jwt"})
+    assert (status, json.loads(body)) == (
+        200,
+        {"auth": "jwt", "namespaces_claim": "tai_namespaces"},
+    )
 
 
 def test_the_api_behind_the_same_origin_still_refuses_callers_without_a_token(

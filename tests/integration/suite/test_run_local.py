@@ -280,7 +280,10 @@ async def test_make_run_with_auth_prints_tokens_that_drive_the_loop(
     assert status == 200, body
     assert "<html" in body.lower()
     status, body = await asyncio.to_thread(gateway_get, f"{console}config.json")
-    assert (status, json.loads(body)) == (200, {"auth": "jwt"})
+    assert (status, json.loads(body)) == (
+        200,
+        {"auth": "jwt", "namespaces_claim": "tai_namespaces"},
+    )
 
     assert await suite.exit_time_after(signal.SIGINT) < GRACE_SECONDS
     assert suite.process.returncode == 0
