@@ -11,7 +11,11 @@ transaction reads first and writes last (as Firestore requires).
 
 The `ChangeSet` also keeps the namespace's count of open (not final) tasks, one counter
 document (`task_counters/open`) updated in the same transaction as the tasks it counts, so
-the quota `max_open_tasks` holds exactly however many replicas submit at once.
+the quota `max_open_tasks` holds exactly however many replicas submit at once. Only in
+namespaces that have had the quota: the counter starts at their first submission under it
+(from the open tasks there are), so namespaces without it never write that one document, which
+every task transition would otherwise contend for (on Firestore, a burst from three replicas
+ran out of transaction attempts on it).
 """
 
 from __future__ import annotations
@@ -49,12 +53,6 @@ OPEN_COUNTER = "open"
 
 def _open(task: Task | None) -> int:
     return 0 if task is None or task.is_final else 1
-
-
-async def open_task_count(tx: Transaction) -> int:
-    """The current namespace's open tasks, as its counter holds them."""
-    document = await tx.get(COUNTERS, OPEN_COUNTER)
-    return int(document.data.get("count", 0)) if document is not None else 0
 
 
 def event_type(previous: Task | None, task: Task) -> str | None:
@@ -127,13 +125,21 @@ class ChangeSet:
         """
         delta = self.open_delta()
         if delta:
-            count = await open_task_count(tx)
-            if max_open and delta > 0 and count + delta > max_open:
-                raise ResourceExhausted(
-                    f"namespace {current_namespace()!r} quota max_open_tasks={max_open} reached"
-                )
-            # Never below zero: tasks written before the counter existed end uncounted.
-            tx.set(COUNTERS, OPEN_COUNTER, {"count": max(0, count + delta)})
+            counter = await tx.get(COUNTERS, OPEN_COUNTER)
+            count: int | None = None
+            if counter is not None:
+                count = int(counter.data.get("count", 0))
+            elif max_open and delta > 0:
+                # The namespace's first submission under the quota starts the counter from
+                # the open tasks there are (reading the counter's absence serialises it with
+                # any other first submission).
+                count = await repo.count_open_in(tx, limit=max_open + 1)
+            if count is not None:
+                if max_open and delta > 0 and count + delta > max_open:
+                    raise ResourceExhausted(
+                        f"namespace {current_namespace()!r} quota max_open_tasks={max_open} reached"
+                    )
+                tx.set(COUNTERS, OPEN_COUNTER, {"count": max(0, count + delta)})
         for task_id, task in self._tasks.items():
             if task_id in self._created:
                 repo.create_in(tx, task)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from tai_common.ports import Cursor, DocumentStore, Filter, IndexSpec, Op, Order, Query, Transaction
 
-from tai_scheduler.task import Task, TaskState
+from tai_scheduler.task import OPEN_STATES, Task, TaskState
 
 TASKS = "tasks"
 
@@ -107,6 +107,17 @@ class TaskRepository:
             )
         )
         return [Task.from_doc(d.data) for d in page.documents]
+
+    async def count_open_in(self, tx: Transaction, *, limit: int) -> int:
+        """How many tasks are not final (pending or running), counted up to `limit`."""
+        page = await tx.query(
+            Query(
+                TASKS,
+                filters=(Filter.is_in("status", [s.value for s in OPEN_STATES]),),
+                limit=limit,
+            )
+        )
+        return len(page.documents)
 
     def create_in(self, tx: Transaction, task: Task) -> None:
         tx.create(TASKS, task.id, task.to_doc())

@@ -70,6 +70,7 @@ class TaskState(StrEnum):
 
 
 FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
+OPEN_STATES = tuple(s for s in TaskState if s not in FINAL_STATES)
 
 
 class OverlapPolicy(StrEnum):

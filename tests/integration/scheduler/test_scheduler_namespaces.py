@@ -174,3 +174,13 @@ async def test_max_open_tasks_admits_exactly_its_number_under_concurrent_submits
     await expect_error(
         submit(clients[0], ledger, scheduled_time_ns=later), grpc.StatusCode.RESOURCE_EXHAUSTED
     )
+
+    # A quota set on a namespace that already holds open tasks counts them.
+    with in_namespace(DEFAULT_NAMESPACE):
+        await first.runtime.namespaces.set_quotas("free", Quotas(max_open_tasks=5))
+    free_on_first = client_in(first, "free")
+    await submit(free_on_first, ledger, scheduled_time_ns=later)  # the 5th
+    error = await expect_error(
+        submit(free_on_first, ledger, scheduled_time_ns=later), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert "max_open_tasks=5" in str(error)
