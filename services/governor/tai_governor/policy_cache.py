@@ -51,6 +51,13 @@ class PolicyCache:
             self._known_revisions.get(namespace, 0), await self._repo.last_revision()
         )
 
+    async def known_revision(self) -> int:
+        """The last revision this replica knows of in the current namespace."""
+        namespace = current_namespace()
+        if namespace not in self._known_revisions:
+            await self.start()
+        return self._known_revisions[namespace]
+
     async def changed(self, policy: PolicyVersion) -> None:
         """A new version was committed in the current namespace (here or, via the bus, on
         another replica)."""
@@ -84,10 +91,7 @@ class PolicyCache:
         limit: int,
         start_after: Cursor | None,
     ) -> tuple[list[PolicyVersion], Cursor | None]:
-        namespace = current_namespace()
-        if namespace not in self._known_revisions:
-            await self.start()
-        revision = self._known_revisions[namespace]
+        revision = await self.known_revision()
         key = json.dumps([revision, policy_type, enabled_only, sorted(states), limit, start_after])
 
         async def load() -> tuple[bytes, int]:

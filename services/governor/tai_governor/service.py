@@ -138,8 +138,10 @@ class PolicyService:
         await feed.catch_up_if_behind()
 
     async def revision(self) -> int:
-        """The current namespace's last policy revision, as stored."""
-        return await self._repo.last_revision()
+        """The current namespace's last policy revision this replica knows of (from its own
+        changes and the bus; read from the store on the namespace's first use): a listing
+        made after this call reflects at least every change up to it, with no store read."""
+        return await self.cache.known_revision()
 
     def feed_revision(self, namespace: str) -> int:
         """The last revision the namespace's feed published (0 before it started)."""
