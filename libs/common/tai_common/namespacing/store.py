@@ -15,6 +15,7 @@ from tai.v1 import events_pb2
 
 from tai_common.core.namespace import DEFAULT_NAMESPACE, current_namespace, namespace_or_none
 from tai_common.ports import (
+    NAMESPACES_ROOT,
     OUTBOX,
     Data,
     Document,
@@ -29,8 +30,9 @@ from tai_common.ports import (
 
 T = TypeVar("T")
 
-# The registry of namespaces: one document per namespace, at the root.
-NAMESPACES: Final = "namespaces"
+# The registry of namespaces: one document per namespace, at the root. On Firestore each is
+# also the parent of its namespace's collections (`namespaces/<ns>/<collection>`).
+NAMESPACES: Final = NAMESPACES_ROOT
 # Collections of the installation rather than of a namespace: the registry, and the outbox the
 # relay drains for every namespace (its entries carry their namespace in the event).
 INSTALLATION_COLLECTIONS: Final = frozenset({NAMESPACES, OUTBOX})
