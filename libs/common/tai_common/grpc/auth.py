@@ -115,7 +115,7 @@ class Authenticator:
     async def _enter_namespace(self, method: str, principal: Principal, named: str) -> None:
         """Checks the caller may work in the namespace the call names, and that it is open;
         then makes it the call's."""
-        problem = namespace_name_problem(named)
+        problem = None if named == DEFAULT_NAMESPACE else namespace_name_problem(named)
         if problem is not None:
             raise InvalidArgument(NAMESPACE_METADATA, problem)
         if principal.kind == "user":

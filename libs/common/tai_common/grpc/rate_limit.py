@@ -53,7 +53,9 @@ class RateLimits:
         short_name = method.rsplit("/", 1)[-1]
         namespace = namespace_or_none() or DEFAULT_NAMESPACE
         bucket = self._per_method.get(short_name, self._default)
-        if self._namespaces is not None:
+        if self._namespaces is not None and (
+            bucket is not None or self._namespaces.sets_rate_limits
+        ):
             own = (await self._namespaces.quotas(namespace)).rate_limit_per_second
             if own > 0:
                 bucket = Bucket(own, own)

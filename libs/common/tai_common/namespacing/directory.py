@@ -129,6 +129,12 @@ class NamespaceDirectory:
                 self._known[name] = record
         return record
 
+    @property
+    def sets_rate_limits(self) -> bool:
+        """Whether any namespace this replica knows sets its own rate limit (when none does,
+        the rate-limit interceptor needs no lookup per call)."""
+        return any(r.quotas.rate_limit_per_second for r in self._known.values())
+
     def metric_label(self, name: str, labelled: int) -> str:
         """The `namespace` label of `name`'s metrics: its own for the first `labelled`
         namespaces ("default" first, then by creation), "other" for the rest, so that the
