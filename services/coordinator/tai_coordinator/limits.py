@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections import deque
 
 from tai.v1 import governor_pb2
-from tai_common.core.namespace import DEFAULT_NAMESPACE
 from tai_common.ports import Admission
 
 from tai_coordinator.policy_book import ActivePolicy
@@ -22,15 +21,6 @@ def limit_key(active: ActivePolicy, limit: governor_pb2.ActionLimit) -> str:
     if limit.scope == governor_pb2.LIMIT_SCOPE_TARGET:
         return f"target/{active.policy.action.target_service}/{limit.window_seconds}"
     return f"policy/{active.id}/{limit.window_seconds}"
-
-
-def namespaced_key(namespace: str, key: str) -> str:
-    """`key` in `namespace`'s windows. The store keeps each namespace's windows apart already;
-    Redis keeps every namespace's in one keyspace, so the key names the namespace (the
-    default's keys stay as they were, so its windows carry over an upgrade)."""
-    if namespace == DEFAULT_NAMESPACE:
-        return key
-    return f"ns/{namespace}/{key}"
 
 
 def describe_limit(active: ActivePolicy, limit: governor_pb2.ActionLimit) -> str:

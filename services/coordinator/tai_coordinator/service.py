@@ -27,7 +27,7 @@ from tai_common.core import (
     encode_page_token,
     page_size,
 )
-from tai_common.core.namespace import current_namespace
+from tai_common.core.namespace import current_namespace, namespaced_key
 from tai_common.core.units import seconds_to_ns
 from tai_common.core.validation import MAX_KEY_LENGTH, require_id
 from tai_common.messaging import AuditTrail, events, topics
@@ -46,7 +46,7 @@ from tai_coordinator.decisions import (
     decide,
     held,
 )
-from tai_coordinator.limits import describe_limit, limit_key, namespaced_key
+from tai_coordinator.limits import describe_limit, limit_key
 from tai_coordinator.model import (
     ACKNOWLEDGEMENTS,
     DEFAULT_ACK_DEADLINE_SECONDS,

@@ -5,17 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from tai_common.core import metrics
-from tai_common.core.namespace import DEFAULT_NAMESPACE, current_namespace
+from tai_common.core.namespace import current_namespace, namespaced_key
 from tai_common.ports import Cache
 
 Loader = Callable[[], Awaitable[tuple[bytes, int] | None]]
-
-
-def _tenant_prefix() -> str:
-    """Keys carry the namespace they were read in (none for the default namespace's, which
-    keep the keys they had before namespaces)."""
-    tenant = current_namespace()
-    return "" if tenant == DEFAULT_NAMESPACE else f"ns/{tenant}/"
 
 
 class ReadThrough:
@@ -30,7 +23,7 @@ class ReadThrough:
     async def get(self, key: str, load: Loader) -> bytes | None:
         """The cached value of `key`, or what `load` returns (value and version), remembered.
         None when `load` finds nothing (not cached: absence is not versioned)."""
-        full_key = f"{_tenant_prefix()}{self._namespace}:{key}"
+        full_key = self._full_key(key)
         entry = await self._cache.get(full_key)
         if entry is not None:
             metrics.CACHE_REQUESTS.labels(result="hit").inc()
@@ -45,6 +38,8 @@ class ReadThrough:
 
     async def invalidate(self, key: str, version: int) -> None:
         """The entity behind `key` changed to `version`."""
-        await self._cache.invalidate(
-            f"{_tenant_prefix()}{self._namespace}:{key}", version, self._ttl
-        )
+        await self._cache.invalidate(self._full_key(key), version, self._ttl)
+
+    def _full_key(self, key: str) -> str:
+        """The key carries the namespace it was read in."""
+        return namespaced_key(current_namespace(), f"{self._namespace}:{key}")

@@ -30,6 +30,7 @@ __all__ = [
     "in_namespace",
     "namespace_name_problem",
     "namespace_or_none",
+    "namespaced_key",
     "set_current_namespace",
 ]
 
@@ -59,6 +60,12 @@ def namespace_or_none() -> str | None:
 def set_current_namespace(namespace: str) -> None:
     """Sets the namespace for the rest of the current task (the interceptor, per call)."""
     _current.set(namespace)
+
+
+def namespaced_key(namespace: str, key: str) -> str:
+    """`key` in `namespace`, for keyspaces every namespace shares (Redis, the cache): prefixed
+    `ns/<namespace>/`, except the default's, which keep the keys they had before namespaces."""
+    return key if namespace == DEFAULT_NAMESPACE else f"ns/{namespace}/{key}"
 
 
 @contextlib.contextmanager

@@ -238,15 +238,14 @@ class NamespaceDirectory:
         self._known[name] = record
         return record
 
-    async def resources(self, name: str) -> dict[str, int]:
-        """The resource collections of the namespace that hold documents (at least one
-        each: a cheap check, not a count)."""
-        held: dict[str, int] = {}
+    async def resources(self, name: str) -> list[str]:
+        """The resource collections of the namespace that hold any document (one read each:
+        a check, not a count)."""
+        held: list[str] = []
         with in_namespace(name):
             for collection in RESOURCE_COLLECTIONS:
-                page = await self._store.query(Query(collection, limit=1))
-                if page.documents:
-                    held[collection] = len(page.documents)
+                if (await self._store.query(Query(collection, limit=1))).documents:
+                    held.append(collection)
         return held
 
     async def remove(self, name: str) -> None:

@@ -47,19 +47,22 @@ decode_json = json.JSONDecoder().decode
 NAMESPACE_TABLE_INFIX: Final = "__ns__"
 
 
+def _table_suffix(namespace: str) -> str:
+    return f"{NAMESPACE_TABLE_INFIX}{namespace.replace('-', '_')}"
+
+
 def flat_name(collection: str) -> str:
     """`collection` as one identifier: itself at the root, `<collection>__ns__<namespace>` for
     a namespace's (`namespaces/<namespace>/<collection>`)."""
     namespace, name = split_collection(check_collection(collection))
     if namespace is None:
         return name
-    return f"{name}{NAMESPACE_TABLE_INFIX}{namespace.replace('-', '_')}"
+    return name + _table_suffix(namespace)
 
 
 def namespace_tables_sql(namespace: str) -> tuple[str, tuple[str]]:
     """The statement (and its parameter) listing the tables of `namespace`'s collections."""
-    suffix = f"{NAMESPACE_TABLE_INFIX}{namespace.replace('-', '_')}"
-    pattern = "c\\_%" + suffix.replace("_", "\\_")
+    pattern = "c\\_%" + _table_suffix(namespace).replace("_", "\\_")
     return (
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE ? ESCAPE '\\'",
         (pattern,),
